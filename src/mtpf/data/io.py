@@ -1,0 +1,63 @@
+"""Line-oriented readers that name the file and line of every problem."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+
+class DataError(ValueError):
+    """Bad input data; ``str(err)`` is ``FILE:LINE: problem``."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, problem: str):
+        self.path, self.line, self.problem = str(path), line, problem
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {problem}")
+
+
+def open_text(path: str | os.PathLike):
+    path = str(path)
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, record)``; blank lines are skipped, broken JSON raises DataError."""
+    with open_text(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(path, lineno, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def expand_paths(paths: Iterable[str | os.PathLike], suffixes: tuple[str, ...]) -> list[Path]:
+    """Files as given, and for folders every file inside with one of ``suffixes``, sorted."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(suffixes))
+            if not found:
+                raise DataError(p, None, f"folder holds no {'/'.join(suffixes)} files")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(p, None, "no such file or folder")
+    return out
+
+
+def require_str_list(path, lineno, obj, key) -> list[str]:
+    value = obj.get(key)
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise DataError(path, lineno, f"'{key}' must be a list of strings")
+    return value
