@@ -42,6 +42,21 @@ def _version() -> str:
     return __version__
 
 
+def quiet_libraries() -> None:
+    """Keep the terminal for mtpf's own progress: no per-load reports or library deprecation chatter."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -51,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from mtpf.config import ConfigError
     from mtpf.data.io import DataError
 
+    quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except (ConfigError, DataError) as exc:

@@ -76,7 +76,9 @@ def lora_target_modules(model: nn.Module, layers: int | str = "all", targets=("q
         for part in targets:
             for suffix in family[part]:
                 name = f"{layer_names[idx]}.{suffix}"
-                if not isinstance(modules.get(name), nn.Linear):
+                module = modules.get(name)
+                # an already-injected LoRA layer wraps the Linear as ``base_layer``
+                if not isinstance(getattr(module, "base_layer", module), nn.Linear):
                     raise ValueError(f"expected a Linear module at {name} for LoRA target {part!r}")
                 out.append(name)
     return out

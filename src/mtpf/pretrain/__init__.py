@@ -1,0 +1,1 @@
+"""Building blocks of the pre-finetuning engine (the recipe itself is mtpf.recipes.pretrain)."""

@@ -1,0 +1,1 @@
+"""Recipes: one readable file per job, with setup / train / save_checkpoint."""

@@ -1,0 +1,521 @@
+"""Pre-finetuning recipe: ``mtpf pretrain CONFIG.yaml [key=value ...]``.
+
+Strategies (paper Sections 4-6, Appendix B):
+  ner       PF for NER: token cross-entropy against teacher cluster ids (first sub-token of each word)
+  tc        PF for TC: InfoNCE with in-batch negatives on mean-pooled, L2-normalised embeddings
+  mtpf      both losses on one shared encoder every step (optionally PCGrad on the backbone)
+  mtpf-tpl  MTPF + task-primary LoRAs on the last N layers; each LoRA group only gets its task's gradient
+  pf-lora   frozen backbone, LoRA only (last N layers or all), one adapter per task family
+
+Reads top to bottom: ``PretrainConfig`` -> ``setup`` -> ``train`` (``train_step``) -> ``save_checkpoint``
+-> ``export``. Runs single-process or under ``accelerate launch`` (DDP, contrastive negatives gathered
+across processes with gradient).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from mtpf.config import ConfigError, help_text, load_config, to_dict
+from mtpf.lora import LoraSpec
+
+STRATEGIES = ("ner", "tc", "mtpf", "mtpf-tpl", "pf-lora")
+# Keys that may change between a run and its resumption.
+RESUMABLE_CHANGES = {"resume", "max_steps", "log_every", "save_every", "keep_checkpoints", "progress"}
+
+
+@dataclass
+class TaskLoras:
+    ner: LoraSpec = field(default_factory=LoraSpec, metadata={"help": "LoRA group for the NER task."})
+    tc: LoraSpec = field(default_factory=LoraSpec, metadata={"help": "LoRA group for the TC task."})
+
+
+@dataclass
+class PretrainConfig:
+    strategy: Literal["ner", "tc", "mtpf", "mtpf-tpl", "pf-lora"] = field(
+        default="mtpf-tpl", metadata={"help": "ner | tc | mtpf | mtpf-tpl | pf-lora"})
+    model: str = field(default="packaged", metadata={"help": "Base encoder: local folder, hub name, or 'packaged'."})
+    output_dir: str = field(default="runs/pretrain", metadata={"help": "Run folder (checkpoints, logs, exports)."})
+    seed: int = field(default=42, metadata={"help": "Seed of weights init, sampling and dropout."})
+    max_steps: int = field(default=1000, metadata={"help": "Optimizer steps (paper: 100k)."})
+    tasks: list[str] | None = field(default=None, metadata={
+        "help": "Task families to train; default from the strategy (pf-lora: those with data)."})
+    # --- NER pseudo-labels
+    ner_data: list[str] = field(default_factory=list, metadata={
+        "help": "Pseudo-label JSONL files/folders ({tokens, labels}); from `mtpf label`."})
+    num_clusters: int | None = field(default=None, metadata={"help": "K; default: clusters.json or max label + 1."})
+    ner_batch_size: int = field(default=256, metadata={"help": "Sentences per NER batch, all processes (paper: 256)."})
+    # --- TC pairs
+    pairs: list[str] = field(default_factory=list, metadata={
+        "help": "Pair JSONL files/folders ({anchor, positive}), one source per file; or hub:NAME[:CONFIG]."})
+    pair_weights: Any = field(default="proportional", metadata={
+        "help": "Source sampling: proportional | uniform | {source: weight}."})
+    tc_batch_size: int = field(default=1024, metadata={"help": "Pairs per contrastive batch, all processes (paper: 1024)."})
+    tc_mini_batch_size: int | None = field(default=64, metadata={
+        "help": "GradCache chunk size (memory bound); null = no caching (whole batch in one graph)."})
+    temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature tau."})
+    symmetric: bool = field(default=False, metadata={"help": "Also score positives against anchors."})
+    gather_negatives: bool = field(default=True, metadata={"help": "Use other processes' pairs as negatives."})
+    # --- multi-task
+    ner_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the NER loss."})
+    tc_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the TC loss."})
+    pcgrad: bool = field(default=False, metadata={"help": "PCGrad projection on the shared backbone gradients."})
+    tpl: TaskLoras = field(default_factory=TaskLoras, metadata={
+        "help": "Task-primary LoRA groups (mtpf-tpl) / PF-L adapters (pf-lora): layers, rank, alpha, targets."})
+    # --- optimisation
+    lr: float = field(default=2e-5, metadata={"help": "AdamW learning rate (paper: 2e-5)."})
+    head_lr: float | None = field(default=None, metadata={"help": "Learning rate of the randomly initialised NER head."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases/LayerNorm)."})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "Share of max_steps for linear warm-up."})
+    scheduler: str = field(default="linear", metadata={"help": "transformers scheduler name (linear, cosine, constant_with_warmup)."})
+    grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "Gradient clipping; null = off."})
+    mixed_precision: Literal["auto", "no", "bf16"] = field(default="auto", metadata={
+        "help": "auto: bf16 on a CUDA device that supports it, fp32 otherwise (bf16 is ~17x slower on CPUs without AMX)."})
+    max_length: int = field(default=128, metadata={"help": "Max tokens per text (longer NER sentences are windowed)."})
+    bucket_factor: int = field(default=50, metadata={"help": "NER length bucketing window, in batches."})
+    # --- bookkeeping
+    log_every: int = field(default=10, metadata={"help": "Steps between metric log lines."})
+    save_every: int = field(default=100, metadata={"help": "Steps between checkpoints."})
+    keep_checkpoints: int = field(default=2, metadata={"help": "How many recent checkpoints to keep."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint in output_dir."})
+    tensorboard: bool = field(default=True, metadata={"help": "Also log to TensorBoard (output_dir/logs/tensorboard)."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+    def __post_init__(self):
+        if self.max_steps < 1:
+            raise ValueError("max_steps must be >= 1")
+        if self.grad_accum < 1:
+            raise ValueError("grad_accum must be >= 1")
+        for t in self.tasks or []:
+            if t not in ("ner", "tc"):
+                raise ValueError(f"unknown task {t!r} in tasks; use ner and/or tc")
+
+    def resolved_tasks(self) -> list[str]:
+        if self.tasks:
+            return list(self.tasks)
+        if self.strategy == "pf-lora":
+            tasks = [t for t, d in (("ner", self.ner_data), ("tc", self.pairs)) if d]
+            return tasks or ["ner", "tc"]
+        return {"ner": ["ner"], "tc": ["tc"]}.get(self.strategy, ["ner", "tc"])
+
+
+# ----------------------------------------------------------------------------------------------- recipe
+class PretrainRecipe:
+    def __init__(self, cfg: PretrainConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.step = 0
+
+    # ------------------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+        from accelerate.utils import set_seed
+
+        cfg = self.cfg
+        self.tasks = cfg.resolved_tasks()
+        precision = cfg.mixed_precision
+        if precision == "auto":
+            precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        # find_unused_parameters: in a task's pass the other task's adapter and head get no gradient.
+        self.accelerator = Accelerator(
+            mixed_precision=precision,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            step_scheduler_with_optimizer=False,
+        )
+        acc = self.accelerator
+        world = acc.num_processes
+        for name, size in (("ner_batch_size", cfg.ner_batch_size), ("tc_batch_size", cfg.tc_batch_size)):
+            if size % world:
+                raise ConfigError(f"{name}={size} must be divisible by the number of processes ({world})")
+        self._check_output_dir()
+        set_seed(cfg.seed)
+
+        from mtpf.encoder import load_encoder, load_tokenizer
+
+        self.tokenizer = load_tokenizer(cfg.model)
+        self._setup_data()
+        encoder = load_encoder(cfg.model)
+        self.model, self.adapter_specs = self._build_model(encoder)
+        self.optimizer = self._build_optimizer()
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(cfg.scheduler, self.optimizer,
+                                       num_warmup_steps=int(cfg.warmup_ratio * cfg.max_steps),
+                                       num_training_steps=cfg.max_steps)
+        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        acc.register_for_checkpointing(self.scheduler, _StepCounter(self))
+        for sampler in self.samplers.values():
+            acc.register_for_checkpointing(sampler)
+        self.shared_params, self.owned = self._parameter_ownership()
+        if cfg.resume:
+            self._resume()
+        if acc.is_main_process:
+            self._open_logs()
+
+    def _check_output_dir(self) -> None:
+        cfg, ckpts = self.cfg, self.out / "checkpoints"
+        saved = self.out / "config.json"
+        if ckpts.is_dir() and any(ckpts.glob("step-*")) and not cfg.resume:
+            raise ConfigError(f"{self.out} already holds checkpoints; pass resume=true to continue it, "
+                              "or choose another output_dir (nothing was overwritten)")
+        if cfg.resume and saved.is_file():
+            before = json.loads(saved.read_text())
+            now = to_dict(cfg)
+            changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+            if changed:
+                raise ConfigError(f"resume=true but {saved} differs in {changed}; only "
+                                  f"{sorted(RESUMABLE_CHANGES)} may change when resuming")
+        if self.accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            tmp = self.out / "config.json.tmp"
+            tmp.write_text(json.dumps(to_dict(cfg), indent=2))
+            os.replace(tmp, saved)
+
+    def _setup_data(self) -> None:
+        from mtpf.data.ner_pseudo import load_pseudo_labels, tokenize_labelled
+        from mtpf.data.pairs import load_pair_sources
+        from mtpf.data.samplers import BucketBatchSampler, HierarchicalPairSampler
+
+        cfg = self.cfg
+        self.samplers, self.data_files = {}, []
+        self.num_clusters = None
+        if "ner" in self.tasks:
+            if not cfg.ner_data:
+                raise ConfigError(f"strategy {cfg.strategy} trains NER but ner_data is empty")
+            labelled = load_pseudo_labels(cfg.ner_data, cfg.num_clusters)
+            self.num_clusters = labelled.num_labels
+            self.data_files += labelled.sources
+            self.ner_ids, self.ner_labels = tokenize_labelled(self.tokenizer, labelled, cfg.max_length)
+            self.samplers["ner"] = BucketBatchSampler([len(x) for x in self.ner_ids], cfg.ner_batch_size,
+                                                      cfg.seed, cfg.bucket_factor)
+        if "tc" in self.tasks:
+            if not cfg.pairs:
+                raise ConfigError(f"strategy {cfg.strategy} trains TC but pairs is empty")
+            self.pair_sources = {s.name: s for s in load_pair_sources(cfg.pairs)}
+            self.data_files += [p for p in _local_files(cfg.pairs)]
+            try:
+                self.samplers["tc"] = HierarchicalPairSampler(list(self.pair_sources.values()), cfg.tc_batch_size,
+                                                              cfg.seed, cfg.pair_weights)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+
+    def _build_model(self, encoder):
+        from mtpf.lora import add_task_adapters
+        from mtpf.pretrain.model import MultiTaskEncoder
+
+        cfg = self.cfg
+        specs = {}
+        if cfg.strategy in ("mtpf-tpl", "pf-lora"):
+            specs = {t: getattr(cfg.tpl, t) for t in self.tasks}
+            encoder = add_task_adapters(encoder, specs, train_backbone=cfg.strategy == "mtpf-tpl")
+            adapters = {t: t for t in self.tasks}
+        else:
+            adapters = {t: None for t in self.tasks}
+        torch.manual_seed(cfg.seed)  # the head's init must not depend on how many adapters were made
+        model = MultiTaskEncoder(encoder, self.num_clusters, adapters)
+        return model, {k: v.to_dict() for k, v in specs.items()}
+
+    def _build_optimizer(self):
+        cfg = self.cfg
+        groups = {"decay": [], "no_decay": [], "head": []}
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.startswith("ner_head."):
+                groups["head"].append(p)
+            elif p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name:
+                groups["no_decay"].append(p)
+            else:
+                groups["decay"].append(p)
+        return torch.optim.AdamW([
+            {"params": groups["decay"], "weight_decay": cfg.weight_decay},
+            {"params": groups["no_decay"], "weight_decay": 0.0},
+            {"params": groups["head"], "weight_decay": cfg.weight_decay, "lr": cfg.head_lr or cfg.lr},
+        ], lr=cfg.lr)
+
+    def _parameter_ownership(self):
+        model = self.accelerator.unwrap_model(self.model)
+        owned_names = model.task_owned()
+        params = dict(model.named_parameters())
+        all_owned = {n for names in owned_names.values() for n in names}
+        shared = [p for n, p in params.items() if p.requires_grad and n not in all_owned]
+        return shared, {t: [params[n] for n in names] for t, names in owned_names.items()}
+
+    # ------------------------------------------------------------------------------------------- train
+    def train(self) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"pretrain {cfg.strategy}", unit="step",
+                   disable=not (acc.is_main_process and cfg.progress), dynamic_ncols=True)
+        self.model.train()
+        window = {"tokens": 0, "time": 0.0, "losses": {t: [] for t in self.tasks}}
+        last = {}
+        while self.step < cfg.max_steps:
+            t0 = time.perf_counter()
+            losses, tokens = self.train_step()
+            window["time"] += time.perf_counter() - t0
+            window["tokens"] += tokens
+            for t, v in losses.items():
+                window["losses"][t].append(v)
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix({f"loss_{t}": f"{v:.3f}" for t, v in losses.items()})
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                last = self._log(window)
+                window = {"tokens": 0, "time": 0.0, "losses": {t: [] for t in self.tasks}}
+            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
+                self.save_checkpoint()
+        bar.close()
+        return last
+
+    def train_step(self) -> tuple[dict[str, float], int]:
+        """One optimizer step: every task's micro-batches, then (PCGrad) combination, clip, step."""
+        cfg, acc = self.cfg, self.accelerator
+        losses, tokens = {}, 0
+        task_grads = {}
+        for ti, task in enumerate(self.tasks):
+            total = 0.0
+            for micro in range(cfg.grad_accum):
+                # DDP all-reduces once per task under PCGrad (it needs each task's global gradient),
+                # otherwise once per step.
+                sync = micro == cfg.grad_accum - 1 and (cfg.pcgrad or ti == len(self.tasks) - 1)
+                weight = (cfg.ner_loss_weight if task == "ner" else cfg.tc_loss_weight) / cfg.grad_accum
+                step_fn = self._ner_micro_step if task == "ner" else self._tc_micro_step
+                loss, n_tok = step_fn(weight, sync)
+                total += loss / cfg.grad_accum
+                tokens += n_tok
+            losses[task] = total
+            if cfg.pcgrad and len(self.tasks) > 1:
+                task_grads[task] = [p.grad.clone() if p.grad is not None else None for p in self.shared_params]
+                for p in self.shared_params:
+                    p.grad = None
+        if task_grads:
+            from mtpf.pretrain.pcgrad import flatten, pcgrad_combine, unflatten
+
+            vecs = [flatten(task_grads[t], self.shared_params) for t in self.tasks]
+            combined = unflatten(pcgrad_combine(vecs, seed=cfg.seed * 1_000_003 + self.step), self.shared_params)
+            for p, g in zip(self.shared_params, combined):
+                p.grad = g.clone()
+        if cfg.max_grad_norm:
+            acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return losses, tokens
+
+    def _sync_context(self, sync: bool):
+        return contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model)
+
+    def _rank_slice(self, items: list) -> list:
+        acc = self.accelerator
+        per = len(items) // acc.num_processes
+        return items[acc.process_index * per : (acc.process_index + 1) * per]
+
+    def _ner_micro_step(self, weight: float, sync: bool) -> tuple[float, int]:
+        from mtpf.data.samplers import pad_batch
+        from mtpf.losses import token_cross_entropy
+
+        idx = self._rank_slice(self.samplers["ner"].next_batch())
+        batch = pad_batch([self.ner_ids[i] for i in idx], self.tokenizer.pad_token_id,
+                          [self.ner_labels[i] for i in idx])
+        batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
+        with self._sync_context(sync), self.accelerator.autocast():
+            logits = self.model("ner", **batch)
+            loss = token_cross_entropy(logits.float(), batch["labels"])
+            self.accelerator.backward(loss * weight)
+        return loss.item(), int(batch["attention_mask"].sum())
+
+    def _tc_micro_step(self, weight: float, sync: bool) -> tuple[float, int]:
+        from mtpf.losses import cached_info_nce_backward, info_nce
+
+        cfg = self.cfg
+        source_name, idx = self.samplers["tc"].next_batch()
+        source = self.pair_sources[source_name]
+        idx = self._rank_slice(idx)
+        a_chunks, a_order, a_tok = self._chunks([source.anchors[i] for i in idx])
+        p_chunks, p_order, p_tok = self._chunks([source.positives[i] for i in idx])
+
+        def embed(chunk):
+            with self.accelerator.autocast():
+                return self.model("tc", **chunk).float()
+
+        if cfg.tc_mini_batch_size:
+            no_sync = (lambda: self.accelerator.no_sync(self.model)) if sync else None
+            with self._sync_context(sync):
+                loss = cached_info_nce_backward(embed, a_chunks, p_chunks, cfg.temperature, cfg.symmetric,
+                                                cfg.gather_negatives, loss_scale=weight, no_sync=no_sync,
+                                                anchor_order=a_order, positive_order=p_order)
+        else:
+            from mtpf.losses.cached_info_nce import _unsort
+
+            with self._sync_context(sync):
+                a = _unsort(torch.cat([embed(c) for c in a_chunks]), a_order)
+                p = _unsort(torch.cat([embed(c) for c in p_chunks]), p_order)
+                loss = info_nce(a, p, cfg.temperature, cfg.symmetric, cfg.gather_negatives)
+                self.accelerator.backward(loss * weight)
+        return float(loss), a_tok + p_tok
+
+    def _chunks(self, texts: list[str]):
+        """Tokenise, sort by length (less padding per chunk), cut into GradCache chunks."""
+        from mtpf.data.samplers import pad_batch
+
+        cfg = self.cfg
+        ids = self.tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        size = cfg.tc_mini_batch_size or len(ids)
+        chunks = []
+        for s in range(0, len(order), size):
+            b = pad_batch([ids[i] for i in order[s : s + size]], self.tokenizer.pad_token_id)
+            chunks.append({k: v.to(self.accelerator.device) for k, v in b.items()})
+        return chunks, torch.tensor(order, device=self.accelerator.device), sum(len(x) for x in ids)
+
+    # ------------------------------------------------------------------------------------------- logs
+    def _open_logs(self) -> None:
+        (self.out / "logs").mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.out / "logs" / "metrics.jsonl"
+        self.tb = None
+        if self.cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out / "logs" / "tensorboard"))
+
+    def _log(self, window: dict) -> dict:
+        acc = self.accelerator
+        stats = torch.tensor([window["tokens"], window["time"]], dtype=torch.float64, device=acc.device)
+        losses = torch.tensor([sum(v) / max(len(v), 1) for v in window["losses"].values()], device=acc.device)
+        stats = acc.reduce(stats, reduction="sum")
+        losses = acc.reduce(losses, reduction="mean")
+        record = {
+            "step": self.step,
+            **{f"loss_{t}": float(v) for t, v in zip(window["losses"], losses)},
+            "lr": self.scheduler.get_last_lr()[0],
+            # tokens of every process / wall time of one process
+            "tokens_per_s": float(stats[0] / (stats[1] / acc.num_processes)) if stats[1] > 0 else 0.0,
+        }
+        if acc.is_main_process:
+            with open(self.metrics_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            if self.tb is not None:
+                for k, v in record.items():
+                    if k != "step":
+                        self.tb.add_scalar(k, v, self.step)
+                self.tb.flush()
+        return record
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path:
+        """Accelerate state (weights, optimizer, scheduler, RNGs, samplers, step), written atomically:
+        into a temporary folder that is renamed only when complete, so a kill never leaves a torn checkpoint."""
+        acc = self.accelerator
+        ckpts = self.out / "checkpoints"
+        final = ckpts / f"step-{self.step:08d}"
+        tmp = ckpts / f".tmp-step-{self.step:08d}"
+        if acc.is_main_process:
+            ckpts.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in sorted(ckpts.glob("step-*"))[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def _resume(self) -> None:
+        ckpts = sorted((self.out / "checkpoints").glob("step-*"))
+        if not ckpts:
+            self.accelerator.print(f"resume=true but no checkpoint in {self.out / 'checkpoints'}: starting at step 0")
+            return
+        self.accelerator.load_state(str(ckpts[-1]))
+        self.accelerator.print(f"resumed from {ckpts[-1]} (step {self.step})")
+
+    # ------------------------------------------------------------------------------------------- export
+    def export(self, metrics: dict | None = None) -> dict | None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return None
+        from mtpf.pretrain.export import export_run
+
+        model = acc.unwrap_model(self.model)
+        return export_run(model, self.tokenizer, self.out, to_dict(self.cfg), self.data_files, self.adapter_specs,
+                          extra={"steps": self.step, "num_processes": acc.num_processes,
+                                 "tasks": self.tasks, "last_metrics": metrics or {}})
+
+
+class _StepCounter:
+    """Puts the step number into accelerate's checkpoint."""
+
+    def __init__(self, recipe: PretrainRecipe):
+        self.recipe = recipe
+
+    def state_dict(self) -> dict:
+        return {"step": self.recipe.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.recipe.step = int(state["step"])
+
+
+def _local_files(paths: list[str]) -> list[str]:
+    from mtpf.data.io import expand_paths
+
+    local = [p for p in paths if not str(p).startswith("hub:")]
+    return [str(p) for p in expand_paths(local, (".jsonl", ".jsonl.gz"))] if local else []
+
+
+def run(cfg: PretrainConfig) -> dict | None:
+    recipe = PretrainRecipe(cfg)
+    recipe.setup()
+    metrics = recipe.train()
+    return recipe.export(metrics)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def add_parser(sub) -> None:
+    p = sub.add_parser("pretrain", help="pre-finetune an encoder (ner | tc | mtpf | mtpf-tpl | pf-lora)",
+                       description=__doc__.split("\n\n")[1] if "\n\n" in __doc__ else None)
+    p.add_argument("config", nargs="?", help="YAML config (see configs/); keys can be overridden as key=value")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nesting (tpl.ner.layers=4)")
+    p.add_argument("--help-config", action="store_true", help="list every config key with default and help")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    if args.help_config:
+        print(help_text(PretrainConfig))
+        print("\n  tpl.ner / tpl.tc (each a LoRA group):\n" + help_text(LoraSpec))
+        return 0
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not config.endswith((".yaml", ".yml")):
+        config, overrides = None, [config] + overrides
+    cfg = load_config(PretrainConfig, config, overrides)
+    run_info = run(cfg)
+    if run_info:
+        print(f"run folder: {cfg.output_dir}\n  backbone: {run_info['backbone']}")
+        for name, path in run_info["adapters"].items():
+            print(f"  adapter {name}: {path}")
+        print(f"  sentence-transformer: {run_info['sentence_transformer']}")
+    return 0
+
+
+if __name__ == "__main__":  # accelerate launch -m mtpf.recipes.pretrain CONFIG key=value
+    import sys
+
+    from mtpf.cli import main
+
+    sys.exit(main(["pretrain", *sys.argv[1:]]))
