@@ -125,7 +125,7 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, list[str]]]:
             yield lineno, []
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
             raise DataError(path, lineno, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
         yield lineno, words_of_record(obj, path, lineno)

@@ -65,7 +65,8 @@ class Teacher:
                     raise ValueError(f"layer {layer} out of range: the teacher has {n_hidden} layers (+ embeddings)")
         self.dim = int(getattr(cfg, "hidden_size", None) or cfg.dim) * len(self.layers)
         self.max_length = self._limit(max_length)
-        self.n_special = tokenizer.num_special_tokens_to_add(pair=False)
+        self._prefix, self._suffix = _special_template(tokenizer)
+        self.n_special = len(self._prefix) + len(self._suffix)
         if self.max_length - self.n_special < 1:
             raise ValueError(f"max_length {self.max_length} leaves no room for words")
         vocab = tokenizer.get_vocab()
@@ -102,7 +103,8 @@ class Teacher:
     def _segments(self, sentences: list[list[str]]):
         """Windows ``(input_ids, word index per token or -1, (first word, end word))``; word indices count
         across all ``sentences``, and the word range also covers words that got no piece."""
-        enc = self.tokenizer(sentences, is_split_into_words=True, add_special_tokens=False, truncation=False)
+        enc = self.tokenizer(sentences, is_split_into_words=True, add_special_tokens=False, truncation=False,
+                             verbose=False)
         budget = self.max_length - self.n_special
         segments = []
         base = 0
@@ -139,12 +141,8 @@ class Teacher:
         return segments, base
 
     def _window(self, ids, wids, base, word_range):
-        ids = list(ids)
-        full = self.tokenizer.build_inputs_with_special_tokens(ids)
-        # Specials are added around the content; find where the content starts to place word indices.
-        lead = 0
-        while ids and lead < len(full) and full[lead : lead + len(ids)] != ids:
-            lead += 1
+        full = self._prefix + list(ids) + self._suffix
+        lead = len(self._prefix)
         word_index = [-1] * len(full)
         for k, w in enumerate(wids):
             if w is not None:
@@ -212,6 +210,15 @@ class Teacher:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         return torch.cat([out.hidden_states[layer] for layer in self.layers], dim=-1)
+
+
+def _special_template(tokenizer) -> tuple[list[int], list[int]]:
+    """Special-token ids the tokenizer puts before and after a single sequence (e.g. [CLS] / [SEP])."""
+    enc = tokenizer(["a"], is_split_into_words=True, add_special_tokens=True)
+    wids = enc.word_ids()
+    first = next(i for i, w in enumerate(wids) if w is not None)
+    last = max(i for i, w in enumerate(wids) if w is not None)
+    return list(enc["input_ids"][:first]), list(enc["input_ids"][last + 1 :])
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
