@@ -66,7 +66,7 @@ def build(cls: type[T], data: dict, source: str = "<config>", prefix: str = "") 
     unknown = [k for k in data if k not in fields]
     if unknown:
         known = ", ".join(sorted(fields))
-        raise ConfigError(f"{source}: unknown config key {prefix}{unknown[0]!r} (known keys: {known})")
+        raise ConfigError(f"{source}: unknown config key '{prefix}{unknown[0]}' (known keys: {known})")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
