@@ -1,0 +1,380 @@
+"""The on-device system API: one shared backbone, many apps' adapters (paper, Figure 1 and Section 6).
+
+    rt = Runtime("RUN")                       # an mtpf run folder, a backbone folder or "packaged"
+    rt.register_app("mail-ner", "APP_DIR")    # refused if the adapter was trained on another backbone
+    rt.extract_entities("mail-ner", ["Meet Anna in Paris on Monday"])
+    rt.classify("intent", ["block my card"]); rt.embed("intent", ["block my card"])
+    rt.unregister_app("mail-ner")             # waits for that app's queued requests, loses none
+
+Requests from any number of threads go into one queue. A batcher thread takes the first waiting request,
+collects more for at most ``max_wait_ms`` after it arrived (or until ``max_batch_size`` texts), and serves the
+whole micro-batch, whatever the apps, with one forward pass per ``max_batch_size`` rows (rows sorted by length
+to cut padding). Heads and post-processing run per row in NumPy.
+"""
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mtpf.runtime.app import (AppError, AppSpec, FingerprintMismatchError, decode_bio, read_app, softmax,
+                              split_words)
+
+OPS = {"entities": "ner", "classify": "tc", "embed": "tc"}
+
+
+class UnknownAppError(LookupError):
+    """No app of that name is registered (or it is being removed)."""
+
+
+class TaskMismatchError(ValueError):
+    """The call does not fit the app's task (e.g. ``classify`` on an NER app)."""
+
+
+class RuntimeClosedError(RuntimeError):
+    pass
+
+
+@dataclass
+class _App:
+    spec: AppSpec
+    key: str | None  # adapter key in the backend (None: the bare backbone)
+    registered_at: float
+    inflight: int = 0
+    closing: bool = False
+    served: int = 0
+
+
+@dataclass
+class _Request:
+    app: _App
+    op: str
+    texts: list[str]
+    future: Future
+    t_enqueue: float = field(default_factory=time.perf_counter)
+
+
+class Runtime:
+    """One shared backbone serving many apps' adapters, with micro-batching across apps.
+
+    ``backend``: "torch" (PEFT, LoRA applied per row) or "onnx" (ONNX Runtime; ``int8`` for the quantised
+    graph). ``mode`` (torch only): "mixed" (one forward with per-row ``adapter_names``) or "grouped" (one
+    forward per app). ``max_batch_size`` bounds the rows of one forward; ``max_wait_ms`` how long the first
+    request of a micro-batch waits for company. ``batching=False`` serves every call synchronously in the
+    caller's thread (still thread-safe), which is what the per-request baselines of the benchmark use.
+    """
+
+    def __init__(self, backbone: str | Path | None = "packaged", *, backend: str = "torch", mode: str = "mixed",
+                 int8: bool = False, max_batch_size: int = 32, max_wait_ms: float = 2.0, batching: bool = True,
+                 onnx_dir: str | Path | None = None, num_threads: int | None = None, max_queue: int = 10000):
+        import torch
+
+        from mtpf.encoder import fingerprint_model, load_encoder, load_tokenizer, resolve_model
+        from mtpf.runtime.onnx_export import encoder_input_names
+
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        self.backbone_path = resolve_model(backbone)
+        self.tokenizer = load_tokenizer(self.backbone_path)
+        encoder = load_encoder(self.backbone_path).eval()
+        self.fingerprint = fingerprint_model(encoder)
+        self.hidden_size = int(encoder.config.hidden_size)
+        self.model_max_length = int(getattr(encoder.config, "max_position_embeddings", 512))
+        self.input_names = encoder_input_names(encoder, self.tokenizer)
+        if backend == "torch":
+            from mtpf.runtime.backends import TorchBackend
+
+            self.backend = TorchBackend(encoder, self.input_names, mode=mode)
+        elif backend == "onnx":
+            from mtpf.runtime.backends import OnnxBackend
+
+            self.backend = OnnxBackend(encoder, self.tokenizer, self.input_names, self.fingerprint, int8=int8,
+                                       onnx_dir=onnx_dir, num_threads=num_threads)
+        else:
+            raise ValueError(f"backend must be torch or onnx, got {backend!r}")
+        self.max_batch_size = int(max_batch_size)
+        self.max_wait = float(max_wait_ms) / 1000.0
+        self.batching = batching
+        self._apps: dict[str, _App] = {}
+        self._apps_lock = threading.Condition()
+        self._keys = itertools.count()
+        self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=max_queue)
+        self._closed = False
+        self._sync_lock = threading.Lock()
+        self.batch_log: deque[tuple[int, int, int]] = deque(maxlen=10000)  # (requests, rows, apps) per batch
+        self.batches = 0
+        self._worker = None
+        if batching:
+            self._worker = threading.Thread(target=self._loop, name="mtpf-runtime-batcher", daemon=True)
+            self._worker.start()
+
+    # ---------------------------------------------------------------- apps
+    def register_app(self, name: str, adapter_dir: str | Path) -> dict:
+        """Load an app adapter folder (docs/formats.md "App adapter") under ``name``; returns its info.
+
+        Raises :class:`FingerprintMismatchError` when the adapter was trained on another backbone, and
+        :class:`AppError` for any other problem with the folder. Safe while requests are being served.
+        """
+        if not name or not isinstance(name, str):
+            raise AppError("app name must be a non-empty string")
+        spec = read_app(adapter_dir, name)
+        if spec.backbone_fingerprint != self.fingerprint:
+            raise FingerprintMismatchError(
+                f"app {name!r} ({adapter_dir}) was trained on backbone {spec.backbone_fingerprint[:23]}..., but this "
+                f"runtime holds backbone {self.fingerprint[:23]}... ({self.backbone_path}); its LoRA and head would "
+                "give wrong outputs here. Re-run `mtpf adapt` on this backbone.")
+        if spec.head_weight.shape[1] != self.hidden_size:
+            raise AppError(f"app {name!r}: head expects hidden size {spec.head_weight.shape[1]}, "
+                           f"backbone has {self.hidden_size}")
+        with self._apps_lock:
+            if name in self._apps:
+                raise AppError(f"an app named {name!r} is already registered; unregister it first")
+        key = None
+        if spec.has_lora:
+            key = f"{name}#{next(self._keys)}"  # unique, so a re-registered name never meets its draining self
+            try:
+                self.backend.add_lora(key, spec.path)
+            except Exception as exc:
+                raise AppError(f"app {name!r}: cannot load its LoRA from {spec.path}: {exc}") from exc
+        with self._apps_lock:
+            if name in self._apps:  # lost a race with a concurrent register of the same name
+                if key is not None:
+                    self.backend.remove_lora(key)
+                raise AppError(f"an app named {name!r} is already registered; unregister it first")
+            self._apps[name] = _App(spec=spec, key=key, registered_at=time.time())
+        return self.app_info(name)
+
+    def unregister_app(self, name: str, timeout: float | None = 60.0) -> None:
+        """Remove ``name``: new calls are refused at once; calls already accepted are still answered."""
+        with self._apps_lock:
+            app = self._apps.pop(name, None)
+            if app is None:
+                raise UnknownAppError(f"no app named {name!r}")
+            app.closing = True
+            if not self._apps_lock.wait_for(lambda: app.inflight == 0, timeout=timeout):
+                raise TimeoutError(f"app {name!r} still has {app.inflight} requests in flight after {timeout}s")
+        if app.key is not None:
+            self.backend.remove_lora(app.key)
+
+    def apps(self) -> dict[str, dict]:
+        with self._apps_lock:
+            names = list(self._apps)
+        return {n: self.app_info(n) for n in names}
+
+    def app_info(self, name: str) -> dict:
+        app = self._get(name)
+        s = app.spec
+        info = {"name": name, "task": s.task, "labels": s.labels, "has_lora": s.has_lora, "adapter_dir": str(s.path),
+                "max_length": s.max_length, "backbone_fingerprint": s.backbone_fingerprint, "served": app.served}
+        if s.task == "tc":
+            info.update({"pooling": s.pooling, "normalize": s.normalize, "embedding_dim": self.hidden_size})
+        return info
+
+    def _get(self, name: str) -> _App:
+        with self._apps_lock:
+            app = self._apps.get(name)
+        if app is None:
+            raise UnknownAppError(f"no app named {name!r}")
+        return app
+
+    # ---------------------------------------------------------------- calls
+    def extract_entities(self, app: str, texts: list[str] | str) -> list[list[dict]]:
+        """Entity spans per text: ``{"type", "start", "end", "text", "score"}`` with character offsets."""
+        return self.submit(app, "entities", texts).result()
+
+    def classify(self, app: str, texts: list[str] | str) -> list[dict]:
+        """Per text ``{"label", "score", "probabilities": {label: p}}``."""
+        return self.submit(app, "classify", texts).result()
+
+    def embed(self, app: str, texts: list[str] | str) -> np.ndarray:
+        """The app's TC embedding (its LoRA active, pooled, normalised if the app says so): [n, hidden]."""
+        return self.submit(app, "embed", texts).result()
+
+    def submit(self, app: str, op: str, texts: list[str] | str) -> Future:
+        """Queue a call and return a ``concurrent.futures.Future`` (wrap with ``asyncio.wrap_future``)."""
+        if self._closed:
+            raise RuntimeClosedError("runtime is closed")
+        if op not in OPS:
+            raise ValueError(f"unknown operation {op!r}; one of {sorted(OPS)}")
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be strings")
+        with self._apps_lock:
+            a = self._apps.get(app)
+            if a is None:
+                raise UnknownAppError(f"no app named {app!r}")
+            if a.spec.task != OPS[op]:
+                raise TaskMismatchError(f"app {app!r} is a {a.spec.task.upper()} app; "
+                                        f"{op!r} needs a {OPS[op].upper()} app")
+            a.inflight += 1
+        req = _Request(a, op, texts, Future())
+        req.future.add_done_callback(lambda _f, a=a: self._done(a))
+        if not texts:
+            req.future.set_result(np.zeros((0, self.hidden_size), np.float32) if op == "embed" else [])
+            return req.future
+        if self.batching:
+            self._queue.put(req)
+        else:
+            with self._sync_lock:
+                self._serve([req])
+        return req.future
+
+    def _done(self, app: _App) -> None:
+        with self._apps_lock:
+            app.inflight -= 1
+            app.served += 1
+            self._apps_lock.notify_all()
+
+    # ---------------------------------------------------------------- batcher
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, rows = [first], len(first.texts)
+            deadline = first.t_enqueue + self.max_wait
+            stop = False
+            while rows < self.max_batch_size:
+                remaining = deadline - time.perf_counter()
+                try:
+                    item = self._queue.get_nowait() if remaining <= 0 else self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+                rows += len(item.texts)
+            self._serve(batch)
+            if stop:
+                return
+
+    def _serve(self, batch: list[_Request]) -> None:
+        try:
+            results = self._run_batch(batch)
+        except Exception as exc:  # a failing batch fails its requests, never the batcher
+            for req in batch:
+                if not req.future.done():
+                    req.future.set_exception(exc)
+            return
+        for req, res in zip(batch, results):
+            req.future.set_result(res)
+
+    def _tokenize(self, req: _Request):
+        """Per text: (ids dict of lists, word list or None, first-sub-token position per word or None)."""
+        spec = req.app.spec
+        max_len = min(spec.max_length, self.model_max_length)
+        out = []
+        if spec.task == "ner":
+            words = [split_words(t) for t in req.texts]
+            nonempty = [w if w else [("", 0, 0)] for w in words]
+            enc = self.tokenizer([[w for w, _, _ in ws] for ws in nonempty], is_split_into_words=True,
+                                 truncation=True, max_length=max_len)
+            for i, ws in enumerate(words):
+                first = {}
+                for pos, wid in enumerate(enc.word_ids(i)):
+                    if wid is not None and wid not in first:
+                        first[wid] = pos
+                ids = {k: enc[k][i] for k in self.input_names}
+                out.append((ids, ws, [first.get(j) for j in range(len(ws))]))
+        else:
+            enc = self.tokenizer(req.texts, truncation=True, max_length=max_len)
+            for i in range(len(req.texts)):
+                out.append(({k: enc[k][i] for k in self.input_names}, None, None))
+        return out
+
+    def _run_batch(self, batch: list[_Request]) -> list:
+        rows = []  # (request index, text index, ids, words, first positions, adapter key)
+        for r_i, req in enumerate(batch):
+            for t_i, (ids, words, first) in enumerate(self._tokenize(req)):
+                rows.append((r_i, t_i, ids, words, first, req.app.key))
+        self.batches += 1
+        self.batch_log.append((len(batch), len(rows), len({req.app.spec.name for req in batch})))
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][2]["input_ids"]))
+        hidden: dict[int, np.ndarray] = {}
+        pad_id = self.tokenizer.pad_token_id or 0
+        for start in range(0, len(order), self.max_batch_size):
+            chunk = order[start:start + self.max_batch_size]
+            length = max(len(rows[i][2]["input_ids"]) for i in chunk)
+            feeds = {}
+            for name in self.input_names:
+                fill = pad_id if name == "input_ids" else 0
+                arr = np.full((len(chunk), length), fill, dtype=np.int64)
+                for j, i in enumerate(chunk):
+                    seq = rows[i][2][name]
+                    arr[j, :len(seq)] = seq
+                feeds[name] = arr
+            out = self.backend.forward(feeds, [rows[i][5] for i in chunk])
+            for j, i in enumerate(chunk):
+                hidden[i] = out[j, :len(rows[i][2]["input_ids"])]
+        per_req: list[list] = [[None] * len(req.texts) for req in batch]
+        for i, (r_i, t_i, ids, words, first, _key) in enumerate(rows):
+            per_req[r_i][t_i] = self._post(batch[r_i], t_i, hidden[i], words, first)
+        results = []
+        for req, res in zip(batch, per_req):
+            results.append(np.stack(res).astype(np.float32) if req.op == "embed" else res)
+        return results
+
+    def _post(self, req: _Request, t_i: int, h: np.ndarray, words, first):
+        spec = req.app.spec
+        if spec.task == "ner":
+            if not words:
+                return []
+            logits = h @ spec.head_weight.T + spec.head_bias
+            probs = softmax(logits)
+            tags, scores = [], []
+            for pos in first:
+                if pos is None:  # word beyond the truncation limit: not tagged
+                    tags.append("O")
+                    scores.append(1.0)
+                else:
+                    c = int(probs[pos].argmax())
+                    tags.append(spec.labels[c])
+                    scores.append(float(probs[pos, c]))
+            return decode_bio(req.texts[t_i], words, tags, scores)
+        emb = h[0] if spec.pooling == "cls" else h.mean(0)  # h holds only this row's real tokens
+        if spec.normalize:
+            emb = emb / max(float(np.linalg.norm(emb)), 1e-12)
+        if req.op == "embed":
+            return emb
+        probs = softmax(emb @ spec.head_weight.T + spec.head_bias)
+        c = int(probs.argmax())
+        return {"label": spec.labels[c], "score": float(probs[c]),
+                "probabilities": {lab: float(p) for lab, p in zip(spec.labels, probs)}}
+
+    # ---------------------------------------------------------------- lifecycle
+    def stats(self) -> dict:
+        log = list(self.batch_log)
+        rows = [r for _, r, _ in log]
+        return {
+            "backend": self.backend.name, "mode": getattr(self.backend, "mode", "grouped"),
+            "batches": self.batches, "queued": self._queue.qsize(),
+            "batch_rows_mean": float(np.mean(rows)) if rows else 0.0,
+            "batch_rows_max": int(max(rows)) if rows else 0,
+            "batch_requests_mean": float(np.mean([q for q, _, _ in log])) if log else 0.0,
+            "batch_apps_mean": float(np.mean([a for _, _, a in log])) if log else 0.0,
+        }
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(timeout=30)
+        self.backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
