@@ -1,0 +1,204 @@
+"""``mtpf adapt ner|tc`` (one app adapter) and ``mtpf evaluate`` (the paper's tables)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _ner_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("NER adaptation (defaults = paper, Appendix A)")
+    g.add_argument("--epochs-warmup", type=int, default=10, help="stage 1: epochs training the head alone (10)")
+    g.add_argument("--epochs", type=int, default=30, help="stage 2: epochs training LoRA + head (30)")
+    g.add_argument("--quick", action="store_true",
+                   help="quick run: 1 warm-up epoch + 2 LoRA epochs (overrides --epochs-warmup/--epochs)")
+    g.add_argument("--batch-size", type=int, default=64, help="sentences per batch (64)")
+    g.add_argument("--lr", type=float, default=2e-5, help="AdamW learning rate (2e-5)")
+    g.add_argument("--head-lr", type=float, default=None, help="learning rate of the head (default --lr)")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (0.01)")
+    g.add_argument("--scheduler", choices=["constant", "linear"], default="constant",
+                   help="learning-rate schedule within each stage (constant)")
+    g.add_argument("--lora-rank", type=int, default=32)
+    g.add_argument("--lora-alpha", type=int, default=64)
+    g.add_argument("--lora-dropout", type=float, default=0.0)
+    g.add_argument("--lora-layers", default="all", help="'all' or N (the last N layers)")
+    g.add_argument("--lora-targets", default="query,key,mlp", help="comma list of query,key,value,attn_out,mlp")
+    g.add_argument("--no-adapter-init", action="store_true",
+                   help="do not initialise LoRA from the model's ner task-primary adapter")
+    g.add_argument("--select", choices=["auto", "dev", "last"], default="auto",
+                   help="model selection: best dev F1 epoch (auto: when a dev split exists) or last epoch")
+    g.add_argument("--ner-max-length", type=int, default=None, help="tokens per window (default: the model's)")
+
+
+def _tc_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("text classification (MTEB protocol)")
+    g.add_argument("--samples-per-label", default="auto",
+                   help="auto (8; Emotion 16; TweetSentimentExtraction/AmazonCounterfactual 32), N, or full")
+    g.add_argument("--n-experiments", type=int, default=10, help="undersampling experiments (10)")
+    g.add_argument("--classifier", default="logreg", help="logreg, or module:Class of a sklearn classifier")
+    g.add_argument("--max-iter", type=int, default=100, help="LogisticRegression max_iter (100, as mteb)")
+    g.add_argument("--classifier-args", default="{}", help="JSON keyword arguments of the classifier")
+    g.add_argument("--normalize", choices=["auto", "true", "false"], default="auto",
+                   help="L2-normalise embeddings (auto: as the model's sentence-transformers pipeline)")
+    g.add_argument("--tc-max-length", type=int, default=None, help="token limit (default: the model's); longer "
+                                                                   "texts are truncated")
+    g.add_argument("--no-tc-adapter", action="store_true", help="ignore the model's tc task-primary adapter")
+
+
+def _ner_config(args):
+    from mtpf.downstream.ner import QUICK, NerConfig
+
+    kw = dict(epochs_warmup=args.epochs_warmup, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+              head_lr=args.head_lr, weight_decay=args.weight_decay, scheduler=args.scheduler,
+              lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+              lora_layers=args.lora_layers, lora_targets=[t.strip() for t in args.lora_targets.split(",") if t.strip()],
+              init_from_ner_adapter=not args.no_adapter_init, select=args.select, max_length=args.ner_max_length)
+    if args.quick:
+        kw.update(QUICK)
+    return NerConfig(**kw)
+
+
+def _tc_config(args):
+    from mtpf.config import ConfigError
+    from mtpf.downstream.tc import TCConfig
+
+    try:
+        extra = json.loads(args.classifier_args)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--classifier-args is not valid JSON: {exc}") from None
+    return TCConfig(samples_per_label=args.samples_per_label, n_experiments=args.n_experiments,
+                    classifier=args.classifier, max_iter=args.max_iter, classifier_args=extra,
+                    normalize=args.normalize, max_length=args.tc_max_length, use_adapter=not args.no_tc_adapter)
+
+
+def add_parser(sub) -> None:
+    adapt = sub.add_parser("adapt", help="adapt an encoder to one downstream task and save an app adapter")
+    modes = adapt.add_subparsers(dest="mode", metavar="MODE")
+    for mode, helptext in (("ner", "LoRA + token classifier (two stages), saved as a PEFT app adapter"),
+                           ("tc", "logistic regression on mean-pooled embeddings of the whole train split")):
+        p = modes.add_parser(mode, help=helptext)
+        p.add_argument("--model", default="packaged", help="mtpf run folder, HF/sentence-transformers folder, "
+                                                           "hub name, or 'packaged' (default)")
+        p.add_argument("--data", required=True, help="dataset folder ({train,dev,test}.jsonl[.gz]) or hub name")
+        p.add_argument("--output", required=True, help="app adapter folder to write")
+        p.add_argument("--seed", type=int, default=42)
+        p.add_argument("--allow-unseen-labels", action="store_true",
+                       help="score labels that occur only in dev/test as misses instead of refusing the data")
+        p.add_argument("--no-progress", action="store_true")
+        if mode == "ner":
+            p.add_argument("--fraction", type=float, default=1.0, help="seeded random share of train sentences")
+            _ner_args(p)
+        else:
+            p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: none)")
+            _tc_args(p)
+        p.set_defaults(func=_adapt)
+    adapt.set_defaults(func=lambda args: (adapt.print_help(), 2)[1])
+
+    p = sub.add_parser("evaluate", help="downstream evaluation suite: results.json, tables.md/csv, chart.png",
+                       description="Evaluate models on NER (LoRA adaptation) and text classification (MTEB "
+                                   "protocol) datasets and write the paper's tables. Resumable.")
+    p.add_argument("--model", action="append", default=[], metavar="LABEL=PATH",
+                   help="a model to evaluate (repeat); LABEL=PATH or PATH; PATH: run folder, HF or "
+                        "sentence-transformers folder, hub name, 'packaged'")
+    p.add_argument("--base", default=None, help="label of the row the +/- are computed against (default: first)")
+    p.add_argument("--ner", nargs="*", default=[], metavar="DIR", help="NER dataset folders (or hub names)")
+    p.add_argument("--cls", nargs="*", default=[], metavar="DIR", help="classification dataset folders (or hub names)")
+    p.add_argument("--data-dir", default=None,
+                   help="a ../shared/data-style folder: every ner/* and cls/* inside, unless --ner/--cls are given")
+    p.add_argument("--fractions", default="1.0", help="comma list of train shares for NER, e.g. 0.1,0.2,0.5")
+    p.add_argument("--seeds", default="42", help="comma list of seeds")
+    p.add_argument("--output", required=True, help="output folder (results.json, tables.md, tables.csv, chart.png)")
+    p.add_argument("--cache-dir", default=None, help="embedding cache (default OUTPUT/cache)")
+    p.add_argument("--allow-unseen-labels", action="store_true",
+                   help="score labels that occur only in dev/test as misses instead of refusing the data")
+    p.add_argument("--save-apps", action="store_true", help="also save every NER cell's app adapter in OUTPUT/apps")
+    p.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+    p.add_argument("--mteb-tasks", default=None,
+                   help="instead: run the official mteb package (online) on each model's sentence-transformers "
+                        "export for these comma-separated MTEB task names, results in OUTPUT/mteb")
+    _ner_args(p)
+    _tc_args(p)
+    p.set_defaults(func=_evaluate)
+
+
+def _adapt(args) -> int:
+    from mtpf.config import ConfigError
+    from mtpf.downstream.models import resolve
+
+    if args.mode == "ner":
+        from mtpf.downstream.data import load_ner_dataset
+        from mtpf.downstream.ner import save_ner_app, train_ner
+
+        cfg = _ner_config(args)
+        dataset = load_ner_dataset(args.data, args.allow_unseen_labels)
+        model = resolve(args.model)
+        res = train_ner(model, dataset, cfg, args.fraction, args.seed, progress=not args.no_progress,
+                        keep_model=True)
+        save_ner_app(res, model, args.output, {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint,
+                                               "fraction": args.fraction, "seed": args.seed,
+                                               "config": cfg.to_dict()})
+        print(f"NER app adapter: {args.output}  ({len(dataset.labels)} labels, selected on {res.selection}, "
+              f"epoch {res.best_epoch})")
+        if res.dev:
+            print(f"  dev : P {100 * res.dev['precision']:.2f}  R {100 * res.dev['recall']:.2f}  "
+                  f"F1 {100 * res.dev['f1']:.2f}")
+        print(f"  test: P {100 * res.test['precision']:.2f}  R {100 * res.test['recall']:.2f}  "
+              f"F1 {100 * res.test['f1']:.2f}")
+        if res.initialised_modules:
+            print(f"  LoRA initialised from the ner adapter on {len(res.initialised_modules)} modules")
+        return 0
+    if args.mode == "tc":
+        from mtpf.downstream.data import load_cls_dataset
+        from mtpf.downstream.tc import adapt_tc
+
+        cfg = _tc_config(args)
+        dataset = load_cls_dataset(args.data, args.allow_unseen_labels)
+        model = resolve(args.model, normalize=cfg.normalize)
+        meta = adapt_tc(model, dataset, args.output, cfg, args.seed, max_iter=max(args.max_iter, 1000),
+                        cache_dir=args.cache_dir, progress=not args.no_progress)
+        print(f"TC app adapter: {args.output}  ({len(meta['labels'])} labels, LoRA: {meta['has_lora']})")
+        for split, m in meta["metrics"].items():
+            print(f"  {split}: accuracy {100 * m['accuracy']:.2f}  macro-F1 {100 * m['f1']:.2f}")
+        return 0
+    raise ConfigError("choose a mode: mtpf adapt ner | mtpf adapt tc")
+
+
+def _floats(text: str, what: str) -> list[float]:
+    from mtpf.config import ConfigError
+
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--{what} must be a comma list of numbers, got {text!r}") from None
+
+
+def _evaluate(args) -> int:
+    from pathlib import Path
+
+    from mtpf.config import ConfigError
+    from mtpf.downstream.models import parse_model_arg
+
+    models = [parse_model_arg(m) for m in (args.model or ["packaged"])]
+    if args.mteb_tasks:
+        from mtpf.downstream.mteb_run import run_mteb
+
+        run_mteb(models, [t.strip() for t in args.mteb_tasks.split(",") if t.strip()], Path(args.output) / "mteb")
+        return 0
+    ner, cls = list(args.ner), list(args.cls)
+    if args.data_dir and not ner and not cls:
+        root = Path(args.data_dir)
+        if not root.is_dir():
+            raise ConfigError(f"--data-dir {root}: no such folder")
+        ner = sorted(str(p) for p in (root / "ner").glob("*") if p.is_dir())
+        cls = sorted(str(p) for p in (root / "cls").glob("*") if p.is_dir())
+    from mtpf.downstream.suite import SuiteConfig, run_suite
+
+    seeds = [int(s) for s in _floats(args.seeds, "seeds")]
+    cfg = SuiteConfig(models=models, output=args.output, ner=ner, cls=cls, fractions=_floats(args.fractions, "fractions"),
+                      seeds=seeds, base=args.base, ner_cfg=_ner_config(args), tc_cfg=_tc_config(args),
+                      cache_dir=args.cache_dir, allow_unseen_labels=args.allow_unseen_labels,
+                      save_apps=args.save_apps, progress=not args.no_progress)
+    info = run_suite(cfg)
+    print(f"ran {info['ran']} cells, reused {info['skipped']}\n  {info['results']}\n  {info['tables_md']}\n"
+          f"  {info['tables_csv']}\n  {info['chart']}")
+    print(Path(info["tables_md"]).read_text())
+    return 0

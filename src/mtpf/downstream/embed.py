@@ -1,0 +1,123 @@
+"""Sentence embeddings for the TC protocol: mean pooling over the last hidden state, length-bucketed batches,
+an on-disk cache keyed by (model fingerprint, dataset fingerprint), each distinct text encoded once."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+def length_batches(lengths, batch_size: int) -> list[list[int]]:
+    """Indices sorted by length (longest first), cut into batches: little padding per batch."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def tokenize_truncating(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
+    """Token ids truncated to ``max_length`` and the number of texts that had to be truncated."""
+    enc = tokenizer(texts, truncation=True, max_length=max_length, return_overflowing_tokens=False)
+    ids = enc["input_ids"]
+    # a text was truncated iff it fills max_length and the untruncated one is longer; check those only
+    full = [i for i, x in enumerate(ids) if len(x) >= max_length]
+    truncated = 0
+    if full:
+        long_ids = tokenizer([texts[i] for i in full], truncation=False)["input_ids"]
+        truncated = sum(len(x) > max_length for x in long_ids)
+    return ids, truncated
+
+
+def encode_texts(encoder, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
+                 normalize: bool = False, progress: bool = False, desc: str = "encode") -> tuple[np.ndarray, int]:
+    """(embeddings [N, H] float32, number of truncated texts)."""
+    import torch
+
+    from mtpf.data.samplers import pad_batch
+    from mtpf.encoder import mean_pool
+
+    if not texts:
+        return np.zeros((0, encoder.config.hidden_size), dtype=np.float32), 0
+    ids, truncated = tokenize_truncating(tokenizer, texts, max_length)
+    out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
+    batches = length_batches([len(x) for x in ids], batch_size)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(encoder.parameters()).device
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(texts), desc=desc, unit="text", leave=False, dynamic_ncols=True)
+    encoder.eval()
+    with torch.inference_mode():
+        for b in batches:
+            batch = pad_batch([ids[i] for i in b], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            hidden = encoder(**batch).last_hidden_state
+            emb = mean_pool(hidden.float(), batch["attention_mask"])
+            if normalize:
+                emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+            out[b] = emb.cpu().numpy()
+            if bar is not None:
+                bar.update(len(b))
+    if bar is not None:
+        bar.close()
+    return out, truncated
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class EmbeddingCache:
+    """``DIR/<model>-<dataset>.npz`` holding ``keys`` (sha1 of each text) and ``emb``; grows as texts are added.
+
+    ``get(texts, compute)`` returns the embeddings of ``texts`` in order, calling ``compute`` (once, on the
+    distinct texts not yet cached) for the rest. ``directory=None`` disables the disk (memory only).
+    """
+
+    def __init__(self, directory: str | os.PathLike | None, model_fp: str, dataset_fp: str, config: str = ""):
+        self.path = None
+        if directory is not None:
+            tag = hashlib.sha256(f"{model_fp}|{dataset_fp}|{config}".encode()).hexdigest()[:24]
+            self.path = Path(directory) / f"emb-{tag}.npz"
+        self.index: dict[str, int] = {}
+        self.emb = None
+        self.truncated = 0
+        self.encoded_now = 0
+        if self.path is not None and self.path.is_file():
+            try:
+                with np.load(self.path, allow_pickle=False) as z:
+                    keys, self.emb = list(z["keys"]), z["emb"]
+                    self.truncated = int(z["truncated"]) if "truncated" in z else 0
+                self.index = {str(k): i for i, k in enumerate(keys)}
+            except Exception:  # a torn or foreign file: start over
+                self.index, self.emb = {}, None
+
+    def get(self, texts: list[str], compute: Callable[[list[str]], tuple[np.ndarray, int]]) -> np.ndarray:
+        keys = [text_key(t) for t in texts]
+        missing: dict[str, str] = {}
+        for k, t in zip(keys, texts):
+            if k not in self.index and k not in missing:
+                missing[k] = t
+        if missing:
+            new, truncated = compute(list(missing.values()))
+            self.truncated += truncated
+            self.encoded_now += len(missing)
+            start = 0 if self.emb is None else len(self.emb)
+            self.emb = new if self.emb is None else np.concatenate([self.emb, new])
+            for j, k in enumerate(missing):
+                self.index[k] = start + j
+            self._save()
+        return self.emb[[self.index[k] for k in keys]]
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keys = np.array(sorted(self.index, key=self.index.get))
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, keys=keys, emb=self.emb, truncated=np.array(self.truncated))
+        os.replace(tmp, self.path)

@@ -1,0 +1,203 @@
+"""What a user may pass as "a model" to ``mtpf adapt`` / ``mtpf evaluate``, resolved to one description.
+
+* ``packaged``: the packaged all-MiniLM-L6-v2 (a sentence-transformers folder);
+* an mtpf run folder (``RUN/run.json``): backbone ``RUN/backbone``, task-primary adapters ``RUN/adapters/{ner,tc}``;
+* a sentence-transformers folder (``modules.json``): its Transformer module's folder, its max_seq_length, and
+  whether its pipeline ends with ``Normalize``;
+* a plain Hugging Face folder (``config.json``) or a hub name.
+
+``normalize`` follows what ``SentenceTransformer(path)`` (and so mteb) would do with the same folder: run folders
+and sentence-transformers folders with a ``Normalize`` module give L2-normalised embeddings, plain HF models do
+not. Pooling is always mean pooling (the paper's protocol).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mtpf.config import ConfigError
+from mtpf.encoder import PACKAGED, packaged_model_path
+
+TASKS = ("ner", "tc")
+
+
+@dataclass
+class ModelRef:
+    label: str
+    ref: str
+    kind: str  # "run" | "sentence-transformers" | "hf"
+    backbone: str  # what load_encoder / load_tokenizer get
+    adapters: dict[str, str] = field(default_factory=dict)  # task -> PEFT folder
+    normalize: bool = False
+    st_max_length: int | None = None
+    _fingerprints: dict = field(default_factory=dict, repr=False)
+
+    def backbone_fingerprint(self) -> str:
+        if "backbone" not in self._fingerprints:
+            from mtpf.encoder import fingerprint_model, load_encoder
+
+            self._fingerprints["backbone"] = fingerprint_model(load_encoder(self.backbone))
+        return self._fingerprints["backbone"]
+
+    def fingerprint(self, task: str | None = None) -> str:
+        """Backbone fingerprint + the bytes of the adapter used for ``task`` (None: backbone alone)."""
+        h = hashlib.sha256(self.backbone_fingerprint().encode())
+        if task and task in self.adapters:
+            h.update(task.encode())
+            h.update(_adapter_hash(self.adapters[task]).encode())
+        return "sha256:" + h.hexdigest()
+
+    def describe(self) -> dict:
+        return {"label": self.label, "ref": self.ref, "kind": self.kind, "backbone": self.backbone,
+                "adapters": dict(self.adapters), "normalize": self.normalize,
+                "backbone_fingerprint": self.backbone_fingerprint()}
+
+
+def _adapter_hash(folder: str) -> str:
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        f = Path(folder) / name
+        if f.is_file():
+            h.update(name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def parse_model_arg(arg: str) -> tuple[str, str]:
+    """``"LABEL=PATH"`` -> (label, path); a bare ``PATH`` is labelled by its folder name."""
+    if "=" in arg:
+        label, ref = arg.split("=", 1)
+        if not label.strip() or not ref.strip():
+            raise ConfigError(f"--model {arg!r}: expected LABEL=PATH")
+        return label.strip(), ref.strip()
+    ref = arg.strip()
+    label = "Base model" if ref == PACKAGED else (Path(ref).name or ref)
+    return label, ref
+
+
+def resolve(ref: str, label: str | None = None, normalize: str | bool = "auto") -> ModelRef:
+    label = label or parse_model_arg(ref)[0]
+    if ref == PACKAGED:
+        m = _sentence_transformer(label, ref, Path(packaged_model_path()))
+    else:
+        path = Path(ref)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"model {ref!r}: expected a folder (HF model, sentence-transformers model or "
+                              "mtpf run) or a hub name, got a file")
+        if (path / "run.json").is_file():
+            m = _run(label, ref, path)
+        elif (path / "modules.json").is_file():
+            m = _sentence_transformer(label, ref, path)
+        elif (path / "config.json").is_file():
+            m = ModelRef(label, ref, "hf", str(path))
+        elif path.exists():
+            raise ConfigError(f"model {ref!r}: folder holds neither run.json (mtpf run), modules.json "
+                              "(sentence-transformers) nor config.json (Hugging Face model)")
+        else:  # hub name (online users)
+            m = ModelRef(label, ref, "hf", ref, normalize=_hub_normalize(ref))
+    if normalize != "auto":
+        m.normalize = normalize if isinstance(normalize, bool) else str(normalize).lower() in ("true", "1", "yes")
+    return m
+
+
+def _run(label: str, ref: str, path: Path) -> ModelRef:
+    try:
+        run = json.loads((path / "run.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path / 'run.json'}: not valid JSON ({exc})") from None
+    backbone = path / "backbone"
+    if not (backbone / "config.json").is_file():
+        raise ConfigError(f"mtpf run {path}: no backbone/ folder with config.json")
+    adapters = {}
+    for task in TASKS:
+        folder = path / "adapters" / task
+        if (folder / "adapter_config.json").is_file():
+            adapters[task] = str(folder)
+    normalize = True
+    st = path / "sentence_transformer"
+    if (st / "modules.json").is_file():
+        normalize = _st_has_normalize(st)
+    m = ModelRef(label, ref, "run", str(backbone), adapters, normalize, _st_max_length(st))
+    if run.get("backbone_fingerprint"):
+        m._fingerprints["backbone_recorded"] = run["backbone_fingerprint"]
+    return m
+
+
+def _st_modules(folder: Path) -> list[dict]:
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{folder / 'modules.json'}: not valid JSON ({exc})") from None
+    return modules if isinstance(modules, list) else []
+
+
+def _st_has_normalize(folder: Path) -> bool:
+    return any(str(m.get("type", "")).endswith("Normalize") for m in _st_modules(folder))
+
+
+def _st_max_length(folder: Path) -> int | None:
+    cfg = folder / "sentence_bert_config.json"
+    if cfg.is_file():
+        try:
+            return json.loads(cfg.read_text()).get("max_seq_length")
+        except json.JSONDecodeError:
+            return None
+    return None
+
+
+def _sentence_transformer(label: str, ref: str, folder: Path) -> ModelRef:
+    modules = _st_modules(folder)
+    transformer = next((m for m in modules if str(m.get("type", "")).endswith("Transformer")), None)
+    if transformer is None:
+        raise ConfigError(f"{folder / 'modules.json'}: no sentence_transformers Transformer module")
+    tdir = folder / transformer.get("path", "")
+    pool = next((m for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
+    if pool is not None:
+        pcfg = folder / pool.get("path", "") / "config.json"
+        if pcfg.is_file() and not json.loads(pcfg.read_text()).get("pooling_mode_mean_tokens", False):
+            warnings.warn(f"{folder}: its sentence-transformers pooling is not mean pooling; mtpf evaluates with "
+                          "mean pooling (the paper's protocol)", stacklevel=2)
+    return ModelRef(label, ref, "sentence-transformers", str(tdir), {}, _st_has_normalize(folder),
+                    _st_max_length(tdir) or _st_max_length(folder))
+
+
+def _hub_normalize(name: str) -> bool:  # pragma: no cover - needs the network
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(name, "modules.json")
+        return any(str(m.get("type", "")).endswith("Normalize") for m in json.loads(Path(path).read_text()))
+    except Exception:
+        return False
+
+
+def max_length_for(model_ref: ModelRef, tokenizer, encoder_config, requested: int | None = None) -> int:
+    """Longest input the model takes: min of the request, sentence-transformers' max_seq_length (else the
+    tokenizer's limit) and the position embeddings."""
+    limits = []
+    pos = getattr(encoder_config, "max_position_embeddings", None)
+    if pos:
+        offset = 2 if getattr(encoder_config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
+        limits.append(pos - offset)
+    if model_ref.st_max_length:
+        limits.append(int(model_ref.st_max_length))
+    elif getattr(tokenizer, "model_max_length", None) and tokenizer.model_max_length < 100_000:
+        limits.append(int(tokenizer.model_max_length))
+    if requested:
+        limits.append(int(requested))
+    return min(limits) if limits else 512
+
+
+def load_tc_encoder(model_ref: ModelRef, use_adapter: bool = True):
+    """Bare encoder in eval mode, with the ``tc`` task-primary adapter merged in when there is one."""
+    from mtpf.encoder import load_encoder
+
+    enc = load_encoder(model_ref.backbone)
+    if use_adapter and "tc" in model_ref.adapters:
+        from peft import PeftModel
+
+        enc = PeftModel.from_pretrained(enc, model_ref.adapters["tc"]).merge_and_unload()
+    return enc.eval()

@@ -1,0 +1,218 @@
+"""``mtpf evaluate``: every (model, dataset, fraction, seed) cell, resumable, written as results.json, tables in the
+paper's layout (tables.md, tables.csv) and a bar chart (chart.png).
+
+A cell is identified by a key hashed from its task, the model fingerprint (backbone + the adapter the task uses),
+the dataset fingerprint, the fraction, the seed and the task's config: a cell whose key is already in
+``results.json`` is not recomputed, and changing any of those recomputes exactly the affected cells.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mtpf.config import ConfigError
+from mtpf.downstream.ner import NerConfig
+from mtpf.downstream.tc import TCConfig
+
+RESULTS_FORMAT = "mtpf-eval/1"
+
+
+@dataclass
+class SuiteConfig:
+    models: list[tuple[str, str]]  # (label, ref)
+    output: str
+    ner: list[str] = field(default_factory=list)
+    cls: list[str] = field(default_factory=list)
+    fractions: list[float] = field(default_factory=lambda: [1.0])
+    seeds: list[int] = field(default_factory=lambda: [42])
+    base: str | None = None
+    ner_cfg: NerConfig = field(default_factory=NerConfig)
+    tc_cfg: TCConfig = field(default_factory=TCConfig)
+    cache_dir: str | None = None
+    allow_unseen_labels: bool = False
+    save_apps: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if not self.models:
+            raise ConfigError("give at least one --model")
+        labels = [m[0] for m in self.models]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"model labels must be unique, got {labels}")
+        if self.base is not None and self.base not in labels:
+            raise ConfigError(f"--base {self.base!r} is not one of the model labels {labels}")
+        if not self.ner and not self.cls:
+            raise ConfigError("give at least one --ner or --cls dataset")
+        for f in self.fractions:
+            if not 0 < f <= 1:
+                raise ConfigError(f"fractions must be in (0, 1], got {f}")
+        if not self.seeds:
+            raise ConfigError("give at least one seed")
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+@dataclass
+class Cell:
+    task: str
+    model: object  # ModelRef
+    dataset: object
+    dataset_ref: str
+    fraction: float
+    seed: int
+    config: dict
+    key: str = ""
+
+    @property
+    def name(self) -> str:
+        frac = "" if self.fraction == 1 else f" @{self.fraction:g}"
+        return f"{self.task.upper()} {self.dataset.name}{frac} | {self.model.label} | seed {self.seed}"
+
+
+def load_results(path: Path) -> dict:
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") == RESULTS_FORMAT:
+                return data
+        except json.JSONDecodeError:
+            pass
+        bak = path.with_suffix(".json.bak")
+        os.replace(path, bak)
+        print(f"warning: {path} was unreadable; moved to {bak} and starting over")
+    return {"format": RESULTS_FORMAT, "cells": []}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def build_cells(cfg: SuiteConfig, models, ner_sets, cls_sets) -> list[Cell]:
+    cells = []
+    ner_conf, tc_conf = cfg.ner_cfg.to_dict(), cfg.tc_cfg.to_dict()
+    for m in models:
+        for ref, ds in ner_sets:
+            for frac in cfg.fractions:
+                for seed in cfg.seeds:
+                    cells.append(Cell("ner", m, ds, ref, float(frac), int(seed), ner_conf))
+        for ref, ds in cls_sets:
+            for seed in cfg.seeds:
+                cells.append(Cell("tc", m, ds, ref, 1.0, int(seed), tc_conf))
+    for c in cells:
+        c.key = _hash({"task": c.task, "model": cell_model_fingerprint(c, cfg),
+                       "dataset": c.dataset.fingerprint, "fraction": c.fraction, "seed": c.seed,
+                       "config": c.config, "normalize": c.model.normalize if c.task == "tc" else None})
+    return cells
+
+
+def cell_model_fingerprint(cell: Cell, cfg: SuiteConfig) -> str:
+    """Backbone + the adapter this cell uses (tc adapter for TC, ner adapter as NER initialisation)."""
+    uses = cfg.tc_cfg.use_adapter if cell.task == "tc" else cfg.ner_cfg.init_from_ner_adapter
+    return cell.model.fingerprint(cell.task if uses else None)
+
+
+def run_suite(cfg: SuiteConfig) -> dict:
+    from tqdm.auto import tqdm
+
+    from mtpf.downstream.data import load_cls_dataset, load_ner_dataset
+    from mtpf.downstream.models import resolve
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = cfg.cache_dir or str(out / "cache")
+    # load and check every input first: bad data fails in seconds, not after an hour of training
+    ner_sets = [(r, load_ner_dataset(r, cfg.allow_unseen_labels)) for r in cfg.ner]
+    cls_sets = [(r, load_cls_dataset(r, cfg.allow_unseen_labels)) for r in cfg.cls]
+    names = [ds.name for _, ds in ner_sets + cls_sets]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"dataset names must be unique (folder names), got {names}")
+    models = [resolve(ref, label, cfg.tc_cfg.normalize) for label, ref in cfg.models]
+    cells = build_cells(cfg, models, ner_sets, cls_sets)
+
+    results_path = out / "results.json"
+    results = load_results(results_path)
+    done = {r["key"] for r in results["cells"]}
+    todo = [c for c in cells if c.key not in done]
+    results["models"] = [m.describe() for m in models]
+    results["base"] = cfg.base or models[0].label
+    results["config"] = {"ner": cfg.ner_cfg.to_dict(), "tc": cfg.tc_cfg.to_dict(), "fractions": cfg.fractions,
+                         "seeds": cfg.seeds, "ner_datasets": cfg.ner, "cls_datasets": cfg.cls}
+    _write_json(results_path, results)
+    print(f"{len(cells)} cells: {len(cells) - len(todo)} already in {results_path}, {len(todo)} to run")
+
+    bar = tqdm(todo, desc="evaluate", unit="cell", disable=not cfg.progress or not todo, dynamic_ncols=True)
+    embedders = {}
+    for i, cell in enumerate(bar):
+        bar.set_description(f"[{i + 1}/{len(todo)}] {cell.name}")
+        if not cfg.progress:
+            print(f"[{i + 1}/{len(todo)}] {cell.name}", flush=True)
+        t0 = time.perf_counter()
+        if cell.task == "ner":
+            record = _run_ner(cell, cfg, out)
+        else:
+            key = cell.model.label
+            if key not in embedders:
+                from mtpf.downstream.tc import Embedder
+
+                embedders = {key: Embedder(cell.model, cfg.tc_cfg, cache_dir, progress=cfg.progress)}
+            record = _run_tc(cell, cfg, embedders[key])
+        record.update({"key": cell.key, "task": cell.task, "model": cell.model.label, "model_ref": cell.model.ref,
+                       "model_fingerprint": cell_model_fingerprint(cell, cfg),
+                       "backbone_fingerprint": cell.model.backbone_fingerprint(),
+                       "dataset": cell.dataset.name, "dataset_ref": cell.dataset_ref,
+                       "dataset_fingerprint": cell.dataset.fingerprint, "fraction": cell.fraction,
+                       "seed": cell.seed, "config": cell.config, "seconds": round(time.perf_counter() - t0, 2),
+                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        results["cells"].append(record)
+        _write_json(results_path, results)
+        bar.write(f"  {cell.name}: {record['main_metric']} = {100 * record['main_score']:.2f} "
+                  f"({record['seconds']:.0f}s)")
+    bar.close()
+
+    from mtpf.downstream.tables import write_outputs
+
+    current = {c.key for c in cells}
+    rows = [r for r in results["cells"] if r["key"] in current]
+    for r in rows:  # a relabelled model keeps its cells: show them under today's label
+        for c in cells:
+            if c.key == r["key"]:
+                r["model"] = c.model.label
+    paths = write_outputs(rows, [m.label for m in models], results["base"], out,
+                          ner_order=[ds.name for _, ds in ner_sets], tc_order=[ds.name for _, ds in cls_sets])
+    return {"results": str(results_path), "ran": len(todo), "skipped": len(cells) - len(todo), **paths}
+
+
+def _run_ner(cell: Cell, cfg: SuiteConfig, out: Path) -> dict:
+    from mtpf.downstream.ner import save_ner_app, train_ner
+
+    res = train_ner(cell.model, cell.dataset, cfg.ner_cfg, cell.fraction, cell.seed, progress=cfg.progress,
+                    keep_model=cfg.save_apps)
+    if cfg.save_apps:
+        app = out / "apps" / f"{_slug(cell.model.label)}-{cell.dataset.name}-f{cell.fraction:g}-s{cell.seed}"
+        save_ner_app(res, cell.model, app, {"dataset": cell.dataset.name, "fraction": cell.fraction,
+                                            "seed": cell.seed})
+    rec = res.record()
+    rec.pop("labels", None)
+    return {"split": "test", "main_metric": "f1", "main_score": res.test["f1"], "metrics": res.test, **rec}
+
+
+def _run_tc(cell: Cell, cfg: SuiteConfig, embedder) -> dict:
+    from mtpf.downstream.tc import evaluate_tc
+
+    res = evaluate_tc(embedder, cell.dataset, cfg.tc_cfg, cell.seed)
+    per = res.pop("scores_per_experiment")
+    return {"split": res["split"], "main_metric": "accuracy", "main_score": res["accuracy"],
+            "metrics": {"accuracy": res["accuracy"], "accuracy_std": res["accuracy_std"], "f1": res["f1"]},
+            "scores_per_experiment": per, **{k: v for k, v in res.items() if k not in ("accuracy", "f1")}}
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)

@@ -1,0 +1,245 @@
+"""Tables in the paper's layout and a bar chart, from the cells of ``results.json``.
+
+* Summary (Tables 1-3): Model | NER (n DS) | TC (m DS) | Average, each with +/- against the base row;
+  NER = mean test F1 over datasets, TC = mean accuracy, Average = mean of the two (fraction 1.0).
+* NER per dataset (Tables 5, 7, 9), TC per dataset (Tables 6, 8, 10), data scarcity (Table 11).
+* Details: NER precision/recall/F1 and model selection; TC accuracy +/- std and macro-F1.
+
+Scores are percentages with one decimal, averaged over seeds. ``tables.csv`` holds the same tables one after the
+other, each introduced by a ``# title`` line and its header row, separated by blank lines.
+"""
+from __future__ import annotations
+
+import csv
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+ABBREV = {
+    "conll2003": "CoNLL", "conll": "CoNLL", "ontonotes5": "OntoNotes5", "mit_restaurant": "MIT Restaurant",
+    "bionlp": "BioNLP", "crossner": "CrossNER",
+    "banking77": "Bank.", "emotion": "Emo.", "amazon_counterfactual_en": "ACF", "amazon_counterfactual": "ACF",
+    "massive_intent": "MI", "tweet_sentiment_extraction": "TS", "toxic_chat": "TC", "ag_news": "News",
+    "patent": "Patent", "financial_phrasebank": "FPB", "frenk_en": "FE", "imdb": "Imdb", "arxiv": "Arxiv",
+    "dbpedia": "DB.", "tweet_topic_single": "TTS.", "yelp_review_full": "YRF", "toxic_conversations": "TCon.",
+}
+
+
+def abbrev(name: str) -> str:
+    return ABBREV.get(name.lower(), name)
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    numeric_from: int = 1  # first column holding scores (for bolding the best)
+
+
+def _agg(cells: list[dict]) -> dict:
+    """(model, task, dataset, fraction) -> mean/std over seeds of the main score (in %) and extra metrics."""
+    groups = defaultdict(list)
+    for c in cells:
+        groups[(c["model"], c["task"], c["dataset"], float(c["fraction"]))].append(c)
+    out = {}
+    for key, cs in groups.items():
+        scores = [100 * c["main_score"] for c in cs]
+        entry = {"mean": statistics.fmean(scores), "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
+                 "n": len(scores), "cells": cs}
+        for m in ("precision", "recall", "f1", "accuracy", "accuracy_std"):
+            vals = [100 * c["metrics"][m] for c in cs if m in c.get("metrics", {})]
+            if vals:
+                entry[m] = statistics.fmean(vals)
+        out[key] = entry
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1f}"
+
+
+def _delta(v: float | None, base: float | None, is_base: bool) -> str:
+    if v is None:
+        return "—"
+    if is_base or base is None:
+        return f"{v:.1f}"
+    return f"{v:.1f}{v - base:+.1f}"
+
+
+def _mean_or_none(vals):
+    return statistics.fmean(vals) if vals and all(v is not None for v in vals) else None
+
+
+def build_tables(cells: list[dict], models: list[str], base: str, ner_order: list[str] | None = None,
+                 tc_order: list[str] | None = None) -> list[Table]:
+    agg = _agg(cells)
+    ner_ds = ner_order or sorted({c["dataset"] for c in cells if c["task"] == "ner"})
+    tc_ds = tc_order or sorted({c["dataset"] for c in cells if c["task"] == "tc"})
+    fractions = sorted({float(c["fraction"]) for c in cells if c["task"] == "ner"}, reverse=True)
+
+    def get(model, task, ds, frac=1.0):
+        e = agg.get((model, task, ds, frac))
+        return None if e is None else e["mean"]
+
+    tables = []
+    # ---------------- summary (Tables 1-3)
+    ner_avg = {m: _mean_or_none([get(m, "ner", d) for d in ner_ds]) if ner_ds else None for m in models}
+    tc_avg = {m: _mean_or_none([get(m, "tc", d) for d in tc_ds]) if tc_ds else None for m in models}
+
+    def overall(m):
+        parts = [x for x, ds in ((ner_avg[m], ner_ds), (tc_avg[m], tc_ds)) if ds]
+        return _mean_or_none(parts)
+
+    header = ["Model"]
+    if ner_ds:
+        header.append(f"NER ({len(ner_ds)} DS)")
+    if tc_ds:
+        header.append(f"TC ({len(tc_ds)} DS)")
+    header.append("Average")
+    rows = []
+    for m in models:
+        row = [m]
+        if ner_ds:
+            row.append(_delta(ner_avg[m], ner_avg.get(base), m == base))
+        if tc_ds:
+            row.append(_delta(tc_avg[m], tc_avg.get(base), m == base))
+        row.append(_delta(overall(m), overall(base) if base in models else None, m == base))
+        rows.append(row)
+    tables.append(Table("Summary: NER = average test F1, TC = average accuracy (MTEB protocol); "
+                        f"+/- against '{base}'", header, rows))
+    # ---------------- per dataset (Tables 5-10)
+    if ner_ds and 1.0 in fractions:
+        rows = [[m] + [_fmt(get(m, "ner", d)) for d in ner_ds] + [_fmt(ner_avg[m])] for m in models]
+        tables.append(Table("NER sub-tasks: test F1 (entity-level micro, seqeval)", ["Model"] +
+                            [abbrev(d) for d in ner_ds] + ["Average"], rows))
+    if tc_ds:
+        rows = [[m] + [_fmt(get(m, "tc", d)) for d in tc_ds] + [_fmt(tc_avg[m])] for m in models]
+        tables.append(Table("TC sub-tasks: accuracy (MTEB protocol)", ["Model"] + [abbrev(d) for d in tc_ds] +
+                            ["Avg."], rows))
+    # ---------------- data scarcity (Table 11)
+    if ner_ds and (len(fractions) > 1 or fractions[0] < 1):
+        rows = []
+        for f in fractions:
+            for m in models:
+                vals = [get(m, "ner", d, f) for d in ner_ds]
+                rows.append([f"{100 * f:g}%", m] + [_fmt(v) for v in vals] + [_fmt(_mean_or_none(vals))])
+        tables.append(Table("NER under data scarcity: test F1 by share of the train split", ["Data Portion",
+                            "Approach"] + [abbrev(d) for d in ner_ds] + ["Average"], rows, numeric_from=2))
+    # ---------------- details
+    if ner_ds:
+        rows = []
+        for f in fractions:
+            for d in ner_ds:
+                for m in models:
+                    e = agg.get((m, "ner", d, f))
+                    if e is None:
+                        continue
+                    sel = sorted({c.get("selection", "?") for c in e["cells"]})
+                    rows.append([m, d, f"{f:g}", _fmt(e.get("precision")), _fmt(e.get("recall")), _fmt(e["mean"]),
+                                 _fmt(e["std"]), str(e["n"]), "/".join(sel)])
+        tables.append(Table("NER details: test precision / recall / F1 (mean over seeds), model selection",
+                            ["Model", "Dataset", "Fraction", "P", "R", "F1", "F1 std", "Seeds", "Selected on"],
+                            rows, numeric_from=99))
+    if tc_ds:
+        rows = []
+        for d in tc_ds:
+            for m in models:
+                e = agg.get((m, "tc", d, 1.0))
+                if e is None:
+                    continue
+                c0 = e["cells"][0]
+                rows.append([m, d, _fmt(e["mean"]), _fmt(e.get("accuracy_std")), _fmt(e.get("f1")),
+                             str(c0.get("samples_per_label")), str(c0.get("n_experiments")), str(e["n"])])
+        tables.append(Table("TC details: accuracy, its std over experiments, macro-F1",
+                            ["Model", "Dataset", "Accuracy", "Acc. std", "Macro-F1", "Samples/label", "Experiments",
+                             "Seeds"], rows, numeric_from=99))
+    return tables
+
+
+def _bold_best(table: Table) -> list[list[str]]:
+    rows = [list(r) for r in table.rows]
+    for col in range(table.numeric_from, len(table.header)):
+        vals = []
+        for r in rows:
+            try:
+                vals.append(float(r[col].replace("+", " ").replace("-", " -").split()[0]))
+            except (ValueError, IndexError):
+                vals.append(None)
+        present = [v for v in vals if v is not None]
+        if len(present) < 2:
+            continue
+        best = max(present)
+        for r, v in zip(rows, vals):
+            if v == best:
+                r[col] = f"**{r[col]}**"
+    return rows
+
+
+def to_markdown(tables: list[Table]) -> str:
+    out = ["# Downstream evaluation", ""]
+    for t in tables:
+        out += [f"## {t.title}", "", "| " + " | ".join(t.header) + " |",
+                "|" + "|".join("---" if i < t.numeric_from else "---:" for i in range(len(t.header))) + "|"]
+        out += ["| " + " | ".join(r) + " |" for r in _bold_best(t)]
+        out.append("")
+    return "\n".join(out)
+
+
+def write_csv(tables: list[Table], path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        for i, t in enumerate(tables):
+            if i:
+                w.writerow([])
+            w.writerow([f"# {t.title}"])
+            w.writerow(t.header)
+            w.writerows(t.rows)
+
+
+def bar_chart(cells: list[dict], models: list[str], path: Path, ner_order=None, tc_order=None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    agg = _agg(cells)
+    groups = []  # (title, [(dataset label, task, dataset, fraction)])
+    ner_ds = ner_order or sorted({c["dataset"] for c in cells if c["task"] == "ner"})
+    tc_ds = tc_order or sorted({c["dataset"] for c in cells if c["task"] == "tc"})
+    full = [(abbrev(d), "ner", d, 1.0) for d in ner_ds] + [(abbrev(d), "tc", d, 1.0) for d in tc_ds]
+    full = [x for x in full if any((m, x[1], x[2], x[3]) in agg for m in models)]
+    if full:
+        groups.append(("NER F1 / TC accuracy (%)", full))
+    for f in sorted({float(c["fraction"]) for c in cells if c["task"] == "ner" and c["fraction"] < 1}, reverse=True):
+        groups.append((f"NER F1 (%), {100 * f:g}% of train", [(abbrev(d), "ner", d, f) for d in ner_ds]))
+    if not groups:
+        return
+    fig, axes = plt.subplots(len(groups), 1, figsize=(max(6, 1.2 * max(len(g[1]) for g in groups) * max(1, len(models)) / 2 + 3),
+                                                      3.6 * len(groups)), squeeze=False)
+    width = 0.8 / max(1, len(models))
+    for ax, (title, items) in zip(axes[:, 0], groups):
+        x = np.arange(len(items))
+        for j, m in enumerate(models):
+            vals = [agg.get((m, t, d, f), {}).get("mean", np.nan) for _, t, d, f in items]
+            errs = [agg.get((m, t, d, f), {}).get("std", 0.0) for _, t, d, f in items]
+            ax.bar(x + (j - (len(models) - 1) / 2) * width, vals, width, yerr=errs, label=m, capsize=2)
+        ax.set_xticks(x)
+        ax.set_xticklabels([lab for lab, *_ in items], rotation=30, ha="right")
+        ax.set_title(title)
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize="small", ncols=min(4, len(models)))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(cells: list[dict], models: list[str], base: str, out: Path, ner_order=None, tc_order=None) -> dict:
+    tables = build_tables(cells, models, base, ner_order, tc_order)
+    (out / "tables.md").write_text(to_markdown(tables))
+    write_csv(tables, out / "tables.csv")
+    bar_chart(cells, models, out / "chart.png", ner_order, tc_order)
+    return {"tables_md": str(out / "tables.md"), "tables_csv": str(out / "tables.csv"), "chart": str(out / "chart.png")}
