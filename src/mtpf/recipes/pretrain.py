@@ -130,6 +130,8 @@ class PretrainRecipe:
             mixed_precision=precision,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
             step_scheduler_with_optimizer=False,
+            # Without GPUs accelerate only turns a torchrun launch into gloo DDP (MULTI_CPU) when told cpu=True.
+            cpu=not torch.cuda.is_available(),
         )
         acc = self.accelerator
         world = acc.num_processes
@@ -329,10 +331,23 @@ class PretrainRecipe:
         batch = pad_batch([self.ner_ids[i] for i in idx], self.tokenizer.pad_token_id,
                           [self.ner_labels[i] for i in idx])
         batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
-        with self._sync_context(sync), self.accelerator.autocast():
+        acc = self.accelerator
+        with self._sync_context(sync), acc.autocast():
             logits = self.model("ner", **batch)
-            loss = token_cross_entropy(logits.float(), batch["labels"])
-            self.accelerator.backward(loss * weight)
+            if acc.num_processes == 1:
+                loss = token_cross_entropy(logits.float(), batch["labels"])
+                to_backward = loss
+            else:
+                # Mean over the labelled tokens of ALL processes (DDP averages gradients over processes,
+                # hence the * num_processes), so the step equals the single-process step on the full batch.
+                labelled = (batch["labels"] != -100).sum()
+                total = acc.reduce(labelled.clone(), reduction="sum").clamp_min(1)
+                summed = torch.nn.functional.cross_entropy(
+                    logits.float().reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1),
+                    ignore_index=-100, reduction="sum")
+                to_backward = summed / total * acc.num_processes
+                loss = acc.reduce(summed.detach(), reduction="sum") / total
+            acc.backward(to_backward * weight)
         return loss.item(), int(batch["attention_mask"].sum())
 
     def _tc_micro_step(self, weight: float, sync: bool) -> tuple[float, int]:
@@ -424,6 +439,7 @@ class PretrainRecipe:
             ckpts.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
                 shutil.rmtree(tmp)
+            tmp.mkdir()
         acc.wait_for_everyone()
         acc.save_state(str(tmp), safe_serialization=True)
         acc.wait_for_everyone()

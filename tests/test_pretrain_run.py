@@ -1,0 +1,135 @@
+"""The recipe end to end on a tiny model: every strategy, the run folder's formats, bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mtpf.cli import main as cli_main
+from mtpf.config import ConfigError, load_config
+from mtpf.data.io import DataError
+from mtpf.recipes.pretrain import PretrainConfig, PretrainRecipe, run
+
+from conftest import tiny_run_overrides
+
+
+def _cfg(tiny, data, out, **extra):
+    return load_config(PretrainConfig, None, tiny_run_overrides(tiny, data, out, **extra))
+
+
+@pytest.mark.parametrize("strategy", ["ner", "tc", "mtpf", "mtpf-tpl", "pf-lora"])
+def test_every_strategy_trains_and_exports(tiny_bert, toy_data, tmp_path, strategy):
+    from transformers import AutoModel
+
+    info = run(_cfg(tiny_bert, toy_data, tmp_path / "run", strategy=strategy))
+    out = tmp_path / "run"
+    metrics = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    tasks = {"ner": ["ner"], "tc": ["tc"]}.get(strategy, ["ner", "tc"])
+    for t in tasks:
+        assert all(torch.isfinite(torch.tensor(m[f"loss_{t}"])) for m in metrics)
+    assert all(m["tokens_per_s"] > 0 for m in metrics)
+    AutoModel.from_pretrained(out / "backbone")
+    assert sorted(info["adapters"]) == (sorted(tasks) if strategy in ("mtpf-tpl", "pf-lora") else [])
+    assert ("ner_clusters" in info["heads"]) == ("ner" in tasks)
+    if strategy == "pf-lora":  # frozen backbone: exported weights equal the base model's
+        from mtpf.encoder import fingerprint_backbone
+
+        assert info["backbone_fingerprint"] == fingerprint_backbone(tiny_bert)
+
+
+def test_run_folder_loads_in_the_ecosystem_and_reproduces_training_outputs(tiny_bert, toy_data, tmp_path):
+    from peft import PeftModel
+    from sentence_transformers import SentenceTransformer
+
+    from mtpf.encoder import fingerprint_backbone, load_encoder, load_tokenizer, mean_pool
+
+    cfg = _cfg(tiny_bert, toy_data, tmp_path / "run", strategy="mtpf-tpl", **{"tpl.tc.layers": 1})
+    recipe = PretrainRecipe(cfg)
+    recipe.setup()
+    recipe.train()
+    info = recipe.export()
+    out = tmp_path / "run"
+    tok = load_tokenizer(str(out / "backbone"))
+    texts = ["Obama visited Berlin on Monday .", "a cheap Italian place near downtown"]
+    batch = tok(texts, padding=True, return_tensors="pt")
+    trained = recipe.accelerator.unwrap_model(recipe.model).eval()
+    with torch.no_grad():
+        want_tc = trained("tc", **batch)
+        want_ner = trained("ner", **batch)
+
+    run_json = json.loads((out / "run.json").read_text())
+    fp = fingerprint_backbone(out / "backbone")
+    assert run_json["backbone_fingerprint"] == fp
+    assert set(run_json["data_fingerprints"]) and all(v.startswith("sha256:") for v in run_json["data_fingerprints"].values())
+    assert run_json["versions"]["torch"] == torch.__version__
+    for task in ("ner", "tc"):
+        meta = json.loads((out / "adapters" / task / "mtpf_adapter.json").read_text())
+        assert meta["backbone_fingerprint"] == fp and meta["task"] == task
+
+    backbone = load_encoder(str(out / "backbone")).eval()
+    tc_model = PeftModel.from_pretrained(backbone, str(out / "adapters" / "tc")).eval()
+    with torch.no_grad():
+        got_tc = mean_pool(tc_model(**batch).last_hidden_state, batch["attention_mask"])
+    torch.testing.assert_close(got_tc, want_tc, rtol=1e-5, atol=1e-5)
+
+    ner_model = PeftModel.from_pretrained(load_encoder(str(out / "backbone")).eval(), str(out / "adapters" / "ner"))
+    from safetensors.torch import load_file
+
+    head = load_file(str(out / "heads" / "ner_clusters" / "head.safetensors"))
+    with torch.no_grad():
+        hidden = ner_model.eval()(**batch).last_hidden_state
+    torch.testing.assert_close(hidden @ head["weight"].T + head["bias"], want_ner, rtol=1e-5, atol=1e-5)
+
+    st = SentenceTransformer(str(out / "sentence_transformer"), device="cpu")
+    emb = torch.tensor(st.encode(texts))
+    torch.testing.assert_close(emb, torch.nn.functional.normalize(want_tc, dim=-1), rtol=1e-4, atol=1e-5)
+    assert info["sentence_transformer"].endswith("sentence_transformer")
+
+
+def test_malformed_jsonl_names_file_and_line(tiny_bert, toy_data, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "s.jsonl").write_text('{"tokens": ["a"], "labels": [1]}\n{"tokens": ["b"], "labels": [2\n')
+    with pytest.raises(DataError, match=r"s\.jsonl:2: malformed JSON"):
+        run(_cfg(tiny_bert, toy_data, tmp_path / "run", strategy="ner", ner_data=f"[{bad}]"))
+    (bad / "s.jsonl").write_text('{"tokens": ["a", "b"], "labels": [1]}\n')
+    with pytest.raises(DataError, match=r"s\.jsonl:1: 2 tokens but 1 labels"):
+        run(_cfg(tiny_bert, toy_data, tmp_path / "run2", strategy="ner", ner_data=f"[{bad}]"))
+
+
+def test_empty_pair_source_is_named(tiny_bert, toy_data, tmp_path):
+    empty = tmp_path / "pairs"
+    empty.mkdir()
+    (empty / "nothing.jsonl").write_text("\n")
+    with pytest.raises(DataError, match=r"nothing\.jsonl: pair source is empty"):
+        run(_cfg(tiny_bert, toy_data, tmp_path / "run", strategy="tc", pairs=f"[{empty}]"))
+
+
+def test_cli_reports_errors_cleanly(tiny_bert, toy_data, tmp_path, capsys):
+    assert cli_main(["pretrain", "strategy=mtl"]) == 2
+    assert "strategy must be one of" in capsys.readouterr().err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("strategy: tc\nbatch: 3\n")
+    assert cli_main(["pretrain", str(cfg)]) == 2
+    assert "unknown config key 'batch'" in capsys.readouterr().err
+
+
+def test_existing_checkpoints_are_never_overwritten(tiny_bert, toy_data, tmp_path):
+    import shutil
+
+    pairs = tmp_path / "pairs"
+    shutil.copytree(toy_data["pairs"], pairs)
+    out = tmp_path / "run"
+    run(_cfg(tiny_bert, toy_data, out, strategy="tc", pairs=f"[{pairs}]"))
+    ckpts = {p.name: (p / "model.safetensors").read_bytes() for p in (out / "checkpoints").iterdir()}
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        run(_cfg(tiny_bert, toy_data, out, strategy="tc", pairs=f"[{pairs}]"))
+    with pytest.raises(ConfigError, match=r"differs in \['lr'\]"):
+        run(_cfg(tiny_bert, toy_data, out, strategy="tc", pairs=f"[{pairs}]", resume="true", lr=0.5))
+    with open(pairs / "news.jsonl", "a") as fh:  # the data went bad between the crash and the resume
+        fh.write("{not json\n")
+    with pytest.raises(DataError, match=r"news\.jsonl:121: malformed JSON"):
+        run(_cfg(tiny_bert, toy_data, out, strategy="tc", pairs=f"[{pairs}]", resume="true", max_steps=4))
+    assert {p.name: (p / "model.safetensors").read_bytes() for p in (out / "checkpoints").iterdir()} == ckpts
