@@ -42,6 +42,10 @@ class RuntimeClosedError(RuntimeError):
     pass
 
 
+class RuntimeOverloadedError(RuntimeError):
+    """The request queue is full; try again later (HTTP 503)."""
+
+
 @dataclass
 class _App:
     spec: AppSpec
@@ -222,7 +226,12 @@ class Runtime:
             req.future.set_result(np.zeros((0, self.hidden_size), np.float32) if op == "embed" else [])
             return req.future
         if self.batching:
-            self._queue.put(req)
+            try:
+                self._queue.put_nowait(req)
+            except queue.Full:
+                exc = RuntimeOverloadedError(f"request queue full ({self._queue.maxsize} requests waiting)")
+                req.future.set_exception(exc)
+                raise exc from None
         else:
             with self._sync_lock:
                 self._serve([req])

@@ -1,0 +1,63 @@
+"""What ``mtpf export PATH --onnx`` writes, by the kind of PATH.
+
+* run folder (run.json / backbone/):  RUN/onnx/backbone/ and RUN/onnx/adapters/<task>/ (task-primary LoRA merged)
+* app adapter (mtpf_app.json):        APP/onnx/ — the backbone with the app's LoRA merged (the backbone alone
+                                      when the app has no LoRA); the head stays in APP/head.safetensors
+* backbone folder or "packaged":      --out/ (required)
+
+Each folder holds model.onnx[, model.int8.onnx] and export.json (see :mod:`mtpf.runtime.onnx_export`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def export_path(path: str, out: str | None = None, int8: bool = False, backbone: str | None = None,
+                strict: bool = True) -> dict[str, dict]:
+    from mtpf.encoder import fingerprint_model, load_encoder, load_tokenizer, resolve_model
+    from mtpf.runtime.app import read_app
+    from mtpf.runtime.onnx_export import adapter_fingerprint, export_encoder_dir, merged_app_encoder
+
+    p = Path(path)
+    reports: dict[str, dict] = {}
+    if (p / "mtpf_app.json").is_file():
+        spec = read_app(p)
+        if backbone is None and spec.has_lora:
+            backbone = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not backbone:
+            raise ValueError(f"{p}: pass --backbone (the backbone the app was trained on)")
+        ref = resolve_model(backbone)
+        encoder = load_encoder(ref).eval()
+        fp = fingerprint_model(encoder)
+        if fp != spec.backbone_fingerprint:
+            raise ValueError(f"{p} was trained on backbone {spec.backbone_fingerprint[:23]}..., but {ref} is "
+                             f"{fp[:23]}...; pass the right --backbone")
+        model = merged_app_encoder(encoder, p) if spec.has_lora else encoder
+        out_dir = Path(out) if out else p / "onnx"
+        reports[str(out_dir)] = export_encoder_dir(
+            model, load_tokenizer(ref), out_dir, int8=int8, kind="app", backbone_fingerprint=fp,
+            adapter_fingerprint=adapter_fingerprint(p) if spec.has_lora else None, source=str(p), strict=strict)
+        return reports
+
+    is_run = (p / "run.json").is_file() or (p / "backbone" / "config.json").is_file()
+    if not is_run and out is None:
+        raise ValueError(f"{path} is a bare backbone: pass --out DIR")
+    ref = resolve_model(path)
+    if not is_run and not (Path(ref) / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a run folder, app adapter or model folder")
+    encoder = load_encoder(ref).eval()
+    tokenizer = load_tokenizer(ref)
+    fp = fingerprint_model(encoder)
+    root = Path(out) if out else p / "onnx"
+    bb_dir = root / "backbone" if is_run else root
+    reports[str(bb_dir)] = export_encoder_dir(encoder, tokenizer, bb_dir, int8=int8, kind="backbone",
+                                              backbone_fingerprint=fp, source=str(ref), strict=strict)
+    if is_run and (p / "adapters").is_dir():
+        for adapter in sorted(d for d in (p / "adapters").iterdir() if (d / "adapter_config.json").is_file()):
+            merged = merged_app_encoder(encoder, adapter)
+            out_dir = root / "adapters" / adapter.name
+            reports[str(out_dir)] = export_encoder_dir(
+                merged, tokenizer, out_dir, int8=int8, kind="adapter", backbone_fingerprint=fp,
+                adapter_fingerprint=adapter_fingerprint(adapter), source=str(adapter), strict=strict)
+    return reports
