@@ -1,0 +1,78 @@
+"""ONNX export: graphs equal PyTorch within the stated tolerance; the runtime's ONNX backend agrees with torch."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mtpf.runtime import Runtime
+from mtpf.runtime.onnx_export import FP32_ATOL, INT8_MIN_MEAN_COSINE, read_export
+from mtpf.runtime.testing import make_demo_apps
+
+TEXTS = ["Barack Obama visited Berlin and Paris last week.", "How do I reset my card PIN?", "ok"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_demo_apps(tmp_path_factory.mktemp("exp"), n_ner=1, n_tc=1, head_only_tc=1)
+
+
+def test_export_backbone_and_app_cli(demo, tmp_path):
+    from mtpf.cli import main
+
+    backbone, apps = demo
+    assert main(["export", backbone, "--onnx", "--int8", "--out", str(tmp_path / "bb")]) == 0
+    meta = read_export(tmp_path / "bb")
+    assert meta["kind"] == "backbone" and set(meta["files"]) == {"fp32", "int8"}
+    v = meta["verification"]
+    assert v["fp32"]["passed"] and v["fp32"]["max_abs_diff"] <= FP32_ATOL
+    assert v["int8"]["passed"] and v["int8"]["mean_cosine"] >= INT8_MIN_MEAN_COSINE
+    assert (tmp_path / "bb" / "model.onnx").is_file() and (tmp_path / "bb" / "model.int8.onnx").is_file()
+    # an app with LoRA: merged graph, verified against the PEFT model (LoRA applied on the fly)
+    assert main(["export", apps["tc0"], "--onnx", "--out", str(tmp_path / "app")]) == 0
+    meta = read_export(tmp_path / "app")
+    assert meta["kind"] == "app" and meta["adapter_fingerprint"] and meta["verification"]["fp32"]["passed"]
+    assert main(["export", str(tmp_path / "nothing"), "--onnx", "--out", str(tmp_path / "x")]) == 2
+    assert main(["export", backbone]) == 2  # no format chosen
+
+
+def test_export_run_folder(demo, tmp_path):
+    """A run folder (RUN/backbone + RUN/adapters/<task>) exports backbone and merged task-primary adapters."""
+    import shutil
+
+    from mtpf.runtime.export_cli import export_path
+
+    backbone, apps = demo
+    run = tmp_path / "run"
+    shutil.copytree(backbone, run / "backbone")
+    shutil.copytree(apps["tc0"], run / "adapters" / "tc", ignore=shutil.ignore_patterns("mtpf_app.json",
+                                                                                          "head.safetensors"))
+    (run / "run.json").write_text(json.dumps({"format": "mtpf-run/1"}))
+    reports = export_path(str(run))
+    assert set(reports) == {str(run / "onnx" / "backbone"), str(run / "onnx" / "adapters" / "tc")}
+    assert all(r["verification"]["fp32"]["passed"] for r in reports.values())
+
+
+def test_onnx_backend_matches_torch(demo, tmp_path):
+    backbone, apps = demo
+    with Runtime(backbone) as ref, Runtime(backbone, backend="onnx", onnx_dir=tmp_path / "onnx") as rt, \
+            Runtime(backbone, backend="onnx", int8=True, onnx_dir=tmp_path / "onnx8") as rt8:
+        for r in (ref, rt, rt8):
+            for name, d in apps.items():
+                r.register_app(name, d)
+        for name in ("tc0", "tch0"):
+            a, b, c = ref.embed(name, TEXTS), rt.embed(name, TEXTS), rt8.embed(name, TEXTS)
+            np.testing.assert_allclose(a, b, atol=1e-4)
+            cos = (a * c).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(c, axis=1)
+            assert cos.min() > 0.9
+        x, y = ref.extract_entities("ner0", TEXTS), rt.extract_entities("ner0", TEXTS)
+        assert [[(s["type"], s["start"], s["end"]) for s in spans] for spans in x] == \
+            [[(s["type"], s["start"], s["end"]) for s in spans] for spans in y]
+        # the backbone export is reused by a second runtime (fingerprint matches), not redone
+        stamp = (tmp_path / "onnx" / "model.onnx").stat().st_mtime_ns
+        with Runtime(backbone, backend="onnx", onnx_dir=tmp_path / "onnx"):
+            pass
+        assert (tmp_path / "onnx" / "model.onnx").stat().st_mtime_ns == stamp
+        rt.unregister_app("tc0")
+        assert "tc0" not in rt.apps()
