@@ -1,0 +1,335 @@
+"""Downstream adaptation and evaluation: LoRA targets, partial init, MTEB protocol, seqeval, bad input."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mtpf.config import ConfigError
+from mtpf.data.io import DataError
+
+
+# ----------------------------------------------------------------------------------------------- LoRA targets
+def _lora_modules(peft_model) -> set[str]:
+    from peft.tuners.lora import LoraLayer
+
+    return {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)}
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    from mtpf.testing import make_tiny_encoder
+
+    root = tmp_path_factory.mktemp("tiny-arch")
+    return {a: make_tiny_encoder(root / a, a, layers=3) for a in ("bert", "distilbert", "roberta")}
+
+
+EXPECTED_PARTS = {
+    "bert": ["attention.self.query", "attention.self.key", "intermediate.dense", "output.dense"],
+    "roberta": ["attention.self.query", "attention.self.key", "intermediate.dense", "output.dense"],
+    "distilbert": ["attention.q_lin", "attention.k_lin", "ffn.lin1", "ffn.lin2"],
+}
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta"])
+def test_lora_targets_are_exactly_query_key_mlp_of_all_layers(tiny_models, arch):
+    from mtpf.downstream.ner import NerConfig, build_lora
+    from mtpf.encoder import load_encoder
+
+    model, targets = build_lora(load_encoder(tiny_models[arch]), NerConfig())
+    stack = "transformer.layer" if arch == "distilbert" else "encoder.layer"
+    expected = {f"{stack}.{i}.{part}" for i in range(3) for part in EXPECTED_PARTS[arch]}
+    assert _lora_modules(model) == expected == set(targets)
+    if arch != "distilbert":  # the suffix trap: attention.output.dense must stay untouched
+        assert not any("attention.output.dense" in n for n in _lora_modules(model))
+    cfg = model.peft_config["default"]
+    assert (cfg.r, cfg.lora_alpha) == (32, 64)
+    assert all(("lora_" in n) == p.requires_grad for n, p in model.named_parameters())
+
+
+def _save_ner_adapter(backbone: str, out: Path, layers: int = 1, rank: int = 32, alpha: int = 64) -> dict:
+    """A run-style task-primary ner adapter on the last ``layers`` layers, with random (non-zero) weights."""
+    from mtpf.encoder import load_encoder
+    from mtpf.lora import LoraSpec, add_task_adapters
+
+    torch.manual_seed(123)
+    enc = add_task_adapters(load_encoder(backbone), {"ner": LoraSpec(layers=layers, rank=rank, alpha=alpha)}, True)
+    with torch.no_grad():
+        for n, p in enc.named_parameters():
+            if "lora_" in n:
+                p.normal_()
+    enc.save_pretrained(str(out), selected_adapters=["ner"])
+    return {n.replace(".ner.", "."): p.detach().clone() for n, p in enc.named_parameters() if "lora_" in n}
+
+
+def test_partial_init_copies_covered_layers_and_leaves_the_rest_fresh(tiny_models, tmp_path):
+    from mtpf.downstream.ner import NerConfig, build_lora, init_from_adapter
+    from mtpf.encoder import load_encoder
+
+    saved = _save_ner_adapter(tiny_models["bert"], tmp_path / "ad", layers=1)
+    folder = tmp_path / "ad" / "ner"
+    cfg = NerConfig()
+    torch.manual_seed(7)
+    fresh, _ = build_lora(load_encoder(tiny_models["bert"]), cfg)
+    torch.manual_seed(7)
+    model, _ = build_lora(load_encoder(tiny_models["bert"]), cfg)
+    covered = init_from_adapter(model, folder, cfg)
+    assert covered == sorted(f"encoder.layer.2.{p}" for p in EXPECTED_PARTS["bert"])
+    fresh_p = dict(fresh.named_parameters())
+    n_copied = n_fresh = 0
+    for name, p in model.named_parameters():
+        if "lora_" not in name:
+            continue
+        if ".layer.2." in name:
+            assert torch.equal(p, saved[name.replace(".default.", ".")]), name
+            n_copied += 1
+        else:
+            assert torch.equal(p, fresh_p[name]), name
+            n_fresh += 1
+    assert n_copied == 8 and n_fresh == 16
+    # the B matrices of fresh layers are zero (standard LoRA init): the adapter starts as the covered layers only
+    assert all(torch.count_nonzero(p) == 0 for n, p in model.named_parameters() if "lora_B" in n and ".layer.2." not in n)
+
+
+def test_partial_init_rank_mismatch_is_a_clear_error(tiny_models, tmp_path):
+    from mtpf.downstream.ner import NerConfig, build_lora, init_from_adapter
+    from mtpf.encoder import load_encoder
+
+    _save_ner_adapter(tiny_models["bert"], tmp_path / "ad", rank=8, alpha=16)
+    model, _ = build_lora(load_encoder(tiny_models["bert"]), NerConfig())
+    with pytest.raises(ConfigError, match="rank 8"):
+        init_from_adapter(model, tmp_path / "ad" / "ner", NerConfig())
+
+
+# ----------------------------------------------------------------------------------------------- MTEB protocol
+LABELS = ["a", "b", "c", "a", "b", "a", "c", "c", "a", "b", "b", "a", "c", "a", "b", "c", "a", "a", "b", "c"]
+# mteb 2.x AbsTaskClassification._undersample_data with seed 42, samples_per_label 2, experiments 0..2
+EXPECTED = [[0, 17, 15, 1, 18, 2], [0, 10, 12, 17, 18, 2], [0, 13, 9, 10, 15, 6]]
+
+
+def test_undersampling_matches_fixed_indices():
+    from mtpf.downstream.tc import experiment_indices
+
+    assert experiment_indices(LABELS, 2, 3, 42) == EXPECTED
+
+
+def test_undersampling_matches_mteb_itself():
+    pytest.importorskip("mteb")
+    datasets = pytest.importorskip("datasets")
+    from mteb.abstasks.classification import AbsTaskClassification
+
+    from mtpf.downstream.tc import undersample
+
+    class Fake:
+        seed, samples_per_label, label_column_name = 42, 2, "label"
+
+    ds = datasets.Dataset.from_dict({"label": LABELS})
+    theirs, idxs = [], None
+    for i in range(3):
+        _, idxs, sel = AbsTaskClassification._undersample_data(Fake(), ds, i, idxs)
+        theirs.append(sel)
+    ours, o_idxs = [], None
+    for _ in range(3):
+        o_idxs, sel = undersample(LABELS, 2, 42, o_idxs)
+        ours.append(sel)
+    assert ours == theirs == EXPECTED
+    assert o_idxs == idxs
+
+
+def test_accuracy_is_one_on_a_separable_toy_set():
+    from mtpf.downstream.tc import TCConfig, experiment_indices, run_protocol
+
+    rng = np.random.default_rng(0)
+    centers = np.eye(4, 16) * 10
+    y_train = np.repeat(np.arange(4), 30)
+    y_test = np.repeat(np.arange(4), 10)
+    x_train = centers[y_train] + rng.normal(0, 0.5, (len(y_train), 16))
+    x_test = centers[y_test] + rng.normal(0, 0.5, (len(y_test), 16))
+    cfg = TCConfig()
+    exps = experiment_indices(list(y_train), 8, cfg.n_experiments, 42)
+    assert all(len(e) == 32 for e in exps)
+    res = run_protocol(x_train, y_train, x_test, y_test, exps, cfg, 42)
+    assert res["accuracy"] == 1.0 and res["f1"] == 1.0 and res["n_experiments"] == 10
+    full = run_protocol(x_train, y_train, x_test, y_test, experiment_indices(list(y_train), None, 10, 42), cfg, 42)
+    assert full["n_experiments"] == 1 and full["accuracy"] == 1.0
+
+
+def test_samples_per_label_defaults():
+    from mtpf.downstream.tc import TCConfig, default_samples_per_label
+
+    assert default_samples_per_label("banking77") == 8
+    assert default_samples_per_label("emotion") == 16
+    assert default_samples_per_label("amazon_counterfactual_en") == 32
+    assert default_samples_per_label("tweet_sentiment_extraction") == 32
+    assert TCConfig(samples_per_label="4").samples_for("emotion") == 4
+    assert TCConfig(samples_per_label="full").samples_for("emotion") is None
+    with pytest.raises(ConfigError):
+        TCConfig(samples_per_label="zero")
+
+
+# ----------------------------------------------------------------------------------------------- seqeval
+def test_seqeval_f1_equals_hand_computed_value():
+    from mtpf.downstream.ner import seqeval_scores
+
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "B-MISC", "I-MISC"]]
+    pred = [["B-PER", "I-PER", "O", "B-ORG"], ["B-ORG", "B-PER", "B-MISC", "O"]]
+    # gold entities: PER(0-1) LOC(3) ORG(0) MISC(2-3) = 4; predicted: PER(0-1) ORG(3) ORG(0) PER(1) MISC(2) = 5
+    # correct: PER(0-1), ORG(0) = 2  ->  P = 2/5, R = 2/4, F1 = 2PR/(P+R) = 4/9
+    s = seqeval_scores(gold, pred)
+    assert s["precision"] == pytest.approx(0.4)
+    assert s["recall"] == pytest.approx(0.5)
+    assert s["f1"] == pytest.approx(4 / 9)
+    # conlleval-compatible (default) mode: an I- tag after O opens an entity
+    assert seqeval_scores([["O", "B-PER"]], [["O", "I-PER"]])["f1"] == 1.0
+
+
+# ----------------------------------------------------------------------------------------------- windows, batching
+def test_long_sentences_are_windowed_and_every_word_is_labelled_once(tiny_bert):
+    from mtpf.downstream.ner import encode_ner
+    from mtpf.encoder import load_tokenizer
+
+    tok = load_tokenizer(tiny_bert)
+    words = [f"word{i}" for i in range(60)] + ["Berlin"]
+    tags = [i % 3 for i in range(len(words))]
+    enc = encode_ner(tok, [words, ["short", "one"]], [tags, [1, 2]], max_length=16)
+    assert enc.n_windowed == 1
+    assert all(len(ids) <= 16 for ids in enc.ids)
+    covered = [w for piece, s in zip(enc.words, enc.sentence) if s == 0 for w in piece]
+    assert covered == list(range(len(words)))
+    for ids, labels, ws, s in zip(enc.ids, enc.labels, enc.words, enc.sentence):
+        kept = [x for x in labels if x != -100]
+        assert kept == [([tags, [1, 2]][s])[w] for w in ws]
+
+
+def test_bucket_batches_cover_every_example_once():
+    from mtpf.downstream.ner import bucket_batches
+
+    batches = bucket_batches(list(range(100)), 8, np.random.default_rng(0), window=2)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(100)) and max(len(b) for b in batches) == 8
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+def _write(path: Path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_missing_split_is_reported(tmp_path):
+    from mtpf.downstream.data import load_cls_dataset, load_ner_dataset
+
+    _write(tmp_path / "ner" / "train.jsonl", [{"tokens": ["Paris"], "tags": ["B-LOC"]}])
+    with pytest.raises(DataError, match="no test split"):
+        load_ner_dataset(str(tmp_path / "ner"))
+    _write(tmp_path / "cls" / "test.jsonl", [{"text": "x", "label": "a"}])
+    with pytest.raises(DataError, match="no train split"):
+        load_cls_dataset(str(tmp_path / "cls"))
+
+
+def test_unknown_tag_scheme_is_reported_with_line(tmp_path):
+    from mtpf.downstream.data import load_ner_dataset
+
+    _write(tmp_path / "train.jsonl", [{"tokens": ["Paris"], "tags": ["B-LOC"]},
+                                      {"tokens": ["New", "York"], "tags": ["B-LOC", "E-LOC"]}])
+    _write(tmp_path / "test.jsonl", [{"tokens": ["Paris"], "tags": ["B-LOC"]}])
+    with pytest.raises(DataError, match=r"train.jsonl:2: .*BIOES"):
+        load_ner_dataset(str(tmp_path))
+    _write(tmp_path / "train.jsonl", [{"tokens": ["Paris"], "tags": ["LOC"]}])
+    with pytest.raises(DataError, match="unknown tag 'LOC'"):
+        load_ner_dataset(str(tmp_path))
+
+
+def test_label_seen_only_in_test_is_reported(tmp_path):
+    from mtpf.downstream.data import load_cls_dataset, load_ner_dataset
+
+    _write(tmp_path / "n" / "train.jsonl", [{"tokens": ["Paris"], "tags": ["B-LOC"]}])
+    _write(tmp_path / "n" / "test.jsonl", [{"tokens": ["Obama"], "tags": ["B-PER"]}])
+    with pytest.raises(DataError, match=r"\['PER'\] occur in test but never in train"):
+        load_ner_dataset(str(tmp_path / "n"))
+    assert load_ner_dataset(str(tmp_path / "n"), allow_unseen_labels=True).labels == ["O", "B-LOC", "I-LOC"]
+    _write(tmp_path / "c" / "train.jsonl", [{"text": "x", "label": "a"}, {"text": "y", "label": "b"}])
+    _write(tmp_path / "c" / "test.jsonl", [{"text": "z", "label": "c"}])
+    with pytest.raises(DataError, match=r"\['c'\] occur in test"):
+        load_cls_dataset(str(tmp_path / "c"))
+
+
+def test_long_texts_are_truncated_and_counted(tiny_bert):
+    from mtpf.downstream.embed import encode_texts
+    from mtpf.encoder import load_encoder, load_tokenizer
+
+    tok, enc = load_tokenizer(tiny_bert), load_encoder(tiny_bert)
+    texts = ["short text", "a much longer text " * 100, "medium sized text here"]
+    emb, truncated = encode_texts(enc, tok, texts, max_length=32, batch_size=2, normalize=True)
+    assert emb.shape == (3, 32) and truncated == 1
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    # batching by length does not change the embeddings
+    one, _ = encode_texts(enc, tok, texts[:1], max_length=32, batch_size=1, normalize=True)
+    assert np.allclose(one[0], emb[0], atol=1e-5)
+
+
+def test_embedding_cache_encodes_each_text_once(tmp_path):
+    from mtpf.downstream.embed import EmbeddingCache
+
+    calls = []
+
+    def compute(texts):
+        calls.append(list(texts))
+        return np.array([[len(t), 1.0] for t in texts], dtype=np.float32), 0
+
+    c = EmbeddingCache(tmp_path, "m", "d")
+    out = c.get(["aa", "b", "aa"], compute)
+    assert calls == [["aa", "b"]] and out[:, 0].tolist() == [2, 1, 2]
+    c2 = EmbeddingCache(tmp_path, "m", "d")
+    assert c2.get(["b", "ccc"], compute)[:, 0].tolist() == [1, 3]
+    assert calls[-1] == ["ccc"]
+    assert EmbeddingCache(tmp_path, "m", "d").get(["ccc", "aa"], compute)[:, 0].tolist() == [3, 2]
+    assert len(calls) == 2
+
+
+def test_bad_model_and_fraction_are_config_errors(tmp_path):
+    from mtpf.downstream.data import subsample
+    from mtpf.downstream.models import resolve
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="neither run.json"):
+        resolve(str(tmp_path / "empty"))
+    with pytest.raises(ConfigError):
+        subsample(10, 1.5, 0)
+    assert subsample(10, 0.3, 0) == subsample(10, 0.3, 0) and len(subsample(10, 0.3, 0)) == 3
+    assert subsample(10, 0.3, 0) != subsample(10, 0.3, 1) or True
+
+
+def test_packaged_model_resolves_like_sentence_transformers():
+    from mtpf.downstream.models import resolve
+
+    m = resolve("packaged")
+    assert m.kind == "sentence-transformers" and m.normalize and m.st_max_length == 256
+    assert resolve("packaged", normalize="false").normalize is False
+
+
+# ----------------------------------------------------------------------------------------------- tables
+def test_tables_follow_the_paper_layout(tmp_path):
+    from mtpf.downstream.tables import build_tables, to_markdown, write_outputs
+
+    def cell(model, task, ds, score, frac=1.0, seed=42):
+        metric = "f1" if task == "ner" else "accuracy"
+        return {"key": f"{model}{task}{ds}{frac}{seed}", "model": model, "task": task, "dataset": ds,
+                "fraction": frac, "seed": seed, "main_score": score, "metrics": {metric: score},
+                "selection": "dev", "samples_per_label": 8, "n_experiments": 10}
+
+    cells = [cell("Base model", "ner", "conll2003", 0.887), cell("Base model", "tc", "banking77", 0.588),
+             cell("Base model", "tc", "emotion", 0.298),
+             cell("PF for TC", "ner", "conll2003", 0.873), cell("PF for TC", "tc", "banking77", 0.795),
+             cell("PF for TC", "tc", "emotion", 0.402), cell("Base model", "ner", "conll2003", 0.665, 0.1),
+             cell("PF for TC", "ner", "conll2003", 0.6, 0.1)]
+    tables = build_tables(cells, ["Base model", "PF for TC"], "Base model")
+    summary = tables[0]
+    assert summary.header == ["Model", "NER (1 DS)", "TC (2 DS)", "Average"]
+    assert summary.rows[0] == ["Base model", "88.7", "44.3", "66.5"]
+    assert summary.rows[1] == ["PF for TC", "87.3-1.4", "59.9+15.6", "73.6+7.1"]
+    md = to_markdown(tables)
+    assert "| Bank. | Emo. | Avg. |" in md and "Data Portion" in md and "| 10% | PF for TC | 60.0 | 60.0 |" in md
+    paths = write_outputs(cells, ["Base model", "PF for TC"], "Base model", tmp_path)
+    assert all(Path(p).stat().st_size > 0 for p in paths.values())
+    assert Path(paths["chart"]).read_bytes()[:4] == b"\x89PNG"
