@@ -94,7 +94,7 @@ def assert_matches_reference(ref, op, texts, out):
 def test_mixed_batch_equals_each_app_alone(demo, refs, mode):
     backbone, apps = demo
     # a long max-wait so that every request below lands in ONE micro-batch
-    with Runtime(backbone, mode=mode, max_wait_ms=500, max_batch_size=64) as rt:
+    with Runtime(backbone, mode=mode, max_wait_ms=500, max_batch_size=64, adaptive_wait=False) as rt:
         for name, d in apps.items():
             rt.register_app(name, d)
         calls = []

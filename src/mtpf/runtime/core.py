@@ -7,7 +7,8 @@
     rt.unregister_app("mail-ner")             # waits for that app's queued requests, loses none
 
 Requests from any number of threads go into one queue. A batcher thread takes the first waiting request,
-collects more for at most ``max_wait_ms`` after it arrived (or until ``max_batch_size`` texts), and serves the
+collects more for at most ``max_wait_ms`` after it arrived (or until ``max_batch_size`` texts; no wait at all
+when the system is idle, i.e. the previous batch was a lone request and nothing else is queued), and serves the
 whole micro-batch, whatever the apps, with one forward pass per ``max_batch_size`` rows (rows sorted by length
 to cut padding). Heads and post-processing run per row in NumPy.
 """
@@ -73,11 +74,13 @@ class Runtime:
     forward per app). ``max_batch_size`` bounds the rows of one forward; ``max_wait_ms`` how long the first
     request of a micro-batch waits for company. ``batching=False`` serves every call synchronously in the
     caller's thread (still thread-safe), which is what the per-request baselines of the benchmark use.
+    ``adaptive_wait=False`` always waits ``max_wait_ms`` for company, even when idle.
     """
 
     def __init__(self, backbone: str | Path | None = "packaged", *, backend: str = "torch", mode: str = "mixed",
                  int8: bool = False, max_batch_size: int = 32, max_wait_ms: float = 2.0, batching: bool = True,
-                 onnx_dir: str | Path | None = None, num_threads: int | None = None, max_queue: int = 10000):
+                 onnx_dir: str | Path | None = None, num_threads: int | None = None, max_queue: int = 10000,
+                 adaptive_wait: bool = True):
         import torch
 
         from mtpf.encoder import fingerprint_model, load_encoder, load_tokenizer, resolve_model
@@ -106,6 +109,7 @@ class Runtime:
         self.max_batch_size = int(max_batch_size)
         self.max_wait = float(max_wait_ms) / 1000.0
         self.batching = batching
+        self.adaptive_wait = adaptive_wait
         self._apps: dict[str, _App] = {}
         self._apps_lock = threading.Condition()
         self._keys = itertools.count()
@@ -114,6 +118,7 @@ class Runtime:
         self._sync_lock = threading.Lock()
         self.batch_log: deque[tuple[int, int, int]] = deque(maxlen=10000)  # (requests, rows, apps) per batch
         self.batches = 0
+        self._last_batch_requests = 0
         self._worker = None
         if batching:
             self._worker = threading.Thread(target=self._loop, name="mtpf-runtime-batcher", daemon=True)
@@ -250,7 +255,11 @@ class Runtime:
             if first is None:
                 return
             batch, rows = [first], len(first.texts)
-            deadline = first.t_enqueue + self.max_wait
+            # Idle system (last batch was a lone request and nothing else is waiting): serve at once rather
+            # than wait for company that is not coming. Under load batches hold several requests, so the wait
+            # is on again.
+            idle = self.adaptive_wait and self._last_batch_requests <= 1 and self._queue.empty()
+            deadline = first.t_enqueue + (0.0 if idle else self.max_wait)
             stop = False
             while rows < self.max_batch_size:
                 remaining = deadline - time.perf_counter()
@@ -263,6 +272,7 @@ class Runtime:
                     break
                 batch.append(item)
                 rows += len(item.texts)
+            self._last_batch_requests = len(batch)
             self._serve(batch)
             if stop:
                 return
