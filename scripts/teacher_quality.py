@@ -8,7 +8,7 @@ entity types with purity and V-measure -- over entity words only (``O`` excluded
 (``O`` as a class). The gold tags are never seen by the clustering.
 
     .venv/bin/python scripts/teacher_quality.py                       # packaged MiniLM, CoNLL-2003 train
-    .venv/bin/python scripts/teacher_quality.py --teacher numind/NuNER-v2.0 --layers -1,-7 --clusters 200
+    .venv/bin/python scripts/teacher_quality.py --teacher numind/NuNER-v2.0 --layers -1 -7 --clusters 200
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", default="packaged")
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--clusters", default="20,50,200", help="comma-separated K values")
-    ap.add_argument("--layers", default="-1")
+    ap.add_argument("--layers", nargs="+", default=["-1"], help="e.g. -1 or -1 -4")
     ap.add_argument("--limit", type=int, default=None, help="first N sentences only")
     ap.add_argument("--fit-words", type=int, default=500_000)
     ap.add_argument("--seed", type=int, default=0)
@@ -49,6 +49,7 @@ def main(argv=None) -> int:
             tags.append(obj["tags"])
         if args.limit and len(tokens) >= args.limit:
             break
+    args.layers = ",".join(args.layers)
     teacher = Teacher.load(args.teacher, layers=args.layers)
     t0 = time.perf_counter()
     vecs = np.concatenate([l2_normalize(teacher.embed(c)).numpy() for c in _chunks(tokens, 16384)])

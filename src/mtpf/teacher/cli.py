@@ -5,7 +5,7 @@ import argparse
 
 EPILOG = """\
 examples:
-  mtpf label --teacher numind/NuNER-v2.0 --layers -1,-7 --corpus corpus/ --clusters 200 --out labels/
+  mtpf label --teacher numind/NuNER-v2.0 --layers -1 -7 --corpus corpus/ --clusters 200 --out labels/
   mtpf label --teacher packaged --corpus ../shared/data/raw --clusters 20 --out labels/ --fit-words 100000
   mtpf label --reuse-clusters labels/ --corpus new.txt --out labels-new/   # same ids on new text
   mtpf label inspect labels/ --top 15
@@ -28,8 +28,9 @@ def add_parser(subparsers) -> None:
                         "hub dataset name (online)")
     p.add_argument("--clusters", "-k", type=int, default=200, help="K (default 200, as in the paper)")
     p.add_argument("--out", help="output folder (shards, clusters.json, centroids.npy)")
-    p.add_argument("--layers", default="-1",
-                   help="hidden-state indices to concatenate: -1 = last (default); -1,-7 = last + 7th from last")
+    p.add_argument("--layers", nargs="+", default=["-1"], metavar="N",
+                   help="hidden-state indices to concatenate: -1 = last (default); '-1 -7' or =-1,-7 = last + "
+                        "7th from last (NuNER's suggestion)")
     p.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="cluster raw word vectors instead of L2-normalised ones")
     p.add_argument("--max-length", type=int, default=None,
@@ -76,7 +77,7 @@ def _run_label(args) -> int:
     if args.clusters < 2:
         raise DataError(args.out, None, "--clusters must be at least 2")
     try:
-        layers = parse_layers(args.layers)
+        layers = parse_layers(",".join(args.layers))
     except ValueError as exc:
         raise DataError(args.out, None, str(exc)) from None
     cfg = LabelConfig(

@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""Benchmark of `mtpf label`: words/s of teacher inference and of clustering, against a straightforward
+baseline, in one run; and peak memory for 1M words.
+
+Throughput (packaged all-MiniLM-L6-v2 teacher, the first ``--words`` words of ../shared/data/raw for ours and
+the first ``--baseline-words`` for the much slower baseline, K=``-k``):
+  ours      Teacher.embed: length-bucketed batches under no_grad, sub-token -> word means by index_add;
+            k-means: seeded MiniBatchKMeans partial_fit (3 epochs of mini-batches), then nearest-centroid
+            assignment by one matmul per chunk.
+  baseline  transformers pipeline("feature-extraction") called once per sentence, word means from the
+            tokenizer's character offsets; sklearn KMeans (n_init=1) on all vectors, then predict.
+Peak memory (fresh subprocess each, ru_maxrss):
+  ours      the real `mtpf label` CLI on 1M words, K=200, default settings, with a stand-in teacher (random
+            1-layer BERT with the same 384-d output as MiniLM, so every vector buffer is the same size and the
+            run takes minutes, not an hour, on 2 shared cores);
+  baseline  holding 1M x 384 float32 word vectors (what the baseline must keep) and fitting KMeans on them.
+
+    .venv/bin/python bench/bench_label.py                   # results printed and written to --json
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RAW = REPO / ".." / "shared" / "data" / "raw"
+
+
+def read_words(limit: int) -> list[list[str]]:
+    from mtpf.teacher.corpus import corpus_files, iter_sentences
+
+    out, n = [], 0
+    for s in iter_sentences(corpus_files([RAW])):
+        out.append(s.words)
+        n += len(s.words)
+        if n >= limit:
+            break
+    return out
+
+
+def bench_ours(sents, k: int) -> dict:
+    import numpy as np
+    import torch
+
+    from mtpf.teacher.cluster import Assigner, fit_kmeans
+    from mtpf.teacher.embed import Teacher, l2_normalize
+    from mtpf.teacher.label import _chunks
+
+    teacher = Teacher.load("packaged", device="cpu")
+    teacher.embed(sents[:8])  # warm-up
+    t0 = time.perf_counter()
+    vecs = torch.cat([l2_normalize(teacher.embed(c)) for c in _chunks(sents, 16384)]).numpy()
+    embed_s = time.perf_counter() - t0
+    n = len(vecs)
+    t0 = time.perf_counter()
+    centroids, _ = fit_kmeans(vecs, k, seed=0)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    labels, dist = Assigner(centroids).assign(vecs)
+    assign_s = time.perf_counter() - t0
+    return {"words": n, "embed_s": embed_s, "embed_wps": n / embed_s, "fit_s": fit_s, "fit_wps": n / fit_s,
+            "assign_s": assign_s, "assign_wps": n / assign_s, "cluster_wps": n / (fit_s + assign_s),
+            "total_wps": n / (embed_s + fit_s + assign_s), "mean_sq_dist": float(np.mean(dist)),
+            "vectors": vecs}
+
+
+def bench_baseline(sents, k: int) -> dict:
+    import numpy as np
+    from sklearn.cluster import KMeans
+    from transformers import AutoModel, AutoTokenizer, pipeline
+
+    from mtpf.encoder import packaged_model_path
+
+    path = packaged_model_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    pipe = pipeline("feature-extraction", model=AutoModel.from_pretrained(path), tokenizer=tok, device="cpu")
+    pipe("warm up")
+    vectors = []
+    t0 = time.perf_counter()
+    for words in sents:
+        text = " ".join(words)
+        spans, pos = [], 0
+        for w in words:
+            spans.append((pos, pos + len(w)))
+            pos += len(w) + 1
+        feats = np.asarray(pipe(text)[0])  # (tokens incl. specials, dim)
+        offsets = tok(text, return_offsets_mapping=True)["offset_mapping"]
+        for a, b in spans:
+            rows = [i for i, (s, e) in enumerate(offsets) if e > s and s < b and e > a]
+            v = feats[rows].mean(0) if rows else feats.mean(0)
+            vectors.append(v / max(np.linalg.norm(v), 1e-12))
+    embed_s = time.perf_counter() - t0
+    x = np.asarray(vectors, dtype=np.float32)
+    n = len(x)
+    t0 = time.perf_counter()
+    km = KMeans(n_clusters=k, n_init=1, random_state=0).fit(x)
+    labels = km.predict(x)
+    cluster_s = time.perf_counter() - t0
+    dist = ((x - km.cluster_centers_[labels]) ** 2).sum(1)
+    return {"words": n, "embed_s": embed_s, "embed_wps": n / embed_s, "cluster_s": cluster_s,
+            "cluster_wps": n / cluster_s, "total_wps": n / (embed_s + cluster_s), "mean_sq_dist": float(dist.mean()),
+            "vectors": x}
+
+
+MEM_BASELINE = """
+import json, resource, numpy as np
+from sklearn.cluster import KMeans
+x = np.random.default_rng(0).standard_normal((N, 384), dtype=np.float32)
+KMeans(n_clusters=K, n_init=1, max_iter=5, random_state=0).fit(x).predict(x)
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+MEM_OURS = """
+import json, resource, sys
+from mtpf.cli import main
+rc = main(sys.argv[1:])
+print(json.dumps({"rc": rc, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def bench_memory(words: int, k: int, work: Path) -> dict:
+    from mtpf.testing import make_tiny_encoder
+
+    corpus = work / "corpus.txt.gz"
+    n = 0
+    with gzip.open(corpus, "wt", encoding="utf-8") as f:
+        for s in read_words(words):
+            f.write(" ".join(s) + "\n")
+            n += len(s)
+    teacher = make_tiny_encoder(work / "standin", "bert", layers=1, hidden=384)
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", MEM_OURS, "label", "--teacher", teacher, "--corpus", str(corpus),
+                          "--clusters", str(k), "--out", str(work / "labels"), "--quiet", "--device", "cpu"],
+                         capture_output=True, text=True, env=env)
+    ours_s = time.perf_counter() - t0
+    if res.returncode:
+        raise RuntimeError(res.stderr[-3000:])
+    ours = json.loads(res.stdout.strip().splitlines()[-1])
+    meta = json.loads((work / "labels" / "clusters.json").read_text())
+    res = subprocess.run([sys.executable, "-c", MEM_BASELINE.replace("N,", f"{n},").replace("K,", f"{k},")],
+                         capture_output=True, text=True, env=env)
+    if res.returncode:
+        raise RuntimeError(res.stderr[-3000:])
+    base = json.loads(res.stdout.strip().splitlines()[-1])
+    return {"words": n, "ours_peak_rss_mb": ours["peak_rss_mb"], "ours_seconds": ours_s,
+            "ours_label_wps_standin": meta["label_words_per_s"], "baseline_peak_rss_mb": base["peak_rss_mb"]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--words", type=int, default=20_000, help="words for the throughput comparison")
+    ap.add_argument("--baseline-words", type=int, default=3_000,
+                    help="words for the (slow) baseline; rates are compared per word")
+    ap.add_argument("-k", "--clusters", type=int, default=200)
+    ap.add_argument("--memory-words", type=int, default=1_000_000, help="0 skips the memory runs")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import numpy as np
+    import torch
+    from sklearn.metrics import adjusted_rand_score  # noqa: F401  (import cost outside the timings)
+
+    sents = read_words(args.words)
+    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), "
+                         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+              "K": args.clusters}
+    ours = bench_ours(sents, args.clusters)
+    base_sents = read_words(args.baseline_words)
+    base = bench_baseline(base_sents, args.clusters)
+    # Same words first: the two word-vector implementations must agree.
+    diff = float(np.abs(ours.pop("vectors")[: base["words"]] - base.pop("vectors")).max())
+    result.update(ours=ours, baseline=base, max_abs_vector_diff=diff,
+                  speedup_embed=ours["embed_wps"] / base["embed_wps"],
+                  speedup_cluster=ours["cluster_wps"] / base["cluster_wps"],
+                  speedup_total=ours["total_wps"] / base["total_wps"])
+    print(json.dumps(result, indent=1))
+    if args.memory_words:
+        with tempfile.TemporaryDirectory() as work:
+            result["memory"] = bench_memory(args.memory_words, args.clusters, Path(work))
+        print(json.dumps(result["memory"], indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
