@@ -378,7 +378,7 @@ class PretrainRecipe:
                 p = _unsort(torch.cat([embed(c) for c in p_chunks]), p_order)
                 loss = info_nce(a, p, cfg.temperature, cfg.symmetric, cfg.gather_negatives)
                 self.accelerator.backward(loss * weight)
-        return float(loss), a_tok + p_tok
+        return float(loss.detach()), a_tok + p_tok
 
     def _chunks(self, texts: list[str]):
         """Tokenise, sort by length (less padding per chunk), cut into GradCache chunks."""
