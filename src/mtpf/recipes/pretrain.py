@@ -82,6 +82,12 @@ class PretrainConfig:
         "help": "auto: bf16 on a CUDA device that supports it, fp32 otherwise (bf16 is ~17x slower on CPUs without AMX)."})
     max_length: int = field(default=128, metadata={"help": "Max tokens per text (longer NER sentences are windowed)."})
     bucket_factor: int = field(default=50, metadata={"help": "NER length bucketing window, in batches."})
+    # --- interference analysis (paper Section 5, Figure 3)
+    analysis_every: int | None = field(default=None, metadata={
+        "help": "Steps between measurements of perturbed-sentence similarity and token homogeneity; null = off."})
+    analysis_ner_data: str | None = field(default=None, metadata={
+        "help": "NER dataset folder (ner/<name> layout) whose test split feeds the analysis, e.g. ../shared/data/ner/conll2003."})
+    analysis_sentences: int = field(default=2000, metadata={"help": "Sentences per analysis measurement."})
     # --- bookkeeping
     log_every: int = field(default=10, metadata={"help": "Steps between metric log lines."})
     save_every: int = field(default=100, metadata={"help": "Steps between checkpoints."})
@@ -95,6 +101,8 @@ class PretrainConfig:
             raise ValueError("max_steps must be >= 1")
         if self.grad_accum < 1:
             raise ValueError("grad_accum must be >= 1")
+        if self.analysis_every is not None and not self.analysis_ner_data:
+            raise ValueError("analysis_every needs analysis_ner_data (a NER dataset folder, e.g. ../shared/data/ner/conll2003)")
         for t in self.tasks or []:
             if t not in ("ner", "tc"):
                 raise ValueError(f"unknown task {t!r} in tasks; use ner and/or tc")
@@ -162,6 +170,11 @@ class PretrainRecipe:
             self._resume()
         if acc.is_main_process:
             self._open_logs()
+        self.tracker = None
+        if cfg.analysis_every and acc.is_main_process:
+            from mtpf.analysis.track import Tracker
+
+            self.tracker = Tracker(cfg.analysis_ner_data, sentences=cfg.analysis_sentences, seed=cfg.seed)
 
     def _check_output_dir(self) -> None:
         cfg, ckpts = self.cfg, self.out / "checkpoints"
@@ -262,6 +275,8 @@ class PretrainRecipe:
         self.model.train()
         window = {"tokens": 0, "time": 0.0, "losses": {t: [] for t in self.tasks}}
         last = {}
+        if self.step == 0:
+            self._analyse()
         while self.step < cfg.max_steps:
             t0 = time.perf_counter()
             losses, tokens = self.train_step()
@@ -275,6 +290,8 @@ class PretrainRecipe:
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 last = self._log(window)
                 window = {"tokens": 0, "time": 0.0, "losses": {t: [] for t in self.tasks}}
+            if cfg.analysis_every and (self.step % cfg.analysis_every == 0 or self.step == cfg.max_steps):
+                self._analyse()
             if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()
         bar.close()
@@ -426,6 +443,18 @@ class PretrainRecipe:
                         self.tb.add_scalar(k, v, self.step)
                 self.tb.flush()
         return record
+
+    def _analyse(self) -> None:
+        """Findings 1 and 2 of the paper on the current weights, appended to logs/analysis.jsonl."""
+        acc = self.accelerator
+        if self.tracker is not None:
+            model = acc.unwrap_model(self.model)
+            adapters = {t: a for t, a in model.adapters.items() if a} or None
+            record = {"step": self.step, **self.tracker.measure(model.encoder, self.tokenizer, adapters)}
+            with open(self.out / "logs" / "analysis.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            self.model.train()
+        acc.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
