@@ -1,0 +1,450 @@
+"""Runtime benchmark: what sharing one backbone buys (memory, mixed-load throughput, latency, int8 accuracy).
+
+    .venv/bin/python bench/bench_runtime.py [--requests 480] [--clients 32] [--threads 2] [--out bench/results]
+
+Setup: the packaged all-MiniLM-L6-v2 and 8 apps with random adapters in the mtpf-app/1 format:
+4 NER apps (LoRA rank 32 / alpha 64 on query, key, MLP of all 6 layers = `mtpf adapt` NER defaults, + token head)
+and 4 TC apps (a copy-like LoRA rank 32 on the last 2 layers = the task-primary `tc` shape, + linear head).
+
+Sections
+1. memory: weight bytes and measured RSS growth (fresh subprocesses) of one Runtime with 8 apps, one full model,
+   and 8 separate full models (each app's LoRA merged into its own copy = the naive deployment).
+2. throughput at mixed load (requests of 1 text, apps round-robin, ``--clients`` closed-loop client threads):
+   micro-batching with PEFT mixed ``adapter_names`` / grouped per-app sub-batches, vs a per-request
+   ``set_adapter`` loop, vs 8 separate models serving one request at a time.
+3. single-request latency p50/p95 (a TC app, sequential calls through the Runtime) for PyTorch, ONNX Runtime
+   fp32 and ONNX Runtime int8 (dynamic, per-channel), plus the bare encoder forward without the runtime.
+4. int8 accuracy: Banking77 under the MTEB protocol (8 per label, 10 experiments, LogisticRegression
+   max_iter=100, seed 42; via mtpf.downstream.tc), PyTorch vs ONNX int8 embeddings (mean pooled, normalised).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+warnings.filterwarnings("ignore")
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+# ----------------------------------------------------------------------------- setup
+def make_apps(root: Path, backbone: str) -> dict[str, str]:
+    from mtpf.encoder import fingerprint_model, load_encoder
+    from mtpf.runtime.testing import make_app_adapter
+
+    enc = load_encoder(backbone)
+    fp = fingerprint_model(enc)
+    apps = {}
+    for i in range(4):
+        apps[f"ner{i}"] = make_app_adapter(root / f"ner{i}", backbone, "ner", rank=32, alpha=64, layers="all",
+                                           seed=i, lora_std=0.02, encoder=enc, fingerprint=fp)
+    for i in range(4):
+        apps[f"tc{i}"] = make_app_adapter(root / f"tc{i}", backbone, "tc", labels=[f"c{j}" for j in range(10)],
+                                          rank=32, alpha=64, layers=2, seed=10 + i, lora_std=0.02, encoder=enc,
+                                          fingerprint=fp)
+    return apps
+
+
+def workload(n: int) -> list[tuple[str, str, str]]:
+    """(app, op, text): apps round-robin; NER apps get CoNLL sentences, TC apps Banking77 questions."""
+    ner_texts, tc_texts = [], []
+    conll = DATA / "ner" / "conll2003" / "test.jsonl"
+    bank = DATA / "cls" / "banking77" / "test.jsonl"
+    if conll.is_file():
+        with open(conll) as fh:
+            for line in fh:
+                toks = json.loads(line)["tokens"]
+                if len(toks) >= 6:
+                    ner_texts.append(" ".join(toks))
+                if len(ner_texts) >= n:
+                    break
+    if bank.is_file():
+        with open(bank) as fh:
+            tc_texts = [json.loads(line)["text"] for _, line in zip(range(n), fh)]
+    ner_texts = ner_texts or ["Barack Obama visited Berlin and Paris last week with Angela Merkel."] * n
+    tc_texts = tc_texts or ["How do I reset my card PIN? My transfer has not arrived yet."] * n
+    jobs = []
+    for i in range(n):
+        app = i % 8
+        if app < 4:
+            jobs.append((f"ner{app}", "entities", ner_texts[i % len(ner_texts)]))
+        else:
+            jobs.append((f"tc{app - 4}", "classify", tc_texts[i % len(tc_texts)]))
+    return jobs
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ----------------------------------------------------------------------------- 1. memory
+def memory_probe(kind: str, backbone: str, apps: dict[str, str]) -> dict:
+    """Runs in a fresh subprocess: RSS growth of loading ``kind`` (+ one forward per app)."""
+    import torch
+
+    from mtpf.encoder import load_encoder, load_tokenizer
+
+    torch.set_num_threads(1)
+    import gc
+
+    import peft  # noqa: F401  - every import happens before the baseline
+    import transformers  # noqa: F401
+
+    import mtpf.runtime  # noqa: F401
+    from mtpf.runtime.onnx_export import merged_app_encoder  # noqa: F401
+
+    load_tokenizer(backbone)  # warm the tokenizer code path; each kind below loads its own tokenizer(s)
+    _trim()
+    base = rss_mb()
+    if kind in ("runtime", "runtime_no_apps"):
+        from mtpf.runtime import Runtime
+
+        rt = Runtime(backbone, batching=False)
+        for name, d in (apps.items() if kind == "runtime" else ()):
+            rt.register_app(name, d)
+        for name in (apps if kind == "runtime" else ()):
+            (rt.extract_entities if name.startswith("ner") else rt.classify)(name, ["a short warm-up sentence"])
+        keep = rt
+    else:
+        from mtpf.runtime.app import read_app
+        from mtpf.runtime.onnx_export import merged_app_encoder
+
+        # one full model = what each app ships in the naive deployment: the backbone with its LoRA merged
+        names = list(apps)[:1] if kind == "one_model" else list(apps)
+        keep = []
+        for name in names:
+            enc = merged_app_encoder(load_encoder(backbone).eval(), apps[name])
+            tok = load_tokenizer(backbone)  # every app ships its own model and tokenizer
+            batch = tok(["a short warm-up sentence"], return_tensors="pt")
+            spec = read_app(apps[name])
+            with torch.inference_mode():
+                enc(**batch)
+            keep.append((enc, tok, spec.head_weight))
+    gc.collect()
+    _trim()
+    return {"kind": kind, "rss_growth_mb": rss_mb() - base}
+
+
+def _trim() -> None:
+    """Hand freed heap back to the OS so RSS counts live memory only (same treatment for every kind)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def weight_bytes(backbone: str, apps: dict[str, str]) -> dict:
+    from safetensors import safe_open
+
+    from mtpf.encoder import load_encoder
+
+    enc = load_encoder(backbone)
+    model = sum(p.numel() * p.element_size() for p in enc.parameters())
+    per_app = {}
+    for name, d in apps.items():
+        total = 0
+        for f in ("adapter_model.safetensors", "head.safetensors"):
+            path = Path(d) / f
+            if path.is_file():
+                with safe_open(str(path), "pt") as fh:
+                    for k in fh.keys():
+                        t = fh.get_tensor(k)
+                        total += t.numel() * t.element_size()
+        per_app[name] = total
+    heads = {n: (Path(d) / "head.safetensors").stat().st_size for n, d in apps.items()}
+    shared = model + sum(per_app.values())
+    naive = sum(model + heads[n] for n in apps)  # each app a full model copy (LoRA merged) + its head
+    return {"model_mb": model / 2**20, "adapters_mb": {n: b / 2**20 for n, b in per_app.items()},
+            "runtime_mb": shared / 2**20, "naive_mb": naive / 2**20, "runtime_vs_one_model": shared / model,
+            "naive_vs_one_model": naive / model}
+
+
+# ----------------------------------------------------------------------------- 2. throughput
+def closed_loop(fn, jobs, clients: int) -> float:
+    """``clients`` threads each send their share of jobs one after another; returns requests/s."""
+    errors = []
+
+    def worker(k):
+        for i in range(k, len(jobs), clients):
+            try:
+                fn(*jobs[i])
+            except Exception as exc:  # noqa: BLE001
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    dt = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"{len(errors)} failed requests, e.g. {errors[0]}")
+    return len(jobs) / dt
+
+
+def throughput(backbone: str, apps: dict[str, str], n: int, clients: int, rounds: int) -> dict:
+    import torch
+
+    from mtpf.encoder import load_encoder, load_tokenizer
+    from mtpf.runtime import Runtime
+    from mtpf.runtime.app import read_app, softmax
+    from mtpf.runtime.onnx_export import merged_app_encoder
+
+    jobs = workload(n)
+    results: dict[str, list[float]] = {}
+    runtimes = {}
+    for mode in ("mixed", "grouped"):
+        rt = Runtime(backbone, mode=mode, max_batch_size=32, max_wait_ms=2)
+        for name, d in apps.items():
+            rt.register_app(name, d)
+        runtimes[mode] = rt
+    switch = Runtime(backbone, mode="grouped", batching=False)  # grouped + one request at a time = set_adapter loop
+    for name, d in apps.items():
+        switch.register_app(name, d)
+
+    def call(rt):
+        return lambda app, op, text: rt.submit(app, op, [text]).result()
+
+    # 8 separate full models (each app's LoRA merged into its own copy), one request at a time
+    tok = load_tokenizer(backbone)
+    separate = {}
+    for name, d in apps.items():
+        spec = read_app(d)
+        separate[name] = (merged_app_encoder(load_encoder(backbone).eval(), d), spec)
+    sep_lock = threading.Lock()
+
+    def separate_call(app, op, text):
+        model, spec = separate[app]
+        with sep_lock, torch.inference_mode():
+            enc = tok([text], return_tensors="pt", truncation=True, max_length=spec.max_length)
+            h = model(**enc).last_hidden_state[0].numpy()
+        if op == "classify":
+            e = h.mean(0)
+            e /= np.linalg.norm(e)
+            return softmax(e @ spec.head_weight.T + spec.head_bias)
+        return softmax(h @ spec.head_weight.T + spec.head_bias)
+
+    modes = {
+        "mixed_microbatch": (call(runtimes["mixed"]), clients),
+        "grouped_microbatch": (call(runtimes["grouped"]), clients),
+        "per_request_set_adapter": (call(switch), clients),
+        "separate_models": (separate_call, clients),
+    }
+    for fn, c in modes.values():  # warm-up
+        closed_loop(fn, jobs[:16], min(c, 4))
+    for r in range(rounds):  # interleaved rounds: the 2 cores are shared, so load drifts
+        for name, (fn, c) in modes.items():
+            results.setdefault(name, []).append(closed_loop(fn, jobs, c))
+            print(f"  round {r}: {name}: {results[name][-1]:.1f} req/s", flush=True)
+    stats = {m: rt.stats() for m, rt in runtimes.items()}
+    for rt in list(runtimes.values()) + [switch]:
+        rt.close()
+    med = {k: statistics.median(v) for k, v in results.items()}
+    return {"requests": n, "clients": clients, "rounds": rounds, "req_per_s_median": med, "req_per_s_all": results,
+            "batcher_stats": stats,
+            "mixed_vs_switching": med["mixed_microbatch"] / med["per_request_set_adapter"],
+            "grouped_vs_switching": med["grouped_microbatch"] / med["per_request_set_adapter"],
+            "best_vs_separate": max(med["mixed_microbatch"], med["grouped_microbatch"]) / med["separate_models"]}
+
+
+# ----------------------------------------------------------------------------- 3. latency
+def pct(xs, q):
+    return float(np.percentile(np.asarray(xs) * 1000, q))
+
+
+def latency(backbone: str, apps: dict[str, str], onnx_root: Path, n: int, threads: int) -> dict:
+    import torch
+
+    from mtpf.runtime import Runtime
+
+    texts = [t for _, op, t in workload(8 * n) if op == "classify"][:n]
+    out = {}
+    configs = [("pytorch", dict(backend="torch")),
+               ("onnx_fp32", dict(backend="onnx", onnx_dir=onnx_root / "fp32", num_threads=threads)),
+               ("onnx_int8", dict(backend="onnx", int8=True, onnx_dir=onnx_root / "int8", num_threads=threads))]
+    rts = {}
+    for name, kw in configs:
+        rt = Runtime(backbone, max_wait_ms=2, **kw)
+        for a in ("tc0", "tc1"):  # tc0: LoRA app (merged graph on ONNX); a head-only path is the backbone graph
+            rt.register_app(a, apps[a])
+        rt.classify("tc0", texts[:8])
+        rts[name] = rt
+    torch.set_num_threads(threads)
+    samples = {name: [] for name in rts}
+    for r in range(2):  # interleave so that background load hits all three alike
+        for name, rt in rts.items():
+            for t in texts[r::2]:
+                t0 = time.perf_counter()
+                rt.classify("tc0", [t])
+                samples[name].append(time.perf_counter() - t0)
+    # the bare forward, no runtime around it
+    raw = {}
+    enc_t = rts["pytorch"]
+    tok = enc_t.tokenizer
+    model = enc_t.backend.model
+    sess = {k: rts[k].backend.sessions[rts[k]._apps["tc0"].key] for k in ("onnx_fp32", "onnx_int8")}
+    for name in rts:
+        xs = []
+        for t in texts[:n // 2]:
+            enc = tok([t], return_tensors="np")
+            feeds = {k: enc[k].astype(np.int64) for k in enc_t.input_names}
+            t0 = time.perf_counter()
+            if name == "pytorch":
+                with torch.inference_mode():
+                    model.set_adapter(enc_t._apps["tc0"].key)
+                    model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+            else:
+                sess[name].run(None, feeds)
+            xs.append(time.perf_counter() - t0)
+        raw[name] = xs
+    for name in rts:
+        out[name] = {"runtime_p50_ms": pct(samples[name], 50), "runtime_p95_ms": pct(samples[name], 95),
+                     "forward_p50_ms": pct(raw[name], 50), "forward_p95_ms": pct(raw[name], 95),
+                     "n": len(samples[name])}
+        rts[name].close()
+    out["int8_vs_pytorch_p50"] = out["onnx_int8"]["runtime_p50_ms"] / out["pytorch"]["runtime_p50_ms"]
+    out["fp32_vs_pytorch_p50"] = out["onnx_fp32"]["runtime_p50_ms"] / out["pytorch"]["runtime_p50_ms"]
+    return out
+
+
+# ----------------------------------------------------------------------------- 4. int8 accuracy
+def int8_accuracy(backbone: str, onnx_root: Path, threads: int) -> dict:
+    from mtpf.downstream.tc import TCConfig, experiment_indices, run_protocol
+    from mtpf.encoder import fingerprint_model, load_encoder
+    from mtpf.runtime import Runtime
+    from mtpf.runtime.testing import make_app_adapter
+
+    train = [json.loads(x) for x in open(DATA / "cls" / "banking77" / "train.jsonl")]
+    test = [json.loads(x) for x in open(DATA / "cls" / "banking77" / "test.jsonl")]
+    labels = sorted({r["label"] for r in train})
+    lid = {lab: i for i, lab in enumerate(labels)}
+    ytr = np.asarray([lid[r["label"]] for r in train])
+    yte = np.asarray([lid[r["label"]] for r in test])
+    cfg = TCConfig()
+    experiments = experiment_indices([r["label"] for r in train], 8, cfg.n_experiments, 42)
+    union = sorted({i for e in experiments for i in e})
+    texts_tr = [train[i]["text"] for i in union]
+    texts_te = [r["text"] for r in test]
+    with tempfile.TemporaryDirectory() as tmp:
+        enc = load_encoder(backbone)
+        # the bare backbone as an app: no LoRA, mean pooling, normalised (= the all-MiniLM-L6-v2 ST pipeline)
+        app = make_app_adapter(Path(tmp) / "emb", backbone, "tc", lora=False, normalize=True, encoder=enc,
+                               fingerprint=fingerprint_model(enc))
+        out = {}
+        for name, kw in (("pytorch", dict(backend="torch")),
+                         ("onnx_int8", dict(backend="onnx", int8=True, onnx_dir=onnx_root / "int8",
+                                            num_threads=threads))):
+            t0 = time.perf_counter()
+            with Runtime(backbone, max_batch_size=64, **kw) as rt:
+                rt.register_app("emb", app)
+                etr = np.concatenate([rt.embed("emb", texts_tr[i:i + 256]) for i in range(0, len(texts_tr), 256)])
+                ete = np.concatenate([rt.embed("emb", texts_te[i:i + 256]) for i in range(0, len(texts_te), 256)])
+            res = run_protocol(etr, ytr, ete, yte, experiments, cfg, seed=42, union=union)
+            out[name] = {"accuracy": res["accuracy"], "accuracy_std": res["accuracy_std"], "f1": res["f1"],
+                         "embed_s": time.perf_counter() - t0}
+            out.setdefault("_emb", {})[name] = ete
+        a, b = out["_emb"]["pytorch"], out.pop("_emb")["onnx_int8"]
+        out["test_embedding_cosine_mean"] = float((a * b).sum(1).mean())
+        out["test_embedding_cosine_min"] = float((a * b).sum(1).min())
+    out["accuracy_drop_points"] = 100 * (out["pytorch"]["accuracy"] - out["onnx_int8"]["accuracy"])
+    out["protocol"] = ("MTEB classification: 8 samples/label undersampled, 10 experiments, "
+                       "LogisticRegression(max_iter=100, random_state=42), test split (2048 rows), accuracy; "
+                       "mtpf.downstream.tc.experiment_indices/run_protocol")
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", default="packaged")
+    ap.add_argument("--requests", type=int, default=480)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--latency-requests", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime intra-op threads")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: memory,throughput,latency,accuracy")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--memory-probe", nargs=2, metavar=("KIND", "APPS_JSON"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    from mtpf.cli import quiet_libraries
+
+    quiet_libraries()
+    from mtpf.encoder import resolve_model
+
+    backbone = resolve_model(args.backbone)
+    if args.memory_probe:
+        kind, apps_json = args.memory_probe
+        print(json.dumps(memory_probe(kind, backbone, json.loads(apps_json))))
+        return 0
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    skip = set(filter(None, args.skip.split(",")))
+    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                          "torch": torch.__version__, "threads": args.threads,
+                          "loadavg_start": os.getloadavg()},
+              "backbone": backbone, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mtpf-bench-") as tmp:
+        tmp = Path(tmp)
+        apps = make_apps(tmp / "apps", backbone)
+        report["apps"] = {n: json.loads((Path(d) / "mtpf_app.json").read_text())["task"] for n, d in apps.items()}
+        if "memory" not in skip:
+            print("== memory", flush=True)
+            mem = {"weights": weight_bytes(backbone, apps)}
+            for kind in ("one_model", "runtime_no_apps", "runtime", "separate_models"):
+                out = subprocess.run([sys.executable, __file__, "--backbone", backbone, "--memory-probe", kind,
+                                      json.dumps(apps)], capture_output=True, text=True, check=True)
+                mem[kind] = json.loads(out.stdout.strip().splitlines()[-1])["rss_growth_mb"]
+                print(f"  {kind}: +{mem[kind]:.0f} MB RSS", flush=True)
+            mem["runtime_vs_one_model_rss"] = mem["runtime"] / mem["one_model"]
+            mem["separate_vs_one_model_rss"] = mem["separate_models"] / mem["one_model"]
+            mem["separate_vs_runtime_rss"] = mem["separate_models"] / mem["runtime"]
+            report["memory"] = mem
+        if "throughput" not in skip:
+            print("== throughput", flush=True)
+            report["throughput"] = throughput(backbone, apps, args.requests, args.clients, args.rounds)
+        if "latency" not in skip:
+            print("== latency", flush=True)
+            report["latency"] = latency(backbone, apps, tmp / "onnx", args.latency_requests, args.threads)
+            print(json.dumps(report["latency"], indent=1), flush=True)
+        if "accuracy" not in skip and (DATA / "cls" / "banking77").is_dir():
+            print("== int8 accuracy (Banking77)", flush=True)
+            report["int8_accuracy"] = int8_accuracy(backbone, tmp / "onnx", args.threads)
+            print(json.dumps(report["int8_accuracy"], indent=1), flush=True)
+    report["machine"]["loadavg_end"] = os.getloadavg()
+    report["seconds"] = round(time.perf_counter() - t_all, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "runtime.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
