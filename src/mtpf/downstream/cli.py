@@ -84,6 +84,7 @@ def add_parser(sub) -> None:
         p.add_argument("--allow-unseen-labels", action="store_true",
                        help="score labels that occur only in dev/test as misses instead of refusing the data")
         p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
         if mode == "ner":
             p.add_argument("--fraction", type=float, default=1.0, help="seeded random share of train sentences")
             _ner_args(p)
@@ -112,6 +113,8 @@ def add_parser(sub) -> None:
                    help="score labels that occur only in dev/test as misses instead of refusing the data")
     p.add_argument("--save-apps", action="store_true", help="also save every NER cell's app adapter in OUTPUT/apps")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared CPU)")
     p.add_argument("--mteb-tasks", default=None,
                    help="instead: run the official mteb package (online) on each model's sentence-transformers "
                         "export for these comma-separated MTEB task names, results in OUTPUT/mteb")
@@ -120,8 +123,17 @@ def add_parser(sub) -> None:
     p.set_defaults(func=_evaluate)
 
 
+def _threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _adapt(args) -> int:
     from mtpf.config import ConfigError
+
+    _threads(args)
     from mtpf.downstream.models import resolve
 
     if args.mode == "ner":
@@ -177,6 +189,7 @@ def _evaluate(args) -> int:
     from mtpf.config import ConfigError
     from mtpf.downstream.models import parse_model_arg
 
+    _threads(args)
     models = [parse_model_arg(m) for m in (args.model or ["packaged"])]
     if args.mteb_tasks:
         from mtpf.downstream.mteb_run import run_mteb

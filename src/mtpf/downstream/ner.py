@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -52,7 +53,7 @@ class NerConfig:
         "help": "Initialise the covered layers' LoRA from the model's ner task-primary adapter."})
     max_length: int | None = field(default=None, metadata={"help": "Token limit per window; default the model's."})
     select: str = field(default="auto", metadata={"help": "auto (dev if present), dev, last."})
-    eval_batch_size: int = field(default=128, metadata={"help": "Sentences per inference batch."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Sentences per inference batch."})
 
     def __post_init__(self):
         if self.epochs_warmup < 0 or self.epochs < 0 or self.epochs_warmup + self.epochs < 1:
@@ -265,10 +266,23 @@ def _scheduler(opt, kind: str, total: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 
 
+def _inference_copy(model: NerModel) -> NerModel:
+    """A copy with the LoRA merged into the weights: same outputs, no LoRA overhead per forward."""
+    if not hasattr(model.encoder, "merge_and_unload"):
+        return model
+    enc = copy.deepcopy(model.encoder).merge_and_unload()
+    out = NerModel.__new__(NerModel)
+    nn.Module.__init__(out)
+    out.encoder, out.head = enc, model.head
+    return out
+
+
 @torch.inference_mode()
 def predict_words(model: NerModel, enc: EncodedNer, pad_id: int, batch_size: int = 128) -> list[list[int]]:
     """Class id per word (first sub-token); words without any sub-token get class 0 (``O``)."""
+    was_training = model.training
     model.eval()
+    model = _inference_copy(model)
     preds = [[0] * n for n in enc.n_words]
     order = sorted(range(len(enc.ids)), key=lambda i: len(enc.ids[i]))
     for s in range(0, len(order), batch_size):
@@ -280,6 +294,8 @@ def predict_words(model: NerModel, enc: EncodedNer, pad_id: int, batch_size: int
             pos = (batch["labels"][row] != IGNORE).nonzero().flatten().tolist()
             for p, w in zip(pos, enc.words[i]):
                 preds[enc.sentence[i]][w] = int(best[row, p])
+    if was_training:
+        model.train()
     return preds
 
 
@@ -444,6 +460,9 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
         best_epoch = cfg.epochs or cfg.epochs_warmup
     results = {}
     for split, (enc, tags) in evals.items():
+        if split == "dev" and select == "dev" and best_state is not None:
+            results[split] = next(h["dev"] for h in history if h.get("epoch") == best_epoch and "dev" in h)
+            continue  # the selected epoch's dev score, already computed with these weights
         results[split] = evaluate_split(model, enc, tags, labels, pad_id, cfg.eval_batch_size)
     model.eval()
     return NerResult(
