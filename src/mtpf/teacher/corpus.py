@@ -156,7 +156,10 @@ def _iter_hub(name: str) -> Iterator[tuple[int, list[str]]]:  # pragma: no cover
     from datasets import load_dataset
 
     name, _, split = name.partition(":")
-    ds = load_dataset(name, split=split or "train", streaming=True)
+    try:
+        ds = load_dataset(name, split=split or "train", streaming=True)
+    except Exception as exc:  # offline, unknown name, or a mistyped local path that looked like a hub name
+        raise DataError(f"hub:{name}", None, f"cannot load as a local path or hub dataset: {exc}") from None
     for i, row in enumerate(ds, 1):
         present = [k for k in HUB_TEXT_FIELDS if k in row]
         if not present:
