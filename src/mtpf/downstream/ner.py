@@ -389,7 +389,7 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
     head_params = [(n, p) for n, p in model.named_parameters() if n.startswith("head.")]
     # ---------------- stage 1: frozen encoder, head only (features computed once)
     if cfg.epochs_warmup:
-        feats, flabels, spans = _frozen_features(model, train_enc, pad_id, cfg.eval_batch_size)
+        feats, flabels, spans = _frozen_features(model, train_enc, pad_id, cfg.eval_batch_size, progress)
         opt = _optimizer(head_params, cfg.head_lr or cfg.lr, cfg.weight_decay)
         n_batches = math.ceil(len(train_enc.ids) / cfg.batch_size)
         sched = _scheduler(opt, cfg.scheduler, cfg.epochs_warmup * n_batches)
@@ -474,12 +474,16 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
 
 
 @torch.inference_mode()
-def _frozen_features(model: NerModel, enc: EncodedNer, pad_id: int, batch_size: int):
+def _frozen_features(model: NerModel, enc: EncodedNer, pad_id: int, batch_size: int, progress: bool = False):
     """Hidden states at the labelled positions of every piece (encoder in eval mode), and each piece's rows."""
+    from tqdm.auto import tqdm
+
     model.eval()
     per_piece: list = [None] * len(enc.ids)
     order = sorted(range(len(enc.ids)), key=lambda i: len(enc.ids[i]))
-    for s in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for s in tqdm(starts, desc="stage 1 (frozen encoder outputs)", unit="batch", leave=False,
+                  disable=not progress, dynamic_ncols=True):
         b = order[s : s + batch_size]
         batch = _pad([enc.ids[i] for i in b], [enc.labels[i] for i in b], pad_id)
         hidden = model.hidden(batch["input_ids"], batch["attention_mask"])
