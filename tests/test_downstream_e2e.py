@@ -203,3 +203,31 @@ def test_cli_reports_bad_data_cleanly(tiny_bert, tmp_path, capsys):
     assert "train.jsonl:1" in err and "BIOES" in err and "Traceback" not in err
     rc = main(["adapt", "tc", "--model", tiny_bert, "--data", str(tmp_path / "nothing"), "--output", str(tmp_path / "a")])
     assert rc == 2 and "not a local folder" in capsys.readouterr().err
+
+
+def test_apps_load_in_the_runtime(fake_run, small_data, tmp_path):
+    """The app adapters written here register in mtpf.runtime and give the same TC predictions."""
+    runtime = pytest.importorskip("mtpf.runtime.core")
+    from mtpf.downstream.data import load_cls_dataset, load_ner_dataset
+    from mtpf.downstream.models import resolve
+    from mtpf.downstream.ner import NerConfig, save_ner_app, train_ner
+    from mtpf.downstream.tc import TCConfig, adapt_tc
+
+    m = resolve(fake_run, "MTPF-TPL")
+    cls = load_cls_dataset(small_data["cls"])
+    meta = adapt_tc(m, cls, tmp_path / "tc", TCConfig(), progress=False)
+    ner = load_ner_dataset(small_data["ner"], allow_unseen_labels=True)
+    res = train_ner(m, ner, NerConfig(epochs_warmup=1, epochs=0, batch_size=8, lr=1e-3), progress=False,
+                    keep_model=True)
+    save_ner_app(res, m, tmp_path / "ner")
+    rt = runtime.Runtime(m.backbone, batching=False)
+    try:
+        rt.register_app("tc", tmp_path / "tc")
+        rt.register_app("ner", tmp_path / "ner")
+        texts, gold = cls.splits["test"].texts, cls.splits["test"].labels
+        pred = [r["label"] for r in rt.classify("tc", texts)]
+        acc = float(np.mean([p == g for p, g in zip(pred, gold)]))
+        assert acc == pytest.approx(meta["metrics"]["test"]["accuracy"])
+        assert len(rt.extract_entities("ner", [" ".join(ner.splits["test"].tokens[0])])) == 1
+    finally:
+        rt.close()

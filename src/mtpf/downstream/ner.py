@@ -354,7 +354,9 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
     label_id = {t: i for i, t in enumerate(labels)}
     tokenizer = load_tokenizer(model_ref.backbone)
     encoder = load_encoder(model_ref.backbone)
-    backbone_fp = model_ref._fingerprints.setdefault("backbone", fingerprint_model(encoder))
+    if "backbone" not in model_ref._fingerprints:
+        model_ref._fingerprints["backbone"] = fingerprint_model(encoder)
+    backbone_fp = model_ref._fingerprints["backbone"]
     max_length = max_length_for(model_ref, tokenizer, encoder.config, cfg.max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
