@@ -1,4 +1,5 @@
 """mtpf.analysis: entity perturbation (Fig. 5), Findings 1-2 (Fig. 3), Tracker, plots, `mtpf analyze`."""
+
 import json
 import random
 from pathlib import Path
@@ -7,20 +8,39 @@ import pytest
 import torch
 from torch import nn
 
-from mtpf.analysis.perturb import (entity_pool, entity_spans, make_variants, perturb_sentence, read_ner_sentences,
-                                   sentence_rng)
-from mtpf.analysis.similarity import (mean_pairwise_cosine, perturbation_similarity, sentence_embedder,
-                                      token_embedder, token_homogeneity)
+from mtpf.analysis.perturb import (
+    entity_pool,
+    entity_spans,
+    make_variants,
+    perturb_sentence,
+    read_ner_sentences,
+    sentence_rng,
+)
+from mtpf.analysis.similarity import (
+    mean_pairwise_cosine,
+    perturbation_similarity,
+    sentence_embedder,
+    token_embedder,
+    token_homogeneity,
+)
 from mtpf.cli import main as cli_main
 from mtpf.data.io import DataError
 
 TOY_NER = [
-    (["Obama", "visited", "New", "York", "City", "on", "Monday", "."], ["B-PER", "O", "B-LOC", "I-LOC", "I-LOC", "O", "O", "O"]),
+    (
+        ["Obama", "visited", "New", "York", "City", "on", "Monday", "."],
+        ["B-PER", "O", "B-LOC", "I-LOC", "I-LOC", "O", "O", "O"],
+    ),
     (["Angela", "Merkel", "met", "Obama", "in", "Berlin"], ["B-PER", "I-PER", "O", "B-PER", "O", "B-LOC"]),
-    (["Apple", "Inc.", "opened", "a", "store", "in", "Paris", "."], ["B-ORG", "I-ORG", "O", "O", "O", "O", "B-LOC", "O"]),
+    (
+        ["Apple", "Inc.", "opened", "a", "store", "in", "Paris", "."],
+        ["B-ORG", "I-ORG", "O", "O", "O", "O", "B-LOC", "O"],
+    ),
     (["the", "weather", "was", "nice"], ["O", "O", "O", "O"]),
-    (["Google", "hired", "Marc", "Cohen", "from", "the", "European", "Union"],
-     ["B-ORG", "O", "B-PER", "I-PER", "O", "O", "B-ORG", "I-ORG"]),
+    (
+        ["Google", "hired", "Marc", "Cohen", "from", "the", "European", "Union"],
+        ["B-ORG", "O", "B-PER", "I-PER", "O", "O", "B-ORG", "I-ORG"],
+    ),
     (["Brno", "and", "UK", "are", "places"], ["B-LOC", "O", "B-LOC", "O", "O"]),
     (["ok"], ["O"]),
 ]
@@ -162,14 +182,21 @@ def test_homogeneity_of_a_model_excludes_special_tokens_and_padding(tiny_bert):
     from mtpf.encoder import load_tokenizer
 
     tok = load_tokenizer(tiny_bert)
-    sents = [["Obama", "visited", "Berlin"], ["a", "much", "longer", "sentence", "about", "New", "York"], ["x"]]
+    sents = [
+        ["Obama", "visited", "Berlin"],
+        ["a", "much", "longer", "sentence", "about", "New", "York"],
+        ["x"],
+    ]
     for mode, want in (("same", 1.0), ("ortho", 0.0)):
         model = FakeEncoder(mode, tok.all_special_ids)
-        assert token_homogeneity(token_embedder(model, tok, batch_size=2), sents) == pytest.approx(want, abs=1e-6)
+        assert token_homogeneity(token_embedder(model, tok, batch_size=2), sents) == pytest.approx(
+            want, abs=1e-6
+        )
     # the embedder returns exactly the real tokens of each sentence
     embs = token_embedder(FakeEncoder("same", tok.all_special_ids), tok)(sents)
-    assert [e.shape[0] for e in embs] == [len(tok(s, is_split_into_words=True, add_special_tokens=False)["input_ids"])
-                                          for s in sents]
+    assert [e.shape[0] for e in embs] == [
+        len(tok(s, is_split_into_words=True, add_special_tokens=False)["input_ids"]) for s in sents
+    ]
 
 
 def test_perturbation_similarity_from_embeddings():
@@ -177,9 +204,11 @@ def test_perturbation_similarity_from_embeddings():
     embed = lambda sents: torch.tensor([vecs[s[0]] for s in sents])  # noqa: E731
     originals = [["a"], ["b"], ["a"]]
     variants = [[["a"], ["b"]], [["c"]], []]  # the last has no variant: ignored
-    want = ((1 + 0) / 2 + 2 ** -0.5) / 2
+    want = ((1 + 0) / 2 + 2**-0.5) / 2
     assert perturbation_similarity(embed, originals, variants) == pytest.approx(want)
-    assert perturbation_similarity(embed, [["a"]], [[]]) != perturbation_similarity(embed, [["a"]], [[]])  # nan
+    assert perturbation_similarity(embed, [["a"]], [[]]) != perturbation_similarity(
+        embed, [["a"]], [[]]
+    )  # nan
 
 
 def test_sentence_embedder_matches_mean_pool_of_a_plain_forward(tiny_bert):
@@ -200,8 +229,11 @@ def _tiny_tpl(tiny_bert):
     from mtpf.encoder import load_encoder
     from mtpf.lora import LoraSpec, add_task_adapters
 
-    model = add_task_adapters(load_encoder(tiny_bert), {"ner": LoraSpec(layers=1, rank=4),
-                                                        "tc": LoraSpec(layers=1, rank=4)}, train_backbone=True)
+    model = add_task_adapters(
+        load_encoder(tiny_bert),
+        {"ner": LoraSpec(layers=1, rank=4), "tc": LoraSpec(layers=1, rank=4)},
+        train_backbone=True,
+    )
     torch.manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -226,8 +258,14 @@ def test_tracker_measures_backbone_and_adapters_and_restores_training_mode(tiny_
     assert model.training and not frozen.training
     assert {n: p.requires_grad for n, p in model.named_parameters()} == grads_before
     assert all(p.grad is None for p in model.parameters())
-    assert set(res) == {"perturbed_cosine", "token_homogeneity", "perturbed_cosine@tc", "token_homogeneity@tc",
-                        "perturbed_cosine@ner", "token_homogeneity@ner"}
+    assert set(res) == {
+        "perturbed_cosine",
+        "token_homogeneity",
+        "perturbed_cosine@tc",
+        "token_homogeneity@tc",
+        "perturbed_cosine@ner",
+        "token_homogeneity@ner",
+    }
     assert all(-1 <= v <= 1 for v in res.values())
     assert res["perturbed_cosine@ner"] == pytest.approx(res["perturbed_cosine"])  # ner LoRA B is still zero
     assert res["token_homogeneity@tc"] != pytest.approx(res["token_homogeneity"])
@@ -235,7 +273,9 @@ def test_tracker_measures_backbone_and_adapters_and_restores_training_mode(tiny_
     # with no adapter the backbone alone runs, and equals the bare encoder's numbers
     bare = model.get_base_model()
     with model.disable_adapter():
-        assert tracker.measure(bare, tok) == pytest.approx({k: res[k] for k in ("perturbed_cosine", "token_homogeneity")})
+        assert tracker.measure(bare, tok) == pytest.approx(
+            {k: res[k] for k in ("perturbed_cosine", "token_homogeneity")}
+        )
     with pytest.raises(ValueError, match="adapter 'nope'"):
         tracker.measure(model, tok, {"x": "nope"})
 
@@ -272,14 +312,33 @@ def test_cli_measures_a_run_folder(tiny_bert, tmp_path, capsys):
     assert (run / "adapters" / "tc" / "adapter_config.json").is_file()
     data = write_ner(tmp_path / "toy")
     out = tmp_path / "res.json"
-    assert cli_main(["analyze", str(run), "--ner-data", str(data), "--sentences", "6", "--json", str(out)]) == 0
+    assert (
+        cli_main(["analyze", str(run), "--ner-data", str(data), "--sentences", "6", "--json", str(out)]) == 0
+    )
     printed = capsys.readouterr().out
     assert "(backbone)" in printed and "tc" in printed
     res = json.loads(out.read_text())
-    assert {"perturbed_cosine", "token_homogeneity", "perturbed_cosine@tc", "token_homogeneity@ner"} <= set(res)
+    assert {"perturbed_cosine", "token_homogeneity", "perturbed_cosine@tc", "token_homogeneity@ner"} <= set(
+        res
+    )
     # options before MODEL work too; --adapter narrows the adapters
-    assert cli_main(["analyze", "--sentences", "3", str(run), "--ner-data", str(data), "--adapter", "tc",
-                     "--json", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                "analyze",
+                "--sentences",
+                "3",
+                str(run),
+                "--ner-data",
+                str(data),
+                "--adapter",
+                "tc",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert "perturbed_cosine@tc" in res and "perturbed_cosine@ner" not in res
     assert res["data"]["perturbed_sentences"] == 3
@@ -298,10 +357,21 @@ def test_plot_figure3_from_run_folders(tmp_path):
         run = tmp_path / f"run-{strategy}"
         (run / "logs").mkdir(parents=True)
         (run / "config.json").write_text(json.dumps({"strategy": strategy}))
-        _write_log(run / "logs" / "analysis.jsonl",
-                   [{"step": s, "perturbed_cosine": 0.5 + slope * s, "token_homogeneity": 0.4 - slope * s,
-                     "perturbed_cosine@tc": 0.6} for s in (0, 10, 20)])
-        _write_log(run / "logs" / "metrics.jsonl", [{"step": s, f"loss_{strategy}": 3.0 / (s + 1)} for s in (10, 20)])
+        _write_log(
+            run / "logs" / "analysis.jsonl",
+            [
+                {
+                    "step": s,
+                    "perturbed_cosine": 0.5 + slope * s,
+                    "token_homogeneity": 0.4 - slope * s,
+                    "perturbed_cosine@tc": 0.6,
+                }
+                for s in (0, 10, 20)
+            ],
+        )
+        _write_log(
+            run / "logs" / "metrics.jsonl", [{"step": s, f"loss_{strategy}": 3.0 / (s + 1)} for s in (10, 20)]
+        )
         runs.append(str(run))
     with open(Path(runs[0]) / "logs" / "analysis.jsonl", "a") as f:
         f.write('{"step": 30, "perturbed_co')  # torn last line of a killed run: ignored
@@ -323,13 +393,19 @@ def test_depth_plot_reads_losses_and_downstream_results(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     for n, ner, tc in ((1, 0.80, 0.60), (2, 0.78, 0.64)):
         run = sweep / f"layers-{n}"
-        _write_log(run / "logs" / "metrics.jsonl",
-                   [{"step": s, "loss_ner": 2.0 / s / n, "loss_tc": 1.0 / s} for s in (1, 2, 3, 4)])
+        _write_log(
+            run / "logs" / "metrics.jsonl",
+            [{"step": s, "loss_ner": 2.0 / s / n, "loss_tc": 1.0 / s} for s in (1, 2, 3, 4)],
+        )
         (run / "eval").mkdir()
-        cells = [{"task": "ner", "dataset": d, "fraction": 1.0, "main_score": ner + k * 0.02, "seed": 1}
-                 for k, d in enumerate(["a", "b"])]
-        cells += [{"task": "tc", "dataset": "c", "fraction": 1.0, "main_score": tc, "seed": 1},
-                  {"task": "ner", "dataset": "a", "fraction": 0.1, "main_score": 0.1, "seed": 1}]
+        cells = [
+            {"task": "ner", "dataset": d, "fraction": 1.0, "main_score": ner + k * 0.02, "seed": 1}
+            for k, d in enumerate(["a", "b"])
+        ]
+        cells += [
+            {"task": "tc", "dataset": "c", "fraction": 1.0, "main_score": tc, "seed": 1},
+            {"task": "ner", "dataset": "a", "fraction": 0.1, "main_score": 0.1, "seed": 1},
+        ]
         (run / "eval" / "results.json").write_text(json.dumps({"format": "mtpf-eval/1", "cells": cells}))
     summary = depth_summary(sweep)["layers"]
     assert summary["1"]["downstream"] == pytest.approx({"ner": 81.0, "tc": 60.0})
@@ -345,7 +421,6 @@ def test_depth_sweep_runs_each_depth_and_resumes(tiny_bert, toy_data, tmp_path, 
     """Two 2-step mtpf-tpl runs on the tiny model; a second call trains nothing; downstream wired in."""
     from conftest import tiny_run_overrides
 
-    from mtpf.analysis import sweep as sweep_mod
     from mtpf.downstream import suite
 
     out = tmp_path / "sweep"
@@ -357,14 +432,38 @@ def test_depth_sweep_runs_each_depth_and_resumes(tiny_bert, toy_data, tmp_path, 
         evaluated.append(cfg.models)
         Path(cfg.output).mkdir(parents=True, exist_ok=True)
         depth = int(cfg.models[0][0].split("-")[1])
-        (Path(cfg.output) / "results.json").write_text(json.dumps({"cells": [
-            {"task": "ner", "dataset": "x", "fraction": 1.0, "main_score": 0.5 + depth / 100},
-            {"task": "tc", "dataset": "y", "fraction": 1.0, "main_score": 0.4}]}))
+        (Path(cfg.output) / "results.json").write_text(
+            json.dumps(
+                {
+                    "cells": [
+                        {"task": "ner", "dataset": "x", "fraction": 1.0, "main_score": 0.5 + depth / 100},
+                        {"task": "tc", "dataset": "y", "fraction": 1.0, "main_score": 0.4},
+                    ]
+                }
+            )
+        )
         return {}
 
     monkeypatch.setattr(suite, "run_suite", fake_suite)
-    assert cli_main(["analyze", "depth-sweep", *overrides, "--layers", "2,1", "--out", str(out), "--evaluate",
-                     "--ner", "x", "--cls", "y"]) == 0
+    assert (
+        cli_main(
+            [
+                "analyze",
+                "depth-sweep",
+                *overrides,
+                "--layers",
+                "2,1",
+                "--out",
+                str(out),
+                "--evaluate",
+                "--ner",
+                "x",
+                "--cls",
+                "y",
+            ]
+        )
+        == 0
+    )
     for n in (1, 2):
         run_json = json.loads((out / f"layers-{n}" / "run.json").read_text())
         cfg = json.loads((out / f"layers-{n}" / "config.json").read_text())
@@ -381,9 +480,14 @@ def test_depth_sweep_runs_each_depth_and_resumes(tiny_bert, toy_data, tmp_path, 
         raise AssertionError("a finished depth must not be trained again")
 
     monkeypatch.setattr("mtpf.recipes.pretrain.run", boom)
-    assert cli_main(["analyze", "depth-sweep", *overrides, "--layers", "1,2", "--out", str(out), "--no-plot"]) == 0
-    assert cli_main(["analyze", "depth-sweep", *overrides, "strategy=mtpf", "--layers", "1",
-                     "--out", str(out)]) == 2  # not a TPL strategy
+    assert (
+        cli_main(["analyze", "depth-sweep", *overrides, "--layers", "1,2", "--out", str(out), "--no-plot"])
+        == 0
+    )
+    assert (
+        cli_main(["analyze", "depth-sweep", *overrides, "strategy=mtpf", "--layers", "1", "--out", str(out)])
+        == 2
+    )  # not a TPL strategy
 
 
 def test_sweep_without_downstream_package_skips_with_a_message(monkeypatch, capsys, tmp_path):

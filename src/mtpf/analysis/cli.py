@@ -1,15 +1,17 @@
 """``mtpf analyze``: the representation analysis of paper Sections 5-6.
 
-  mtpf analyze MODEL [--ner-data DIR] [--sentences 2000] [--adapter NAME|all|none] [--json OUT]
-      Finding 1 (perturbed-sentence cosine) and Finding 2 (token homogeneity) of one model: an mtpf run
-      folder (backbone + each adapters/*), an HF folder, a hub name or 'packaged'.
-  mtpf analyze plot RUN_DIR... --out fig3.png [--adapter NAME] [--losses]
-      Figure 3: both findings vs step (RUN/logs/analysis.jsonl), one line per run.
-  mtpf analyze depth-sweep CONFIG.yaml --layers 1,2,4 [--out DIR] [--evaluate --ner DIR... --cls DIR...] [key=value ...]
-      Figure 4: one mtpf-tpl run per TPL depth (DIR/layers-N, resumable), optional downstream evaluation, plot.
-  mtpf analyze depth-plot DIR --out fig4.png
-      Figure 4 from an existing sweep folder.
+mtpf analyze MODEL [--ner-data DIR] [--sentences 2000] [--adapter NAME|all|none] [--json OUT]
+    Finding 1 (perturbed-sentence cosine) and Finding 2 (token homogeneity) of one model: an mtpf run
+    folder (backbone + each adapters/*), an HF folder, a hub name or 'packaged'.
+mtpf analyze plot RUN_DIR... --out fig3.png [--adapter NAME] [--losses]
+    Figure 3: both findings vs step (RUN/logs/analysis.jsonl), one line per run.
+mtpf analyze depth-sweep CONFIG.yaml --layers 1,2,4 [--out DIR] [key=value ...]
+                          [--evaluate --ner DIR... --cls DIR...]
+    Figure 4: one mtpf-tpl run per TPL depth (DIR/layers-N, resumable), optional downstream evaluation, plot.
+mtpf analyze depth-plot DIR --out fig4.png
+    Figure 4 from an existing sweep folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,28 +24,44 @@ MODES = ("plot", "depth-sweep", "depth-plot", "measure")
 
 def _measure_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
-    p.add_argument("--ner-data", default=d(None), metavar="DIR",
-                   help="NER dataset folder ({split}.jsonl[.gz], IOB2/IOB1/BIOES) or JSONL file; default: "
-                        "$MTPF_DATA_DIR/ner/conll2003 or ../shared/data/ner/conll2003")
+    p.add_argument(
+        "--ner-data",
+        default=d(None),
+        metavar="DIR",
+        help="NER dataset folder ({split}.jsonl[.gz], IOB2/IOB1/BIOES) or JSONL file; default: "
+        "$MTPF_DATA_DIR/ner/conll2003 or ../shared/data/ner/conll2003",
+    )
     p.add_argument("--split", default=d("test"), help="split of the dataset folder (default: test)")
     p.add_argument("--sentences", type=int, default=d(2000), help="sentences per finding (default 2000)")
     p.add_argument("--variants", type=int, default=d(4), help="perturbed variants per sentence (default 4)")
     p.add_argument("--seed", type=int, default=d(0), help="seed of the sentence sample and the replacements")
     p.add_argument("--batch-size", type=int, default=d(64))
     p.add_argument("--max-length", type=int, default=d(256))
-    p.add_argument("--adapter", action="append", default=d(None), metavar="NAME",
-                   help="adapters of a run folder to measure besides the backbone (repeat); 'all' (default) "
-                        "or 'none'")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=d(None),
+        metavar="NAME",
+        help="adapters of a run folder to measure besides the backbone (repeat); 'all' (default) or 'none'",
+    )
     p.add_argument("--threads", type=int, default=d(None), help="torch CPU threads")
     p.add_argument("--json", default=d(None), metavar="OUT", help="also write the results as JSON")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("analyze", help="representation analysis: Findings 1-2 (Fig. 3), TPL depth sweep (Fig. 4)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "analyze",
+        help="representation analysis: Findings 1-2 (Fig. 3), TPL depth sweep (Fig. 4)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _measure_options(p, defaults=False)
-    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="MODEL | plot ... | depth-sweep ... | depth-plot ...",
-                   help="a model to measure, or a mode with its own arguments (`mtpf analyze MODE --help`)")
+    p.add_argument(
+        "argv",
+        nargs=argparse.REMAINDER,
+        metavar="MODEL | plot ... | depth-sweep ... | depth-plot ...",
+        help="a model to measure, or a mode with its own arguments (`mtpf analyze MODE --help`)",
+    )
     p.set_defaults(func=_dispatch, _analyze_parser=p)
 
 
@@ -54,11 +72,17 @@ def _dispatch(args) -> int:
         return 2
     mode = argv[0] if argv[0] in MODES else "measure"
     rest = argv[1:] if argv[0] in MODES else argv
-    handler = {"measure": _measure_parser, "plot": _plot_parser, "depth-sweep": _sweep_parser,
-               "depth-plot": _depth_plot_parser}[mode]
+    handler = {
+        "measure": _measure_parser,
+        "plot": _plot_parser,
+        "depth-sweep": _sweep_parser,
+        "depth-plot": _depth_plot_parser,
+    }[mode]
     parser = handler()
     # options given before MODEL (on `mtpf analyze` itself) are kept; those after it win
-    ns = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ("argv", "func", "_analyze_parser")})
+    ns = argparse.Namespace(
+        **{k: v for k, v in vars(args).items() if k not in ("argv", "func", "_analyze_parser")}
+    )
     sub_args = parser.parse_args(rest, namespace=ns)
     return int(sub_args.run(sub_args) or 0)
 
@@ -84,8 +108,9 @@ def default_ner_data() -> str:
     for c in candidates:
         if c.is_dir():
             return str(c)
-    raise ConfigError("no CoNLL-2003 folder found (looked in " + ", ".join(map(str, candidates))
-                      + "); pass --ner-data DIR")
+    raise ConfigError(
+        "no CoNLL-2003 folder found (looked in " + ", ".join(map(str, candidates)) + "); pass --ner-data DIR"
+    )
 
 
 def load_for_analysis(ref: str, adapters: list[str] | None = None):
@@ -142,39 +167,68 @@ def _measure(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    tracker = Tracker(args.ner_data or default_ner_data(), sentences=args.sentences, variants=args.variants,
-                      seed=args.seed, batch_size=args.batch_size, max_length=args.max_length, split=args.split)
+    tracker = Tracker(
+        args.ner_data or default_ner_data(),
+        sentences=args.sentences,
+        variants=args.variants,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        split=args.split,
+    )
     model, tokenizer, adapters, desc = load_for_analysis(args.model, args.adapter)
     t1 = time.perf_counter()
     result = tracker.measure(model, tokenizer, adapters)
     seconds = time.perf_counter() - t1
     info = tracker.info
     print(f"model: {desc}")
-    print(f"data:  {info['source']}: {info['perturbed_sentences']} sentences with entities x {info['variants']} "
-          f"variants (Finding 1), {info['homogeneity_sentences']} sentences (Finding 2)")
+    print(
+        f"data:  {info['source']}: {info['perturbed_sentences']} sentences with entities"
+        f" x {info['variants']} "
+        f"variants (Finding 1), {info['homogeneity_sentences']} sentences (Finding 2)"
+    )
     rows = [("(backbone)", "")] + [(name, f"@{name}") for name in adapters]
     print(f"\n{'adapter':<12} {'perturbed_cosine':>17} {'token_homogeneity':>18}")
     for label, sfx in rows:
-        print(f"{label:<12} {result['perturbed_cosine' + sfx]:>17.4f} {result['token_homogeneity' + sfx]:>18.4f}")
-    print(f"\nmeasured in {seconds:.1f} s (setup {t1 - t0:.1f} s, {torch.get_num_threads()} CPU threads"
-          f"{', ' + str(next(model.parameters()).device) if torch.cuda.is_available() else ''})")
+        print(
+            f"{label:<12} {result['perturbed_cosine' + sfx]:>17.4f}"
+            f" {result['token_homogeneity' + sfx]:>18.4f}"
+        )
+    print(
+        f"\nmeasured in {seconds:.1f} s (setup {t1 - t0:.1f} s, {torch.get_num_threads()} CPU threads"
+        f"{', ' + str(next(model.parameters()).device) if torch.cuda.is_available() else ''})"
+    )
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"model": args.model, "description": desc, **result, "data": info,
-                                   "seconds": round(seconds, 2)}, indent=2))
+        out.write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "description": desc,
+                    **result,
+                    "data": info,
+                    "seconds": round(seconds, 2),
+                },
+                indent=2,
+            )
+        )
         print(f"wrote {out}")
     return 0
 
 
 # ----------------------------------------------------------------------------------------------- plots
 def _plot_parser():
-    p = argparse.ArgumentParser(prog="mtpf analyze plot",
-                                description="Figure 3: Findings 1 and 2 vs step, one line per run "
-                                            "(RUN/logs/analysis.jsonl; labels from RUN/config.json strategy).")
+    p = argparse.ArgumentParser(
+        prog="mtpf analyze plot",
+        description="Figure 3: Findings 1 and 2 vs step, one line per run "
+        "(RUN/logs/analysis.jsonl; labels from RUN/config.json strategy).",
+    )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default="fig3.png", help="PNG to write (default fig3.png)")
-    p.add_argument("--adapter", default=None, help="plot the measurements with this adapter active (KEY of @KEY)")
+    p.add_argument(
+        "--adapter", default=None, help="plot the measurements with this adapter active (KEY of @KEY)"
+    )
     p.add_argument("--losses", action="store_true", help="add NER/TC loss panels from RUN/logs/metrics.jsonl")
     p.add_argument("--label", action="append", default=None, help="curve label per run, in order (repeat)")
     p.set_defaults(run=_plot)
@@ -194,8 +248,9 @@ def _plot(args) -> int:
 
 
 def _depth_plot_parser():
-    p = argparse.ArgumentParser(prog="mtpf analyze depth-plot",
-                                description="Figure 4 from a depth-sweep folder (DIR/layers-N).")
+    p = argparse.ArgumentParser(
+        prog="mtpf analyze depth-plot", description="Figure 4 from a depth-sweep folder (DIR/layers-N)."
+    )
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--out", default=None, help="PNG to write (default DIR/fig4.png)")
     p.set_defaults(run=_depth_plot)
@@ -210,8 +265,10 @@ def _print_summary(summary: dict) -> None:
         def f(v, spec):
             return format(v, spec) if isinstance(v, (int, float)) else "—"
 
-        print(f"{n:>6} {f(row.get('steps'), 'd'):>6} {f(row.get('final_loss_ner'), '.4f'):>9} "
-              f"{f(row.get('final_loss_tc'), '.4f'):>9} {f(d.get('ner'), '.1f'):>8} {f(d.get('tc'), '.1f'):>8}")
+        print(
+            f"{n:>6} {f(row.get('steps'), 'd'):>6} {f(row.get('final_loss_ner'), '.4f'):>9} "
+            f"{f(row.get('final_loss_tc'), '.4f'):>9} {f(d.get('ner'), '.1f'):>8} {f(d.get('tc'), '.1f'):>8}"
+        )
 
 
 def _depth_plot(args) -> int:
@@ -227,14 +284,19 @@ def _sweep_parser():
     p = argparse.ArgumentParser(
         prog="mtpf analyze depth-sweep",
         description="Pre-finetune with task-primary LoRAs on the last N layers for each N (Figure 4); "
-                    "one run per depth in OUT/layers-N (skipped when OUT/layers-N/run.json exists).")
+        "one run per depth in OUT/layers-N (skipped when OUT/layers-N/run.json exists).",
+    )
     p.add_argument("config", nargs="?", help="pretrain YAML config (strategy mtpf-tpl or pf-lora)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the pretrain config")
     p.add_argument("--layers", default="1,2,4", help="comma list of depths (default 1,2,4)")
     p.add_argument("--out", default=None, help="sweep folder (default: the config's output_dir + '-depth')")
-    p.add_argument("--evaluate", action="store_true", help="run the downstream suite on each depth (OUT/layers-N/eval)")
+    p.add_argument(
+        "--evaluate", action="store_true", help="run the downstream suite on each depth (OUT/layers-N/eval)"
+    )
     p.add_argument("--ner", nargs="*", default=[], metavar="DIR", help="NER datasets for --evaluate")
-    p.add_argument("--cls", nargs="*", default=[], metavar="DIR", help="classification datasets for --evaluate")
+    p.add_argument(
+        "--cls", nargs="*", default=[], metavar="DIR", help="classification datasets for --evaluate"
+    )
     p.add_argument("--data-dir", default=None, help="every ner/* and cls/* of this folder, for --evaluate")
     p.add_argument("--no-plot", action="store_true")
     p.set_defaults(run=_sweep)
@@ -258,8 +320,9 @@ def _sweep(args) -> int:
         root = Path(args.data_dir)
         ner = sorted(str(p) for p in (root / "ner").glob("*") if p.is_dir())
         cls = sorted(str(p) for p in (root / "cls").glob("*") if p.is_dir())
-    summary = depth_sweep(config, parse_layers(args.layers), out, overrides, args.evaluate, ner, cls,
-                          plot=not args.no_plot)
+    summary = depth_sweep(
+        config, parse_layers(args.layers), out, overrides, args.evaluate, ner, cls, plot=not args.no_plot
+    )
     _print_summary(summary)
     print(f"sweep folder: {out}" + (f"\nwrote {summary['figure']}" if "figure" in summary else ""))
     return 0

@@ -6,6 +6,7 @@ never touched, so a variant's length in words is the original length minus the r
 ones. Draws are seeded per (seed, sentence, variant): the same seed gives the same variants, whatever subset
 of sentences is asked for.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,9 @@ _CONTINUE = {"I", "E", "L"}
 _SINGLE = {"S", "U"}
 
 
-def entity_spans(tags: list[str], path: str | os.PathLike = "<tags>", lineno: int | None = None) -> list[Span]:
+def entity_spans(
+    tags: list[str], path: str | os.PathLike = "<tags>", lineno: int | None = None
+) -> list[Span]:
     """Entity spans of one sentence; reads IOB2, IOB1 and BIOES/BILOU alike.
 
     ``B-X`` opens a span; ``I-X`` continues an open ``X`` span or opens one (IOB1, or a stray ``I`` in IOB2);
@@ -42,8 +45,12 @@ def entity_spans(tags: list[str], path: str | os.PathLike = "<tags>", lineno: in
             continue
         prefix, sep, kind = tag.partition("-")
         if not sep or not kind or prefix not in {"B", "I", "E", "L", "S", "U"}:
-            raise DataError(path, lineno, f"unknown tag {tag!r}: expected O, B-TYPE, I-TYPE (IOB2/IOB1) "
-                                          "or E-/S-/L-/U-TYPE (BIOES/BILOU)")
+            raise DataError(
+                path,
+                lineno,
+                f"unknown tag {tag!r}: expected O, B-TYPE, I-TYPE (IOB2/IOB1) "
+                "or E-/S-/L-/U-TYPE (BIOES/BILOU)",
+            )
         if prefix == "B" or prefix in _SINGLE or (prefix in _CONTINUE and (start is None or typ != kind)):
             close(i)
             start, typ = i, kind
@@ -109,12 +116,15 @@ def entity_pool(data: NerSentences) -> dict[str, list[tuple[str, ...]]]:
 class Perturbation:
     tokens: list[str]
     tags: list[str]  # IOB2 tags of the variant
-    replacements: list[tuple[Span, tuple[str, ...]]] = field(default_factory=list)  # (original span, new words)
+    replacements: list[tuple[Span, tuple[str, ...]]] = field(
+        default_factory=list
+    )  # (original span, new words)
 
 
-def perturb_sentence(tokens: list[str], spans: list[Span], pool: dict[str, list[tuple[str, ...]]],
-                     rng: random.Random) -> Perturbation:
-    """Replace every entity span with a random same-type entity (another surface form when the pool allows)."""
+def perturb_sentence(
+    tokens: list[str], spans: list[Span], pool: dict[str, list[tuple[str, ...]]], rng: random.Random
+) -> Perturbation:
+    """Replace every entity span with a random same-type entity (another form when the pool allows)."""
     out_toks: list[str] = []
     out_tags: list[str] = []
     replacements = []
@@ -143,8 +153,13 @@ def sentence_rng(seed: int, sentence: int, variant: int) -> random.Random:
     return random.Random(f"mtpf-perturb:{seed}:{sentence}:{variant}")
 
 
-def make_variants(data: NerSentences, indices: list[int] | None = None, n_variants: int = 4, seed: int = 0,
-                  pool: dict[str, list[tuple[str, ...]]] | None = None) -> tuple[list[int], list[list[Perturbation]]]:
+def make_variants(
+    data: NerSentences,
+    indices: list[int] | None = None,
+    n_variants: int = 4,
+    seed: int = 0,
+    pool: dict[str, list[tuple[str, ...]]] | None = None,
+) -> tuple[list[int], list[list[Perturbation]]]:
     """``n_variants`` perturbations of each sentence in ``indices`` (default all) that has an entity.
 
     Sentences without entities are skipped (nothing to replace); returns the kept indices and their variants.
@@ -156,6 +171,10 @@ def make_variants(data: NerSentences, indices: list[int] | None = None, n_varian
         if not data.spans[i]:
             continue
         kept.append(i)
-        variants.append([perturb_sentence(data.tokens[i], data.spans[i], pool, sentence_rng(seed, i, v))
-                         for v in range(n_variants)])
+        variants.append(
+            [
+                perturb_sentence(data.tokens[i], data.spans[i], pool, sentence_rng(seed, i, v))
+                for v in range(n_variants)
+            ]
+        )
     return kept, variants

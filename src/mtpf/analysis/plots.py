@@ -1,13 +1,15 @@
 """Figure 3 (similarity trends during pre-finetuning) and Figure 4 (TPL depth sweep), from run folders.
 
 Inputs, all written by ``mtpf pretrain`` / ``mtpf evaluate``:
-* ``RUN/logs/analysis.jsonl``: ``{"step": N, "perturbed_cosine": ..., "token_homogeneity": ..., "...@tc": ...}``
+* ``RUN/logs/analysis.jsonl``: ``{"step": N, "perturbed_cosine": ..., "token_homogeneity": ...,
+  "perturbed_cosine@tc": ..., ...}``
 * ``RUN/logs/metrics.jsonl``: ``{"step": N, "loss_ner": ..., "loss_tc": ..., ...}``
 * ``RUN/config.json``: the run's resolved config (``strategy`` labels the curve)
 * depth sweeps: ``DIR/layers-N/`` runs; downstream scores from ``DIR/layers-N/eval/results.json``
   (``mtpf evaluate``), ``DIR/layers-N/eval/summary.json`` (``{"ner": F1, "tc": accuracy}``, in %) or
   ``DIR/downstream.json`` (``{"N": {"ner": ..., "tc": ...}}``).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +21,10 @@ from pathlib import Path
 
 from mtpf.data.io import DataError
 
-FINDINGS = (("perturbed_cosine", "(a) perturbed sentences: cosine to original"),
-            ("token_homogeneity", "(b) token homogeneity within a sentence"))
+FINDINGS = (
+    ("perturbed_cosine", "(a) perturbed sentences: cosine to original"),
+    ("token_homogeneity", "(b) token homogeneity within a sentence"),
+)
 
 
 def read_log(path: str | os.PathLike) -> list[dict]:
@@ -65,7 +69,9 @@ def _labels(run_dirs: list[Path]) -> list[str]:
     counts = defaultdict(int)
     for lab in labels:
         counts[lab] += 1
-    return [f"{lab} ({r.name})" if counts[lab] > 1 and lab != r.name else lab for lab, r in zip(labels, run_dirs)]
+    return [
+        f"{lab} ({r.name})" if counts[lab] > 1 and lab != r.name else lab for lab, r in zip(labels, run_dirs)
+    ]
 
 
 def _pyplot():
@@ -77,8 +83,13 @@ def _pyplot():
     return plt
 
 
-def plot_findings(run_dirs: list[str | os.PathLike], out: str | os.PathLike, adapter: str | None = None,
-                  losses: bool = False, labels: list[str] | None = None) -> Path:
+def plot_findings(
+    run_dirs: list[str | os.PathLike],
+    out: str | os.PathLike,
+    adapter: str | None = None,
+    losses: bool = False,
+    labels: list[str] | None = None,
+) -> Path:
     """Figure 3: perturbed-sentence similarity and token homogeneity vs step, one line per run.
 
     ``adapter``: plot the ``...@adapter`` measurements instead of the backbone's. ``losses``: add the
@@ -90,12 +101,19 @@ def plot_findings(run_dirs: list[str | os.PathLike], out: str | os.PathLike, ada
             raise DataError(r, None, "no such run folder")
     logs = [read_log(r / "logs" / "analysis.jsonl") for r in runs]
     if not any(logs):
-        raise DataError(runs[0], None, "no logs/analysis.jsonl with measurements in any of the runs "
-                                       "(enable analysis tracking in the pretrain config)")
+        raise DataError(
+            runs[0],
+            None,
+            "no logs/analysis.jsonl with measurements in any of the runs "
+            "(enable analysis tracking in the pretrain config)",
+        )
     labels = labels or _labels(runs)
     suffix = f"@{adapter}" if adapter else ""
-    panels = list(FINDINGS) + ([("loss_ner", "(c) NER pre-finetuning loss"), ("loss_tc", "(d) TC pre-finetuning loss")]
-                               if losses else [])
+    panels = list(FINDINGS) + (
+        [("loss_ner", "(c) NER pre-finetuning loss"), ("loss_tc", "(d) TC pre-finetuning loss")]
+        if losses
+        else []
+    )
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels):
@@ -136,7 +154,8 @@ def depth_runs(sweep_dir: str | os.PathLike) -> dict[int, Path]:
 
 
 def results_averages(results: dict, model: str | None = None) -> dict[str, float]:
-    """NER / TC averages (in %) of an ``mtpf evaluate`` results.json: mean over seeds per dataset at fraction 1,
+    """NER / TC averages (in %) of an ``mtpf evaluate`` results.json: mean over seeds per dataset at
+    fraction 1,
     then mean over datasets."""
     per = defaultdict(list)
     for c in results.get("cells", []):
@@ -176,12 +195,16 @@ def depth_summary(sweep_dir: str | os.PathLike) -> dict:
     downstream = downstream_averages(sweep_dir)
     for n, run in depth_runs(sweep_dir).items():
         recs = read_log(run / "logs" / "metrics.jsonl")
-        row = {"run": str(run), "done": (run / "run.json").is_file(), "steps": recs[-1]["step"] if recs else 0}
+        row = {
+            "run": str(run),
+            "done": (run / "run.json").is_file(),
+            "steps": recs[-1]["step"] if recs else 0,
+        }
         for task in ("ner", "tc"):
             vals = [r[f"loss_{task}"] for r in recs if f"loss_{task}" in r]
             if vals:
                 row[f"final_loss_{task}"] = vals[-1]
-                row[f"tail_loss_{task}"] = statistics.fmean(vals[-max(1, len(vals) // 4):])
+                row[f"tail_loss_{task}"] = statistics.fmean(vals[-max(1, len(vals) // 4) :])
         if n in downstream:
             row["downstream"] = downstream[n]
         rows[n] = row
@@ -201,13 +224,23 @@ def plot_depth(sweep_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     plt = _pyplot()
     fig, axes = plt.subplots(1, n_panels, figsize=(4.6 * n_panels, 3.8), squeeze=False)
     axes = axes[0]
-    for ax, task, title in ((axes[0], "ner", "(a) NER pre-finetuning loss"), (axes[1], "tc", "(b) TC pre-finetuning loss")):
+    for ax, task, title in (
+        (axes[0], "ner", "(a) NER pre-finetuning loss"),
+        (axes[1], "tc", "(b) TC pre-finetuning loss"),
+    ):
         for n, run in runs.items():
-            pts = [(r["step"], r[f"loss_{task}"]) for r in read_log(run / "logs" / "metrics.jsonl")
-                   if isinstance(r.get(f"loss_{task}"), (int, float))]
+            pts = [
+                (r["step"], r[f"loss_{task}"])
+                for r in read_log(run / "logs" / "metrics.jsonl")
+                if isinstance(r.get(f"loss_{task}"), (int, float))
+            ]
             if pts:
-                ax.plot(*zip(*pts), label=f"TPL on last {n} layer{'s' if n > 1 else ''}",
-                        marker="o" if len(pts) < 30 else None, markersize=3)
+                ax.plot(
+                    *zip(*pts),
+                    label=f"TPL on last {n} layer{'s' if n > 1 else ''}",
+                    marker="o" if len(pts) < 30 else None,
+                    markersize=3,
+                )
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
@@ -215,8 +248,10 @@ def plot_depth(sweep_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
         if ax.lines:
             ax.legend(fontsize=8)
     if downstream:
-        for ax, task, title in ((axes[2], "ner", "(c) NER downstream (avg F1, %)"),
-                                (axes[3], "tc", "(d) TC downstream (avg accuracy, %)")):
+        for ax, task, title in (
+            (axes[2], "ner", "(c) NER downstream (avg F1, %)"),
+            (axes[3], "tc", "(d) TC downstream (avg accuracy, %)"),
+        ):
             pts = [(n, d[task]) for n, d in downstream.items() if task in d]
             if pts:
                 xs, ys = zip(*pts)

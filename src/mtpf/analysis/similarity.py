@@ -9,6 +9,7 @@ Both take an embedding callable so they work for any encoder; ``sentence_embedde
 build those callables for an HF encoder, optionally PEFT-wrapped with one adapter active. Inputs are
 pre-split words (``list[list[str]]``, tokenised with ``is_split_into_words``) or plain strings.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,9 @@ EmbedTokens = Callable[[Sentences], list[torch.Tensor]]  # -> N x [n_i, H]
 
 
 # ----------------------------------------------------------------------------------------------- metrics
-def perturbation_similarity(embed_sentences: EmbedSentences, originals: list[list[str]],
-                            variants: list[list[list[str]]]) -> float:
+def perturbation_similarity(
+    embed_sentences: EmbedSentences, originals: list[list[str]], variants: list[list[list[str]]]
+) -> float:
     """Mean over sentences of the mean cosine(original, variant) over that sentence's variants.
 
     Sentences with no variant (no entity to replace) are ignored; ``nan`` when there is none at all.
@@ -48,7 +50,9 @@ def similarity_from_embeddings(emb: torch.Tensor, counts: list[int]) -> float:
         raise ValueError(f"{rest.shape[0]} variant embeddings for {sum(counts)} variants")
     owner = torch.repeat_interleave(torch.arange(n), torch.tensor(counts))
     cos = (rest * orig[owner]).sum(-1)
-    per_sentence = torch.zeros(n, dtype=cos.dtype).index_add_(0, owner, cos) / torch.tensor(counts, dtype=cos.dtype)
+    per_sentence = torch.zeros(n, dtype=cos.dtype).index_add_(0, owner, cos) / torch.tensor(
+        counts, dtype=cos.dtype
+    )
     return float(per_sentence.mean())
 
 
@@ -66,7 +70,7 @@ def mean_pairwise_cosine(tokens: torch.Tensor) -> float | None:
 
 
 def token_homogeneity(embed_tokens: EmbedTokens, sentences: Sentences) -> float:
-    """Intra-sentence token similarity averaged over sentences (those with fewer than 2 tokens are skipped)."""
+    """Intra-sentence token similarity averaged over sentences (fewer than 2 tokens: skipped)."""
     values = [v for v in (mean_pairwise_cosine(t) for t in embed_tokens(sentences)) if v is not None]
     return float(sum(values) / len(values)) if values else float("nan")
 
@@ -88,7 +92,7 @@ def is_peft(model: nn.Module) -> bool:
 
 
 def adapter_context(model: nn.Module, adapter: str | None):
-    """Only ``adapter`` active on a PeftModel (``None``: the backbone alone); plain encoders take no adapter."""
+    """Only ``adapter`` active on a PeftModel (``None``: backbone alone); plain encoders take none."""
     if is_peft(model):
         if adapter is not None and adapter not in model.peft_config:
             raise ValueError(f"adapter {adapter!r} not on this model (it has {sorted(model.peft_config)})")
@@ -117,20 +121,38 @@ class _Tokenized:
     __slots__ = ("source", "input_ids", "special", "token_type_ids")
 
     def __init__(self, source, input_ids, special, token_type_ids):
-        self.source, self.input_ids, self.special, self.token_type_ids = source, input_ids, special, token_type_ids
+        self.source, self.input_ids, self.special, self.token_type_ids = (
+            source,
+            input_ids,
+            special,
+            token_type_ids,
+        )
 
 
 def tokenize(tokenizer, sentences: Sentences, max_length: int) -> _Tokenized:
     sentences = list(sentences)
     split = bool(sentences) and not isinstance(sentences[0], str)
-    enc = tokenizer([list(s) for s in sentences] if split else sentences, is_split_into_words=split,
-                    truncation=True, max_length=max_length, return_special_tokens_mask=True)
+    enc = tokenizer(
+        [list(s) for s in sentences] if split else sentences,
+        is_split_into_words=split,
+        truncation=True,
+        max_length=max_length,
+        return_special_tokens_mask=True,
+    )
     return _Tokenized(sentences, enc["input_ids"], enc["special_tokens_mask"], enc.get("token_type_ids"))
 
 
-def encode_batches(model: nn.Module, tokenizer, sentences: Sentences, batch_size: int = 64, max_length: int = 256,
-                   adapter: str | None = None, cache: dict | None = None):
-    """Yield ``(indices, last_hidden [B, T, H], attention_mask [B, T], keep [B, T])`` over length-sorted batches.
+def encode_batches(
+    model: nn.Module,
+    tokenizer,
+    sentences: Sentences,
+    batch_size: int = 64,
+    max_length: int = 256,
+    adapter: str | None = None,
+    cache: dict | None = None,
+):
+    """Yield ``(indices, last_hidden [B, T, H], attention_mask [B, T], keep [B, T])``,
+    batches sorted by length.
 
     ``keep`` is true on real (non-special, non-padding) tokens. Runs in eval mode under no_grad with only
     ``adapter`` active. ``cache`` (a dict) keeps the tokenisation of a sentence list object between calls.
@@ -172,8 +194,14 @@ def encode_batches(model: nn.Module, tokenizer, sentences: Sentences, batch_size
             yield idx, hidden, inputs["attention_mask"], keep.to(device)
 
 
-def sentence_embedder(model: nn.Module, tokenizer, adapter: str | None = None, batch_size: int = 64,
-                      max_length: int = 256, cache: dict | None = None) -> EmbedSentences:
+def sentence_embedder(
+    model: nn.Module,
+    tokenizer,
+    adapter: str | None = None,
+    batch_size: int = 64,
+    max_length: int = 256,
+    cache: dict | None = None,
+) -> EmbedSentences:
     """Callable: sentences -> mean-pooled last hidden states [N, H] (float32, CPU), padding excluded.
 
     Pooling is sentence-transformers' mean over the attention mask, special tokens included, as in
@@ -183,8 +211,9 @@ def sentence_embedder(model: nn.Module, tokenizer, adapter: str | None = None, b
 
     def embed(sentences: Sentences) -> torch.Tensor:
         out = None
-        for idx, hidden, attention, _ in encode_batches(model, tokenizer, sentences, batch_size, max_length,
-                                                        adapter, cache):
+        for idx, hidden, attention, _ in encode_batches(
+            model, tokenizer, sentences, batch_size, max_length, adapter, cache
+        ):
             pooled = mean_pool(hidden, attention).cpu()
             if out is None:
                 out = torch.empty(len(sentences), pooled.shape[-1])
@@ -194,19 +223,25 @@ def sentence_embedder(model: nn.Module, tokenizer, adapter: str | None = None, b
     return embed
 
 
-def token_embedder(model: nn.Module, tokenizer, adapter: str | None = None, batch_size: int = 64,
-                   max_length: int = 256, cache: dict | None = None) -> EmbedTokens:
+def token_embedder(
+    model: nn.Module,
+    tokenizer,
+    adapter: str | None = None,
+    batch_size: int = 64,
+    max_length: int = 256,
+    cache: dict | None = None,
+) -> EmbedTokens:
     """Callable: sentences -> per sentence its token embeddings [n_i, H] (last hidden state, float32, CPU),
     special tokens and padding excluded."""
 
     def embed(sentences: Sentences) -> list[torch.Tensor]:
         out: list[torch.Tensor | None] = [None] * len(sentences)
-        for idx, hidden, _, keep in encode_batches(model, tokenizer, sentences, batch_size, max_length, adapter,
-                                                   cache):
+        for idx, hidden, _, keep in encode_batches(
+            model, tokenizer, sentences, batch_size, max_length, adapter, cache
+        ):
             hidden, keep = hidden.cpu(), keep.cpu()
             for r, i in enumerate(idx):
                 out[i] = hidden[r][keep[r]]
         return out
 
     return embed
-

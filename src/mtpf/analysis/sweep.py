@@ -4,6 +4,7 @@ layers, one run folder per depth (``OUT/layers-N``), optionally evaluate each do
 Resumable: a depth whose ``OUT/layers-N/run.json`` exists is skipped; an interrupted depth resumes from its
 last checkpoint (``resume=true``).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,12 +34,14 @@ def depth_config(config: str | os.PathLike | None, overrides: list[str], layers:
         extra.append("resume=true")
     cfg = load_config(PretrainConfig, config, list(overrides) + extra)
     if cfg.strategy not in ("mtpf-tpl", "pf-lora"):
-        raise ConfigError(f"a TPL depth sweep needs strategy mtpf-tpl or pf-lora, the config has {cfg.strategy!r}")
+        raise ConfigError(
+            f"a TPL depth sweep needs strategy mtpf-tpl or pf-lora, the config has {cfg.strategy!r}"
+        )
     return cfg
 
 
 def downstream_suite():
-    """``mtpf.downstream.suite.run_suite`` and its config class, or ``None`` when that package is not there."""
+    """``mtpf.downstream.suite.run_suite`` and its config class, or ``None`` without that package."""
     try:
         from mtpf.downstream import suite
     except ImportError:
@@ -54,20 +57,34 @@ def evaluate_depth(run_dir: Path, ner: list[str], cls: list[str], progress: bool
     if suite is None:
         print("downstream evaluation skipped: mtpf.downstream.suite.run_suite is not available")
         return None
-    cfg = suite.SuiteConfig(models=[(run_dir.name, str(run_dir))], output=str(run_dir / "eval"), ner=list(ner),
-                            cls=list(cls), progress=progress)
+    cfg = suite.SuiteConfig(
+        models=[(run_dir.name, str(run_dir))],
+        output=str(run_dir / "eval"),
+        ner=list(ner),
+        cls=list(cls),
+        progress=progress,
+    )
     return suite.run_suite(cfg)
 
 
-def depth_sweep(config: str | os.PathLike | None, layers: list[int], out: str | os.PathLike,
-                overrides: list[str] | None = None, evaluate: bool = False, ner: list[str] | None = None,
-                cls: list[str] | None = None, plot: bool = True) -> dict:
+def depth_sweep(
+    config: str | os.PathLike | None,
+    layers: list[int],
+    out: str | os.PathLike,
+    overrides: list[str] | None = None,
+    evaluate: bool = False,
+    ner: list[str] | None = None,
+    cls: list[str] | None = None,
+    plot: bool = True,
+) -> dict:
     from mtpf.analysis.plots import depth_summary, plot_depth
     from mtpf.recipes.pretrain import run
 
     out = Path(out)
     overrides = list(overrides or [])
-    cfgs = {n: depth_config(config, overrides, n, out) for n in layers}  # every config checked before training
+    cfgs = {
+        n: depth_config(config, overrides, n, out) for n in layers
+    }  # every config checked before training
     if evaluate and not (ner or cls):
         raise ConfigError("--evaluate needs --ner and/or --cls datasets (or --data-dir)")
     out.mkdir(parents=True, exist_ok=True)

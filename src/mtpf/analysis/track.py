@@ -11,6 +11,7 @@ Sentence selection (``sentences`` = S, default 2,000 as in the paper):
   are skipped when averaging).
 The entity pool is every entity of the split.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,23 +21,42 @@ import time
 from torch import nn
 
 from mtpf.analysis.perturb import entity_pool, make_variants, read_ner_sentences
-from mtpf.analysis.similarity import (adapter_context, inference_mode, mean_pairwise_cosine,
-                                      sentence_embedder, similarity_from_embeddings, token_embedder, unwrap_encoder)
+from mtpf.analysis.similarity import (
+    adapter_context,
+    inference_mode,
+    mean_pairwise_cosine,
+    sentence_embedder,
+    similarity_from_embeddings,
+    token_embedder,
+    unwrap_encoder,
+)
 
 DEFAULT_NER_DATASET = "conll2003"
 
 
 class Tracker:
-    def __init__(self, ner_dataset_dir: str | os.PathLike, sentences: int = 2000, variants: int = 4, seed: int = 0,
-                 batch_size: int = 64, max_length: int = 256, split: str = "test"):
+    def __init__(
+        self,
+        ner_dataset_dir: str | os.PathLike,
+        sentences: int = 2000,
+        variants: int = 4,
+        seed: int = 0,
+        batch_size: int = 64,
+        max_length: int = 256,
+        split: str = "test",
+    ):
         if sentences < 1 or variants < 1 or batch_size < 1:
             raise ValueError("sentences, variants and batch_size must be >= 1")
         self.batch_size, self.max_length = batch_size, max_length
         data = read_ner_sentences(ner_dataset_dir, split)
         self.source = data.path
         with_entities = [i for i, spans in enumerate(data.spans) if spans]
-        f1 = sorted(random.Random(f"mtpf-track-f1:{seed}").sample(with_entities, min(sentences, len(with_entities))))
-        f2 = sorted(random.Random(f"mtpf-track-f2:{seed}").sample(range(len(data)), min(sentences, len(data))))
+        f1 = sorted(
+            random.Random(f"mtpf-track-f1:{seed}").sample(with_entities, min(sentences, len(with_entities)))
+        )
+        f2 = sorted(
+            random.Random(f"mtpf-track-f2:{seed}").sample(range(len(data)), min(sentences, len(data)))
+        )
         kept, perturbed = make_variants(data, f1, variants, seed, entity_pool(data))
         self.originals = [data.tokens[i] for i in kept]
         self.variants = [[p.tokens for p in vs] for vs in perturbed]
@@ -45,11 +65,19 @@ class Tracker:
         self._f1_counts = [len(vs) for vs in self.variants]
         self.homogeneity_sentences = [data.tokens[i] for i in f2]
         self._cache: dict = {}
-        self.info = {"source": self.source, "split_sentences": len(data), "with_entities": len(with_entities),
-                     "perturbed_sentences": len(self.originals), "variants": variants,
-                     "homogeneity_sentences": len(self.homogeneity_sentences), "seed": seed}
+        self.info = {
+            "source": self.source,
+            "split_sentences": len(data),
+            "with_entities": len(with_entities),
+            "perturbed_sentences": len(self.originals),
+            "variants": variants,
+            "homogeneity_sentences": len(self.homogeneity_sentences),
+            "seed": seed,
+        }
 
-    def measure(self, model: nn.Module, tokenizer, adapters: dict[str, str | None] | list[str] | None = None) -> dict:
+    def measure(
+        self, model: nn.Module, tokenizer, adapters: dict[str, str | None] | list[str] | None = None
+    ) -> dict:
         """``{"perturbed_cosine", "token_homogeneity"}`` of the backbone (no adapter), plus
         ``"perturbed_cosine@KEY"``/``"token_homogeneity@KEY"`` with adapter ``adapters[KEY]`` active.
 
@@ -73,7 +101,12 @@ class Tracker:
     def _measure_one(self, encoder: nn.Module, tokenizer, adapter: str | None) -> dict:
         with adapter_context(encoder, adapter):  # fail early on an unknown adapter
             pass
-        kw = {"adapter": adapter, "batch_size": self.batch_size, "max_length": self.max_length, "cache": self._cache}
+        kw = {
+            "adapter": adapter,
+            "batch_size": self.batch_size,
+            "max_length": self.max_length,
+            "cache": self._cache,
+        }
         emb = sentence_embedder(encoder, tokenizer, **kw)(self._f1_texts)
         perturbed = similarity_from_embeddings(emb, self._f1_counts) if self._f1_counts else float("nan")
         tokens = token_embedder(encoder, tokenizer, **kw)(self.homogeneity_sentences)
