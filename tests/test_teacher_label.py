@@ -175,9 +175,9 @@ def raw_slice(tmp_path_factory):
         pytest.skip(f"{DATA} not present")
     root = tmp_path_factory.mktemp("raw-slice")
     with open(DATA / "raw" / "abc_news.txt", encoding="utf-8") as f:
-        (root / "abc.txt").write_text("".join(itertools.islice(f, 120)))
+        (root / "abc.txt").write_text("".join(itertools.islice(f, 60)))
     with gzip.open(DATA / "raw" / "brown_corpus.txt.gz", "rt", encoding="utf-8") as f:
-        (root / "brown.txt").write_text("".join(itertools.islice(f, 120)))
+        (root / "brown.txt").write_text("".join(itertools.islice(f, 60)))
     return root
 
 
@@ -187,7 +187,7 @@ def real_labels(raw_slice, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("real-labels")
     label_corpus(LabelConfig(teacher=packaged_model_path(), corpus=[str(raw_slice)], out=str(out), clusters=20,
-                             fit_words=3000, kmeans_batch=512, shard_sentences=100, progress=False, device="cpu"),
+                             fit_words=2000, kmeans_batch=512, shard_sentences=50, progress=False, device="cpu"),
                  log=quiet)
     return out
 
@@ -196,7 +196,7 @@ def test_real_slice_with_packaged_teacher_is_engine_ready(real_labels):
     from mtpf.encoder import load_tokenizer
 
     data = load_pseudo_labels([real_labels])
-    assert data.num_labels == 20 and len(data.tokens) == 240
+    assert data.num_labels == 20 and len(data.tokens) == 120
     meta = json.loads((real_labels / "clusters.json").read_text())
     assert meta["empty_clusters"] <= 2 and meta["words"] == sum(map(len, data.tokens))
     ids, labels = tokenize_labelled(load_tokenizer("packaged"), data, max_length=512)
