@@ -480,10 +480,8 @@ def test_depth_sweep_runs_each_depth_and_resumes(tiny_bert, toy_data, tmp_path, 
         raise AssertionError("a finished depth must not be trained again")
 
     monkeypatch.setattr("mtpf.recipes.pretrain.run", boom)
-    assert (
-        cli_main(["analyze", "depth-sweep", *overrides, "--layers", "1,2", "--out", str(out), "--no-plot"])
-        == 0
-    )
+    argv = ["analyze", "depth-sweep", "--layers", "1,2", *overrides, "--out", str(out), "--no-plot"]
+    assert cli_main(argv) == 0  # options and key=value intermixed
     assert (
         cli_main(["analyze", "depth-sweep", *overrides, "strategy=mtpf", "--layers", "1", "--out", str(out)])
         == 2

@@ -83,7 +83,7 @@ def _dispatch(args) -> int:
     ns = argparse.Namespace(
         **{k: v for k, v in vars(args).items() if k not in ("argv", "func", "_analyze_parser")}
     )
-    sub_args = parser.parse_args(rest, namespace=ns)
+    sub_args = parser.parse_intermixed_args(rest, namespace=ns)
     return int(sub_args.run(sub_args) or 0)
 
 
@@ -153,7 +153,9 @@ def load_for_analysis(ref: str, adapters: list[str] | None = None):
         model = PeftModel.from_pretrained(model, str(chosen[names[0]]), adapter_name=names[0])
         for name in names[1:]:
             model.load_adapter(str(chosen[name]), adapter_name=name)
-    desc = str(backbone) + (f" + adapters {', '.join(chosen)}" if chosen else "")
+    from mtpf.encoder import resolve_model
+
+    desc = resolve_model(str(backbone)) + (f" + adapters {', '.join(chosen)}" if chosen else "")
     return model, tokenizer, {n: n for n in chosen}, desc
 
 
@@ -293,7 +295,13 @@ def _sweep_parser():
     p.add_argument(
         "--evaluate", action="store_true", help="run the downstream suite on each depth (OUT/layers-N/eval)"
     )
-    p.add_argument("--ner", nargs="*", default=[], metavar="DIR", help="NER datasets for --evaluate")
+    p.add_argument(
+        "--ner",
+        nargs="*",
+        default=[],
+        metavar="DIR",
+        help="NER datasets for --evaluate (put key=value before it)",
+    )
     p.add_argument(
         "--cls", nargs="*", default=[], metavar="DIR", help="classification datasets for --evaluate"
     )
