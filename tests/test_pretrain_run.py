@@ -133,3 +133,21 @@ def test_existing_checkpoints_are_never_overwritten(tiny_bert, toy_data, tmp_pat
     with pytest.raises(DataError, match=r"news\.jsonl:121: malformed JSON"):
         run(_cfg(tiny_bert, toy_data, out, strategy="tc", pairs=f"[{pairs}]", resume="true", max_steps=4))
     assert {p.name: (p / "model.safetensors").read_bytes() for p in (out / "checkpoints").iterdir()} == ckpts
+
+
+def test_interference_analysis_is_tracked_during_training(tiny_bert, toy_data, tmp_path):
+    ner = tmp_path / "ner" / "toy"
+    ner.mkdir(parents=True)
+    rows = [{"tokens": ["Obama", "visited", "Berlin", "today"], "tags": ["B-PER", "O", "B-LOC", "O"]},
+            {"tokens": ["Merkel", "met", "Apple", "in", "Paris"], "tags": ["B-PER", "O", "B-ORG", "O", "B-LOC"]},
+            {"tokens": ["Google", "said", "Monday", "."], "tags": ["B-ORG", "O", "O", "O"]}]
+    (ner / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    run(_cfg(tiny_bert, toy_data, tmp_path / "run", strategy="mtpf-tpl", analysis_every=1,
+             analysis_ner_data=str(ner), analysis_sentences=3))
+    records = [json.loads(x) for x in (tmp_path / "run" / "logs" / "analysis.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    for r in records:
+        for key in ("perturbed_cosine", "token_homogeneity", "perturbed_cosine@tc", "token_homogeneity@ner"):
+            assert -1.0 <= r[key] <= 1.0
+    with pytest.raises(ConfigError, match="analysis_ner_data"):
+        _cfg(tiny_bert, toy_data, tmp_path / "x", analysis_every=5)
