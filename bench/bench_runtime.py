@@ -11,7 +11,8 @@ Sections
    and 8 separate full models (each app's LoRA merged into its own copy = the naive deployment).
 2. throughput at mixed load (requests of 1 text, apps round-robin, ``--clients`` closed-loop client threads):
    micro-batching with PEFT mixed ``adapter_names`` / grouped per-app sub-batches, vs a per-request
-   ``set_adapter`` loop, vs 8 separate models serving one request at a time.
+   ``set_adapter`` loop (and the same loop with the runtime's cheap adapter switch), vs 8 separate models
+   serving one request at a time.
 3. single-request latency p50/p95 (a TC app, sequential calls through the Runtime) for PyTorch, ONNX Runtime
    fp32 and ONNX Runtime int8 (dynamic, per-channel), plus the bare encoder forward without the runtime.
 4. int8 accuracy: Banking77 under the MTEB protocol (8 per label, 10 experiments, LogisticRegression
@@ -203,7 +204,7 @@ def closed_loop(fn, jobs, clients: int) -> float:
     return len(jobs) / dt
 
 
-def throughput(backbone: str, apps: dict[str, str], n: int, clients: int, rounds: int) -> dict:
+def throughput(backbone: str, apps: dict[str, str], n: int, clients: int, rounds: int, forward_rows: int) -> dict:
     import torch
 
     from mtpf.encoder import load_encoder, load_tokenizer
@@ -215,13 +216,16 @@ def throughput(backbone: str, apps: dict[str, str], n: int, clients: int, rounds
     results: dict[str, list[float]] = {}
     runtimes = {}
     for mode in ("mixed", "grouped"):
-        rt = Runtime(backbone, mode=mode, max_batch_size=32, max_wait_ms=2)
+        rt = Runtime(backbone, mode=mode, max_batch_size=32, max_wait_ms=2, forward_rows=forward_rows)
         for name, d in apps.items():
             rt.register_app(name, d)
         runtimes[mode] = rt
-    switch = Runtime(backbone, mode="grouped", batching=False)  # grouped + one request at a time = set_adapter loop
+    # one request at a time, switching adapter before each: PEFT set_adapter (the baseline) / our cheap switch
+    switch = Runtime(backbone, mode="grouped", batching=False, switch="set_adapter")
+    fast_switch = Runtime(backbone, mode="grouped", batching=False, switch="fast")
     for name, d in apps.items():
         switch.register_app(name, d)
+        fast_switch.register_app(name, d)
 
     def call(rt):
         return lambda app, op, text: rt.submit(app, op, [text]).result()
@@ -249,6 +253,7 @@ def throughput(backbone: str, apps: dict[str, str], n: int, clients: int, rounds
         "mixed_microbatch": (call(runtimes["mixed"]), clients),
         "grouped_microbatch": (call(runtimes["grouped"]), clients),
         "per_request_set_adapter": (call(switch), clients),
+        "per_request_fast_switch": (call(fast_switch), clients),
         "separate_models": (separate_call, clients),
     }
     for fn, c in modes.values():  # warm-up
@@ -258,13 +263,15 @@ def throughput(backbone: str, apps: dict[str, str], n: int, clients: int, rounds
             results.setdefault(name, []).append(closed_loop(fn, jobs, c))
             print(f"  round {r}: {name}: {results[name][-1]:.1f} req/s", flush=True)
     stats = {m: rt.stats() for m, rt in runtimes.items()}
-    for rt in list(runtimes.values()) + [switch]:
+    for rt in list(runtimes.values()) + [switch, fast_switch]:
         rt.close()
     med = {k: statistics.median(v) for k, v in results.items()}
-    return {"requests": n, "clients": clients, "rounds": rounds, "req_per_s_median": med, "req_per_s_all": results,
+    return {"requests": n, "clients": clients, "rounds": rounds, "forward_rows": forward_rows, "req_per_s_median": med, "req_per_s_all": results,
             "batcher_stats": stats,
             "mixed_vs_switching": med["mixed_microbatch"] / med["per_request_set_adapter"],
             "grouped_vs_switching": med["grouped_microbatch"] / med["per_request_set_adapter"],
+            "best_vs_fast_switch": max(med["mixed_microbatch"], med["grouped_microbatch"])
+            / med["per_request_fast_switch"],
             "best_vs_separate": max(med["mixed_microbatch"], med["grouped_microbatch"]) / med["separate_models"]}
 
 
@@ -382,7 +389,9 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--latency-requests", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime intra-op threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch / ONNX Runtime intra-op threads (1: the 2 cores here are shared with other jobs)")
+    ap.add_argument("--forward-rows", type=int, default=8, help="rows per forward pass inside a micro-batch")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: memory,throughput,latency,accuracy")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--memory-probe", nargs=2, metavar=("KIND", "APPS_JSON"), help=argparse.SUPPRESS)
@@ -426,7 +435,8 @@ def main() -> int:
             report["memory"] = mem
         if "throughput" not in skip:
             print("== throughput", flush=True)
-            report["throughput"] = throughput(backbone, apps, args.requests, args.clients, args.rounds)
+            report["throughput"] = throughput(backbone, apps, args.requests, args.clients, args.rounds,
+                                              args.forward_rows)
         if "latency" not in skip:
             print("== latency", flush=True)
             report["latency"] = latency(backbone, apps, tmp / "onnx", args.latency_requests, args.threads)

@@ -13,6 +13,18 @@ from mtpf.runtime.testing import make_demo_apps
 TEXTS = ["Barack Obama visited Berlin and Paris last week.", "How do I reset my card PIN?", "ok"]
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: one intra-op thread. With 2 threads on a busy shared CPU every tiny op waits for a
+    descheduled worker (ms per op); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     return make_demo_apps(tmp_path_factory.mktemp("exp"), n_ner=1, n_tc=1, head_only_tc=1)

@@ -16,6 +16,18 @@ from mtpf.runtime.testing import make_demo_apps
 TEXTS = ["Barack Obama visited Berlin and Paris last week.", "How do I reset my card PIN?"]
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: one intra-op thread. With 2 threads on a busy shared CPU every tiny op waits for a
+    descheduled worker (ms per op); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
@@ -188,3 +200,40 @@ def test_concurrent_load_on_loopback(service):
         else:
             np.testing.assert_allclose(out, expected[text], atol=1e-5)
     assert rt.stats()["batch_rows_max"] > 1  # concurrency really was micro-batched
+
+
+def test_serve_cli_wires_everything(service, tmp_path, monkeypatch, capsys):
+    """`mtpf serve` registers the apps, issues keys (stored hashed), binds 127.0.0.1 and hands uvicorn the app."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from mtpf.cli import main
+
+    seen = {}
+
+    def fake_run(app, host, port, **kw):
+        seen.update(app=app, host=host, port=port)
+        with TestClient(app) as c:
+            seen["health"] = c.get("/health").json()
+            seen["ok"] = c.post("/v1/apps/intent/classify", json={"texts": ["hi"]},
+                                headers={"X-API-Key": "given-key-0123456789"}).status_code
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    keys = tmp_path / "keys.json"
+    rc = main(["serve", "--backbone", service["backbone"], "--app", f"ner={service['apps']['ner0']}",
+               "--app", f"intent={service['apps']['tc0']}", "--api-key", "intent=given-key-0123456789",
+               "--keys", str(keys)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "API key for app ner: mtpf_" in out and "intent:" not in out.split("mtpf serve:")[0].replace(
+        "API key for app ner", "")
+    assert seen["host"] == "127.0.0.1" and seen["health"]["apps"] == {"ner": "ner", "intent": "tc"}
+    assert seen["ok"] == 200
+    assert "given-key-0123456789" not in keys.read_text()
+    # a foreign adapter is refused at start-up with a clear message, exit code 2
+    from mtpf.runtime.testing import make_app_adapter
+    from mtpf.testing import make_tiny_encoder
+
+    foreign = make_app_adapter(tmp_path / "foreign", make_tiny_encoder(tmp_path / "other", seed=3), "tc")
+    assert main(["serve", "--backbone", service["backbone"], "--app", f"x={foreign}", "--keys", str(keys)]) == 2
+    assert "trained on backbone" in capsys.readouterr().err

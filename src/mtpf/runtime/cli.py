@@ -27,7 +27,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--int8", action="store_true", help="ONNX backend: use the int8 (dynamic, per-channel) graphs")
     p.add_argument("--onnx-dir", help="ONNX backend: folder of the backbone export (mtpf export); default: temp")
     p.add_argument("--mode", choices=["mixed", "grouped"], default="mixed",
-                   help="torch backend: one forward with per-row adapters (mixed) or one per app (grouped)")
+                   help="torch backend: forwards that mix apps' rows via PEFT per-row adapter_names (mixed) or "
+                        "one forward per app's rows (grouped)")
     p.add_argument("--max-batch-size", type=int, default=32, help="rows per forward pass")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a request waits for batch company")
     p.add_argument("--max-texts", type=int, default=64, help="texts per request (413 above)")

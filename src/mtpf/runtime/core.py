@@ -9,8 +9,8 @@
 Requests from any number of threads go into one queue. A batcher thread takes the first waiting request,
 collects more for at most ``max_wait_ms`` after it arrived (or until ``max_batch_size`` texts; no wait at all
 when the system is idle, i.e. the previous batch was a lone request and nothing else is queued), and serves the
-whole micro-batch, whatever the apps, with one forward pass per ``max_batch_size`` rows (rows sorted by length
-to cut padding). Heads and post-processing run per row in NumPy.
+whole micro-batch, whatever the apps, in forward passes of ``forward_rows`` rows (grouped: rows of one app
+together, sorted by length to cut padding; mixed: sorted by length, apps mixed within a forward). Heads and post-processing run per row in NumPy.
 """
 from __future__ import annotations
 
@@ -70,9 +70,14 @@ class Runtime:
     """One shared backbone serving many apps' adapters, with micro-batching across apps.
 
     ``backend``: "torch" (PEFT, LoRA applied per row) or "onnx" (ONNX Runtime; ``int8`` for the quantised
-    graph). ``mode`` (torch only): "mixed" (one forward with per-row ``adapter_names``) or "grouped" (one
-    forward per app). ``max_batch_size`` bounds the rows of one forward; ``max_wait_ms`` how long the first
-    request of a micro-batch waits for company. ``batching=False`` serves every call synchronously in the
+    graph). ``mode`` (torch only): "mixed" (default: each forward mixes apps' rows via PEFT's per-row
+    ``adapter_names``; measured ~6% faster in bench/bench_runtime.py) or "grouped" (one forward per app's
+    rows); ``switch`` how grouped mode changes adapter ("fast": flip the LoRA layers' active adapter;
+    "set_adapter": PEFT's public call, the benchmark's per-request baseline).
+    ``max_batch_size`` bounds the texts collected into one micro-batch; ``max_wait_ms`` how long the first
+    request of a micro-batch waits for company; ``forward_rows`` the rows of one forward pass (the micro-batch
+    is cut into such chunks: on CPU, per-row cost is lowest around 4-8 rows and rises again for larger
+    batches, see docs/benchmarks.md). ``batching=False`` serves every call synchronously in the
     caller's thread (still thread-safe), which is what the per-request baselines of the benchmark use.
     ``adaptive_wait=False`` always waits ``max_wait_ms`` for company, even when idle.
     """
@@ -80,7 +85,7 @@ class Runtime:
     def __init__(self, backbone: str | Path | None = "packaged", *, backend: str = "torch", mode: str = "mixed",
                  int8: bool = False, max_batch_size: int = 32, max_wait_ms: float = 2.0, batching: bool = True,
                  onnx_dir: str | Path | None = None, num_threads: int | None = None, max_queue: int = 10000,
-                 adaptive_wait: bool = True):
+                 adaptive_wait: bool = True, switch: str = "fast", forward_rows: int = 8):
         import torch
 
         from mtpf.encoder import fingerprint_model, load_encoder, load_tokenizer, resolve_model
@@ -98,7 +103,7 @@ class Runtime:
         if backend == "torch":
             from mtpf.runtime.backends import TorchBackend
 
-            self.backend = TorchBackend(encoder, self.input_names, mode=mode)
+            self.backend = TorchBackend(encoder, self.input_names, mode=mode, switch=switch)
         elif backend == "onnx":
             from mtpf.runtime.backends import OnnxBackend
 
@@ -107,6 +112,7 @@ class Runtime:
         else:
             raise ValueError(f"backend must be torch or onnx, got {backend!r}")
         self.max_batch_size = int(max_batch_size)
+        self.forward_rows = max(1, int(forward_rows))
         self.max_wait = float(max_wait_ms) / 1000.0
         self.batching = batching
         self.adaptive_wait = adaptive_wait
@@ -171,6 +177,10 @@ class Runtime:
                 raise TimeoutError(f"app {name!r} still has {app.inflight} requests in flight after {timeout}s")
         if app.key is not None:
             self.backend.remove_lora(app.key)
+
+    def has_app(self, name: str) -> bool:
+        with self._apps_lock:
+            return name in self._apps
 
     def apps(self) -> dict[str, dict]:
         with self._apps_lock:
@@ -318,11 +328,22 @@ class Runtime:
                 rows.append((r_i, t_i, ids, words, first, req.app.key))
         self.batches += 1
         self.batch_log.append((len(batch), len(rows), len({req.app.spec.name for req in batch})))
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i][2]["input_ids"]))
+        grouped = getattr(self.backend, "mode", "grouped") == "grouped"
+        # grouped backends: rows of one adapter together, by length inside; mixed: by length only
+        order = sorted(range(len(rows)), key=lambda i: ((str(rows[i][5]),) if grouped else ()) +
+                       (len(rows[i][2]["input_ids"]),))
+        chunks, cur = [], []
+        for i in order:
+            if cur and (len(cur) >= self.forward_rows or (grouped and rows[cur[-1]][5] != rows[i][5]
+                                                          and len(cur) >= self.forward_rows // 2)):
+                chunks.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            chunks.append(cur)
         hidden: dict[int, np.ndarray] = {}
         pad_id = self.tokenizer.pad_token_id or 0
-        for start in range(0, len(order), self.max_batch_size):
-            chunk = order[start:start + self.max_batch_size]
+        for chunk in chunks:
             length = max(len(rows[i][2]["input_ids"]) for i in chunk)
             feeds = {}
             for name in self.input_names:

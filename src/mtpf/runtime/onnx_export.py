@@ -115,6 +115,9 @@ def make_session(path: str | Path, num_threads: int | None = None):
         opts.intra_op_num_threads = int(num_threads)
         opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no busy-waiting between runs: on a phone-sized (or shared) CPU a spinning pool steals the cores that the
+    # batcher, the tokenizer and other sessions need
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 

@@ -267,7 +267,7 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
         if key is None:
             raise HTTPException(401, "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                                 headers={"WWW-Authenticate": "Bearer"})
-        if app not in runtime.apps():
+        if not runtime.has_app(app):
             raise HTTPException(404, f"unknown app {app!r}")
         if keys.verify(app, key):
             return
