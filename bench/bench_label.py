@@ -130,7 +130,7 @@ print(json.dumps({"rc": rc, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SE
 """
 
 
-def bench_memory(words: int, k: int, work: Path) -> dict:
+def bench_memory(words: int, k: int, work: Path, baseline: bool = True) -> dict:
     from mtpf.testing import make_tiny_encoder
 
     corpus = work / "corpus.txt.gz"
@@ -150,13 +150,18 @@ def bench_memory(words: int, k: int, work: Path) -> dict:
         raise RuntimeError(res.stderr[-3000:])
     ours = json.loads(res.stdout.strip().splitlines()[-1])
     meta = json.loads((work / "labels" / "clusters.json").read_text())
+    out = {"words": n, "ours_peak_rss_mb": ours["peak_rss_mb"], "ours_seconds": ours_s,
+           "ours_label_wps_standin": meta["label_words_per_s"], "ours_fit_seconds_standin": meta["fit"]["seconds"]}
+    print(json.dumps(out), flush=True)
+    if not baseline:
+        return out
     res = subprocess.run([sys.executable, "-c", MEM_BASELINE.replace("N,", f"{n},").replace("K,", f"{k},")],
                          capture_output=True, text=True, env=env)
     if res.returncode:
         raise RuntimeError(res.stderr[-3000:])
     base = json.loads(res.stdout.strip().splitlines()[-1])
-    return {"words": n, "ours_peak_rss_mb": ours["peak_rss_mb"], "ours_seconds": ours_s,
-            "ours_label_wps_standin": meta["label_words_per_s"], "baseline_peak_rss_mb": base["peak_rss_mb"]}
+    out["baseline_peak_rss_mb"] = base["peak_rss_mb"]
+    return out
 
 
 def main(argv=None) -> int:
@@ -167,16 +172,33 @@ def main(argv=None) -> int:
     ap.add_argument("-k", "--clusters", type=int, default=200)
     ap.add_argument("--memory-words", type=int, default=1_000_000, help="0 skips the memory runs")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--only-memory", action="store_true", help="skip the throughput comparison")
+    ap.add_argument("--no-baseline-memory", action="store_true",
+                    help="skip the baseline's 1M-word KMeans (over an hour on 2 shared cores)")
     args = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import numpy as np
     import torch
     from sklearn.metrics import adjusted_rand_score  # noqa: F401  (import cost outside the timings)
 
-    sents = read_words(args.words)
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), "
                          f"torch {torch.__version__}, {torch.get_num_threads()} threads",
               "K": args.clusters}
+    if not args.only_memory:
+        _throughput(args, result)
+    if args.memory_words:
+        with tempfile.TemporaryDirectory() as work:
+            result["memory"] = bench_memory(args.memory_words, args.clusters, Path(work),
+                                            baseline=not args.no_baseline_memory)
+        print(json.dumps(result["memory"], indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def _throughput(args, result) -> None:
+    import numpy as np
+
+    sents = read_words(args.words)
     ours = bench_ours(sents, args.clusters)
     base_sents = read_words(args.baseline_words)
     base = bench_baseline(base_sents, args.clusters, ours["vectors"])
@@ -187,13 +209,6 @@ def main(argv=None) -> int:
                   speedup_cluster=ours["cluster_wps"] / base["cluster_wps"],
                   speedup_total=ours["total_wps"] / base["total_wps"])
     print(json.dumps(result, indent=1))
-    if args.memory_words:
-        with tempfile.TemporaryDirectory() as work:
-            result["memory"] = bench_memory(args.memory_words, args.clusters, Path(work))
-        print(json.dumps(result["memory"], indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    return 0
 
 
 if __name__ == "__main__":
