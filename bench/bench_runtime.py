@@ -13,6 +13,7 @@ Sections
    micro-batching with PEFT mixed ``adapter_names`` / grouped per-app sub-batches, vs a per-request
    ``set_adapter`` loop (and the same loop with the runtime's cheap adapter switch), vs 8 separate models
    serving one request at a time.
+   Load sweep: throughput and micro-batch size of the default runtime at 1..64 concurrent clients.
 3. single-request latency p50/p95 (a TC app, sequential calls through the Runtime) for PyTorch, ONNX Runtime
    fp32 and ONNX Runtime int8 (dynamic, per-channel), plus the bare encoder forward without the runtime.
 4. int8 accuracy: Banking77 under the MTEB protocol (8 per label, 10 experiments, LogisticRegression
@@ -275,6 +276,25 @@ def throughput(backbone: str, apps: dict[str, str], n: int, clients: int, rounds
             "best_vs_separate": max(med["mixed_microbatch"], med["grouped_microbatch"]) / med["separate_models"]}
 
 
+def load_sweep(backbone: str, apps: dict[str, str], n: int, forward_rows: int) -> dict:
+    """Throughput and mean micro-batch size of the default runtime as the number of concurrent clients grows."""
+    from mtpf.runtime import Runtime
+
+    jobs = workload(n)
+    out = {}
+    with Runtime(backbone, max_batch_size=32, max_wait_ms=2, forward_rows=forward_rows) as rt:
+        for name, d in apps.items():
+            rt.register_app(name, d)
+        closed_loop(lambda a, op, t: rt.submit(a, op, [t]).result(), jobs[:16], 4)
+        for clients in (1, 4, 16, 32, 64):
+            before = len(rt.batch_log)
+            rps = closed_loop(lambda a, op, t: rt.submit(a, op, [t]).result(), jobs, clients)
+            rows = [r for _, r, _ in list(rt.batch_log)[before:]]
+            out[str(clients)] = {"req_per_s": rps, "batch_rows_mean": float(np.mean(rows))}
+            print(f"  {clients} clients: {rps:.1f} req/s, {np.mean(rows):.1f} rows/batch", flush=True)
+    return out
+
+
 # ----------------------------------------------------------------------------- 3. latency
 def pct(xs, q):
     return float(np.percentile(np.asarray(xs) * 1000, q))
@@ -389,10 +409,11 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--latency-requests", type=int, default=100)
+    ap.add_argument("--sweep-requests", type=int, default=160, help="requests per point of the load sweep")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch / ONNX Runtime intra-op threads (1: the 2 cores here are shared with other jobs)")
     ap.add_argument("--forward-rows", type=int, default=8, help="rows per forward pass inside a micro-batch")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: memory,throughput,latency,accuracy")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: memory,throughput,sweep,latency,accuracy")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--memory-probe", nargs=2, metavar=("KIND", "APPS_JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -437,6 +458,9 @@ def main() -> int:
             print("== throughput", flush=True)
             report["throughput"] = throughput(backbone, apps, args.requests, args.clients, args.rounds,
                                               args.forward_rows)
+        if "sweep" not in skip:
+            print("== load sweep", flush=True)
+            report["load_sweep"] = load_sweep(backbone, apps, args.sweep_requests, args.forward_rows)
         if "latency" not in skip:
             print("== latency", flush=True)
             report["latency"] = latency(backbone, apps, tmp / "onnx", args.latency_requests, args.threads)
