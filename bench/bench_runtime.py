@@ -109,7 +109,7 @@ def memory_probe(kind: str, backbone: str, apps: dict[str, str]) -> dict:
     import transformers  # noqa: F401
 
     import mtpf.runtime  # noqa: F401
-    from mtpf.runtime.onnx_export import merged_app_encoder  # noqa: F401
+    from mtpf.runtime.onnx_export import merged_app_encoder
 
     load_tokenizer(backbone)  # warm the tokenizer code path; each kind below loads its own tokenizer(s)
     _trim()
@@ -362,8 +362,8 @@ def int8_accuracy(backbone: str, onnx_root: Path, threads: int) -> dict:
     from mtpf.runtime import Runtime
     from mtpf.runtime.testing import make_app_adapter
 
-    train = [json.loads(x) for x in open(DATA / "cls" / "banking77" / "train.jsonl")]
-    test = [json.loads(x) for x in open(DATA / "cls" / "banking77" / "test.jsonl")]
+    train = [json.loads(x) for x in (DATA / "cls" / "banking77" / "train.jsonl").read_text().splitlines()]
+    test = [json.loads(x) for x in (DATA / "cls" / "banking77" / "test.jsonl").read_text().splitlines()]
     labels = sorted({r["label"] for r in train})
     lid = {lab: i for i, lab in enumerate(labels)}
     ytr = np.asarray([lid[r["label"]] for r in train])

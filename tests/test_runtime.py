@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from mtpf.runtime import (AppError, FingerprintMismatchError, Runtime, TaskMismatchError, UnknownAppError,
-                          split_words)
+from mtpf.runtime import (
+    AppError,
+    FingerprintMismatchError,
+    Runtime,
+    TaskMismatchError,
+    UnknownAppError,
+    split_words,
+)
 from mtpf.runtime.app import decode_bio, read_app
 from mtpf.runtime.testing import make_app_adapter, make_demo_apps
 
@@ -155,7 +161,7 @@ def test_split_words_and_bio_decoding():
 
 
 def test_fingerprint_refusal(demo, tmp_path):
-    backbone, apps = demo
+    backbone, _ = demo
     from mtpf.testing import make_tiny_encoder
 
     other = make_tiny_encoder(tmp_path / "other", "bert", seed=1)

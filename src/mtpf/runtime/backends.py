@@ -158,8 +158,13 @@ class OnnxBackend:
 
     def add_lora(self, key: str, adapter_dir: str | Path) -> None:
         """Use APP/onnx (from ``mtpf export APP --onnx``) when it matches; else merge and export now."""
-        from mtpf.runtime.onnx_export import (adapter_fingerprint, export_encoder_dir, make_session,
-                                              merged_app_encoder, read_export)
+        from mtpf.runtime.onnx_export import (
+            adapter_fingerprint,
+            export_encoder_dir,
+            make_session,
+            merged_app_encoder,
+            read_export,
+        )
 
         want = "int8" if self.int8 else "fp32"
         app_onnx = Path(adapter_dir) / "onnx"

@@ -25,8 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mtpf.runtime.app import (AppError, AppSpec, FingerprintMismatchError, decode_bio, read_app, softmax,
-                              split_words)
+from mtpf.runtime.app import (
+    AppError,
+    AppSpec,
+    FingerprintMismatchError,
+    decode_bio,
+    read_app,
+    softmax,
+    split_words,
+)
 
 OPS = {"entities": "ner", "classify": "tc", "embed": "tc"}
 
@@ -290,7 +297,7 @@ class Runtime:
     def _serve(self, batch: list[_Request]) -> None:
         try:
             results = self._run_batch(batch)
-        except Exception as exc:  # a failing batch fails its requests, never the batcher
+        except Exception as exc:  # noqa: BLE001 - a failing batch fails its requests, never the batcher
             for req in batch:
                 if not req.future.done():
                     req.future.set_exception(exc)

@@ -90,7 +90,7 @@ def export_encoder(model, tokenizer, out_path: str | Path) -> list[str]:
                 dynamic_axes={n: {0: "batch", 1: "seq"} for n in names + ["last_hidden_state"]},
                 opset_version=OPSET, dynamo=False,
             )
-        except Exception:  # the TorchScript exporter may be gone in a future torch: use the dynamo one
+        except Exception:  # noqa: BLE001 - the TorchScript exporter may be gone in a future torch: use the dynamo one
             batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
             torch.onnx.export(
                 wrapper, args, str(out_path), input_names=names, output_names=["last_hidden_state"],

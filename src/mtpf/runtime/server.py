@@ -72,7 +72,7 @@ class Metrics:
             for ep, window in self.latency.items():
                 arr = np.asarray(window) * 1000.0
                 if len(arr):
-                    lat[ep] = {"count": int(len(arr)), "p50_ms": float(np.percentile(arr, 50)),
+                    lat[ep] = {"count": len(arr), "p50_ms": float(np.percentile(arr, 50)),
                                "p90_ms": float(np.percentile(arr, 90)), "p95_ms": float(np.percentile(arr, 95)),
                                "p99_ms": float(np.percentile(arr, 99)), "max_ms": float(arr.max())}
             total = sum(self.requests.values())
@@ -180,8 +180,12 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
 
     from mtpf import __version__
     from mtpf.runtime.app import AppError, FingerprintMismatchError
-    from mtpf.runtime.core import (RuntimeClosedError, RuntimeOverloadedError, TaskMismatchError,
-                                   UnknownAppError)
+    from mtpf.runtime.core import (
+        RuntimeClosedError,
+        RuntimeOverloadedError,
+        TaskMismatchError,
+        UnknownAppError,
+    )
 
     limits = limits or Limits()
     metrics = Metrics()
