@@ -12,8 +12,7 @@ from mtpf.data.ner_pseudo import load_pseudo_labels, tokenize_labelled
 from mtpf.teacher.label import LabelConfig, PseudoLabeller, label_corpus
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-WORDS = ("the a man woman Paris Berlin Obama Merkel Apple Google visited bought city company said on Monday "
-         "in York new talks").split()
+WORDS = ["the", "a", "man", "woman", "Paris", "Berlin", "Obama", "Merkel", "Apple", "Google", "visited", "bought", "city", "company", "said", "on", "Monday", "in", "York", "new", "talks"]
 
 
 def quiet(*_):
@@ -30,8 +29,7 @@ def corpus(tmp_path):
     lines[10] = ""
     (tmp_path / "corpus" / "a.txt").write_text("\n".join(lines) + "\n")
     with open(tmp_path / "corpus" / "b.jsonl", "w") as f:
-        for _ in range(40):
-            f.write(json.dumps({"tokens": [rng.choice(WORDS) for _ in range(rng.randint(2, 9))]}) + "\n")
+        f.writelines(json.dumps({"tokens": [rng.choice(WORDS) for _ in range(rng.randint(2, 9))]}) + "\n" for _ in range(40))
     return tmp_path / "corpus"
 
 
@@ -136,8 +134,7 @@ def test_bpe_teacher_long_sentence_and_layers(tmp_path):
     corpus = tmp_path / "c.jsonl"
     with open(corpus, "w") as f:
         f.write(json.dumps({"tokens": (WORDS * 8)[:150]}) + "\n")  # > 128 teacher tokens
-        for i in range(30):
-            f.write(json.dumps({"text": " ".join(WORDS[i % 5 : i % 5 + 6])}) + "\n")
+        f.writelines(json.dumps({"text": " ".join(WORDS[i % 5 : i % 5 + 6])}) + "\n" for i in range(30))
     info = label_corpus(cfg(teacher, corpus, tmp_path / "out", layers=(-1, -3), compress=False), log=quiet)
     rows = read_shards(tmp_path / "out")
     assert info["windowed_sentences"] == 1 and info["dim"] == 64 and len(rows[0]["labels"]) == 150

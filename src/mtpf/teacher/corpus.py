@@ -20,9 +20,9 @@ import gzip
 import json
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from mtpf.data.io import DataError
 

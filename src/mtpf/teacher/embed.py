@@ -75,7 +75,7 @@ class Teacher:
 
     @classmethod
     def load(cls, name_or_path: str, layers=(-1,), max_length: int | None = None, device: str = "auto",
-             dtype: str = "float32", batch_tokens: int = 8192) -> "Teacher":
+             dtype: str = "float32", batch_tokens: int = 8192) -> Teacher:
         from mtpf.encoder import load_encoder, load_tokenizer, resolve_model
 
         if device == "auto":

@@ -379,7 +379,7 @@ class PseudoLabeller:
         self.assigner = Assigner(centroids, device=teacher.device)
 
     @classmethod
-    def from_dir(cls, directory: str | os.PathLike, teacher=None, device: str = "auto") -> "PseudoLabeller":
+    def from_dir(cls, directory: str | os.PathLike, teacher=None, device: str = "auto") -> PseudoLabeller:
         from mtpf.teacher.cluster import load_centroids
         from mtpf.teacher.embed import Teacher
 
