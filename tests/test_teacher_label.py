@@ -217,23 +217,9 @@ def test_pretrain_strategy_ner_reads_the_labels(tiny_bert, corpus, tmp_path):
     assert (tmp_path / "run").is_dir()
 
 
-def _engine_windows_long_sentences() -> bool:
-    from mtpf.data.ner_pseudo import LabelledSentences
-    from mtpf.encoder import load_tokenizer
-
-    try:
-        tokenize_labelled(load_tokenizer("packaged"), LabelledSentences([["word"] * 40], [[1] * 40], 2, []), 16)
-    except TypeError:
-        return False
-    return True
-
-
 @pytest.mark.slow
 def test_pretrain_strategy_ner_on_real_labels(real_labels, tiny_bert, tmp_path):
     # Brown sentences exceed the tiny model's 128 positions, so this also exercises the engine's windowing.
-    if not _engine_windows_long_sentences():
-        pytest.xfail("mtpf.data.ner_pseudo._windows passes a bare str with is_split_into_words=True "
-                     "(TypeError under transformers 5): engine bug, reported to its owner")
     assert _pretrain_ner(tiny_bert, real_labels, tmp_path / "run", 128) == 0
 
 

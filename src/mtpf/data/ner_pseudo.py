@@ -98,11 +98,15 @@ def tokenize_labelled(tokenizer, sentences: LabelledSentences, max_length: int):
 
 
 def _windows(tokenizer, words, labels, max_length):
-    pieces = [tokenizer(w, add_special_tokens=False, is_split_into_words=True)["input_ids"] for w in words]
+    enc = tokenizer(words, add_special_tokens=False, is_split_into_words=True)
+    pieces = [0] * len(words)
+    for wid in enc.word_ids():
+        if wid is not None:
+            pieces[wid] += 1
     budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
     cur_words, cur_len = [], 0
-    for i, p in enumerate(pieces):
-        p_len = min(len(p), budget)
+    for i, n_pieces in enumerate(pieces):
+        p_len = min(n_pieces, budget)
         if cur_words and cur_len + p_len > budget:
             yield _encode_window(tokenizer, words, labels, cur_words, max_length)
             cur_words, cur_len = [], 0
