@@ -356,7 +356,7 @@ def test_plot_figure3_from_run_folders(tmp_path):
     for strategy, slope in (("ner", 0.01), ("tc", -0.01)):
         run = tmp_path / f"run-{strategy}"
         (run / "logs").mkdir(parents=True)
-        (run / "config.json").write_text(json.dumps({"strategy": strategy}))
+        (run / "pretrain_config.json").write_text(json.dumps({"strategy": strategy}))
         _write_log(
             run / "logs" / "analysis.jsonl",
             [
@@ -466,7 +466,7 @@ def test_depth_sweep_runs_each_depth_and_resumes(tiny_bert, toy_data, tmp_path, 
     )
     for n in (1, 2):
         run_json = json.loads((out / f"layers-{n}" / "run.json").read_text())
-        cfg = json.loads((out / f"layers-{n}" / "config.json").read_text())
+        cfg = json.loads((out / f"layers-{n}" / "pretrain_config.json").read_text())
         assert cfg["tpl"]["ner"]["layers"] == cfg["tpl"]["tc"]["layers"] == n
         assert sorted(run_json["adapters"]) == ["ner", "tc"]
         spec = json.loads((out / f"layers-{n}" / "adapters" / "tc" / "mtpf_adapter.json").read_text())

@@ -115,13 +115,15 @@ class Demo:
     # 4 ------------------------------------------------------------------------------------------------
     def apps(self, run_dir: Path) -> dict[str, Path]:
         from mtpf.downstream.data import load_cls_dataset
+        from mtpf.downstream.models import resolve
         from mtpf.downstream.tc import TCConfig, adapt_tc
 
         t0 = self.stage(4, "app adapters: NER (LoRA + token head) and TC (tc LoRA + classifier)")
         ner_app = next((self.out / "eval" / "apps").glob(f"MTPF-TPL-{self.ner_dir.name}-*"))
         tc_app = self.out / "apps" / f"tc-{self.cls_dir.name}"
         if not (tc_app / "mtpf_app.json").is_file():
-            adapt_tc(str(run_dir), load_cls_dataset(str(self.cls_dir)), tc_app, TCConfig(), progress=False)
+            adapt_tc(resolve(str(run_dir), "MTPF-TPL"), load_cls_dataset(str(self.cls_dir)), tc_app, TCConfig(),
+                     cache_dir=str(self.out / "eval" / "cache"), progress=False)
         self.console.print(f"NER app: {ner_app}\nTC app:  {tc_app}")
         self.done("apps", t0)
         return {"ner": ner_app, "tc": tc_app}
@@ -131,6 +133,10 @@ class Demo:
         from mtpf.runtime.export_cli import export_path
 
         t0 = self.stage(5, "export: ONNX backbone, task-primary adapters and apps (verified against PyTorch)")
+        import logging
+
+        # onnxruntime's quantizer logs a pre-processing hint on the root logger for every graph
+        logging.getLogger().setLevel(logging.ERROR)
         reports = {}
         if not (self.out / "onnx" / "backbone").is_dir():
             reports.update(export_path(str(run_dir), out=str(self.out / "onnx"), int8=self.int8))
@@ -171,6 +177,7 @@ class Demo:
 
 def _short_report(rep: dict) -> str:
     parts = []
+    rep = rep.get("verification", rep)
     for kind in ("fp32", "int8"):
         if kind in rep:
             r = rep[kind]
@@ -184,7 +191,7 @@ def run_demo(out: str = "runs/demo", data_dir: str | None = None, ner: str | Non
              steps: int = 40, fresh: bool = False, int8: bool = True) -> dict:
     from rich.console import Console
 
-    console = Console()
+    console = Console(soft_wrap=True)
     data = Path(data_dir) if data_dir else SAMPLE_DATA
     demo = Demo(Path(out), data, ner, cls, steps, fresh, int8, console)
     console.print(f"[bold]mtpf demo[/]: data {data}{'  (bundled sample)' if not data_dir else ''}, "

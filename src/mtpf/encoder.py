@@ -32,7 +32,7 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> str:
     if name_or_path is None or str(name_or_path) == PACKAGED:
         return packaged_model_path()
     path = Path(name_or_path)
-    if (path / "backbone" / "config.json").is_file() and not (path / "config.json").is_file():
+    if (path / "backbone" / "config.json").is_file():  # an mtpf run folder
         return str(path / "backbone")
     return str(name_or_path)
 

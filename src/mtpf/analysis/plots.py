@@ -50,10 +50,10 @@ def read_log(path: str | os.PathLike) -> list[dict]:
 
 
 def run_label(run_dir: str | os.PathLike) -> str:
-    """The run's strategy from ``config.json`` (``+ PCGrad`` when on), else the folder name."""
+    """The run's strategy from ``pretrain_config.json`` (``+ PCGrad`` when on), else the folder name."""
     run_dir = Path(run_dir)
     try:
-        cfg = json.loads((run_dir / "config.json").read_text())
+        cfg = json.loads((run_dir / "pretrain_config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return run_dir.name
     strategy = cfg.get("strategy")

@@ -178,7 +178,7 @@ class PretrainRecipe:
 
     def _check_output_dir(self) -> None:
         cfg, ckpts = self.cfg, self.out / "checkpoints"
-        saved = self.out / "config.json"
+        saved = self.out / "pretrain_config.json"
         if ckpts.is_dir() and any(ckpts.glob("step-*")) and not cfg.resume:
             raise ConfigError(f"{self.out} already holds checkpoints; pass resume=true to continue it, "
                               "or choose another output_dir (nothing was overwritten)")
@@ -191,7 +191,7 @@ class PretrainRecipe:
                                   f"{sorted(RESUMABLE_CHANGES)} may change when resuming")
         if self.accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            tmp = self.out / "config.json.tmp"
+            tmp = self.out / "pretrain_config.json.tmp"
             tmp.write_text(json.dumps(to_dict(cfg), indent=2))
             os.replace(tmp, saved)
 
