@@ -29,16 +29,7 @@ TEXTS = [
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one intra-op thread. With 2 threads on a busy shared CPU every tiny op waits for a
-    descheduled worker (ms per op); restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
