@@ -151,3 +151,30 @@ def test_interference_analysis_is_tracked_during_training(tiny_bert, toy_data, t
             assert -1.0 <= r[key] <= 1.0
     with pytest.raises(ConfigError, match="analysis_ner_data"):
         _cfg(tiny_bert, toy_data, tmp_path / "x", analysis_every=5)
+
+
+@pytest.mark.parametrize("arch", ["distilbert", "roberta"])
+def test_other_encoder_families_train_with_task_primary_loras(toy_data, tmp_path, arch):
+    from peft import PeftModel
+
+    from mtpf.encoder import load_encoder, load_tokenizer, mean_pool
+    from mtpf.testing import make_tiny_encoder
+
+    model = make_tiny_encoder(tmp_path / arch, arch, layers=3)
+    cfg = _cfg(model, toy_data, tmp_path / "run", strategy="mtpf-tpl", pcgrad="true", grad_accum=2,
+               **{"tpl.ner.layers": 1, "tpl.tc.layers": 2})
+    recipe = PretrainRecipe(cfg)
+    recipe.setup()
+    recipe.train()
+    info = recipe.export()
+    out = tmp_path / "run"
+    tok = load_tokenizer(str(out / "backbone"))
+    batch = tok(["Obama visited Berlin", "a cheap place"], padding=True, return_tensors="pt")
+    batch.pop("token_type_ids", None)
+    with torch.no_grad():
+        want = recipe.accelerator.unwrap_model(recipe.model).eval()("tc", **batch)
+        tc = PeftModel.from_pretrained(load_encoder(str(out / "backbone")), info["adapters"]["tc"]).eval()
+        got = mean_pool(tc(**batch).last_hidden_state, batch["attention_mask"])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    ner_cfg = json.loads((out / "adapters" / "ner" / "adapter_config.json").read_text())
+    assert all(".layer.2." in m for m in ner_cfg["target_modules"])  # the last layer only
