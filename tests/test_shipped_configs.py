@@ -5,7 +5,8 @@ import pytest
 from mtpf.config import load_config
 from mtpf.recipes.pretrain import PretrainConfig
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("[lp]*/*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("[lp]*/*.yaml") if not p.name.startswith("repro"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -26,3 +27,14 @@ def test_every_strategy_has_a_local_and_a_paper_config():
              for p in CONFIGS}
     for s in ("ner", "tc", "mtpf", "mtpf-pcgrad", "mtpf-tpl", "pf-lora"):
         assert f"local/{s}" in stems and f"paper/{s}" in stems
+
+
+def test_repro_config_names_existing_strategy_configs():
+    import yaml
+
+    repro = yaml.safe_load((ROOT / "configs" / "local" / "repro.yaml").read_text())
+    for name, ref in repro["models"].items():
+        if ref.endswith(".yaml"):
+            assert (ROOT / ref).is_file(), name
+            load_config(PretrainConfig, ROOT / ref, repro["pretrain_overrides"])
+    assert set(repro["models"]) == {"Base model", "PF for NER", "PF for TC", "MTPF", "MTPF + PCGrad", "MTPF-TPL", "PF-L"}
