@@ -26,9 +26,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config")
     ap.add_argument("--only", choices=["label", "pretrain", "evaluate"])
+    ap.add_argument("--output", help="output folder (default: the config's `output`)")
     args = ap.parse_args()
     cfg = yaml.safe_load(Path(args.config).read_text())
-    out = Path(cfg["output"])
+    out = Path(args.output or cfg["output"])
     labels = out / "labels"
     if args.only in (None, "label"):
         lab = cfg["labels"]
@@ -52,7 +53,7 @@ def main() -> None:
         for run_name, run in ev["runs"].items():
             cmd = MTPF + ["evaluate", *[a for n, r in models.items() for a in ("--model", f"{n}={r}")],
                           "--base", base, "--ner", *ev["ner"], "--output", str(out / "eval" / run_name),
-                          "--cache-dir", str(out / "eval" / "cache"),
+                          "--cache-dir", str(out / "eval" / "cache"), "--save-apps",
                           "--fractions", ",".join(str(f) for f in run["fractions"]),
                           "--epochs-warmup", str(run["epochs_warmup"]), "--epochs", str(run["epochs"]),
                           "--batch-size", str(ev["batch_size"]), "--lr", str(ev["lr"]), "--head-lr", str(ev["head_lr"])]

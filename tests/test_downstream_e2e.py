@@ -231,3 +231,71 @@ def test_apps_load_in_the_runtime(fake_run, small_data, tmp_path):
         assert len(rt.extract_entities("ner", [" ".join(ner.splits["test"].tokens[0])])) == 1
     finally:
         rt.close()
+
+
+def test_runtime_row_scores_what_the_suite_scores(fake_run, small_data, tmp_path, one_torch_thread):
+    """`mtpf evaluate-runtime`: the same app served by the runtime gets the suite's own NER F1 and TC accuracy
+    (PyTorch backend: exactly; ONNX fp32: the same tags and accuracy), and a re-run recomputes nothing."""
+    from mtpf.cli import main
+    from mtpf.downstream.data import load_cls_dataset, load_ner_dataset
+    from mtpf.downstream.models import resolve
+    from mtpf.downstream.ner import NerConfig, save_ner_app, train_ner
+    from mtpf.downstream.runtime_eval import evaluate_runtime
+    from mtpf.downstream.tc import Embedder, TCConfig, adapt_tc, evaluate_tc
+
+    m = resolve(fake_run, "MTPF-TPL")
+    ner = load_ner_dataset(small_data["ner"], allow_unseen_labels=True)
+    res = train_ner(m, ner, NerConfig(epochs_warmup=1, epochs=1, batch_size=8, lr=1e-3), progress=False,
+                    keep_model=True)
+    save_ner_app(res, m, tmp_path / "ner")
+    cls = load_cls_dataset(small_data["cls"])
+    adapt_tc(m, cls, tmp_path / "tc", TCConfig(), progress=False)
+    suite_tc = evaluate_tc(Embedder(m, TCConfig()), cls, TCConfig())
+
+    scores = {}
+    for backend, int8 in (("torch", False), ("onnx", False)):
+        out = tmp_path / f"rt-{backend}"
+        results = evaluate_runtime(m.backbone, f"runtime {backend}", out, ner_apps=[(small_data["ner"], str(tmp_path / "ner"))],
+                                   tc_app=str(tmp_path / "tc"), cls=[small_data["cls"]], backend=backend, int8=int8,
+                                   onnx_dir=str(tmp_path / "onnx"), progress=False)
+        by_task = {c["task"]: c for c in results["cells"]}
+        assert set(by_task) == {"ner", "tc"} and by_task["ner"]["truncated_words"] == 0
+        scores[backend] = (by_task["ner"]["main_score"], by_task["tc"]["main_score"])
+    assert scores["torch"][0] == pytest.approx(res.test["f1"])
+    assert scores["torch"][1] == pytest.approx(suite_tc["accuracy"])
+    assert scores["onnx"] == pytest.approx(scores["torch"])
+
+    # the CLI resumes (no new cell) and writes the tables with the given row label
+    before = json.loads((tmp_path / "rt-torch" / "results.json").read_text())["cells"]
+    rc = main(["evaluate-runtime", "--backbone", m.backbone, "--label", "runtime torch", "--backend", "torch",
+               "--ner-app", f"{small_data['ner']}={tmp_path / 'ner'}", "--tc-app", str(tmp_path / "tc"),
+               "--cls", small_data["cls"], "--output", str(tmp_path / "rt-torch"), "--no-progress"])
+    assert rc == 0
+    after = json.loads((tmp_path / "rt-torch" / "results.json").read_text())["cells"]
+    assert [c["key"] for c in after] == [c["key"] for c in before]
+    assert "runtime torch" in (tmp_path / "rt-torch" / "tables.md").read_text()
+
+
+def test_tag_words_keeps_the_given_words(fake_run, small_data, tmp_path):
+    """Runtime.tag_words tags pre-split words (CoNLL tokens) exactly as the adapted model predicts them."""
+    from mtpf.downstream.data import load_ner_dataset
+    from mtpf.downstream.models import resolve
+    from mtpf.downstream.ner import NerConfig, encode_ner, predict_words, save_ner_app, train_ner
+    from mtpf.encoder import load_tokenizer
+    from mtpf.runtime import Runtime
+
+    m = resolve(fake_run, "MTPF-TPL")
+    ner = load_ner_dataset(small_data["ner"], allow_unseen_labels=True)
+    res = train_ner(m, ner, NerConfig(epochs_warmup=1, epochs=0, batch_size=8, lr=1e-3), progress=False,
+                    keep_model=True)
+    save_ner_app(res, m, tmp_path / "ner")
+    sentences = ner.splits["test"].tokens + [["U.S.", "talks", "in", "New", "York"], []]
+    tok = load_tokenizer(m.backbone)
+    expected = predict_words(res.model, encode_ner(tok, sentences, None, res.max_length), tok.pad_token_id)
+    with Runtime(m.backbone) as rt:
+        rt.register_app("ner", tmp_path / "ner")
+        tags = rt.tag_words("ner", sentences)
+        with pytest.raises(TypeError):
+            rt.tag_words("ner", [["ok", 3]])
+    assert [len(t) for t in tags] == [len(s) for s in sentences]
+    assert tags == [[res.labels[c] for c in row] for row in expected]

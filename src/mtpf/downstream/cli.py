@@ -122,6 +122,29 @@ def add_parser(sub) -> None:
     _tc_args(p)
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser("evaluate-runtime", help="score app adapters served by the runtime (e.g. ONNX int8)",
+                       description="Evaluate what is deployed: app adapters served by mtpf.runtime.Runtime "
+                                   "(PyTorch, ONNX or ONNX int8), NER test F1 and TC accuracy under the MTEB "
+                                   "protocol, as one more row of the suite's tables. Resumable.")
+    p.add_argument("--backbone", required=True, help="mtpf run folder, backbone folder or 'packaged'")
+    p.add_argument("--label", required=True, help="row label, e.g. 'MTPF-TPL (runtime, ONNX int8)'")
+    p.add_argument("--ner-app", action="append", default=[], metavar="DATASET=APP_DIR",
+                   help="an NER app adapter and the dataset whose test split it tags (repeat)")
+    p.add_argument("--tc-app", default=None, help="a TC app adapter whose embedding is scored on every --cls set")
+    p.add_argument("--cls", nargs="*", default=[], metavar="DIR", help="classification dataset folders")
+    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    p.add_argument("--fp32", action="store_true", help="ONNX backend without int8 quantisation")
+    p.add_argument("--onnx-dir", default=None, help="folder for the exported graphs (default: a cache folder)")
+    p.add_argument("--with", dest="with_results", action="append", default=[], metavar="RESULTS_JSON",
+                   help="also put the rows of this results.json (mtpf evaluate) in the tables (repeat)")
+    p.add_argument("--base", default=None, help="label of the row the +/- are computed against")
+    p.add_argument("--output", required=True, help="output folder (results.json, tables.md, tables.csv, chart.png)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of torch / ONNX Runtime")
+    p.add_argument("--seed", type=int, default=42, help="MTEB task seed")
+    p.add_argument("--no-progress", action="store_true")
+    _tc_args(p)
+    p.set_defaults(func=_evaluate_runtime)
+
 
 def _threads(args) -> None:
     if getattr(args, "threads", None):
@@ -214,4 +237,38 @@ def _evaluate(args) -> int:
     print(f"ran {info['ran']} cells, reused {info['skipped']}\n  {info['results']}\n  {info['tables_md']}\n"
           f"  {info['tables_csv']}\n  {info['chart']}")
     print(Path(info["tables_md"]).read_text())
+    return 0
+
+
+def _evaluate_runtime(args) -> int:
+    import json
+    from pathlib import Path
+
+    from mtpf.config import ConfigError
+    from mtpf.downstream.runtime_eval import evaluate_runtime
+    from mtpf.downstream.tables import write_outputs
+
+    _threads(args)
+    ner_apps = []
+    for item in args.ner_app:
+        if "=" not in item:
+            raise ConfigError(f"--ner-app {item!r}: expected DATASET=APP_DIR")
+        ner_apps.append(tuple(item.split("=", 1)))
+    if not ner_apps and not args.cls:
+        raise ConfigError("give at least one --ner-app or --cls dataset")
+    results = evaluate_runtime(args.backbone, args.label, args.output, ner_apps=ner_apps, tc_app=args.tc_app,
+                               cls=list(args.cls), backend=args.backend, int8=not args.fp32,
+                               tc_cfg=_tc_config(args), seed=args.seed, num_threads=args.threads,
+                               onnx_dir=args.onnx_dir, progress=not args.no_progress)
+    cells, models = [], []
+    for path in args.with_results:
+        other = json.loads(Path(path).read_text())
+        cells += other["cells"]
+        models += [m["label"] for m in other.get("models", []) if m["label"] not in models]
+    cells += results["cells"]
+    models.append(args.label)
+    ner_order = list(dict.fromkeys(c["dataset"] for c in cells if c["task"] == "ner"))
+    tc_order = list(dict.fromkeys(c["dataset"] for c in cells if c["task"] == "tc"))
+    paths = write_outputs(cells, models, args.base or models[0], Path(args.output), ner_order, tc_order)
+    print(Path(paths["tables_md"]).read_text())
     return 0

@@ -35,7 +35,7 @@ from mtpf.runtime.app import (
     split_words,
 )
 
-OPS = {"entities": "ner", "classify": "tc", "embed": "tc"}
+OPS = {"entities": "ner", "tags": "ner", "classify": "tc", "embed": "tc"}
 
 
 class UnknownAppError(LookupError):
@@ -215,6 +215,11 @@ class Runtime:
         """Entity spans per text: ``{"type", "start", "end", "text", "score"}`` with character offsets."""
         return self.submit(app, "entities", texts).result()
 
+    def tag_words(self, app: str, sentences: list[list[str]]) -> list[list[str]]:
+        """BIO tag per word for already split sentences (e.g. CoNLL tokens): the words are kept as given
+        instead of being split by :data:`mtpf.runtime.app.WORD_RE`. Words past the app's length limit get "O"."""
+        return self.submit(app, "tags", sentences).result()
+
     def classify(self, app: str, texts: list[str] | str) -> list[dict]:
         """Per text ``{"label", "score", "probabilities": {label: p}}``."""
         return self.submit(app, "classify", texts).result()
@@ -229,11 +234,16 @@ class Runtime:
             raise RuntimeClosedError("runtime is closed")
         if op not in OPS:
             raise ValueError(f"unknown operation {op!r}; one of {sorted(OPS)}")
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        if not all(isinstance(t, str) for t in texts):
-            raise TypeError("texts must be strings")
+        if op == "tags":
+            texts = [list(words) for words in texts]
+            if not all(isinstance(w, str) for words in texts for w in words):
+                raise TypeError("sentences must be lists of word strings")
+        else:
+            if isinstance(texts, str):
+                texts = [texts]
+            texts = list(texts)
+            if not all(isinstance(t, str) for t in texts):
+                raise TypeError("texts must be strings")
         with self._apps_lock:
             a = self._apps.get(app)
             if a is None:
@@ -311,7 +321,10 @@ class Runtime:
         max_len = min(spec.max_length, self.model_max_length)
         out = []
         if spec.task == "ner":
-            words = [split_words(t) for t in req.texts]
+            if req.op == "tags":  # pre-split words: no character offsets
+                words = [[(w, -1, -1) for w in t] for t in req.texts]
+            else:
+                words = [split_words(t) for t in req.texts]
             nonempty = [w if w else [("", 0, 0)] for w in words]
             enc = self.tokenizer([[w for w, _, _ in ws] for ws in nonempty], is_split_into_words=True,
                                  truncation=True, max_length=max_len)
@@ -387,6 +400,8 @@ class Runtime:
                     c = int(probs[pos].argmax())
                     tags.append(spec.labels[c])
                     scores.append(float(probs[pos, c]))
+            if req.op == "tags":
+                return tags
             return decode_bio(req.texts[t_i], words, tags, scores)
         emb = h[0] if spec.pooling == "cls" else h.mean(0)  # h holds only this row's real tokens
         if spec.normalize:
