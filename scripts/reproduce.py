@@ -1,9 +1,10 @@
 """Drive the small-scale reproduction described by a ``configs/local/repro*.yaml`` (issue: measured repro).
 
-label -> pretrain every strategy -> evaluate all models side by side. Every stage resumes: finished label
-shards, finished runs (run.json) and finished evaluation cells are skipped, so the job may span sessions.
+label -> pretrain every strategy -> evaluate all models side by side -> score the embedded runtime (int8 ONNX
+backbone + the app adapters of one model) -> Figure 3 curves. Every stage resumes: finished label shards,
+finished runs (run.json) and finished evaluation cells are skipped, so the job may span sessions.
 
-    python scripts/reproduce.py configs/local/repro.yaml [--only label|pretrain|evaluate]
+    python scripts/reproduce.py configs/local/repro.yaml [--only label|pretrain|evaluate|runtime|figures]
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def sh(cmd: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config")
-    ap.add_argument("--only", choices=["label", "pretrain", "evaluate"])
+    ap.add_argument("--only", choices=["label", "pretrain", "evaluate", "runtime", "figures"])
     ap.add_argument("--output", help="output folder (default: the config's `output`)")
     args = ap.parse_args()
     cfg = yaml.safe_load(Path(args.config).read_text())
@@ -37,6 +38,7 @@ def main() -> None:
             sh(MTPF + ["label", "--teacher", lab["teacher"], "--corpus", *lab["corpus"], "--clusters",
                        str(lab["clusters"]), "--fit-words", str(lab["fit_words"]), "--out", str(labels)])
     models = {}
+    base = next(iter(cfg["models"]))
     for name, ref in cfg["models"].items():
         if str(ref).endswith((".yaml", ".yml")):
             run_dir = out / "runs" / Path(ref).stem
@@ -49,7 +51,6 @@ def main() -> None:
             models[name] = str(ref)
     if args.only in (None, "evaluate"):
         ev = cfg["evaluate"]
-        base = next(iter(models))
         for run_name, run in ev["runs"].items():
             cmd = MTPF + ["evaluate", *[a for n, r in models.items() for a in ("--model", f"{n}={r}")],
                           "--base", base, "--ner", *ev["ner"], "--output", str(out / "eval" / run_name),
@@ -60,6 +61,33 @@ def main() -> None:
             if run.get("tc", True):
                 cmd += ["--cls", *ev["cls"]]
             sh(cmd)
+    rt = cfg.get("runtime")
+    if rt and args.only in (None, "runtime"):
+        # The deployed path for one model: its NER apps from the suite (--save-apps) and a TC app, served by
+        # the runtime on the int8 ONNX backbone, scored with the suite's protocols, tabled next to the suite rows.
+        ev, run_dir, slug = cfg["evaluate"], models[rt["model"]], _slug(rt["model"])
+        tc_app = out / "apps" / f"{slug}-tc-{Path(rt['tc_app_data']).name}"
+        if not (tc_app / "mtpf_app.json").is_file():
+            sh(MTPF + ["adapt", "tc", "--model", run_dir, "--data", rt["tc_app_data"], "--output", str(tc_app),
+                       "--cache-dir", str(out / "eval" / "cache")])
+        cmd = MTPF + ["evaluate-runtime", "--backbone", run_dir, "--label", rt["label"], "--tc-app", str(tc_app),
+                      "--cls", *ev["cls"], "--base", base, "--output", str(out / "eval" / "runtime")]
+        for run_name, run in ev["runs"].items():
+            cmd += ["--with", str(out / "eval" / run_name / "results.json")]
+            for ds in ev["ner"]:
+                for frac in run["fractions"]:
+                    cmd += ["--ner-app", f"{ds}={out / 'eval' / run_name / 'apps'}/{slug}-{Path(ds).name}-f{frac:g}-s42"]
+        sh(cmd)
+    if args.only in (None, "figures"):
+        runs = [(n, r) for n, r in models.items() if (Path(r) / "logs" / "analysis.jsonl").is_file()]
+        if runs:
+            labels = [a for n, _ in runs for a in ("--label", n)]
+            sh(MTPF + ["analyze", "plot", *[r for _, r in runs], *labels, "--losses",
+                       "--out", str(out / "fig3.png")])
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
 if __name__ == "__main__":

@@ -178,3 +178,17 @@ def test_other_encoder_families_train_with_task_primary_loras(toy_data, tmp_path
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     ner_cfg = json.loads((out / "adapters" / "ner" / "adapter_config.json").read_text())
     assert all(".layer.2." in m for m in ner_cfg["target_modules"])  # the last layer only
+
+
+def test_tensorboard_gets_the_same_scalars_as_the_jsonl_log(tiny_bert, toy_data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(_cfg(tiny_bert, toy_data, tmp_path / "run", strategy="mtpf", tensorboard="true"))
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    events = list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent)).Reload()
+    tags = acc.Tags()["scalars"]
+    loss_tag = next(t for t in tags if t.endswith("loss_ner"))
+    logged = [(e.step, e.value) for e in acc.Scalars(loss_tag)]
+    assert logged == [(m["step"], pytest.approx(m["loss_ner"], rel=1e-6)) for m in metrics]

@@ -67,7 +67,9 @@ def test_pairs_cover_source_once_per_epoch():
 def test_bad_weights_and_small_source():
     with pytest.raises(ValueError, match="unknown sources"):
         HierarchicalPairSampler(sources(), 8, weights={"nope": 1})
-    with pytest.raises(ValueError, match="fewer distinct texts"):
+    from mtpf.data.io import DataError
+
+    with pytest.raises(DataError, match=r"pair source dup: only 40 distinct texts .*fewer than the batch size 64"):
         HierarchicalPairSampler(sources(), 64)  # 'dup' has only 40 distinct anchors
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtpf.data.io import DataError
+
 
 class HierarchicalPairSampler:
     """Pick a source, then a whole batch from that source (Appendix B of the paper).
@@ -24,11 +26,11 @@ class HierarchicalPairSampler:
         self.step = 0
         self.cursors = {s.name: [0, 0] for s in sources}  # name -> [epoch, position]
         for s in sources:
-            if len(set(s.anchors)) < batch_size or len(set(s.positives)) < batch_size:
-                raise ValueError(
-                    f"pair source {s.name!r} has fewer distinct texts ({len(s.anchors)} pairs) than the batch "
-                    f"size {batch_size}; lower tc_batch_size or drop the source"
-                )
+            distinct = min(len(set(s.anchors)), len(set(s.positives)))
+            if distinct < batch_size:
+                raise DataError(f"pair source {s.name}", None,
+                                f"only {distinct} distinct texts ({len(s.anchors)} pairs), fewer than the batch "
+                                f"size {batch_size}; lower tc_batch_size or drop the source")
 
     def _probabilities(self, weights) -> np.ndarray:
         names = [s.name for s in self.sources]
@@ -61,10 +63,10 @@ class HierarchicalPairSampler:
         while len(chosen) < self.batch_size:
             tried += 1
             if tried > 2 * len(perm) + self.batch_size:
-                raise ValueError(
-                    f"pair source {source.name!r}: cannot fill a batch of {self.batch_size} pairs without "
-                    "repeating a text; lower tc_batch_size"
-                )
+                # a DataError, so the CLI prints one clean line (checkpoints so far stay on disk)
+                raise DataError(f"pair source {source.name}", None,
+                                f"cannot fill a batch of {self.batch_size} pairs without repeating a text; "
+                                "lower tc_batch_size")
             if pos >= len(perm):
                 epoch, pos = epoch + 1, 0
                 perm = self._perm(si, epoch)

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,12 @@ class PretrainRecipe:
         )
         acc = self.accelerator
         world = acc.num_processes
+        if world == 1 and "ACCELERATE_DYNAMO_BACKEND" in os.environ and not torch.cuda.is_available():
+            # `accelerate launch --num_processes 2` without a config on a GPU-less machine silently starts ONE
+            # process (accelerate's simple launcher): say so instead of training single-process unnoticed.
+            print("mtpf pretrain: warning: accelerate started a single process. Without GPUs, pass "
+                  "--config_file configs/accelerate/ddp.yaml (gloo DDP on CPU) to get --num_processes N.",
+                  file=sys.stderr, flush=True)
         for name, size in (("ner_batch_size", cfg.ner_batch_size), ("tc_batch_size", cfg.tc_batch_size)):
             if size % world:
                 raise ConfigError(f"{name}={size} must be divisible by the number of processes ({world})")
