@@ -329,6 +329,8 @@ def test_tables_follow_the_paper_layout(tmp_path):
     assert summary.rows[1] == ["PF for TC", "87.3-1.4", "59.9+15.6", "73.6+7.1"]
     md = to_markdown(tables)
     assert "| Bank. | Emo. | Avg. |" in md and "Data Portion" in md and "| 10% | PF for TC | 60.0 | 60.0 |" in md
+    # Table 11 bolds the best row of each data portion, not the 100% row everywhere
+    assert "| 100% | Base model | **88.7** | **88.7** |" in md and "| 10% | Base model | **66.5** | **66.5** |" in md
     paths = write_outputs(cells, ["Base model", "PF for TC"], "Base model", tmp_path)
     assert all(Path(p).stat().st_size > 0 for p in paths.values())
     assert Path(paths["chart"]).read_bytes()[:4] == b"\x89PNG"

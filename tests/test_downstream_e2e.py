@@ -98,6 +98,12 @@ def test_suite_end_to_end_and_resume(tiny_bert, fake_run, small_data, tmp_path, 
     ner_tpl = [c for c in cells if c["task"] == "ner" and c["model"] == "MTPF-TPL"]
     assert all(len(c["initialised_modules"]) == 4 for c in ner_tpl)  # q, k, 2 x MLP of the last layer
     assert all(c["selection"] == "dev" for c in ner_tpl)
+    from mtpf.downstream.models import resolve
+
+    tpl = resolve(fake_run, "MTPF-TPL")  # NER cells use the ner adapter only, TC cells the tc adapter only
+    assert {c["model_fingerprint"] for c in ner_tpl} == {tpl.fingerprint("ner")}
+    assert {c["model_fingerprint"] for c in cells if c["task"] == "tc" and c["model"] == "MTPF-TPL"} == \
+        {tpl.fingerprint("tc")}
     md = (out / "tables.md").read_text()
     assert "NER (1 DS)" in md and "TC (1 DS)" in md and "Data Portion" in md and "MTPF-TPL" in md
     apps = sorted((out / "apps").iterdir())

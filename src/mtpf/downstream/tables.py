@@ -36,6 +36,7 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     numeric_from: int = 1  # first column holding scores (for bolding the best)
+    group_col: int | None = None  # rows with the same value here are compared among themselves (Table 11)
 
 
 def _agg(cells: list[dict]) -> dict:
@@ -126,7 +127,8 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
                 vals = [get(m, "ner", d, f) for d in ner_ds]
                 rows.append([f"{100 * f:g}%", m] + [_fmt(v) for v in vals] + [_fmt(_mean_or_none(vals))])
         tables.append(Table("NER under data scarcity: test F1 by share of the train split", ["Data Portion",
-                            "Approach"] + [abbrev(d) for d in ner_ds] + ["Average"], rows, numeric_from=2))
+                            "Approach"] + [abbrev(d) for d in ner_ds] + ["Average"], rows, numeric_from=2,
+                            group_col=0))
     # ---------------- details
     if ner_ds:
         rows = []
@@ -160,20 +162,24 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
 
 def _bold_best(table: Table) -> list[list[str]]:
     rows = [list(r) for r in table.rows]
+    groups: dict[str, list[list[str]]] = {}
+    for r in rows:
+        groups.setdefault(r[table.group_col] if table.group_col is not None else "", []).append(r)
     for col in range(table.numeric_from, len(table.header)):
-        vals = []
-        for r in rows:
-            try:
-                vals.append(float(r[col].replace("+", " ").replace("-", " -").split()[0]))
-            except (ValueError, IndexError):
-                vals.append(None)
-        present = [v for v in vals if v is not None]
-        if len(present) < 2:
-            continue
-        best = max(present)
-        for r, v in zip(rows, vals):
-            if v == best:
-                r[col] = f"**{r[col]}**"
+        for group in groups.values():
+            vals = []
+            for r in group:
+                try:
+                    vals.append(float(r[col].replace("+", " ").replace("-", " -").split()[0]))
+                except (ValueError, IndexError):
+                    vals.append(None)
+            present = [v for v in vals if v is not None]
+            if len(present) < 2:
+                continue
+            best = max(present)
+            for r, v in zip(group, vals):
+                if v == best:
+                    r[col] = f"**{r[col]}**"
     return rows
 
 

@@ -13,6 +13,7 @@ across processes with gradient).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -77,7 +78,10 @@ class PretrainConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases/LayerNorm)."})
     warmup_ratio: float = field(default=0.06, metadata={"help": "Share of max_steps for linear warm-up."})
     scheduler: str = field(default="linear", metadata={"help": "transformers scheduler name (linear, cosine, constant_with_warmup)."})
-    grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    grad_accum: int = field(default=1, metadata={"help": (
+        "Micro-batches per optimizer step. The step's gradient is the mean of the micro-batches' mean losses: "
+        "each contrastive micro-batch keeps its own in-batch negatives (use tc_mini_batch_size, GradCache, to "
+        "get MORE negatives in little memory), and NER token means are per micro-batch (mean of means).")})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "Gradient clipping; null = off."})
     mixed_precision: Literal["auto", "no", "bf16"] = field(default="auto", metadata={
         "help": "auto: bf16 on a CUDA device that supports it, fp32 otherwise (bf16 is ~17x slower on CPUs without AMX)."})
@@ -540,7 +544,8 @@ def run(cfg: PretrainConfig) -> dict | None:
 # ----------------------------------------------------------------------------------------------- CLI
 def add_parser(sub) -> None:
     p = sub.add_parser("pretrain", help="pre-finetune an encoder (ner | tc | mtpf | mtpf-tpl | pf-lora)",
-                       description=__doc__.split("\n\n")[1] if "\n\n" in __doc__ else None)
+                       description=__doc__.split("\n\n")[1] if "\n\n" in __doc__ else None,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="YAML config (see configs/); keys can be overridden as key=value")
     p.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nesting (tpl.ner.layers=4)")
     p.add_argument("--help-config", action="store_true", help="list every config key with default and help")

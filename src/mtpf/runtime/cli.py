@@ -28,7 +28,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--mode", choices=["mixed", "grouped"], default="mixed",
                    help="torch backend: forwards that mix apps' rows via PEFT per-row adapter_names (mixed) or "
                         "one forward per app's rows (grouped)")
-    p.add_argument("--max-batch-size", type=int, default=32, help="rows per forward pass")
+    p.add_argument("--max-batch-size", type=int, default=32,
+                   help="texts collected into one micro-batch (across apps)")
+    p.add_argument("--forward-rows", type=int, default=8,
+                   help="rows per forward pass: a micro-batch runs as forwards of this many length-sorted rows")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a request waits for batch company")
     p.add_argument("--max-texts", type=int, default=64, help="texts per request (413 above)")
     p.add_argument("--max-text-chars", type=int, default=5000, help="characters per text (413 above)")
@@ -73,7 +76,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"mtpf serve: warning: listening on {args.host}, not loopback; anyone who can reach it can try keys",
               file=sys.stderr)
     runtime = Runtime(args.backbone, backend=args.backend, int8=args.int8, onnx_dir=args.onnx_dir, mode=args.mode,
-                      max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, num_threads=args.threads)
+                      max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, num_threads=args.threads,
+                      forward_rows=args.forward_rows)
     keys = KeyStore(args.keys)
     for name, adapter_dir in apps.items():
         try:
