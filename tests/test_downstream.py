@@ -261,7 +261,7 @@ def test_long_texts_are_truncated_and_counted(tiny_bert):
     tok, enc = load_tokenizer(tiny_bert), load_encoder(tiny_bert)
     texts = ["short text", "a much longer text " * 100, "medium sized text here"]
     emb, truncated = encode_texts(enc, tok, texts, max_length=32, batch_size=2, normalize=True)
-    assert emb.shape == (3, 32) and truncated == 1
+    assert emb.shape == (3, 32) and truncated.tolist() == [False, True, False]
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     # batching by length does not change the embeddings
     one, _ = encode_texts(enc, tok, texts[:1], max_length=32, batch_size=1, normalize=True)
@@ -285,6 +285,19 @@ def test_embedding_cache_encodes_each_text_once(tmp_path):
     assert calls[-1] == ["ccc"]
     assert EmbeddingCache(tmp_path, "m", "d").get(["ccc", "aa"], compute)[:, 0].tolist() == [3, 2]
     assert len(calls) == 2
+
+
+def test_embedding_cache_counts_truncation_per_requested_texts(tmp_path):
+    from mtpf.downstream.embed import EmbeddingCache
+
+    def compute(texts):  # texts longer than 3 characters count as truncated
+        return np.ones((len(texts), 2), np.float32), np.array([len(t) > 3 for t in texts])
+
+    c = EmbeddingCache(tmp_path, "m", "d")
+    c.get(["long text", "ab", "another long one"], compute)
+    assert c.truncated_among(["ab"]) == 0 and c.truncated_among(["long text", "ab", "long text"]) == 1
+    again = EmbeddingCache(tmp_path, "m", "d")  # flags survive the disk
+    assert again.truncated_among(["long text", "another long one", "ab"]) == 2
 
 
 def test_bad_model_and_fraction_are_config_errors(tmp_path):

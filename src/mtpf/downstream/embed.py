@@ -16,29 +16,29 @@ def length_batches(lengths, batch_size: int) -> list[list[int]]:
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def tokenize_truncating(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
-    """Token ids truncated to ``max_length`` and the number of texts that had to be truncated."""
+def tokenize_truncating(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
+    """Token ids truncated to ``max_length`` and, per text, whether it had to be truncated."""
     enc = tokenizer(texts, truncation=True, max_length=max_length, return_overflowing_tokens=False)
     ids = enc["input_ids"]
     # a text was truncated iff it fills max_length and the untruncated one is longer; check those only
     full = [i for i, x in enumerate(ids) if len(x) >= max_length]
-    truncated = 0
+    truncated = np.zeros(len(texts), dtype=bool)
     if full:
         long_ids = tokenizer([texts[i] for i in full], truncation=False)["input_ids"]
-        truncated = sum(len(x) > max_length for x in long_ids)
+        truncated[full] = [len(x) > max_length for x in long_ids]
     return ids, truncated
 
 
 def encode_texts(encoder, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
-                 normalize: bool = False, progress: bool = False, desc: str = "encode") -> tuple[np.ndarray, int]:
-    """(embeddings [N, H] float32, number of truncated texts)."""
+                 normalize: bool = False, progress: bool = False, desc: str = "encode") -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings [N, H] float32, per text whether it was truncated)."""
     import torch
 
     from mtpf.data.samplers import pad_batch
     from mtpf.encoder import mean_pool
 
     if not texts:
-        return np.zeros((0, encoder.config.hidden_size), dtype=np.float32), 0
+        return np.zeros((0, encoder.config.hidden_size), dtype=np.float32), np.zeros(0, dtype=bool)
     ids, truncated = tokenize_truncating(tokenizer, texts, max_length)
     out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
     batches = length_batches([len(x) for x in ids], batch_size)
@@ -74,7 +74,8 @@ class EmbeddingCache:
     """``DIR/<model>-<dataset>.npz`` holding ``keys`` (sha1 of each text) and ``emb``; grows as texts are added.
 
     ``get(texts, compute)`` returns the embeddings of ``texts`` in order, calling ``compute`` (once, on the
-    distinct texts not yet cached) for the rest. ``directory=None`` disables the disk (memory only).
+    distinct texts not yet cached) for the rest; ``compute`` returns (embeddings, per-text truncation flags).
+    ``truncated_among(texts)`` counts the truncated ones among ``texts``. ``directory=None`` disables the disk.
     """
 
     def __init__(self, directory: str | os.PathLike | None, model_fp: str, dataset_fp: str, config: str = ""):
@@ -84,16 +85,17 @@ class EmbeddingCache:
             self.path = Path(directory) / f"emb-{tag}.npz"
         self.index: dict[str, int] = {}
         self.emb = None
-        self.truncated = 0
+        self.trunc = np.zeros(0, dtype=bool)  # per cached row
         self.encoded_now = 0
         if self.path is not None and self.path.is_file():
             try:
                 with np.load(self.path, allow_pickle=False) as z:
                     keys, self.emb = list(z["keys"]), z["emb"]
-                    self.truncated = int(z["truncated"]) if "truncated" in z else 0
+                    trunc = z["trunc"] if "trunc" in z else np.zeros(len(keys), dtype=bool)
+                self.trunc = np.asarray(trunc, dtype=bool)
                 self.index = {str(k): i for i, k in enumerate(keys)}
             except Exception:  # a torn or foreign file: start over
-                self.index, self.emb = {}, None
+                self.index, self.emb, self.trunc = {}, None, np.zeros(0, dtype=bool)
 
     def get(self, texts: list[str], compute: Callable[[list[str]], tuple[np.ndarray, int]]) -> np.ndarray:
         keys = [text_key(t) for t in texts]
@@ -103,7 +105,8 @@ class EmbeddingCache:
                 missing[k] = t
         if missing:
             new, truncated = compute(list(missing.values()))
-            self.truncated += truncated
+            flags = np.zeros(len(missing), dtype=bool) if np.isscalar(truncated) else np.asarray(truncated, bool)
+            self.trunc = np.concatenate([self.trunc, flags])
             self.encoded_now += len(missing)
             start = 0 if self.emb is None else len(self.emb)
             self.emb = new if self.emb is None else np.concatenate([self.emb, new])
@@ -112,6 +115,11 @@ class EmbeddingCache:
             self._save()
         return self.emb[[self.index[k] for k in keys]]
 
+    def truncated_among(self, texts: list[str]) -> int:
+        """How many distinct texts of ``texts`` (all cached) were truncated when encoded."""
+        rows = {self.index[text_key(t)] for t in texts}
+        return int(self.trunc[sorted(rows)].sum()) if rows else 0
+
     def _save(self) -> None:
         if self.path is None:
             return
@@ -119,5 +127,5 @@ class EmbeddingCache:
         keys = np.array(sorted(self.index, key=self.index.get))
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "wb") as fh:
-            np.savez(fh, keys=keys, emb=self.emb, truncated=np.array(self.truncated))
+            np.savez(fh, keys=keys, emb=self.emb, trunc=self.trunc)
         os.replace(tmp, self.path)

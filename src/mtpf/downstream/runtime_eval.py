@@ -40,7 +40,8 @@ class RuntimeEmbedder:
     def compute(self, texts: list[str]):
         futures = [self.runtime.submit(self.app, "embed", texts[i:i + self.chunk])
                    for i in range(0, len(texts), self.chunk)]
-        return np.concatenate([f.result() for f in futures]), 0
+        # the runtime truncates at the app's max_length too; not counted here
+        return np.concatenate([f.result() for f in futures]), np.zeros(len(texts), dtype=bool)
 
 
 def _truncated_words(runtime, app: str, sentences: list[list[str]]) -> int:

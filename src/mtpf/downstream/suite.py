@@ -173,8 +173,14 @@ def run_suite(cfg: SuiteConfig) -> dict:
                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
         results["cells"].append(record)
         _write_json(results_path, results)
+        note = ""
+        if record.get("truncated_texts"):
+            note = f"; {record['truncated_texts']} texts longer than the model's limit were truncated"
+        windowed = {k: v for k, v in (record.get("n_windowed") or {}).items() if v}
+        if windowed:
+            note = f"; sentences longer than the model's limit were windowed: {windowed}"
         bar.write(f"  {cell.name}: {record['main_metric']} = {100 * record['main_score']:.2f} "
-                  f"({record['seconds']:.0f}s)")
+                  f"({record['seconds']:.0f}s{note})")
     bar.close()
 
     from mtpf.downstream.tables import write_outputs

@@ -213,7 +213,7 @@ def evaluate_tc(embedder: Embedder, dataset, cfg: TCConfig, seed: int = 42) -> d
     test_emb = cache.get(test.texts, embedder.compute)
     result = run_protocol(train_emb, train_y, test_emb, test_y, experiments, cfg, seed, union)
     result.update({"samples_per_label": spl if spl is not None else "full", "n_train_encoded": len(union),
-                   "n_test": len(test), "split": cfg.split, "truncated_texts": cache.truncated,
+                   "n_test": len(test), "split": cfg.split, "truncated_texts": cache.truncated_among([train.texts[i] for i in union] + test.texts),
                    "encoded_now": cache.encoded_now, "normalize": embedder.model_ref.normalize})
     return result
 
