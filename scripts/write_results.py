@@ -1,0 +1,93 @@
+"""Fill docs/results.md with the reproduction's tables, straight from its results.json files.
+
+    python scripts/write_results.py RUNS/repro [--doc docs/results.md] [--figures docs/results]
+
+Reads RUNS/repro/eval/{full,ten_percent,runtime}/results.json, builds the paper-layout analogues with
+mtpf.downstream.tables (Table 1: PF strategies vs base; Table 2: multi-task variants; Table 3: PF-L vs MTPF-TPL;
+Tables 5/6 per dataset; Table 11 data scarcity; the embedded-runtime row) and replaces the block between
+``<!-- tables:begin -->`` and ``<!-- tables:end -->`` of the doc. Copies fig3.png and the chart next to it.
+Every number in that block comes from those files; nothing is typed by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from mtpf.downstream.tables import Table, _bold_best, build_tables
+
+GROUPS = {
+    "Table 1 analogue: pre-finetuning strategies vs the base model":
+        ["Base model", "PF for NER", "PF for TC", "MTPF"],
+    "Table 2 analogue: multi-task variants (individual PF rows are two separate models)":
+        ["Base model", "PF for NER", "PF for TC", "MTPF", "MTPF + PCGrad", "MTPF-TPL"],
+    "Table 3 analogue: classical LoRA pre-finetuning (PF-L) vs MTPF-TPL":
+        ["Base model", "PF-L", "MTPF-TPL"],
+}
+
+
+def md(table: Table) -> str:
+    lines = ["| " + " | ".join(table.header) + " |",
+             "|" + "|".join("---" if i < table.numeric_from else "---:" for i in range(len(table.header))) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in _bold_best(table)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("repro", help="the reproduction's output folder (scripts/reproduce.py --output)")
+    ap.add_argument("--doc", default="docs/results.md")
+    ap.add_argument("--figures", default="docs/results")
+    args = ap.parse_args()
+    ev = Path(args.repro) / "eval"
+    cells, models = [], []
+    for run in ("full", "ten_percent", "runtime"):
+        path = ev / run / "results.json"
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        cells += data["cells"]
+        models += [m["label"] for m in data.get("models", []) if m["label"] not in models]
+    runtime_labels = sorted({c["model"] for c in cells if "runtime" in c})
+    models += [m for m in runtime_labels if m not in models]
+    if not cells:
+        raise SystemExit(f"no results.json under {ev}")
+    # the same cell may appear in several files (runtime --with): keep one per key
+    cells = list({c["key"]: c for c in cells}.values())
+    ner_order = list(dict.fromkeys(c["dataset"] for c in cells if c["task"] == "ner"))
+    tc_order = list(dict.fromkeys(c["dataset"] for c in cells if c["task"] == "tc"))
+    base = models[0]
+    full = [c for c in cells if float(c["fraction"]) == 1.0]
+    out = []
+    for title, rows in GROUPS.items():
+        rows = [m for m in rows if m in models]
+        summary = build_tables(full, rows, base, ner_order, tc_order)[0]
+        out += [f"### {title}", "", md(summary), ""]
+    every = build_tables(cells, models, base, ner_order, tc_order)
+    for t in every[1:]:
+        if t.title.startswith(("NER sub-tasks", "TC sub-tasks", "NER under data scarcity")):
+            out += [f"### {t.title}", "", md(t), ""]
+    if runtime_labels:
+        out += ["### The embedded runtime (int8 ONNX backbone + the same app adapters) next to PyTorch", ""]
+        deploy = [m for m in ("Base model", "MTPF-TPL", *runtime_labels) if m in models]
+        out += [md(build_tables(full, deploy, base, ner_order, tc_order)[0]), ""]
+        for t in build_tables(cells, deploy, base, ner_order, tc_order)[1:]:
+            if t.title.startswith(("NER sub-tasks", "TC sub-tasks", "NER under data scarcity")):
+                out += [f"#### {t.title}", "", md(t), ""]
+    block = "\n".join(out).rstrip() + "\n"
+    doc = Path(args.doc)
+    text = doc.read_text() if doc.is_file() else "<!-- tables:begin -->\n<!-- tables:end -->\n"
+    head, rest = text.split("<!-- tables:begin -->", 1)
+    _, tail = rest.split("<!-- tables:end -->", 1)
+    doc.write_text(f"{head}<!-- tables:begin -->\n{block}<!-- tables:end -->{tail}")
+    figs = Path(args.figures)
+    figs.mkdir(parents=True, exist_ok=True)
+    for src, name in ((Path(args.repro) / "fig3.png", "fig3.png"), (ev / "runtime" / "chart.png", "chart.png")):
+        if src.is_file():
+            shutil.copy2(src, figs / name)
+    print(f"wrote {doc} ({len(cells)} cells, {len(models)} rows)")
+
+
+if __name__ == "__main__":
+    main()
