@@ -23,7 +23,7 @@ GROUPS = {
     "Table 2 analogue: multi-task variants (individual PF rows are two separate models)":
         ["Base model", "PF for NER", "PF for TC", "MTPF", "MTPF + PCGrad", "MTPF-TPL"],
     "Table 3 analogue: classical LoRA pre-finetuning (PF-L) vs MTPF-TPL":
-        ["Base model", "PF-L", "MTPF-TPL"],
+        ["Base model", "PF-L (two layers)", "PF-L (all layers)", "MTPF-TPL"],
 }
 
 

@@ -37,4 +37,5 @@ def test_repro_config_names_existing_strategy_configs():
         if ref.endswith(".yaml"):
             assert (ROOT / ref).is_file(), name
             load_config(PretrainConfig, ROOT / ref, repro["pretrain_overrides"])
-    assert set(repro["models"]) == {"Base model", "PF for NER", "PF for TC", "MTPF", "MTPF + PCGrad", "MTPF-TPL", "PF-L"}
+    assert set(repro["models"]) == {"Base model", "PF for NER", "PF for TC", "MTPF", "MTPF + PCGrad", "MTPF-TPL",
+                                    "PF-L (all layers)", "PF-L (two layers)"}
