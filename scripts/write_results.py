@@ -34,6 +34,16 @@ def md(table: Table) -> str:
     return "\n".join(lines)
 
 
+def ner_recipes(cells: list[dict]) -> dict[str, str]:
+    """'10%' -> '10 head + 2 LoRA epochs', from the NER cells' own config."""
+    out = {}
+    for c in cells:
+        cfg = c.get("config") or {}
+        if c["task"] == "ner" and "epochs" in cfg:
+            out[f"{100 * float(c['fraction']):g}%"] = f"{cfg['epochs_warmup']} head + {cfg['epochs']} LoRA epochs"
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("repro", help="the reproduction's output folder (scripts/reproduce.py --output)")
@@ -65,6 +75,11 @@ def main() -> None:
         summary = build_tables(full, rows, base, ner_order, tc_order)[0]
         out += [f"### {title}", "", md(summary), ""]
     every = build_tables(cells, models, base, ner_order, tc_order)
+    recipes = ner_recipes(cells)
+    for t in every:
+        if t.title.startswith("NER under data scarcity"):  # say which recipe each data portion used
+            for row in t.rows:
+                row[0] = f"{row[0]} ({recipes[row[0]]})" if row[0] in recipes else row[0]
     for t in every[1:]:
         if t.title.startswith(("NER sub-tasks", "TC sub-tasks", "NER under data scarcity")):
             out += [f"### {t.title}", "", md(t), ""]
