@@ -118,12 +118,14 @@ def plot_findings(
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels):
         is_loss = key.startswith("loss_")
-        for run, log, label in zip(runs, logs, labels):
+        for i, (run, log, label) in enumerate(zip(runs, logs, labels)):
             recs = read_log(run / "logs" / "metrics.jsonl") if is_loss else log
             k = key if is_loss else key + suffix
             pts = [(r["step"], r[k]) for r in recs if isinstance(r.get(k), (int, float))]
             if pts:
-                ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, markersize=3, label=label)
+                # one colour per run in every panel, also where a run lacks a task's loss
+                ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, markersize=3, label=label,
+                        color=f"C{i % 10}")
         ax.set_title(title + (f" [{adapter} adapter]" if adapter and not is_loss else ""), fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("loss" if is_loss else "cosine similarity")
