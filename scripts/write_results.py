@@ -57,6 +57,9 @@ def main() -> None:
         if not path.is_file():
             continue
         data = json.loads(path.read_text())
+        label_of = {m["ref"]: m["label"] for m in data.get("models", [])}
+        for c in data["cells"]:  # a model relabelled since its cells ran: today's label
+            c["model"] = label_of.get(c.get("model_ref"), c["model"])
         cells += data["cells"]
         models += [m["label"] for m in data.get("models", []) if m["label"] not in models]
     runtime_labels = sorted({c["model"] for c in cells if "runtime" in c})
@@ -74,20 +77,25 @@ def main() -> None:
         rows = [m for m in rows if m in models]
         summary = build_tables(full, rows, base, ner_order, tc_order)[0]
         out += [f"### {title}", "", md(summary), ""]
-    every = build_tables(cells, models, base, ner_order, tc_order)
     recipes = ner_recipes(cells)
-    for t in every:
-        if t.title.startswith("NER under data scarcity"):  # say which recipe each data portion used
-            for row in t.rows:
-                row[0] = f"{row[0]} ({recipes[row[0]]})" if row[0] in recipes else row[0]
+
+    def tables(rows):
+        out = build_tables(cells, rows, base, ner_order, tc_order)
+        for t in out:
+            if t.title.startswith("NER under data scarcity"):  # say which recipe each data portion used
+                for row in t.rows:
+                    row[0] = f"{row[0]} ({recipes[row[0]]})" if row[0] in recipes else row[0]
+        return out
+
+    every = tables(models)
     for t in every[1:]:
-        if t.title.startswith(("NER sub-tasks", "TC sub-tasks", "NER under data scarcity")):
+        if t.title.startswith(("NER sub-tasks", "TC sub-tasks", "NER under data scarcity", "TC details")):
             out += [f"### {t.title}", "", md(t), ""]
     if runtime_labels:
         out += ["### The embedded runtime (int8 ONNX backbone + the same app adapters) next to PyTorch", ""]
         deploy = [m for m in ("Base model", "MTPF-TPL", *runtime_labels) if m in models]
         out += [md(build_tables(full, deploy, base, ner_order, tc_order)[0]), ""]
-        for t in build_tables(cells, deploy, base, ner_order, tc_order)[1:]:
+        for t in tables(deploy)[1:]:
             if t.title.startswith(("NER sub-tasks", "TC sub-tasks", "NER under data scarcity")):
                 out += [f"#### {t.title}", "", md(t), ""]
     block = "\n".join(out).rstrip() + "\n"

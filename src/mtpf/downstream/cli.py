@@ -263,6 +263,9 @@ def _evaluate_runtime(args) -> int:
     cells, models = [], []
     for path in args.with_results:
         other = json.loads(Path(path).read_text())
+        label_of = {m["ref"]: m["label"] for m in other.get("models", [])}
+        for c in other["cells"]:  # a model relabelled since its cells ran: today's label
+            c["model"] = label_of.get(c.get("model_ref"), c["model"])
         cells += other["cells"]
         models += [m["label"] for m in other.get("models", []) if m["label"] not in models]
     cells += results["cells"]

@@ -187,10 +187,11 @@ def run_suite(cfg: SuiteConfig) -> dict:
 
     current = {c.key for c in cells}
     rows = [r for r in results["cells"] if r["key"] in current]
-    for r in rows:  # a relabelled model keeps its cells: show them under today's label
+    for r in rows:  # a relabelled model keeps its cells: show (and store) them under today's label
         for c in cells:
             if c.key == r["key"]:
                 r["model"] = c.model.label
+    _write_json(results_path, results)
     paths = write_outputs(rows, [m.label for m in models], results["base"], out,
                           ner_order=[ds.name for _, ds in ner_sets], tc_order=[ds.name for _, ds in cls_sets])
     return {"results": str(results_path), "ran": len(todo), "skipped": len(cells) - len(todo), **paths}
