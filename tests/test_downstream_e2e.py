@@ -125,7 +125,14 @@ def test_ner_app_adapter_round_trip(fake_run, small_data, tmp_path):
     """The saved app (PEFT LoRA + head + label map) reproduces the in-memory model's predictions."""
     from mtpf.downstream.data import load_ner_dataset
     from mtpf.downstream.models import resolve
-    from mtpf.downstream.ner import NerConfig, encode_ner, load_ner_app, predict_words, save_ner_app, train_ner
+    from mtpf.downstream.ner import (
+        NerConfig,
+        encode_ner,
+        load_ner_app,
+        predict_words,
+        save_ner_app,
+        train_ner,
+    )
     from mtpf.encoder import load_tokenizer
 
     ds = load_ner_dataset(small_data["ner"], allow_unseen_labels=True)

@@ -1,17 +1,14 @@
 """The recipe end to end on a tiny model: every strategy, the run folder's formats, bad input."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import tiny_run_overrides
 
 from mtpf.cli import main as cli_main
 from mtpf.config import ConfigError, load_config
 from mtpf.data.io import DataError
 from mtpf.recipes.pretrain import PretrainConfig, PretrainRecipe, run
-
-from conftest import tiny_run_overrides
 
 
 def _cfg(tiny, data, out, **extra):
