@@ -5,7 +5,8 @@
 Reads RUNS/repro/eval/{full,ten_percent,runtime}/results.json, builds the paper-layout analogues with
 mtpf.downstream.tables (Table 1: PF strategies vs base; Table 2: multi-task variants; Table 3: PF-L vs MTPF-TPL;
 Tables 5/6 per dataset; Table 11 data scarcity; the embedded-runtime row) and replaces the block between
-``<!-- tables:begin -->`` and ``<!-- tables:end -->`` of the doc. Copies fig3.png and the chart next to it.
+``<!-- tables:begin -->`` and ``<!-- tables:end -->`` of the doc. Copies fig3.png, the chart and the three
+results.json files (as results-*.json) next to it.
 Every number in that block comes from those files; nothing is typed by hand.
 """
 from __future__ import annotations
@@ -106,7 +107,9 @@ def main() -> None:
     doc.write_text(f"{head}<!-- tables:begin -->\n{block}<!-- tables:end -->{tail}")
     figs = Path(args.figures)
     figs.mkdir(parents=True, exist_ok=True)
-    for src, name in ((Path(args.repro) / "fig3.png", "fig3.png"), (ev / "runtime" / "chart.png", "chart.png")):
+    copies = [(Path(args.repro) / "fig3.png", "fig3.png"), (ev / "runtime" / "chart.png", "chart.png")]
+    copies += [(ev / run / "results.json", f"results-{run}.json") for run in ("full", "ten_percent", "runtime")]
+    for src, name in copies:
         if src.is_file():
             shutil.copy2(src, figs / name)
     print(f"wrote {doc} ({len(cells)} cells, {len(models)} rows)")
