@@ -87,3 +87,12 @@ def test_bucket_sampler_groups_lengths_and_resumes():
     t = BucketBatchSampler(lengths, 32, seed=0, bucket_factor=20)
     t.load_state_dict(state)
     assert [t.next_batch() for _ in range(5)] == nxt
+
+
+def test_pair_source_fingerprint_identifies_content_and_order():
+    from mtpf.data.pairs import source_fingerprint
+
+    a = PairSource("x", ["a", "b"], ["c", "d"])
+    assert source_fingerprint(a) == source_fingerprint(PairSource("renamed", ["a", "b"], ["c", "d"]))
+    assert source_fingerprint(a) != source_fingerprint(PairSource("x", ["b", "a"], ["d", "c"]))
+    assert source_fingerprint(a) != source_fingerprint(PairSource("x", ["ab", ""], ["c", "d"]))

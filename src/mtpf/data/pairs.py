@@ -44,6 +44,16 @@ def load_pair_file(path: Path) -> PairSource:
     return PairSource(name, anchors, positives)
 
 
+def source_fingerprint(source: PairSource) -> str:
+    """sha256 of a source's pairs in order: identifies hub data, which has no local file to hash."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a, p in zip(source.anchors, source.positives):
+        h.update(a.encode("utf-8") + b"\x00" + p.encode("utf-8") + b"\x01")
+    return f"sha256:{h.hexdigest()}"
+
+
 def load_hub_pairs(spec: str) -> PairSource:  # pragma: no cover - needs network
     """``hub:NAME[:CONFIG]`` -> first two text columns of the dataset's train split."""
     from datasets import load_dataset

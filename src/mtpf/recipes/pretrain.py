@@ -212,7 +212,7 @@ class PretrainRecipe:
         from mtpf.data.samplers import BucketBatchSampler, HierarchicalPairSampler
 
         cfg = self.cfg
-        self.samplers, self.data_files = {}, []
+        self.samplers, self.data_files, self.hub_fingerprints = {}, [], {}
         self.num_clusters = None
         if "ner" in self.tasks:
             if not cfg.ner_data:
@@ -228,6 +228,12 @@ class PretrainRecipe:
                 raise ConfigError(f"strategy {cfg.strategy} trains TC but pairs is empty")
             self.pair_sources = {s.name: s for s in load_pair_sources(cfg.pairs)}
             self.data_files += [p for p in _local_files(cfg.pairs)]
+            from mtpf.data.pairs import source_fingerprint
+
+            hub = {str(p)[len("hub:"):].split(":")[0].split("/")[-1]: str(p) for p in cfg.pairs
+                   if str(p).startswith("hub:")}
+            self.hub_fingerprints = {spec: source_fingerprint(self.pair_sources[name])
+                                     for name, spec in hub.items() if name in self.pair_sources}
             try:
                 self.samplers["tc"] = HierarchicalPairSampler(list(self.pair_sources.values()), cfg.tc_batch_size,
                                                               cfg.seed, cfg.pair_weights)
@@ -511,6 +517,7 @@ class PretrainRecipe:
         model = acc.unwrap_model(self.model)
         return export_run(model, self.tokenizer, self.out, to_dict(self.cfg), self.data_files, self.adapter_specs,
                           extra={"steps": self.step, "num_processes": acc.num_processes,
+                                 "hub_data_fingerprints": self.hub_fingerprints,
                                  "tasks": self.tasks, "last_metrics": metrics or {}})
 
 
