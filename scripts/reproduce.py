@@ -65,8 +65,10 @@ def main() -> None:
     if rt and args.only in (None, "runtime"):
         # The deployed path for one model: its NER apps from the suite (--save-apps) and a TC app, served by
         # the runtime on the int8 ONNX backbone, scored with the suite's protocols, tabled next to the suite rows.
-        ev, run_dir, slug = cfg["evaluate"], models[rt["model"]], _slug(rt["model"])
-        tc_app = out / "apps" / f"{slug}-tc-{Path(rt['tc_app_data']).name}"
+        from mtpf.downstream.suite import _slug, app_folder_name
+
+        ev, run_dir = cfg["evaluate"], models[rt["model"]]
+        tc_app = out / "apps" / f"{_slug(rt['model'])}-tc-{Path(rt['tc_app_data']).name}"
         if not (tc_app / "mtpf_app.json").is_file():
             sh(MTPF + ["adapt", "tc", "--model", run_dir, "--data", rt["tc_app_data"], "--output", str(tc_app),
                        "--cache-dir", str(out / "eval" / "cache")])
@@ -76,7 +78,8 @@ def main() -> None:
             cmd += ["--with", str(out / "eval" / run_name / "results.json")]
             for ds in ev["ner"]:
                 for frac in run["fractions"]:
-                    cmd += ["--ner-app", f"{ds}={out / 'eval' / run_name / 'apps'}/{slug}-{Path(ds).name}-f{frac:g}-s42"]
+                    app = out / "eval" / run_name / "apps" / app_folder_name(rt["model"], Path(ds).name, frac, 42)
+                    cmd += ["--ner-app", f"{ds}={app}"]
         sh(cmd)
     if args.only in (None, "figures"):
         runs = [(n, r) for n, r in models.items() if (Path(r) / "logs" / "analysis.jsonl").is_file()]
@@ -84,10 +87,6 @@ def main() -> None:
             labels = [a for n, _ in runs for a in ("--label", n)]
             sh(MTPF + ["analyze", "plot", *[r for _, r in runs], *labels, "--losses",
                        "--out", str(out / "fig3.png")])
-
-
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
 if __name__ == "__main__":

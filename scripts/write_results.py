@@ -12,11 +12,11 @@ Every number in that block comes from those files; nothing is typed by hand.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
-from mtpf.downstream.tables import Table, _bold_best, build_tables
+from mtpf.downstream.suite import read_cells
+from mtpf.downstream.tables import build_tables, dataset_order, table_markdown
 
 GROUPS = {
     "Table 1 analogue: pre-finetuning strategies vs the base model":
@@ -26,13 +26,6 @@ GROUPS = {
     "Table 3 analogue: classical LoRA pre-finetuning (PF-L) vs MTPF-TPL":
         ["Base model", "PF-L (two layers)", "PF-L (all layers)", "MTPF-TPL"],
 }
-
-
-def md(table: Table) -> str:
-    lines = ["| " + " | ".join(table.header) + " |",
-             "|" + "|".join("---" if i < table.numeric_from else "---:" for i in range(len(table.header))) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in _bold_best(table)]
-    return "\n".join(lines)
 
 
 def ner_recipes(cells: list[dict]) -> dict[str, str]:
@@ -57,27 +50,23 @@ def main() -> None:
         path = ev / run / "results.json"
         if not path.is_file():
             continue
-        data = json.loads(path.read_text())
-        label_of = {m["ref"]: m["label"] for m in data.get("models", [])}
-        for c in data["cells"]:  # a model relabelled since its cells ran: today's label
-            c["model"] = label_of.get(c.get("model_ref"), c["model"])
-        cells += data["cells"]
-        models += [m["label"] for m in data.get("models", []) if m["label"] not in models]
+        run_cells, labels = read_cells(path)
+        cells += run_cells
+        models += [m for m in labels if m not in models]
     runtime_labels = sorted({c["model"] for c in cells if "runtime" in c})
     models += [m for m in runtime_labels if m not in models]
     if not cells:
         raise SystemExit(f"no results.json under {ev}")
     # the same cell may appear in several files (runtime --with): keep one per key
     cells = list({c["key"]: c for c in cells}.values())
-    ner_order = list(dict.fromkeys(c["dataset"] for c in cells if c["task"] == "ner"))
-    tc_order = list(dict.fromkeys(c["dataset"] for c in cells if c["task"] == "tc"))
+    ner_order, tc_order = dataset_order(cells, "ner"), dataset_order(cells, "tc")
     base = models[0]
     full = [c for c in cells if float(c["fraction"]) == 1.0]
     out = []
     for title, rows in GROUPS.items():
         rows = [m for m in rows if m in models]
         summary = build_tables(full, rows, base, ner_order, tc_order)[0]
-        out += [f"### {title}", "", md(summary), ""]
+        out += [f"### {title}", "", table_markdown(summary), ""]
     recipes = ner_recipes(cells)
 
     def tables(rows):
@@ -91,14 +80,14 @@ def main() -> None:
     every = tables(models)
     for t in every[1:]:
         if t.title.startswith(("NER sub-tasks", "TC sub-tasks", "NER under data scarcity", "TC details")):
-            out += [f"### {t.title}", "", md(t), ""]
+            out += [f"### {t.title}", "", table_markdown(t), ""]
     if runtime_labels:
         out += ["### The embedded runtime (int8 ONNX backbone + the same app adapters) next to PyTorch", ""]
         deploy = [m for m in ("Base model", "MTPF-TPL", *runtime_labels) if m in models]
-        out += [md(build_tables(full, deploy, base, ner_order, tc_order)[0]), ""]
+        out += [table_markdown(build_tables(full, deploy, base, ner_order, tc_order)[0]), ""]
         for t in tables(deploy)[1:]:
             if t.title.startswith(("NER sub-tasks", "TC sub-tasks", "NER under data scarcity")):
-                out += [f"#### {t.title}", "", md(t), ""]
+                out += [f"#### {t.title}", "", table_markdown(t), ""]
     block = "\n".join(out).rstrip() + "\n"
     doc = Path(args.doc)
     text = doc.read_text() if doc.is_file() else "<!-- tables:begin -->\n<!-- tables:end -->\n"

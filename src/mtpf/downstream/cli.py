@@ -241,12 +241,12 @@ def _evaluate(args) -> int:
 
 
 def _evaluate_runtime(args) -> int:
-    import json
     from pathlib import Path
 
     from mtpf.config import ConfigError
     from mtpf.downstream.runtime_eval import evaluate_runtime
-    from mtpf.downstream.tables import write_outputs
+    from mtpf.downstream.suite import read_cells
+    from mtpf.downstream.tables import dataset_order, write_outputs
 
     _threads(args)
     ner_apps = []
@@ -262,16 +262,12 @@ def _evaluate_runtime(args) -> int:
                                onnx_dir=args.onnx_dir, progress=not args.no_progress)
     cells, models = [], []
     for path in args.with_results:
-        other = json.loads(Path(path).read_text())
-        label_of = {m["ref"]: m["label"] for m in other.get("models", [])}
-        for c in other["cells"]:  # a model relabelled since its cells ran: today's label
-            c["model"] = label_of.get(c.get("model_ref"), c["model"])
-        cells += other["cells"]
-        models += [m["label"] for m in other.get("models", []) if m["label"] not in models]
+        other, labels = read_cells(path)
+        cells += other
+        models += [m for m in labels if m not in models]
     cells += results["cells"]
     models.append(args.label)
-    ner_order = list(dict.fromkeys(c["dataset"] for c in cells if c["task"] == "ner"))
-    tc_order = list(dict.fromkeys(c["dataset"] for c in cells if c["task"] == "tc"))
-    paths = write_outputs(cells, models, args.base or models[0], Path(args.output), ner_order, tc_order)
+    paths = write_outputs(cells, models, args.base or models[0], Path(args.output), dataset_order(cells, "ner"),
+                          dataset_order(cells, "tc"))
     print(Path(paths["tables_md"]).read_text())
     return 0

@@ -89,6 +89,21 @@ def load_results(path: Path) -> dict:
     return {"format": RESULTS_FORMAT, "cells": []}
 
 
+def read_cells(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """(cells, model labels) of a results.json, each cell under its model's current label: a model relabelled
+    since its cells ran keeps them (matched by the model reference)."""
+    data = json.loads(Path(path).read_text())
+    label_of = {m["ref"]: m["label"] for m in data.get("models", [])}
+    for c in data["cells"]:
+        c["model"] = label_of.get(c.get("model_ref"), c["model"])
+    return data["cells"], [m["label"] for m in data.get("models", [])]
+
+
+def app_folder_name(label: str, dataset: str, fraction: float, seed: int) -> str:
+    """Folder name of a cell's app adapter under OUTPUT/apps (``--save-apps``)."""
+    return f"{_slug(label)}-{dataset}-f{fraction:g}-s{seed}"
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -203,7 +218,7 @@ def _run_ner(cell: Cell, cfg: SuiteConfig, out: Path) -> dict:
     res = train_ner(cell.model, cell.dataset, cfg.ner_cfg, cell.fraction, cell.seed, progress=cfg.progress,
                     keep_model=cfg.save_apps)
     if cfg.save_apps:
-        app = out / "apps" / f"{_slug(cell.model.label)}-{cell.dataset.name}-f{cell.fraction:g}-s{cell.seed}"
+        app = out / "apps" / app_folder_name(cell.model.label, cell.dataset.name, cell.fraction, cell.seed)
         save_ner_app(res, cell.model, app, {"dataset": cell.dataset.name, "fraction": cell.fraction,
                                             "seed": cell.seed})
     rec = res.record()

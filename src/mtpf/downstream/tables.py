@@ -183,14 +183,24 @@ def _bold_best(table: Table) -> list[list[str]]:
     return rows
 
 
+def table_markdown(t: Table) -> str:
+    """One table as markdown rows (header, alignment, body with the best values bold), no title."""
+    out = ["| " + " | ".join(t.header) + " |",
+           "|" + "|".join("---" if i < t.numeric_from else "---:" for i in range(len(t.header))) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in _bold_best(t)]
+    return "\n".join(out)
+
+
 def to_markdown(tables: list[Table]) -> str:
     out = ["# Downstream evaluation", ""]
     for t in tables:
-        out += [f"## {t.title}", "", "| " + " | ".join(t.header) + " |",
-                "|" + "|".join("---" if i < t.numeric_from else "---:" for i in range(len(t.header))) + "|"]
-        out += ["| " + " | ".join(r) + " |" for r in _bold_best(t)]
-        out.append("")
+        out += [f"## {t.title}", "", table_markdown(t), ""]
     return "\n".join(out)
+
+
+def dataset_order(cells: list[dict], task: str) -> list[str]:
+    """The datasets of one task in the order their cells first appear."""
+    return list(dict.fromkeys(c["dataset"] for c in cells if c["task"] == task))
 
 
 def write_csv(tables: list[Table], path: Path) -> None:
