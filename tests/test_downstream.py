@@ -275,7 +275,7 @@ def test_embedding_cache_encodes_each_text_once(tmp_path):
 
     def compute(texts):
         calls.append(list(texts))
-        return np.array([[len(t), 1.0] for t in texts], dtype=np.float32), 0
+        return np.array([[len(t), 1.0] for t in texts], dtype=np.float32), np.zeros(len(texts), dtype=bool)
 
     c = EmbeddingCache(tmp_path, "m", "d")
     out = c.get(["aa", "b", "aa"], compute)

@@ -97,7 +97,7 @@ class EmbeddingCache:
             except Exception:  # a torn or foreign file: start over
                 self.index, self.emb, self.trunc = {}, None, np.zeros(0, dtype=bool)
 
-    def get(self, texts: list[str], compute: Callable[[list[str]], tuple[np.ndarray, int]]) -> np.ndarray:
+    def get(self, texts: list[str], compute: Callable[[list[str]], tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         keys = [text_key(t) for t in texts]
         missing: dict[str, str] = {}
         for k, t in zip(keys, texts):
@@ -105,8 +105,7 @@ class EmbeddingCache:
                 missing[k] = t
         if missing:
             new, truncated = compute(list(missing.values()))
-            flags = np.zeros(len(missing), dtype=bool) if np.isscalar(truncated) else np.asarray(truncated, bool)
-            self.trunc = np.concatenate([self.trunc, flags])
+            self.trunc = np.concatenate([self.trunc, np.asarray(truncated, dtype=bool)])
             self.encoded_now += len(missing)
             start = 0 if self.emb is None else len(self.emb)
             self.emb = new if self.emb is None else np.concatenate([self.emb, new])
