@@ -74,6 +74,17 @@ def _labels(run_dirs: list[Path]) -> list[str]:
     ]
 
 
+def _save(fig, out: str | os.PathLike) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
 def _pyplot():
     import matplotlib
 
@@ -132,12 +143,7 @@ def plot_findings(
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 # ----------------------------------------------------------------------------------------------- Figure 4
@@ -262,9 +268,4 @@ def plot_depth(sweep_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("layers with TPL")
             ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
