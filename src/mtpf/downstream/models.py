@@ -201,3 +201,54 @@ def load_tc_encoder(model_ref: ModelRef, use_adapter: bool = True):
 
         enc = PeftModel.from_pretrained(enc, model_ref.adapters["tc"]).merge_and_unload()
     return enc.eval()
+
+
+# ------------------------------------------------------------------------------------- app folders' base model
+def base_model_reference(backbone: str, folder: str | Path) -> str:
+    """What an adapter saved in ``folder`` records as PEFT's ``base_model_name_or_path``: the hub id for the
+    packaged model (a verbatim copy of it) and hub models, else the backbone's path relative to ``folder`` (never
+    an absolute path of this machine). :func:`resolve_base_model` reads it back."""
+    from mtpf.cards import PACKAGED_HUB_ID
+
+    path = Path(backbone)
+    if str(backbone) == PACKAGED or (path.exists() and path.resolve() == Path(packaged_model_path()).resolve()):
+        return PACKAGED_HUB_ID
+    if not path.exists():
+        return str(backbone)  # a hub name
+    import os
+
+    return os.path.relpath(path.resolve(), Path(folder).resolve())
+
+
+def resolve_base_model(adapter_dir: str | Path) -> str | None:
+    """The backbone an adapter folder records, as mtpf loads it: a path relative to the folder, ``packaged`` for
+    the packaged model's hub id (same weights; the fingerprint check still applies), a hub name, or None."""
+    from mtpf.cards import PACKAGED_HUB_ID
+
+    cfg = Path(adapter_dir) / "adapter_config.json"
+    if not cfg.is_file():
+        return None
+    base = json.loads(cfg.read_text()).get("base_model_name_or_path")
+    if not base:
+        return None
+    if base == PACKAGED_HUB_ID:
+        return PACKAGED
+    local = Path(adapter_dir) / base
+    return str(local.resolve()) if not Path(base).is_absolute() and local.exists() else base
+
+
+def finish_app(app_dir: str | Path, model_ref: ModelRef, final_dir: str | Path | None = None) -> None:
+    """Make a written app folder portable and self-describing: the LoRA's base model relative to the app's
+    final location (or a hub id), and a model card (README.md) from its mtpf_app.json."""
+    from mtpf.cards import app_card
+
+    app_dir = Path(app_dir)
+    cfg = app_dir / "adapter_config.json"
+    ref = base_model_reference(model_ref.backbone, final_dir or app_dir)
+    if cfg.is_file():
+        data = json.loads(cfg.read_text())
+        data["base_model_name_or_path"] = ref
+        cfg.write_text(json.dumps(data, indent=2, sort_keys=True))
+    from mtpf.cards import hub_base_model
+
+    app_card(app_dir, base_model=hub_base_model(model_ref.ref) or hub_base_model(model_ref.backbone))

@@ -221,6 +221,9 @@ def _run_ner(cell: Cell, cfg: SuiteConfig, out: Path) -> dict:
         app = out / "apps" / app_folder_name(cell.model.label, cell.dataset.name, cell.fraction, cell.seed)
         save_ner_app(res, cell.model, app, {"dataset": cell.dataset.name, "fraction": cell.fraction,
                                             "seed": cell.seed})
+        from mtpf.downstream.models import finish_app
+
+        finish_app(app, cell.model)  # relative base model + model card
     rec = res.record()
     rec.pop("labels", None)
     return {"split": "test", "main_metric": "f1", "main_score": res.test["f1"], "metrics": res.test, **rec}

@@ -271,6 +271,9 @@ def adapt_tc(model_ref, dataset, output: str | os.PathLike, cfg: TCConfig, seed:
                              "n_train": len(train), "classifier": "LogisticRegression", "max_iter": max_iter,
                              "seed": seed, "model": model_ref.ref}}
         (app / "mtpf_app.json").write_text(json.dumps(meta, indent=2))
+        from mtpf.downstream.models import finish_app
+
+        finish_app(app, model_ref, final_dir=out)  # relative base model + model card
         if out.exists():
             shutil.rmtree(out)
         os.replace(app, out)

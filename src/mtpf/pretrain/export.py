@@ -6,13 +6,20 @@
     RUN/heads/ner_clusters/    the pseudo-label head used in pre-finetuning (safetensors + config.json)
     RUN/sentence_transformer/  backbone (+ tc adapter merged) + mean pooling + normalize
     RUN/run.json               config, versions, data fingerprints, backbone fingerprint
+    */README.md                model cards (Hub YAML metadata: base model, datasets, the mtpf command)
+
+Saved encoders carry their pooler again (``load_encoder`` drops it, mtpf never uses it), so loading a folder
+with ``AutoModel`` / sentence-transformers reports no newly initialised weights. Adapters record their base model
+relative to their own folder (``../../backbone``), not as an absolute path of this machine.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -56,6 +63,58 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+def pooler_state(source: str | os.PathLike | None) -> dict[str, torch.Tensor]:
+    """The pooler tensors (``pooler.*`` or ``<prefix>.pooler.*``) of a saved model: a local folder or a hub model
+    already in the local cache. Keys without the ``pooler.`` prefix; empty when there is none."""
+    from safetensors import safe_open
+
+    from mtpf.encoder import resolve_model
+
+    if source is None:
+        return {}
+    path = Path(resolve_model(source))
+    if not path.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(str(source), allow_patterns=["*.safetensors"], local_files_only=True))
+        except Exception:  # not cached (or not a hub model): a fresh pooler it is
+            return {}
+    state = {}
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as fh:
+            for key in fh.keys():
+                m = re.match(r"^(?:\w+\.)?pooler\.(.+)$", key)
+                if m:
+                    state[m.group(1)] = fh.get_tensor(key)
+    return state
+
+
+@contextlib.contextmanager
+def pooler_restored(encoder: torch.nn.Module, source: str | os.PathLike | None):
+    """While saving: put back the pooler that ``load_encoder`` drops, so ``AutoModel.from_pretrained`` of the
+    saved folder finds every weight. The pooler is never trained or used by mtpf; its weights come from
+    ``source`` (the model the encoder was loaded from), else a fresh initialisation."""
+    if getattr(encoder, "pooler", "absent") is not None:  # has its pooler, or the architecture has none
+        yield encoder
+        return
+    from transformers import AutoModel
+
+    pooler = AutoModel.from_config(encoder.config).pooler
+    state = pooler_state(source)
+    if pooler is not None and state:
+        try:
+            pooler.load_state_dict(state)
+        except RuntimeError:  # another architecture's pooler: keep the fresh one
+            pass
+    param = next(encoder.parameters())
+    encoder.pooler = pooler.to(param.device, param.dtype) if pooler is not None else None
+    try:
+        yield encoder
+    finally:
+        encoder.pooler = None
+
+
 def clean_backbone(encoder: torch.nn.Module) -> torch.nn.Module:
     """The encoder without any LoRA layers (a copy when it is a PeftModel)."""
     if hasattr(encoder, "peft_config"):
@@ -68,14 +127,21 @@ def export_run(model, tokenizer, out_dir: str | Path, config: dict, data_files: 
     """Write backbone, adapters, heads, sentence-transformer and run.json; returns run.json's content."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from mtpf import cards
+
     encoder = model.encoder
     backbone = clean_backbone(encoder)
     fp = fingerprint_model(backbone)
+    base = config.get("model")
+    hub_base = cards.hub_base_model(base)
+    datasets = cards.dataset_ids([*data_files, *_hub_sources(config)])
 
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         tmp_backbone = Path(tmp) / "backbone"
-        backbone.save_pretrained(tmp_backbone)
+        with pooler_restored(backbone, base):
+            backbone.save_pretrained(tmp_backbone)
         tokenizer.save_pretrained(tmp_backbone)
+        cards.backbone_card(tmp_backbone, config.get("strategy"), hub_base, datasets)
         _replace_dir(tmp_backbone, out / "backbone")
 
     adapters = {}
@@ -83,7 +149,8 @@ def export_run(model, tokenizer, out_dir: str | Path, config: dict, data_files: 
         adapters_dir = out / "adapters"
         adapters_dir.mkdir(exist_ok=True)
         for name in encoder.peft_config:
-            encoder.peft_config[name].base_model_name_or_path = str((out / "backbone").resolve())
+            # relative to the adapter's own folder: the run stays loadable wherever it is moved or uploaded
+            encoder.peft_config[name].base_model_name_or_path = RUN_ADAPTER_BASE
             with tempfile.TemporaryDirectory(dir=adapters_dir) as tmp:
                 encoder.save_pretrained(tmp, selected_adapters=[name])
                 meta = {
@@ -95,6 +162,7 @@ def export_run(model, tokenizer, out_dir: str | Path, config: dict, data_files: 
                 }
                 saved = Path(tmp) / name
                 (saved / ADAPTER_META).write_text(json.dumps(meta, indent=2))
+                cards.adapter_card(saved, name, meta["kind"], hub_base, datasets)
                 _replace_dir(saved, adapters_dir / name)
             adapters[name] = str(adapters_dir / name)
 
@@ -113,7 +181,8 @@ def export_run(model, tokenizer, out_dir: str | Path, config: dict, data_files: 
         heads["ner_clusters"] = str(head_dir)
 
     st_dir = export_sentence_transformer(encoder, tokenizer, out / "sentence_transformer",
-                                         adapter=model.adapters.get("tc") if "tc" in model.adapters else None)
+                                         adapter=model.adapters.get("tc") if "tc" in model.adapters else None,
+                                         pooler_source=base, card=dict(base_model=hub_base, datasets=datasets))
 
     run = {
         "format": "mtpf-run/1",
@@ -125,15 +194,40 @@ def export_run(model, tokenizer, out_dir: str | Path, config: dict, data_files: 
         "adapters": adapters,
         "heads": heads,
         "sentence_transformer": st_dir,
+        "command": cards.command_line(),
         **(extra or {}),
     }
     tmp_json = out / "run.json.tmp"
     tmp_json.write_text(json.dumps(run, indent=2))
     os.replace(tmp_json, out / "run.json")
+    cards.run_card(out)
     return run
 
 
-def export_sentence_transformer(encoder, tokenizer, out_dir: Path, adapter: str | None) -> str:
+RUN_ADAPTER_BASE = "../../backbone"
+"""``base_model_name_or_path`` of a run's adapters: RUN/backbone, relative to RUN/adapters/<task>/."""
+
+
+def _hub_sources(config: dict) -> list[str]:
+    """``hub:`` data references anywhere in a pretrain config (pair sets, corpora)."""
+    found = []
+
+    def walk(x):
+        if isinstance(x, str) and x.startswith("hub:"):
+            found.append(x)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(config)
+    return found
+
+
+def export_sentence_transformer(encoder, tokenizer, out_dir: Path, adapter: str | None,
+                                pooler_source: str | None = None, card: dict | None = None) -> str:
     """Backbone with the ``adapter`` LoRA merged (if any) + mean pooling + normalisation."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.models import Normalize, Pooling, Transformer
@@ -146,12 +240,16 @@ def export_sentence_transformer(encoder, tokenizer, out_dir: Path, adapter: str 
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
         hf_dir = Path(tmp) / "hf"
-        merged.save_pretrained(hf_dir)
+        with pooler_restored(merged, pooler_source):
+            merged.save_pretrained(hf_dir)
         tokenizer.save_pretrained(hf_dir)
         transformer = Transformer(str(hf_dir), max_seq_length=min(512, tokenizer.model_max_length))
-        dim = transformer.get_embedding_dimension()
+        dim = merged.config.hidden_size
         st = SentenceTransformer(modules=[transformer, Pooling(dim, pooling_mode="mean"), Normalize()], device="cpu")
         st_tmp = Path(tmp) / "st"
         st.save(str(st_tmp))
+        from mtpf import cards
+
+        cards.sentence_transformer_card(st_tmp, adapter, **(card or {}))
         _replace_dir(st_tmp, out_dir)
     return str(out_dir)

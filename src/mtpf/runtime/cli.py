@@ -45,9 +45,12 @@ def add_parser(subparsers) -> None:
                     "int8 (dynamic, per-channel) mean cosine of sentence embeddings >= 0.95.")
     e.add_argument("path", metavar="RUN_OR_ADAPTER_DIR",
                    help="mtpf run folder, app adapter folder (mtpf_app.json), or a backbone folder / 'packaged'")
-    e.add_argument("--onnx", action="store_true", help="export ONNX graphs (the only format for now)")
+    e.add_argument("--onnx", action="store_true", help="export ONNX graphs")
+    e.add_argument("--hf", action="store_true",
+                   help="app adapter only: a plain transformers AutoModelForTokenClassification folder (NER) or "
+                        "sentence-transformers folder + classifier head (TC), LoRA merged, no mtpf needed to load")
     e.add_argument("--int8", action="store_true", help="also write dynamic int8 graphs (per-channel weights)")
-    e.add_argument("--out", help="output folder (default: RUN/onnx, APP/onnx; required for a bare backbone)")
+    e.add_argument("--out", help="output folder (default: RUN/onnx, APP/onnx, APP/hf; required for a bare backbone)")
     e.add_argument("--backbone", help="app adapter: the backbone it was trained on (default: from adapter_config)")
     e.add_argument("--no-strict", action="store_true", help="keep going when a graph misses the tolerance")
     e.set_defaults(func=run_export)
@@ -107,8 +110,18 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if args.hf:
+        from mtpf.runtime.export_cli import export_app_hf_path
+
+        try:
+            print(f"mtpf export: {export_app_hf_path(args.path, out=args.out, backbone=args.backbone)}")
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"mtpf export: error: {exc}", file=sys.stderr)
+            return 2
+        if not args.onnx:
+            return 0
     if not args.onnx:
-        print("mtpf export: error: choose an export format: --onnx", file=sys.stderr)
+        print("mtpf export: error: choose an export format: --onnx or --hf", file=sys.stderr)
         return 2
     from mtpf.runtime.export_cli import export_path
     from mtpf.runtime.onnx_export import ExportVerificationError

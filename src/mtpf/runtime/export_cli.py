@@ -6,6 +6,9 @@
 * backbone folder or "packaged":      --out/ (required)
 
 Each folder holds model.onnx[, model.int8.onnx] and export.json (see :mod:`mtpf.runtime.onnx_export`).
+
+``mtpf export APP --hf [--out DIR]`` (default APP/hf) writes the app as a plain transformers /
+sentence-transformers folder instead (see :mod:`mtpf.runtime.hf_export`).
 """
 from __future__ import annotations
 
@@ -23,16 +26,7 @@ def export_path(path: str, out: str | None = None, int8: bool = False, backbone:
     reports: dict[str, dict] = {}
     if (p / "mtpf_app.json").is_file():
         spec = read_app(p)
-        if backbone is None and spec.has_lora:
-            backbone = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not backbone:
-            raise ValueError(f"{p}: pass --backbone (the backbone the app was trained on)")
-        ref = resolve_model(backbone)
-        encoder = load_encoder(ref).eval()
-        fp = fingerprint_model(encoder)
-        if fp != spec.backbone_fingerprint:
-            raise ValueError(f"{p} was trained on backbone {spec.backbone_fingerprint[:23]}..., but {ref} is "
-                             f"{fp[:23]}...; pass the right --backbone")
+        ref, encoder, fp = _app_backbone(p, spec, backbone)
         model = merged_app_encoder(encoder, p) if spec.has_lora else encoder
         out_dir = Path(out) if out else p / "onnx"
         reports[str(out_dir)] = export_encoder_dir(
@@ -61,3 +55,36 @@ def export_path(path: str, out: str | None = None, int8: bool = False, backbone:
                 merged, tokenizer, out_dir, int8=int8, kind="adapter", backbone_fingerprint=fp,
                 adapter_fingerprint=adapter_fingerprint(adapter), source=str(adapter), strict=strict)
     return reports
+
+
+def _app_backbone(p: Path, spec, backbone: str | None):
+    """(reference, loaded encoder, fingerprint) of the backbone an app was trained on, checked by fingerprint."""
+    from mtpf.downstream.models import resolve_base_model
+    from mtpf.encoder import fingerprint_model, load_encoder, resolve_model
+
+    if backbone is None and spec.has_lora:
+        backbone = resolve_base_model(p)
+    if not backbone:
+        raise ValueError(f"{p}: pass --backbone (the backbone the app was trained on)")
+    ref = resolve_model(backbone)
+    encoder = load_encoder(ref).eval()
+    fp = fingerprint_model(encoder)
+    if fp != spec.backbone_fingerprint:
+        raise ValueError(f"{p} was trained on backbone {spec.backbone_fingerprint[:23]}..., but {ref} is "
+                         f"{fp[:23]}...; pass the right --backbone")
+    return ref, encoder, fp
+
+
+def export_app_hf_path(path: str, out: str | None = None, backbone: str | None = None) -> str:
+    """``mtpf export APP --hf``: the app as a transformers (NER) / sentence-transformers (TC) folder."""
+    from mtpf.encoder import load_tokenizer
+    from mtpf.runtime.app import read_app
+    from mtpf.runtime.hf_export import export_app_hf
+
+    p = Path(path)
+    if not (p / "mtpf_app.json").is_file():
+        raise ValueError(f"{path}: --hf exports app adapters (a folder with mtpf_app.json); a run's backbone and "
+                         "sentence_transformer/ folders are already plain Hugging Face folders")
+    spec = read_app(p)
+    ref, encoder, _ = _app_backbone(p, spec, backbone)
+    return str(export_app_hf(p, encoder, load_tokenizer(ref), Path(out) if out else p / "hf", ref))

@@ -1,0 +1,115 @@
+"""`mtpf export APP --hf`: app adapters as plain transformers / sentence-transformers folders, loaded without mtpf."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mtpf.cli import main as cli_main
+
+# one WordPiece token per word: pipeline's "simple" (per token) and the runtime (per word) see the same units
+SINGLE_TOKEN_TEXTS = ["john smith went to paris and london with mary on monday .",
+                      "the company said berlin , new york and rome are big cities"]
+# words of several sub-tokens and punctuation glued to words: "first" aggregation is the runtime's word rule
+MIXED_TEXTS = ["Meet Anna Smithers in Parisville, unbelievably quickly!",
+               "Obama visited Grubenhagen schools on Monday."]
+
+PIPELINE_SCRIPT = r"""
+import json, sys
+from transformers import pipeline
+ner = pipeline("token-classification", model=sys.argv[1], aggregation_strategy=sys.argv[2], device="cpu")
+texts = json.loads(sys.argv[3])
+out = [[{"type": e["entity_group"], "start": int(e["start"]), "end": int(e["end"]), "score": float(e["score"])}
+        for e in ner(t)] for t in texts]
+assert not [m for m in sys.modules if m == "mtpf" or m.startswith("mtpf.")], "mtpf was imported"
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from mtpf.runtime.testing import make_demo_apps
+
+    return make_demo_apps(tmp_path_factory.mktemp("hf"), n_ner=1, n_tc=1, head_only_tc=0, seed=3)
+
+
+def _runtime_entities(backbone, app, texts):
+    from mtpf.runtime import Runtime
+
+    with Runtime(backbone) as rt:
+        rt.register_app("ner", app)
+        return rt.extract_entities("ner", texts)
+
+
+def _pipeline_entities(folder, strategy, texts):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, str(folder), strategy, json.dumps(texts)],
+                         capture_output=True, text=True, env=env, cwd=str(folder.parent), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _same(runtime, pipe):
+    assert sum(len(x) for x in runtime) >= 2  # the random app does find entities: the comparison means something
+    for want, got in zip(runtime, pipe):
+        assert [(e["type"], e["start"], e["end"]) for e in want] == [(e["type"], e["start"], e["end"]) for e in got]
+        np.testing.assert_allclose([e["score"] for e in want], [e["score"] for e in got], atol=1e-4)
+
+
+def test_ner_app_exports_to_a_token_classification_pipeline_with_the_runtimes_entities(demo, tmp_path,
+                                                                                       one_torch_thread):
+    from transformers import AutoConfig
+
+    backbone, apps = demo
+    out = tmp_path / "ner-hf"
+    assert cli_main(["export", apps["ner0"], "--hf", "--out", str(out)]) == 0
+    cfg = AutoConfig.from_pretrained(out)
+    labels = json.loads((Path(apps["ner0"]) / "mtpf_app.json").read_text())["labels"]
+    assert cfg.id2label == dict(enumerate(labels)) and cfg.label2id == {x: i for i, x in enumerate(labels)}
+    assert not (out / "adapter_config.json").exists()  # LoRA merged: a plain transformers folder
+    _same(_runtime_entities(backbone, apps["ner0"], SINGLE_TOKEN_TEXTS),
+          _pipeline_entities(out, "simple", SINGLE_TOKEN_TEXTS))
+    _same(_runtime_entities(backbone, apps["ner0"], MIXED_TEXTS), _pipeline_entities(out, "first", MIXED_TEXTS))
+
+
+def test_tc_app_exports_to_sentence_transformers_with_a_usable_head(demo, tmp_path, one_torch_thread):
+    from safetensors.numpy import load_file
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    from mtpf.runtime import Runtime
+
+    backbone, apps = demo
+    out = tmp_path / "tc-st"
+    assert cli_main(["export", apps["tc0"], "--hf", "--out", str(out)]) == 0
+    texts = ["I lost my card", "where is my money transfer", "great service, thanks"]
+    with Runtime(backbone) as rt:
+        rt.register_app("tc", apps["tc0"])
+        want_emb = rt.embed("tc", texts)
+        want = rt.classify("tc", texts)
+
+    model = SentenceTransformer(str(out), device="cpu")  # the documented lines of the model card
+    head = load_file(str(out / "classifier" / "head.safetensors"))
+    labels = json.loads((out / "classifier" / "config.json").read_text())["labels"]
+    emb = model.encode(texts)
+    logits = emb @ head["weight"].T + head["bias"]
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_allclose(emb, want_emb, atol=1e-5)
+    assert [labels[i] for i in probs.argmax(1)] == [w["label"] for w in want]
+    np.testing.assert_allclose(probs.max(1), [w["score"] for w in want], atol=1e-5)
+    _, info = AutoModel.from_pretrained(str(out), output_loading_info=True)
+    assert not info["missing_keys"]  # pooler saved: no newly initialised weights
+    assert "TC_HEAD_USAGE" not in (out / "README.md").read_text() and "classifier/head.safetensors" in \
+        (out / "README.md").read_text()
+
+
+def test_hf_export_refuses_a_run_folder_with_one_line(tmp_path, capsys, demo):
+    backbone, _ = demo
+    assert cli_main(["export", backbone, "--hf"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--hf exports app adapters" in err[0]
