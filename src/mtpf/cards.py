@@ -31,6 +31,8 @@ def command_line(argv: list[str] | None = None) -> str:
         prog = ["mtpf"]
     elif first.suffix == ".py" and package in first.resolve().parents:
         prog = ["python", "-m", ".".join(("mtpf", *first.resolve().relative_to(package).with_suffix("").parts))]
+    elif first.name == "__main__.py":  # python -m package
+        prog = ["python", "-m", first.parent.name]
     else:
         prog = [first.name]
     return shlex.join(prog + argv[1:])

@@ -16,6 +16,7 @@ STAGES = [
     "mtpf.recipes.pretrain",  # mtpf pretrain
     "mtpf.downstream.cli",  # mtpf adapt, mtpf evaluate
     "mtpf.runtime.cli",  # mtpf serve, mtpf export
+    "mtpf.push",  # mtpf push
     "mtpf.analysis.cli",  # mtpf analyze
     "mtpf.demo",  # mtpf demo
 ]

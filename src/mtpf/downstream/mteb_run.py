@@ -38,13 +38,38 @@ def run_mteb(models: list[tuple[str, str]], task_names: list[str], out: Path) ->
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
     for label, ref in models:
-        model = SentenceTransformer(sentence_transformer_path(ref), device="cpu")
-        cache = mteb.ResultCache(cache_path=str(out / _slug(label)))
-        result = mteb.evaluate(model, tasks, cache=cache, overwrite_strategy="only-missing")
+        try:
+            model = SentenceTransformer(sentence_transformer_path(ref), device="cpu")
+            cache = mteb.ResultCache(cache_path=str(out / _slug(label)))
+            result = mteb.evaluate(model, tasks, cache=cache, overwrite_strategy="only-missing")
+        except Exception as exc:
+            if not _is_offline_error(exc):
+                raise
+            raise ConfigError(
+                f"--mteb-tasks needs the Hugging Face Hub (mteb downloads each task's data) and it could not be "
+                f"reached: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} -- run it online, "
+                "or evaluate on local data without --mteb-tasks") from None
         summary[label] = {tr.task_name: tr.get_score() for tr in result.task_results}
         print(label, json.dumps(summary[label], indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _is_offline_error(exc: BaseException) -> bool:
+    """Network / offline-mode failures (requests, httpx, huggingface_hub, datasets), also when wrapped."""
+    try:
+        import httpx
+
+        net = (OSError, httpx.TransportError)
+    except ImportError:  # pragma: no cover
+        net = (OSError,)
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, net):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _slug(text: str) -> str:

@@ -149,10 +149,12 @@ def export_run(model, tokenizer, out_dir: str | Path, config: dict, data_files: 
         adapters_dir = out / "adapters"
         adapters_dir.mkdir(exist_ok=True)
         for name in encoder.peft_config:
-            # relative to the adapter's own folder: the run stays loadable wherever it is moved or uploaded
-            encoder.peft_config[name].base_model_name_or_path = RUN_ADAPTER_BASE
+            encoder.peft_config[name].base_model_name_or_path = str((out / "backbone").resolve())
             with tempfile.TemporaryDirectory(dir=adapters_dir) as tmp:
                 encoder.save_pretrained(tmp, selected_adapters=[name])
+                # then relative to the adapter's own folder: the run stays loadable wherever it is moved or
+                # uploaded (PEFT reads the base's config while saving, hence not set before)
+                _set_base_model(Path(tmp) / name, RUN_ADAPTER_BASE)
                 meta = {
                     "format": "mtpf-adapter/1",
                     "task": name,
@@ -206,6 +208,13 @@ def export_run(model, tokenizer, out_dir: str | Path, config: dict, data_files: 
 
 RUN_ADAPTER_BASE = "../../backbone"
 """``base_model_name_or_path`` of a run's adapters: RUN/backbone, relative to RUN/adapters/<task>/."""
+
+
+def _set_base_model(adapter_dir: Path, base: str) -> None:
+    cfg = adapter_dir / "adapter_config.json"
+    data = json.loads(cfg.read_text())
+    data["base_model_name_or_path"] = base
+    cfg.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _hub_sources(config: dict) -> list[str]:

@@ -1,0 +1,141 @@
+"""Every output folder is a good Hub citizen: model cards with YAML metadata, warning-free loads, portable
+adapters, `mtpf push` (upload intercepted), and `--mteb-tasks` offline as one clear line."""
+import json
+import shutil
+
+import pytest
+from conftest import tiny_run_overrides
+
+from mtpf.cli import main as cli_main
+
+HUB_BASE = "hf-internal-testing/tiny-random-bert"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_bert, toy_data, tmp_path_factory):
+    """A 2-step mtpf-tpl run on a tiny backbone whose own card names a hub base model."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from mtpf.config import load_config
+    from mtpf.recipes.pretrain import PretrainConfig, run
+
+    root = tmp_path_factory.mktemp("cards")
+    base = root / "base"
+    shutil.copytree(tiny_bert, base)
+    ModelCard(f"---\n{ModelCardData(base_model=HUB_BASE).to_yaml()}\n---\n# tiny\n").save(base / "README.md")
+    run(load_config(PretrainConfig, None, tiny_run_overrides(str(base), toy_data, root / "run",
+                                                             strategy="mtpf-tpl")))
+    return root / "run"
+
+
+def _card(folder):
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(folder / "README.md")
+
+
+def test_run_folders_load_without_newly_initialised_weights(run_dir):
+    from transformers import AutoModel
+
+    for folder in (run_dir / "backbone", run_dir / "sentence_transformer"):
+        _, info = AutoModel.from_pretrained(str(folder), output_loading_info=True)
+        assert not info["missing_keys"], (folder, info["missing_keys"])  # the pooler is saved
+
+
+def test_run_adapters_record_a_relative_base_model(run_dir):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    from mtpf.downstream.models import resolve_base_model
+
+    for task in ("ner", "tc"):
+        folder = run_dir / "adapters" / task
+        base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+        assert base == "../../backbone"
+        assert resolve_base_model(folder) == str((run_dir / "backbone").resolve())
+        PeftModel.from_pretrained(AutoModel.from_pretrained(str(folder / base)), str(folder))
+
+
+def test_every_run_folder_has_a_model_card_with_hub_metadata(run_dir):
+    run = json.loads((run_dir / "run.json").read_text())
+    for folder, library in [(run_dir, "transformers"), (run_dir / "backbone", "transformers"),
+                            (run_dir / "adapters" / "ner", "peft"), (run_dir / "adapters" / "tc", "peft"),
+                            (run_dir / "sentence_transformer", "sentence-transformers")]:
+        card = _card(folder)
+        assert card.data.base_model == HUB_BASE, folder
+        assert card.data.library_name == library and "mtpf" in card.data.tags
+        assert "pairs" in " ".join(card.data.datasets or []) or "news" in (card.data.datasets or []), card.data
+    assert run["command"].startswith("python -m pytest")  # the command that made the run
+    assert run["command"] in _card(run_dir).text
+
+
+def test_run_card_takes_its_backbones_scores_from_results_json(run_dir, tmp_path):
+    from mtpf.cards import run_card
+
+    fp = json.loads((run_dir / "run.json").read_text())["backbone_fingerprint"]
+    cells = [{"task": "ner", "dataset": "conll2003", "fraction": 1.0, "seed": s, "main_metric": "f1",
+              "main_score": v, "backbone_fingerprint": fp} for s, v in ((1, 0.8), (2, 0.9))]
+    cells.append({"task": "tc", "dataset": "banking77", "fraction": 1.0, "seed": 1, "main_metric": "accuracy",
+                  "main_score": 0.5, "backbone_fingerprint": "sha256:other-model"})
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"models": [], "cells": cells}))
+    run_card(run_dir, results_json=results, command="mtpf pretrain cfg.yaml")
+    card = _card(run_dir)
+    evals = card.data.eval_results
+    assert [(e.dataset_name, e.metric_type, round(e.metric_value, 6)) for e in evals] == [("conll2003", "f1", 0.85)]
+    assert "mtpf pretrain cfg.yaml" in card.text and "banking77" not in card.content
+
+
+def test_app_folders_get_a_card_and_a_relative_base_model(tiny_bert, tmp_path):
+    from mtpf.downstream.models import finish_app, resolve, resolve_base_model
+    from mtpf.runtime.testing import make_app_adapter
+
+    app = make_app_adapter(tmp_path / "apps" / "ner", tiny_bert, "ner")
+    meta = json.loads((tmp_path / "apps" / "ner" / "mtpf_app.json").read_text())
+    meta["metrics"] = {"test": {"f1": 0.75, "precision": 0.7}}
+    meta["training"] = {"dataset": "conll2003", "model": "packaged"}
+    (tmp_path / "apps" / "ner" / "mtpf_app.json").write_text(json.dumps(meta))
+    finish_app(app, resolve(tiny_bert))
+    recorded = json.loads((tmp_path / "apps" / "ner" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert not recorded.startswith("/") and resolve_base_model(app) == str(__import__("pathlib").Path(tiny_bert)
+                                                                          .resolve())
+    card = _card(tmp_path / "apps" / "ner")
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"  # trained from `packaged`
+    assert card.data.datasets == ["conll2003"] and card.data.pipeline_tag == "token-classification"
+    assert {(e.dataset_split, e.metric_type, e.metric_value) for e in card.data.eval_results} == {
+        ("test", "f1", 0.75), ("test", "precision", 0.7)}
+
+
+def test_push_uploads_the_folder_with_huggingface_hub(run_dir, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder",
+                        lambda self, **kw: calls.append(("upload_folder", kw)) or "https://hub/commit/1")
+    assert cli_main(["push", str(run_dir), "--repo-id", "me/my-run", "--private"]) == 0
+    (_, repo, create_kw), (_, up) = calls
+    assert repo == "me/my-run" and create_kw["private"] is True and create_kw["exist_ok"] is True
+    assert up["repo_id"] == "me/my-run" and up["folder_path"] == str(run_dir) and up["repo_type"] == "model"
+    assert "checkpoints/**" in up["ignore_patterns"]
+    assert (run_dir / "README.md").is_file()
+
+
+def test_push_refuses_a_folder_that_is_not_an_output_with_one_line(tmp_path, capsys):
+    assert cli_main(["push", str(tmp_path), "--repo-id", "me/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not an mtpf run, adapter, app or model folder" in err[0]
+
+
+def test_mteb_tasks_offline_is_one_clear_line_and_exit_2(tiny_bert, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("mteb")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    code = cli_main(["evaluate", "--model", f"tiny={tiny_bert}", "--mteb-tasks", "Banking77Classification",
+                     "--output", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]  # (mteb's progress bars aside)
+    assert len(errors) == 1 and "--mteb-tasks needs the Hugging Face Hub" in errors[0], err
