@@ -2,6 +2,7 @@
 adapters, `mtpf push` (upload intercepted), and `--mteb-tasks` offline as one clear line."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import tiny_run_overrides
@@ -97,8 +98,7 @@ def test_app_folders_get_a_card_and_a_relative_base_model(tiny_bert, tmp_path):
     (tmp_path / "apps" / "ner" / "mtpf_app.json").write_text(json.dumps(meta))
     finish_app(app, resolve(tiny_bert))
     recorded = json.loads((tmp_path / "apps" / "ner" / "adapter_config.json").read_text())["base_model_name_or_path"]
-    assert not recorded.startswith("/") and resolve_base_model(app) == str(__import__("pathlib").Path(tiny_bert)
-                                                                          .resolve())
+    assert not recorded.startswith("/") and resolve_base_model(app) == str(Path(tiny_bert).resolve())
     card = _card(tmp_path / "apps" / "ner")
     assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"  # trained from `packaged`
     assert card.data.datasets == ["conll2003"] and card.data.pipeline_tag == "token-classification"
@@ -139,3 +139,13 @@ def test_mteb_tasks_offline_is_one_clear_line_and_exit_2(tiny_bert, tmp_path, ca
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if "error" in line.lower()]  # (mteb's progress bars aside)
     assert len(errors) == 1 and "--mteb-tasks needs the Hugging Face Hub" in errors[0], err
+
+
+def test_onnx_export_folders_get_cards(run_dir, tmp_path):
+    from mtpf.runtime.export_cli import export_path
+
+    reports = export_path(str(run_dir), out=str(tmp_path / "onnx"))
+    assert len(reports) == 3  # backbone + ner + tc adapters
+    for folder in reports:
+        card = _card(Path(folder))
+        assert card.data.library_name == "onnx" and card.data.base_model == HUB_BASE

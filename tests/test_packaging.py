@@ -4,12 +4,13 @@ from __future__ import annotations
 import ast
 import importlib.metadata as md
 import sys
-import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+ (the metadata is the same on 3.10)
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -58,11 +58,12 @@ def hub_base_model(ref: str | os.PathLike | None) -> str | None:
                 return None
             return hub_base_model(model) if model and Path(str(model)).resolve() != path.resolve() else None
     if (path / "README.md").is_file():
+        import yaml
         from huggingface_hub import ModelCard
 
         try:
             base = ModelCard.load(path / "README.md").data.to_dict().get("base_model")
-        except Exception:  # a README that is not a card
+        except (OSError, ValueError, yaml.YAMLError):  # a README that is not a card
             return None
         return base if isinstance(base, str) else None
     return None
@@ -144,8 +145,8 @@ def write_card(folder: str | os.PathLike, title: str, summary: str, usage: str, 
             extra = f" (mean of {m['seeds']} seeds)" if m.get("seeds", 1) > 1 else ""
             lines.append(f"| {m.get('task')} | {m['dataset']} | {where} | {m['metric']} | {m['value']:.4f}{extra} |")
         lines.append("")
-    lines += ["## How it was made", "", "Written by `mtpf` (multi-task pre-finetuning of lightweight "
-              "encoders with task-primary LoRAs):", "", "```bash", command, "```", ""]
+    lines += ["## How it was made", "", ("Written by `mtpf` (multi-task pre-finetuning of lightweight "
+              "encoders with task-primary LoRAs):"), "", "```bash", command, "```", ""]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
     path = Path(folder) / "README.md"
     card.save(path)
@@ -263,3 +264,20 @@ Without mtpf: `mtpf export {app_dir.name} --hf --out DIR` writes a plain """ + (
                       metrics=app_metrics(meta), library_name="peft" if meta.get("has_lora") else "transformers",
                       pipeline_tag=_TASK_TYPES[task][0], tags=[task, "lora"] if meta.get("has_lora") else [task],
                       command=command)
+
+
+def onnx_card(folder, source: str, kind: str, int8: bool, command: str | None = None):
+    """Card of an ``mtpf export --onnx`` folder (``kind``: backbone, adapter or app; LoRA merged)."""
+    usage = f"""```python
+import onnxruntime as ort
+from transformers import AutoTokenizer
+
+session = ort.InferenceSession("{Path(folder).name}/model{'.int8' if int8 else ''}.onnx")
+# inputs: input_ids, attention_mask[, token_type_ids] (int64 [batch, seq]) -> last_hidden_state
+```
+`export.json` records the fingerprints and the verification against PyTorch."""
+    return write_card(folder, f"mtpf ONNX export ({kind})",
+                      f"The {kind} encoder{' with its LoRA merged' if kind != 'backbone' else ''} as ONNX "
+                      f"(opset 17, dynamic batch and sequence){', plus a dynamic int8 graph' if int8 else ''}.",
+                      usage, base_model=hub_base_model(source), library_name="onnx",
+                      pipeline_tag="feature-extraction", tags=["onnx", kind], command=command)

@@ -42,7 +42,7 @@ def run_mteb(models: list[tuple[str, str]], task_names: list[str], out: Path) ->
             model = SentenceTransformer(sentence_transformer_path(ref), device="cpu")
             cache = mteb.ResultCache(cache_path=str(out / _slug(label)))
             result = mteb.evaluate(model, tasks, cache=cache, overwrite_strategy="only-missing")
-        except Exception as exc:
+        except Exception as exc:  # re-raised below unless it is a network failure
             if not _is_offline_error(exc):
                 raise
             raise ConfigError(

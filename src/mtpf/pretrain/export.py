@@ -78,12 +78,12 @@ def pooler_state(source: str | os.PathLike | None) -> dict[str, torch.Tensor]:
             from huggingface_hub import snapshot_download
 
             path = Path(snapshot_download(str(source), allow_patterns=["*.safetensors"], local_files_only=True))
-        except Exception:  # not cached (or not a hub model): a fresh pooler it is
+        except (OSError, ValueError):  # not cached (or not a hub model): a fresh pooler it is
             return {}
     state = {}
     for f in sorted(path.glob("*.safetensors")):
         with safe_open(str(f), "pt") as fh:
-            for key in fh.keys():
+            for key in fh.keys():  # noqa: SIM118 - safe_open handles are not iterable
                 m = re.match(r"^(?:\w+\.)?pooler\.(.+)$", key)
                 if m:
                     state[m.group(1)] = fh.get_tensor(key)
@@ -184,7 +184,7 @@ def export_run(model, tokenizer, out_dir: str | Path, config: dict, data_files: 
 
     st_dir = export_sentence_transformer(encoder, tokenizer, out / "sentence_transformer",
                                          adapter=model.adapters.get("tc") if "tc" in model.adapters else None,
-                                         pooler_source=base, card=dict(base_model=hub_base, datasets=datasets))
+                                         pooler_source=base, card={"base_model": hub_base, "datasets": datasets})
 
     run = {
         "format": "mtpf-run/1",

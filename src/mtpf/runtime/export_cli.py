@@ -12,12 +12,12 @@ sentence-transformers folder instead (see :mod:`mtpf.runtime.hf_export`).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
 def export_path(path: str, out: str | None = None, int8: bool = False, backbone: str | None = None,
                 strict: bool = True) -> dict[str, dict]:
+    from mtpf import cards
     from mtpf.encoder import fingerprint_model, load_encoder, load_tokenizer, resolve_model
     from mtpf.runtime.app import read_app
     from mtpf.runtime.onnx_export import adapter_fingerprint, export_encoder_dir, merged_app_encoder
@@ -32,6 +32,7 @@ def export_path(path: str, out: str | None = None, int8: bool = False, backbone:
         reports[str(out_dir)] = export_encoder_dir(
             model, load_tokenizer(ref), out_dir, int8=int8, kind="app", backbone_fingerprint=fp,
             adapter_fingerprint=adapter_fingerprint(p) if spec.has_lora else None, source=str(p), strict=strict)
+        cards.onnx_card(out_dir, ref, "app", int8)
         return reports
 
     is_run = (p / "run.json").is_file() or (p / "backbone" / "config.json").is_file()
@@ -47,6 +48,7 @@ def export_path(path: str, out: str | None = None, int8: bool = False, backbone:
     bb_dir = root / "backbone" if is_run else root
     reports[str(bb_dir)] = export_encoder_dir(encoder, tokenizer, bb_dir, int8=int8, kind="backbone",
                                               backbone_fingerprint=fp, source=str(ref), strict=strict)
+    cards.onnx_card(bb_dir, path if path == "packaged" else ref, "backbone", int8)
     if is_run and (p / "adapters").is_dir():
         for adapter in sorted(d for d in (p / "adapters").iterdir() if (d / "adapter_config.json").is_file()):
             merged = merged_app_encoder(encoder, adapter)
@@ -54,6 +56,7 @@ def export_path(path: str, out: str | None = None, int8: bool = False, backbone:
             reports[str(out_dir)] = export_encoder_dir(
                 merged, tokenizer, out_dir, int8=int8, kind="adapter", backbone_fingerprint=fp,
                 adapter_fingerprint=adapter_fingerprint(adapter), source=str(adapter), strict=strict)
+            cards.onnx_card(out_dir, ref, "adapter", int8)
     return reports
 
 
