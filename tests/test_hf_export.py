@@ -113,3 +113,38 @@ def test_hf_export_refuses_a_run_folder_with_one_line(tmp_path, capsys, demo):
     assert cli_main(["export", backbone, "--hf"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--hf exports app adapters" in err[0]
+
+
+def test_mtpf_adapt_ner_output_is_portable_and_exports(tiny_bert, tmp_path, one_torch_thread):
+    """The real `mtpf adapt ner` output: relative base model, a model card, and an --hf export that the
+    pipeline serves with the runtime's entities."""
+    import random
+
+    from huggingface_hub import ModelCard
+
+    rng = random.Random(0)
+    names, places = ["john", "mary", "anna"], ["paris", "london", "berlin"]
+    data = tmp_path / "data" / "toyner"
+    data.mkdir(parents=True)
+    for split, n in (("train", 24), ("dev", 6), ("test", 6)):
+        rows = []
+        for _ in range(n):
+            rows.append({"tokens": [rng.choice(names), "went", "to", rng.choice(places), "."],
+                         "tags": ["B-PER", "O", "O", "B-LOC", "O"]})
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    app = tmp_path / "apps" / "toy-ner"
+    assert cli_main(["adapt", "ner", "--model", tiny_bert, "--data", str(data), "--output", str(app),
+                     "--epochs-warmup", "1", "--epochs", "1", "--batch-size", "8", "--no-progress"]) == 0
+    base = json.loads((app / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert not Path(base).is_absolute() and (app / base).resolve() == Path(tiny_bert).resolve()
+    card = ModelCard.load(app / "README.md")
+    assert card.data.datasets == ["toyner"] and "f1" in {e.metric_type for e in card.data.eval_results}
+    assert "mtpf adapt ner" in card.text or "pytest" in card.text
+
+    out = tmp_path / "toy-ner-hf"
+    assert cli_main(["export", str(app), "--hf", "--out", str(out)]) == 0  # base model found from the relative path
+    texts = ["john went to paris .", "mary and anna went to london and berlin ."]
+    want = _runtime_entities(tiny_bert, str(app), texts)
+    got = _pipeline_entities(out, "simple", texts)
+    for w, g in zip(want, got):
+        assert [(e["type"], e["start"], e["end"]) for e in w] == [(e["type"], e["start"], e["end"]) for e in g]

@@ -220,10 +220,11 @@ st = SentenceTransformer("RUN/sentence_transformer")                 # backbone 
 ```
 Layout: `backbone/`, `adapters/{ner,tc}/`, `heads/ner_clusters/`, `sentence_transformer/`, `run.json`."""
     data = [*run.get("data_fingerprints", {}), *_hub_refs(run)]
+    base = hub_base_model(config.get("model") or "packaged")
     return write_card(run_dir, f"mtpf run: {config.get('strategy', 'pre-finetuning')}",
                       f"A multi-task pre-finetuning run (strategy `{config.get('strategy')}`, "
-                      f"{run.get('steps', '?')} steps) of `{config.get('model') or 'packaged'}`.", usage,
-                      base_model=hub_base_model(config.get("model") or "packaged"), datasets=dataset_ids(data),
+                      f"{run.get('steps', '?')} steps) of `{base or config.get('model')}`.", usage,
+                      base_model=base, datasets=dataset_ids(data),
                       metrics=metrics, pipeline_tag="feature-extraction", command=command or _run_command(run))
 
 
