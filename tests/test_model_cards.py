@@ -149,3 +149,10 @@ def test_onnx_export_folders_get_cards(run_dir, tmp_path):
     for folder in reports:
         card = _card(Path(folder))
         assert card.data.library_name == "onnx" and card.data.base_model == HUB_BASE
+
+
+def test_push_without_the_hub_is_one_line_and_exit_2(run_dir, capsys):
+    """Tests run with HF_HUB_OFFLINE=1 (conftest): the real huggingface_hub call fails as it would offline."""
+    assert cli_main(["push", str(run_dir / "backbone"), "--repo-id", "me/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "upload to me/x failed" in err[0], err

@@ -76,9 +76,9 @@ def run_push(args: argparse.Namespace) -> int:
         print(f"mtpf push: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # network / auth: one line, not a traceback
-        from huggingface_hub.errors import HfHubHTTPError
+        from mtpf.downstream.mteb_run import is_network_error
 
-        if isinstance(exc, (HfHubHTTPError, OSError)):
+        if is_network_error(exc):  # HfHubHTTPError (auth, 4xx/5xx) is an OSError too
             print(f"mtpf push: error: upload to {args.repo_id} failed: {str(exc).splitlines()[0]} "
                   "(check your network and token: HF_TOKEN or `huggingface-cli login`)", file=sys.stderr)
             return 2

@@ -43,7 +43,7 @@ def run_mteb(models: list[tuple[str, str]], task_names: list[str], out: Path) ->
             cache = mteb.ResultCache(cache_path=str(out / _slug(label)))
             result = mteb.evaluate(model, tasks, cache=cache, overwrite_strategy="only-missing")
         except Exception as exc:  # re-raised below unless it is a network failure
-            if not _is_offline_error(exc):
+            if not is_network_error(exc):
                 raise
             raise ConfigError(
                 f"--mteb-tasks needs the Hugging Face Hub (mteb downloads each task's data) and it could not be "
@@ -55,7 +55,7 @@ def run_mteb(models: list[tuple[str, str]], task_names: list[str], out: Path) ->
     return summary
 
 
-def _is_offline_error(exc: BaseException) -> bool:
+def is_network_error(exc: BaseException) -> bool:
     """Network / offline-mode failures (requests, httpx, huggingface_hub, datasets), also when wrapped."""
     try:
         import httpx

@@ -40,7 +40,8 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run_serve)
 
     e = subparsers.add_parser(
-        "export", help="export a run's backbone (and adapters, LoRA merged) or an app adapter to ONNX",
+        "export", help="export a run's backbone (and adapters, LoRA merged) or an app adapter to ONNX; "
+                  "an app adapter to a plain transformers / sentence-transformers folder (--hf)",
         description="Export to ONNX and verify against PyTorch: fp32 max |diff| of the last hidden state <= 1e-4; "
                     "int8 (dynamic, per-channel) mean cosine of sentence embeddings >= 0.95.")
     e.add_argument("path", metavar="RUN_OR_ADAPTER_DIR",

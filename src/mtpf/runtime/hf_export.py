@@ -7,7 +7,8 @@
 
   ``"first"`` tags each word by its first sub-token, the runtime's rule, so it returns the runtime's entities
   (words as the tokenizer splits them; the runtime splits inner hyphens/apostrophes differently). ``"simple"``
-  gives the same entities when every word is one token.
+  gives the same entities when every word is one token. Checked for WordPiece tokenizers (BERT/MiniLM,
+  DistilBERT); byte-level BPE (RoBERTa) tokenises raw text differently from pre-split words and can differ.
 * TC app -> a sentence-transformers folder (LoRA merged, the app's pooling and normalisation), so
   ``SentenceTransformer(OUT).encode`` is the runtime's ``embed``, plus the classifier head in
   ``OUT/classifier/`` (``head.safetensors`` and ``config.json`` with the labels): ``softmax(e @ W.T + b)``.
