@@ -182,7 +182,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
         try:
             runtime = Runtime(args.backbone, **_runtime_kwargs(Runtime, args))
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:
             return fail(str(exc))
         try:
             for name, adapter_dir in apps.items():  # all apps first: a bad one exits before any key is issued
@@ -211,7 +211,11 @@ def run_serve(args: argparse.Namespace) -> int:
             port = sock.getsockname()[1]
             print(f"mtpf serve: {len(apps)} app(s) on {runtime.backbone_path} [{args.backend}"
                   f"{' int8' if args.int8 else ''}] at http://{args.host}:{port} (OpenAPI: /docs)", flush=True)
-            _serve_socket(app, sock)
+            try:
+                _serve_socket(app, sock)
+            except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the signal
+                print("mtpf serve: stopped", file=sys.stderr)
+                return 130
         finally:
             runtime.close()
     finally:
