@@ -140,3 +140,17 @@ def test_synchronous_runner_does_not_recurse():
 
     many = texts("t", 3000)
     assert s.submit("A", many, run).result(timeout=0) == many
+
+
+def test_long_text_waits_for_room_and_is_not_overtaken():
+    """A long text is not batched with a short request that came first, and short requests arriving while it
+    waits for room do not overtake it (no starvation)."""
+    rt, s = FakeRuntime(), make()
+    s.submit("A", ["x" * 100, "y" * 100], rt.runner("A"))
+    s.submit("B", ["b" * 5], rt.runner("B"))
+    rt.complete_next()  # A's first long text
+    assert [k for k, _, _ in rt.pending] == ["B"]  # A's second text does not fit next to B's: it waits
+    s.submit("C", ["c" * 5], rt.runner("C"))  # would fit, but A waits first
+    assert [k for k, _, _ in rt.pending] == ["B"]
+    rt.drain()
+    assert [k for k, _ in rt.log] == ["A", "B", "A", "C"]

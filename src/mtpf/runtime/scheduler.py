@@ -4,8 +4,9 @@ The runtime batches whatever is in its queue, first come first served; one app s
 hold every other app's request until all of them are done. The scheduler keeps the work in per-app queues
 instead and hands the runtime only a bounded amount at a time (``inflight_chars``). Whenever room frees up it
 takes one *turn* from the next app in round-robin order: texts from the head of that app's queue, at most
-``chunk_chars`` of work (at least one text). A large request is so cut into chunks that interleave with other
-apps' work, and a small request waits for at most about one chunk already in flight.
+``chunk_chars`` of work that fits the room left in flight (a text longer than that goes alone, once nothing else
+is in flight). A large request is so cut into chunks that interleave with other apps' work, and a small request
+waits for about the work already in flight.
 
 Work is measured in characters, each text counting ``text_overhead`` (512) more: a short text still costs a
 forward row. Nothing here knows HTTP or torch: a request carries a ``run(texts) -> Future`` callable (e.g.
@@ -68,6 +69,7 @@ class FairScheduler:
         # already in flight.
         self._new: deque[str] = deque()
         self._old: deque[str] = deque()
+        self._waiting: str | None = None  # an app whose next text waits for room in flight; it goes next
         self._queued: dict[str, int] = {}  # charged app -> texts accepted, not yet answered
         self._inflight = 0
         self._pumping = False
@@ -138,7 +140,10 @@ class FairScheduler:
             q.remove(req)
             if not q:
                 del self._queues[req.key]
-                (self._new if req.key in self._new else self._old).remove(req.key)
+                if self._waiting == req.key:
+                    self._waiting = None
+                else:
+                    (self._new if req.key in self._new else self._old).remove(req.key)
         self._release(req, len(req.texts) - req.next)
         req.next = len(req.texts)
 
@@ -148,13 +153,24 @@ class FairScheduler:
             self._drop(req)
 
     def _pick(self, expired: list[_Request]) -> list[tuple[_Request, int, int, int]]:  # lock held
-        """Chunks to hand out now: (request, start, end, cost), one turn per app in round-robin order."""
+        """Chunks to hand out now: (request, start, end, cost), one turn per app in round-robin order.
+
+        A turn takes texts while they fit the room left in flight (and ``chunk_chars``); its first text also when
+        nothing is in flight, however long. An app whose next text does not fit yet keeps its turn and waits for
+        room, and nobody overtakes it meanwhile (so a long text is never starved by a stream of short ones, and
+        a short request is not batched with another app's long text that arrived after it)."""
         picked = []
         now = self.clock()
-        while (self._new or self._old) and self._inflight < self.inflight_chars:
-            key = (self._new or self._old).popleft()
+        while self._inflight < self.inflight_chars:
+            if self._waiting is not None:
+                key, self._waiting = self._waiting, None
+            elif self._new or self._old:
+                key = (self._new or self._old).popleft()
+            else:
+                break
             q = self._queues[key]
-            budget = min(self.chunk_chars, self.inflight_chars - self._inflight)
+            room = self.inflight_chars - self._inflight
+            limit = min(self.chunk_chars, room)
             used = 0  # this turn's work so far; a turn may take several small requests of the same queue
             while q:
                 req = q[0]
@@ -169,8 +185,12 @@ class FairScheduler:
                 cost = 0
                 while end < len(req.texts):
                     c = self.cost(req.texts[end])
-                    if used + cost and used + cost + c > budget:
-                        break  # a turn always takes at least one text, even one over the budget
+                    if used + cost == 0:
+                        fits = self._inflight == 0 or c <= room
+                    else:
+                        fits = used + cost + c <= limit
+                    if not fits:
+                        break
                     cost += c
                     end += 1
                 if end == start:
@@ -182,10 +202,13 @@ class FairScheduler:
                     break
                 q.popleft()
             self._inflight += used
-            if q:
-                self._old.append(key)
-            else:
+            if not q:
                 del self._queues[key]
+            elif used == 0:
+                self._waiting = key  # its next text needs more room: it goes first once there is
+                break
+            else:
+                self._old.append(key)
         return picked
 
     def _pump(self) -> None:
