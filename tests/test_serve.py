@@ -413,7 +413,7 @@ def test_metrics_labels_are_bounded(service, client):
         return m, (set(m["requests"]["by_app"]), set(m["requests"]["by_endpoint"]), set(m["latency"]),
                    set(m["requests"]["by_status"]))
 
-    m1, labels1 = burst(150)
+    _, labels1 = burst(150)
     m2, labels2 = burst(150)
     assert labels1 == labels2
     assert set(m2["requests"]["by_app"]) <= {"ner0", "tc0", "tch0", "hot", "_unknown"}

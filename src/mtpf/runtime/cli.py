@@ -140,9 +140,9 @@ def _runtime_kwargs(runtime_cls, args: argparse.Namespace) -> dict:
     """``device`` is passed only to a Runtime that takes it; asking for a GPU from one that does not is an error."""
     import inspect
 
-    kwargs = dict(backend=args.backend, int8=args.int8, onnx_dir=args.onnx_dir, mode=args.mode,
-                  max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, num_threads=args.threads,
-                  forward_rows=args.forward_rows)
+    kwargs = {"backend": args.backend, "int8": args.int8, "onnx_dir": args.onnx_dir, "mode": args.mode,
+              "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "num_threads": args.threads,
+              "forward_rows": args.forward_rows}
     if "device" in inspect.signature(runtime_cls).parameters:
         kwargs["device"] = args.device
     elif args.device not in ("auto", "cpu"):

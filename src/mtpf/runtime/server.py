@@ -410,7 +410,7 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
             if not executor:
                 executor.append(ThreadPoolExecutor(max_workers=4, thread_name_prefix="mtpf-analyze"))
             return executor[0].submit(_analyze_native, runtime, texts, apps, UnknownAppError)
-        return _analyze_per_app(runtime, texts, apps, OPS)
+        return _analyze_per_app(runtime, texts, apps)
 
     Auth = Annotated[str | None, Header(description="Bearer <key>")]
     XKey = Annotated[list[str] | None, Header(alias="X-API-Key", description="<key>[,<key>...]")]
@@ -522,7 +522,7 @@ def _analyze_native(runtime, texts, apps, unknown_error):
     return [{**dict(per_text), **gone} for per_text in out]
 
 
-def _analyze_per_app(runtime, texts, apps, ops) -> Future:
+def _analyze_per_app(runtime, texts, apps) -> Future:
     """Fallback for a runtime without ``analyze``: each app's own call (NER: entities, TC: classify), combined
     into one future of per-text dicts."""
     combined: Future = Future()
@@ -539,7 +539,7 @@ def _analyze_per_app(runtime, texts, apps, ops) -> Future:
 
     for app in apps:
         try:
-            op = "entities" if runtime.app_info(app)["task"] == ops["entities"] else "classify"
+            op = "entities" if runtime.app_info(app)["task"] == "ner" else "classify"
             fut = runtime.submit(app, op, texts)
         except Exception as exc:  # noqa: BLE001 - e.g. removed while the request waited: that app's part fails
             settle(app, {"error": f"{exc} (app removed while the request waited)"
