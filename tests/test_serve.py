@@ -504,3 +504,16 @@ def test_device_is_passed_only_to_a_runtime_that_takes_it():
         _runtime_kwargs(without_device, args)
     args.device = "auto"
     assert "device" not in _runtime_kwargs(without_device, args)
+
+
+def test_trunk_cache_counters_are_read_from_the_runtime():
+    """/metrics shows the runtime's trunk-state cache counters when it has a cache (either way of exposing it)."""
+    from types import SimpleNamespace
+
+    from mtpf.runtime.server import _cache_stats
+
+    assert _cache_stats(SimpleNamespace()) is None
+    assert _cache_stats(SimpleNamespace(cache_stats=lambda: {"hits": 3})) == {"hits": 3}
+    cache = SimpleNamespace(hits=3, misses=1, max_bytes=1 << 20)
+    assert _cache_stats(SimpleNamespace(trunk_cache=cache)) == {"hits": 3, "misses": 1, "hit_rate": 0.75,
+                                                                "max_bytes": 1 << 20}
