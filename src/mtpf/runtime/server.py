@@ -380,7 +380,8 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
             raise HTTPException(400, str(exc)) from None
         except (RuntimeOverloadedError, RuntimeClosedError) as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
-        except TimeoutError as exc:  # DeadlineExceededError (still queued) or the wait itself timed out
+        except (TimeoutError, asyncio.TimeoutError) as exc:  # DeadlineExceededError, or the wait timed out
+            # (asyncio.TimeoutError is the builtin only from Python 3.11)
             msg = str(exc) if isinstance(exc, DeadlineExceededError) else (
                 f"request deadline ({sched.deadline_s:g} s) passed before it was answered; retry later or send "
                 "fewer texts")
