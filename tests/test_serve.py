@@ -517,3 +517,15 @@ def test_trunk_cache_counters_are_read_from_the_runtime():
     cache = SimpleNamespace(hits=3, misses=1, max_bytes=1 << 20)
     assert _cache_stats(SimpleNamespace(trunk_cache=cache)) == {"hits": 3, "misses": 1, "hit_rate": 0.75,
                                                                 "max_bytes": 1 << 20}
+
+
+@pytest.mark.parametrize("argv,expect", [(["--app", "foo"], "--app must look like NAME=VALUE"),
+                                         (["--app", "a=x", "--app", "a=y"], "--app a= given twice"),
+                                         ([], "--backbone is required")])
+def test_serve_bad_arguments_are_one_line(argv, expect, tmp_path, capsys):
+    from mtpf.cli import main
+
+    backbone = [] if expect.startswith("--backbone") else ["--backbone", "unused"]
+    assert main(["serve", *backbone, *argv, "--keys", str(tmp_path / "k.json")]) == 2
+    err = capsys.readouterr().err
+    assert expect in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "k.json").exists()

@@ -83,7 +83,9 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
-            raise SystemExit(f"mtpf: error: {what} must look like NAME=VALUE, got {item!r}")
+            raise ValueError(f"{what} must look like NAME=VALUE, got {item!r}")
+        if name in out and out[name] != value:
+            raise ValueError(f"{what} {name}= given twice ({out[name]!r} and {value!r}); keep one")
         out[name] = value
     return out
 
@@ -161,8 +163,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if not args.backbone:
         return fail("--backbone is required (an mtpf run folder, a backbone folder or 'packaged')")
-    apps = _pairs(args.app, "--app")
-    given = _pairs(args.api_key, "--api-key")
+    try:
+        apps = _pairs(args.app, "--app")
+        given = _pairs(args.api_key, "--api-key")
+    except ValueError as exc:
+        return fail(str(exc))
     if args.max_queued_texts < args.max_texts:
         return fail(f"--max-queued-texts ({args.max_queued_texts}) must be at least --max-texts ({args.max_texts})")
     try:
