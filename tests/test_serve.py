@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from concurrent.futures import Future
 
 import numpy as np
 import pytest
@@ -194,37 +195,337 @@ def test_concurrent_load_on_loopback(service):
 
 
 def test_serve_cli_wires_everything(service, tmp_path, monkeypatch, capsys):
-    """`mtpf serve` registers the apps, issues keys (stored hashed), binds 127.0.0.1 and hands uvicorn the app."""
-    import uvicorn
+    """`mtpf serve` binds 127.0.0.1, registers the apps, issues keys (stored hashed) and serves the app."""
     from fastapi.testclient import TestClient
 
     from mtpf.cli import main
+    from mtpf.runtime import cli as serve_cli
 
     seen = {}
 
-    def fake_run(app, host, port, **kw):
-        seen.update(app=app, host=host, port=port)
+    def fake_serve(app, sock):
+        seen.update(app=app, addr=sock.getsockname())
         with TestClient(app) as c:
             seen["health"] = c.get("/health").json()
             seen["ok"] = c.post("/v1/apps/intent/classify", json={"texts": ["hi"]},
                                 headers={"X-API-Key": "given-key-0123456789"}).status_code
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(serve_cli, "_serve_socket", fake_serve)
     keys = tmp_path / "keys.json"
     rc = main(["serve", "--backbone", service["backbone"], "--app", f"ner={service['apps']['ner0']}",
                "--app", f"intent={service['apps']['tc0']}", "--api-key", "intent=given-key-0123456789",
-               "--keys", str(keys)])
+               "--keys", str(keys), "--port", "0"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "API key for app ner: mtpf_" in out and "intent:" not in out.split("mtpf serve:")[0].replace(
         "API key for app ner", "")
-    assert seen["host"] == "127.0.0.1" and seen["health"]["apps"] == {"ner": "ner", "intent": "tc"}
+    assert seen["addr"][0] == "127.0.0.1" and seen["health"]["apps"] == {"ner": "ner", "intent": "tc"}
     assert seen["ok"] == 200
     assert "given-key-0123456789" not in keys.read_text()
-    # a foreign adapter is refused at start-up with a clear message, exit code 2
+    # a foreign adapter is refused at start-up with a clear message, exit code 2, and no key is issued for
+    # the good app listed before it
     from mtpf.runtime.testing import make_app_adapter
     from mtpf.testing import make_tiny_encoder
 
     foreign = make_app_adapter(tmp_path / "foreign", make_tiny_encoder(tmp_path / "other", seed=3), "tc")
-    assert main(["serve", "--backbone", service["backbone"], "--app", f"x={foreign}", "--keys", str(keys)]) == 2
-    assert "trained on backbone" in capsys.readouterr().err
+    before = keys.read_bytes()
+    assert main(["serve", "--backbone", service["backbone"], "--app", f"new={service['apps']['tc1']}",
+                 "--app", f"x={foreign}", "--keys", str(keys), "--port", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "trained on backbone" in captured.err and "API key" not in captured.out
+    assert keys.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- analyze, fairness, limits
+def bearer_many(*keys):
+    return {"X-API-Key": ",".join(keys)}
+
+
+def test_analyze_many_apps_one_call(service, client):
+    k, rt = service["keys"], service["rt"]
+    r = client.post("/v1/analyze", json={"texts": TEXTS, "apps": ["ner0", "tc0"]},
+                    headers=bearer_many(k["ner0"], k["tc0"]))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["apps"] == ["ner0", "tc0"] and len(body["results"]) == 2
+    if hasattr(rt, "analyze"):
+        expected = rt.analyze(TEXTS, apps=["ner0", "tc0"])
+        assert [set(x) for x in body["results"]] == [set(x) for x in expected]
+    else:
+        spans, labels = rt.extract_entities("ner0", TEXTS), rt.classify("tc0", TEXTS)
+        for got, s, c in zip(body["results"], spans, labels):
+            assert [(e["type"], e["start"], e["end"]) for e in got["ner0"]] == [(e["type"], e["start"], e["end"])
+                                                                               for e in s]
+            assert got["tc0"]["label"] == c["label"]
+    # the admin key opens every app; Bearer and X-API-Key may be combined
+    r = client.post("/v1/analyze", json={"texts": TEXTS[:1], "apps": ["tc0", "tch0"]}, headers=bearer(k[ADMIN]))
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/analyze", json={"texts": TEXTS[:1], "apps": ["tc0", "tch0"]},
+                    headers={**bearer(k["tc0"]), "X-API-Key": k["tch0"]})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("case,expect", [("other_app", 403), ("one_of_two", 403), ("unknown", 404),
+                                         ("missing", 401), ("invalid", 401), ("no_apps", 422), ("too_many", 413)])
+def test_analyze_auth(service, client, case, expect):
+    k = service["keys"]
+    body, headers = {"texts": ["hi"], "apps": ["tc0"]}, bearer(k["ner0"])  # other_app: A's key asks for B
+    if case == "one_of_two":
+        body["apps"], headers = ["ner0", "tc0"], bearer(k["ner0"])
+    elif case == "unknown":
+        body["apps"], headers = ["tc0", "nope"], bearer(k["tc0"])
+    elif case == "missing":
+        headers = {}
+    elif case == "invalid":
+        headers = bearer_many(k["tc0"], "mtpf_" + "y" * 43)
+    elif case == "no_apps":
+        body["apps"], headers = [], bearer(k["tc0"])
+    elif case == "too_many":
+        body["texts"], headers = ["hi"] * 9, bearer(k["tc0"])
+    r = client.post("/v1/analyze", json=body, headers=headers)
+    assert r.status_code == expect, r.text
+    assert r.json()["detail"]
+
+
+class Gated:
+    """A service on the shared runtime with its own scheduler, whose in-flight room a blocker holds until
+    ``release()``: requests queue up in a known order, nothing depends on timing."""
+
+    def __init__(self, service, **sched_kw):
+        from mtpf.runtime.scheduler import FairScheduler
+
+        self.rt = service["rt"]
+        self.keys = KeyStore()
+        self.admin = self.keys.issue(ADMIN)
+        self.sched = FairScheduler(**{"text_overhead": 0, "chunk_chars": 1, "inflight_chars": 1, **sched_kw})
+        self.gate = Future()
+        self.sched.submit("blocker", ["x"], lambda _t: self.gate)
+        self.app = create_app(self.rt, self.keys, Limits(max_texts=16, max_text_chars=500), admin=True,
+                              scheduler=self.sched)
+
+    def wait_queued(self, app, n):
+        for _ in range(3000):  # a hang guard, not a timing assertion
+            if self.sched.queued_texts(app) == n:
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"{app} never had {n} texts queued: {self.sched.stats()}")
+
+    def release(self):
+        self.gate.set_result(["x"])
+
+
+def _post_in_thread(url, path, body, headers, out, key):
+    import httpx
+
+    def go():
+        with httpx.Client(base_url=url, timeout=120) as http:
+            out[key] = http.post(path, json=body, headers=headers)
+
+    t = threading.Thread(target=go)
+    t.start()
+    return t
+
+
+def test_fair_small_requests_served_between_chunks_of_a_large_one(service):
+    """App ner0 sends 8 texts, app tc0 three 1-text requests: tc0's requests complete between ner0's chunks
+    (order of completion, not time), and ner0's chunked answer equals the unchunked one."""
+    g = Gated(service)
+    completed = []
+    real_submit = g.rt.submit
+
+    class Logged:
+        def __getattr__(self, name):
+            return getattr(g.rt, name)
+
+        def submit(self, app, op, texts):
+            fut = real_submit(app, op, texts)
+            fut.add_done_callback(lambda _f: completed.append((app, len(texts))))
+            return fut
+
+    g.app = create_app(Logged(), g.keys, Limits(max_texts=16, max_text_chars=500), scheduler=g.sched)
+    big = [f"Angela Merkel met Barack Obama in Berlin, request part {i}." for i in range(8)]
+    out = {}
+    with serve_in_thread(g.app) as url:
+        threads = [_post_in_thread(url, "/v1/apps/ner0/entities", {"texts": big}, bearer(g.admin), out, "big")]
+        g.wait_queued("ner0", 8)
+        for i in range(3):
+            threads.append(_post_in_thread(url, "/v1/apps/tc0/classify", {"texts": [f"small {i}"]},
+                                           bearer(g.admin), out, f"small{i}"))
+        g.wait_queued("tc0", 3)
+        g.release()
+        for t in threads:
+            t.join(timeout=120)
+    assert {k: r.status_code for k, r in out.items()} == {"big": 200, "small0": 200, "small1": 200, "small2": 200}
+    assert completed == [("ner0", 1), ("tc0", 1), ("ner0", 1), ("tc0", 1), ("ner0", 1), ("tc0", 1)] +         [("ner0", 1)] * 5
+    direct = g.rt.extract_entities("ner0", big)
+    assert [[(e["type"], e["start"], e["end"]) for e in spans] for spans in out["big"].json()["results"]] ==         [[(e["type"], e["start"], e["end"]) for e in spans] for spans in direct]
+
+
+def test_analyze_app_removed_while_queued(service):
+    g = Gated(service)
+    g.rt.register_app("leaving", service["apps"]["tc1"])
+    out = {}
+    with serve_in_thread(g.app) as url:
+        t = _post_in_thread(url, "/v1/analyze", {"texts": TEXTS, "apps": ["tc0", "leaving"]}, bearer(g.admin),
+                            out, "r")
+        g.wait_queued("leaving", 2)
+        g.rt.unregister_app("leaving")
+        g.release()
+        t.join(timeout=120)
+    r = out["r"]
+    assert r.status_code == 200, r.text
+    for per_text in r.json()["results"]:
+        assert "removed" in per_text["leaving"]["error"]
+        assert "error" not in per_text["tc0"]
+    assert g.sched.stats()["queued_texts"] == {}
+
+
+def test_deadline_is_504_and_full_queue_503(service):
+    from fastapi.testclient import TestClient
+
+    g = Gated(service, deadline_s=0.3, max_queued_texts=20)
+    with TestClient(g.app, raise_server_exceptions=False) as c:
+        r = c.post("/v1/apps/tc0/classify", json={"texts": ["waits behind the blocker"]}, headers=bearer(g.admin))
+        assert r.status_code == 504 and "deadline" in r.json()["detail"]
+        g.sched.submit("tc0", ["q"] * 20, lambda t: Future())  # fill tc0's queue (behind the blocker)
+        r = c.post("/v1/apps/tc0/classify", json={"texts": ["one more"]}, headers=bearer(g.admin))
+        assert r.status_code == 503 and "20 texts waiting" in r.json()["detail"]
+        assert r.headers["retry-after"] == "1"
+        r = c.post("/v1/apps/tch0/embed", json={"texts": ["x"]}, headers=bearer(g.admin))
+        assert r.status_code == 504  # another app: not refused, only out of time behind the blocker
+        m = c.get("/metrics").json()
+    assert m["scheduler"]["rejected_queue_full"] == 1 and m["requests"]["by_status"]["504"] == 2
+
+
+def test_metrics_labels_are_bounded(service, client):
+    """Random paths and app names all land under `other` / `_unknown`: the label sets stop growing."""
+    import random
+
+    rng = random.Random(0)
+
+    def burst(n):
+        for _ in range(n):
+            name = "".join(rng.choice("abcdefghij") for _ in range(8))
+            path = rng.choice([f"/{name}", f"/v1/apps/{name}/classify", f"/v1/apps/{name}", f"/v1/apps/{name}/x",
+                               f"/v1/{name}/apps", f"/v1/admin/apps/{name}"])
+            client.request(rng.choice(["GET", "POST"]), path, headers=bearer("mtpf_" + name * 5))
+        m = client.get("/metrics").json()
+        return m, (set(m["requests"]["by_app"]), set(m["requests"]["by_endpoint"]), set(m["latency"]),
+                   set(m["requests"]["by_status"]))
+
+    _, labels1 = burst(150)
+    m2, labels2 = burst(150)
+    assert labels1 == labels2
+    assert set(m2["requests"]["by_app"]) <= {"ner0", "tc0", "tch0", "hot", "_unknown"}
+    assert set(m2["requests"]["by_endpoint"]) <= {"entities", "classify", "embed", "info", "analyze", "health",
+                                                  "metrics", "openapi", "docs", "admin", "other"}
+    assert m2["requests"]["by_app"]["_unknown"] >= 100
+
+
+def test_bind_failure_leaves_keys_unchanged(service, tmp_path, capsys):
+    import socket
+
+    from mtpf.cli import main
+
+    keys = tmp_path / "keys.json"
+    KeyStore(keys).issue("old")
+    before = keys.read_bytes()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        for keys_file in (keys, tmp_path / "absent.json"):
+            rc = main(["serve", "--backbone", service["backbone"], "--app", f"ner={service['apps']['ner0']}",
+                       "--admin", "--keys", str(keys_file), "--port", str(port)])
+            captured = capsys.readouterr()
+            assert rc == 2 and "API key" not in captured.out and "admin key" not in captured.out
+            assert f"cannot listen on 127.0.0.1:{port}" in captured.err and len(captured.err.splitlines()) == 1
+    finally:
+        taken.close()
+    assert keys.read_bytes() == before and not (tmp_path / "absent.json").exists()
+
+
+def test_keys_rotate_invalidates_old_key_in_a_running_server(service, tmp_path, capsys):
+    from fastapi.testclient import TestClient
+
+    from mtpf.cli import main
+
+    path = tmp_path / "keys.json"
+    old = KeyStore(path).issue("tc0")
+    app = create_app(service["rt"], KeyStore(path))
+    with TestClient(app) as c:
+        ok = {"json": {"texts": ["hi"]}}
+        assert c.post("/v1/apps/tc0/classify", headers=bearer(old), **ok).status_code == 200
+        assert main(["serve", "keys", "rotate", "tc0", "--keys", str(path)]) == 0
+        new = capsys.readouterr().out.split("new API key for app tc0: ")[1].split()[0]
+        assert new != old and new not in path.read_text()
+        assert c.post("/v1/apps/tc0/classify", headers=bearer(old), **ok).status_code == 401
+        assert c.post("/v1/apps/tc0/classify", headers=bearer(new), **ok).status_code == 200
+    assert main(["serve", "keys", "rotate", "nope", "--keys", str(path)]) == 2
+    assert "no key for app 'nope'; apps with keys: tc0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,expect", [("{not json", "line 1: the keys file is not valid JSON"),
+                                            ('{"format": "other"}', "not an mtpf keys file"),
+                                            ('{"format": "mtpf-keys/1", "keys": {"a": {"salt": "zz"}}}', "keys.a:")])
+def test_corrupt_keys_file_is_one_clear_line(service, tmp_path, capsys, content, expect):
+    from mtpf.cli import main
+    from mtpf.runtime.keys import KeysFileError
+
+    path = tmp_path / "keys.json"
+    path.write_text(content)
+    with pytest.raises(KeysFileError, match=expect):
+        KeyStore(path)
+    for argv in (["serve", "--backbone", service["backbone"], "--keys", str(path), "--port", "0"],
+                 ["serve", "keys", "rotate", "a", "--keys", str(path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert expect in err and str(path) in err and len(err.strip().splitlines()) == 1
+    assert path.read_text() == content
+
+
+def test_device_is_passed_only_to_a_runtime_that_takes_it():
+    import argparse
+
+    from mtpf.runtime.cli import _runtime_kwargs
+
+    args = argparse.Namespace(backend="torch", int8=False, onnx_dir=None, mode="mixed", max_batch_size=32,
+                              max_wait_ms=2.0, threads=None, forward_rows=8, device="cuda:1")
+
+    def with_device(backbone, *, device="auto", **kw):
+        pass
+
+    def without_device(backbone, **kw):
+        pass
+
+    assert _runtime_kwargs(with_device, args)["device"] == "cuda:1"
+    with pytest.raises(ValueError, match="CPU only"):
+        _runtime_kwargs(without_device, args)
+    args.device = "auto"
+    assert "device" not in _runtime_kwargs(without_device, args)
+
+
+def test_trunk_cache_counters_are_read_from_the_runtime():
+    """/metrics shows the runtime's trunk-state cache counters when it has a cache (either way of exposing it)."""
+    from types import SimpleNamespace
+
+    from mtpf.runtime.server import _cache_stats
+
+    assert _cache_stats(SimpleNamespace()) is None
+    assert _cache_stats(SimpleNamespace(cache_stats=lambda: {"hits": 3})) == {"hits": 3}
+    cache = SimpleNamespace(hits=3, misses=1, max_bytes=1 << 20)
+    assert _cache_stats(SimpleNamespace(trunk_cache=cache)) == {"hits": 3, "misses": 1, "hit_rate": 0.75,
+                                                                "max_bytes": 1 << 20}
+
+
+@pytest.mark.parametrize("argv,expect", [(["--app", "foo"], "--app must look like NAME=VALUE"),
+                                         (["--app", "a=x", "--app", "a=y"], "--app a= given twice"),
+                                         ([], "--backbone is required")])
+def test_serve_bad_arguments_are_one_line(argv, expect, tmp_path, capsys):
+    from mtpf.cli import main
+
+    backbone = [] if expect.startswith("--backbone") else ["--backbone", "unused"]
+    assert main(["serve", *backbone, *argv, "--keys", str(tmp_path / "k.json")]) == 2
+    err = capsys.readouterr().err
+    assert expect in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "k.json").exists()

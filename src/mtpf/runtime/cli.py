@@ -10,8 +10,9 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "serve", help="serve app adapters on one shared backbone over HTTP (127.0.0.1 by default)",
         description="Load one backbone, register app adapters (mtpf adapt output) and serve entity extraction, "
-                    "classification and embeddings over JSON/HTTP, micro-batching requests across apps.")
-    p.add_argument("--backbone", required=True, help="mtpf run folder, backbone folder, or 'packaged'")
+                    "classification and embeddings over JSON/HTTP, micro-batching requests across apps and "
+                    "serving apps' queues round-robin. `mtpf serve keys rotate APP` gives an app a new key.")
+    p.add_argument("--backbone", help="mtpf run folder, backbone folder, or 'packaged' (required to serve)")
     p.add_argument("--app", action="append", default=[], metavar="NAME=ADAPTER_DIR",
                    help="register an app adapter folder under NAME (repeatable)")
     p.add_argument("--keys", default="mtpf-keys.json",
@@ -19,10 +20,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--api-key", action="append", default=[], metavar="NAME=KEY",
                    help="use this key for app NAME instead of a generated one (repeatable)")
     p.add_argument("--admin", action="store_true",
-                   help="enable POST/DELETE /v1/admin/apps (hot register/unregister) behind an admin key")
+                   help="enable POST/DELETE /v1/admin/apps (hot register/unregister) behind an admin key; the "
+                        "admin key may also call every app")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                   help="where the backbone runs (default: %(default)s = CUDA when available)")
     p.add_argument("--int8", action="store_true", help="ONNX backend: use the int8 (dynamic, per-channel) graphs")
     p.add_argument("--onnx-dir", help="ONNX backend: folder of the backbone export (mtpf export); default: temp")
     p.add_argument("--mode", choices=["mixed", "grouped"], default="mixed",
@@ -36,8 +40,29 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-texts", type=int, default=64, help="texts per request (413 above)")
     p.add_argument("--max-text-chars", type=int, default=5000, help="characters per text (413 above)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body size (413 above)")
+    p.add_argument("--chunk-chars", type=int, default=4096,
+                   help="work one app gets per round-robin turn, in characters (each text counts 512 more; a turn "
+                        "takes at least one text): large requests are cut into chunks of this size")
+    p.add_argument("--inflight-chars", type=int, default=4096,
+                   help="work handed to the runtime at once; an app's small request waits for about this much "
+                        "(raise it on a GPU for larger batches)")
+    p.add_argument("--max-queued-texts", type=int, default=256,
+                   help="texts one app may have waiting (503 above; at least --max-texts)")
+    p.add_argument("--deadline-s", type=float, default=30.0,
+                   help="a request not answered within this many seconds gets 504 (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime intra-op threads")
     p.set_defaults(func=run_serve)
+
+    ksub = p.add_subparsers(dest="serve_command", metavar="{keys}")
+    k = ksub.add_parser("keys", help="manage the API keys file",
+                        description="Manage the API keys file of `mtpf serve` (a running server sees changes at once).")
+    kk = k.add_subparsers(dest="keys_command", metavar="{rotate}", required=True)
+    r = kk.add_parser("rotate", help="give an app (or __admin__) a new key; the old key stops working",
+                      description="Issue a new key for an app that has one in the keys file and print it once; the "
+                                  "old key stops working, also in a server that is running on this keys file.")
+    r.add_argument("app", help="app name, or __admin__ for the admin key")
+    r.add_argument("--keys", default=argparse.SUPPRESS, help="keys file (default: mtpf-keys.json)")
+    r.set_defaults(func=run_keys_rotate)
 
     e = subparsers.add_parser(
         "export", help="export a run's backbone (and adapters, LoRA merged) or an app adapter to ONNX; "
@@ -62,51 +87,148 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
-            raise SystemExit(f"mtpf: error: {what} must look like NAME=VALUE, got {item!r}")
+            raise ValueError(f"{what} must look like NAME=VALUE, got {item!r}")
+        if name in out and out[name] != value:
+            raise ValueError(f"{what} {name}= given twice ({out[name]!r} and {value!r}); keep one")
         out[name] = value
     return out
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_keys_rotate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mtpf.runtime.keys import KeysFileError, KeyStore
+
+    path = Path(getattr(args, "keys", "mtpf-keys.json"))
+    if not path.is_file():
+        print(f"mtpf serve keys rotate: error: no keys file at {path}; pass --keys FILE", file=sys.stderr)
+        return 2
+    try:
+        store = KeyStore(path)
+        key = store.rotate(args.app)
+    except KeysFileError as exc:
+        print(f"mtpf serve keys rotate: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError:
+        print(f"mtpf serve keys rotate: error: {path} has no key for app {args.app!r}; apps with keys: "
+              f"{', '.join(store.apps()) or 'none'}", file=sys.stderr)
+        return 2
+    print(f"new API key for app {args.app}: {key}  (shown once; the old key no longer works; stored hashed in "
+          f"{path})")
+    return 0
+
+
+def _bind(host: str, port: int):
+    """A listening socket on host:port, made before any key is created (so a taken port changes nothing)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart right after a stop
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _serve_socket(app, sock) -> None:
+    """uvicorn on an already bound socket (tests replace this)."""
     import uvicorn
 
-    from mtpf.runtime import AppError, Runtime
-    from mtpf.runtime.keys import ADMIN, KeyStore
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _runtime_kwargs(runtime_cls, args: argparse.Namespace) -> dict:
+    """``device`` is passed only to a Runtime that takes it; asking for a GPU from one that does not is an error."""
+    import inspect
+
+    kwargs = {"backend": args.backend, "int8": args.int8, "onnx_dir": args.onnx_dir, "mode": args.mode,
+              "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "num_threads": args.threads,
+              "forward_rows": args.forward_rows}
+    if "device" in inspect.signature(runtime_cls).parameters:
+        kwargs["device"] = args.device
+    elif args.device not in ("auto", "cpu"):
+        raise ValueError(f"--device {args.device}: this runtime runs on the CPU only")
+    return kwargs
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from mtpf.runtime.keys import ADMIN, KeysFileError, KeyStore
+    from mtpf.runtime.scheduler import FairScheduler
     from mtpf.runtime.server import Limits, create_app
 
-    apps = _pairs(args.app, "--app")
-    given = _pairs(args.api_key, "--api-key")
+    def fail(msg: str) -> int:
+        print(f"mtpf serve: error: {msg}", file=sys.stderr)
+        return 2
+
+    if not args.backbone:
+        return fail("--backbone is required (an mtpf run folder, a backbone folder or 'packaged')")
+    try:
+        apps = _pairs(args.app, "--app")
+        given = _pairs(args.api_key, "--api-key")
+    except ValueError as exc:
+        return fail(str(exc))
+    if args.max_queued_texts < args.max_texts:
+        return fail(f"--max-queued-texts ({args.max_queued_texts}) must be at least --max-texts ({args.max_texts})")
+    try:
+        keys = KeyStore(args.keys)  # read only: nothing is written before the server can listen
+    except KeysFileError as exc:
+        return fail(str(exc))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"mtpf serve: warning: listening on {args.host}, not loopback; anyone who can reach it can try keys",
               file=sys.stderr)
-    runtime = Runtime(args.backbone, backend=args.backend, int8=args.int8, onnx_dir=args.onnx_dir, mode=args.mode,
-                      max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, num_threads=args.threads,
-                      forward_rows=args.forward_rows)
-    keys = KeyStore(args.keys)
-    for name, adapter_dir in apps.items():
-        try:
-            runtime.register_app(name, adapter_dir)
-        except AppError as exc:
-            print(f"mtpf serve: error: {exc}", file=sys.stderr)
-            runtime.close()
-            return 2
-        if name in given:
-            keys.issue(name, given[name])
-        elif not keys.has(name):
-            print(f"API key for app {name}: {keys.issue(name)}  (shown once; stored hashed in {args.keys})")
-    if args.admin:
-        if ADMIN in given:
-            keys.issue(ADMIN, given[ADMIN])
-        elif not keys.has(ADMIN):
-            print(f"admin key: {keys.issue(ADMIN)}  (shown once; stored hashed in {args.keys})")
-    app = create_app(runtime, keys, Limits(args.max_texts, args.max_text_chars, args.max_body_bytes),
-                     admin=args.admin)
-    print(f"mtpf serve: {len(apps)} app(s) on {runtime.backbone_path} [{args.backend}"
-          f"{' int8' if args.int8 else ''}] at http://{args.host}:{args.port} (OpenAPI: /docs)", flush=True)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="off")
+        sock = _bind(args.host, args.port)
+    except OSError as exc:
+        return fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; is another server running? "
+                    "Pick another --port (no key was created or changed)")
+    try:
+        from mtpf.runtime import AppError, Runtime
+
+        try:
+            runtime = Runtime(args.backbone, **_runtime_kwargs(Runtime, args))
+        except (ValueError, OSError) as exc:
+            return fail(str(exc))
+        try:
+            for name, adapter_dir in apps.items():  # all apps first: a bad one exits before any key is issued
+                try:
+                    runtime.register_app(name, adapter_dir)
+                except AppError as exc:
+                    return fail(str(exc))
+            try:
+                for name in apps:
+                    if name in given:
+                        keys.issue(name, given[name])
+                    elif not keys.has(name):
+                        print(f"API key for app {name}: {keys.issue(name)}  (shown once; stored hashed in "
+                              f"{args.keys}; `mtpf serve keys rotate {name}` makes a new one)")
+                if args.admin:
+                    if ADMIN in given:
+                        keys.issue(ADMIN, given[ADMIN])
+                    elif not keys.has(ADMIN):
+                        print(f"admin key: {keys.issue(ADMIN)}  (shown once; stored hashed in {args.keys})")
+            except (ValueError, OSError) as exc:
+                return fail(f"{args.keys}: {exc}")
+            scheduler = FairScheduler(chunk_chars=args.chunk_chars, inflight_chars=args.inflight_chars,
+                                      max_queued_texts=args.max_queued_texts, deadline_s=args.deadline_s)
+            app = create_app(runtime, keys, Limits(args.max_texts, args.max_text_chars, args.max_body_bytes),
+                             admin=args.admin, scheduler=scheduler)
+            port = sock.getsockname()[1]
+            print(f"mtpf serve: {len(apps)} app(s) on {runtime.backbone_path} [{args.backend}"
+                  f"{' int8' if args.int8 else ''}] at http://{args.host}:{port} (OpenAPI: /docs)", flush=True)
+            try:
+                _serve_socket(app, sock)
+            except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the signal
+                print("mtpf serve: stopped", file=sys.stderr)
+                return 130
+        finally:
+            runtime.close()
     finally:
-        runtime.close()
+        sock.close()
     return 0
 
 

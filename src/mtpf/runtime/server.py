@@ -5,15 +5,20 @@ Endpoints (JSON; OpenAPI schema at ``/openapi.json``, docs at ``/docs``):
     POST /v1/apps/{app}/entities   {"texts": [...]} -> {"results": [[{type, start, end, text, score}]]}
     POST /v1/apps/{app}/classify   {"texts": [...]} -> {"results": [{label, score, probabilities}]}
     POST /v1/apps/{app}/embed      {"texts": [...]} -> {"embeddings": [[...]], "dim": H}
+    POST /v1/analyze               {"texts": [...], "apps": [...]} -> {"results": [{app: result or {"error"}}]}
     GET  /v1/apps/{app}            the app's description (labels, task, ...)
     GET  /health                   liveness + registered apps (no key)
-    GET  /metrics                  requests, status codes, latency percentiles, micro-batch sizes (no key)
+    GET  /metrics                  requests, status codes, latency percentiles, micro-batch sizes, queues (no key)
     POST /v1/admin/apps            {"name", "adapter_dir"[, "api_key"]} -> {"name", "api_key"}  (admin key)
     DELETE /v1/admin/apps/{name}   unregister (admin key)
 
-Auth: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; a key opens only its own app. Status codes:
-400 malformed JSON / wrong task for the app, 401 missing or invalid key, 403 another app's key, 404 unknown app,
-413 too many texts, a text too long or a body too large, 422 a body of the wrong shape, 503 overloaded.
+Auth: ``Authorization: Bearer <key>`` and/or ``X-API-Key: <key>[,<key>...]``; a key opens only its own app, the
+admin key every app. Status codes: 400 malformed JSON / wrong task for the app, 401 missing or invalid key, 403
+another app's key, 404 unknown app, 413 too many texts, a text too long or a body too large, 422 a body of the
+wrong shape, 503 the app's queue is full or the runtime overloaded, 504 the request deadline passed.
+
+Every app call goes through a :class:`~mtpf.runtime.scheduler.FairScheduler` (per-app queues served round-robin,
+large requests cut into chunks), so one app's large requests cannot hold another app's small one.
 """
 # no `from __future__ import annotations`: FastAPI must see the request models defined inside create_app
 
@@ -24,11 +29,13 @@ import re
 import threading
 import time
 from collections import defaultdict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from mtpf.runtime.keys import ADMIN, KeyStore
+from mtpf.runtime.scheduler import DeadlineExceededError, FairScheduler, QueueFullError, join_lists
 
 
 @dataclass
@@ -36,12 +43,21 @@ class Limits:
     max_texts: int = 64
     max_text_chars: int = 5000
     max_body_bytes: int = 1 << 20
+    max_apps: int = 32  # apps per /v1/analyze request
+
+
+UNKNOWN = "_unknown"  # metrics label of every path / app name the service does not know
 
 
 class Metrics:
-    """Counters and rolling latency windows (last 10k requests per endpoint)."""
+    """Counters and rolling latency windows (last 10k requests per endpoint).
 
-    def __init__(self):
+    Labels are bounded: endpoints are the service's own routes (anything else is ``other``) and app labels are
+    registered apps (any other name is counted under ``_unknown``), so random paths and app names cannot grow it.
+    """
+
+    def __init__(self, known_app=lambda name: True):
+        self.known_app = known_app
         self.lock = threading.Lock()
         self.started = time.time()
         self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
@@ -49,6 +65,8 @@ class Metrics:
         self.texts = 0
 
     def record(self, endpoint: str, app: str, status: int, seconds: float) -> None:
+        if app and not self.known_app(app):
+            app = UNKNOWN
         with self.lock:
             self.requests[(endpoint, app, status)] += 1
             self.latency[endpoint].append(seconds)
@@ -58,7 +76,7 @@ class Metrics:
         with self.lock:
             self.texts += n
 
-    def snapshot(self, runtime) -> dict:
+    def snapshot(self, runtime, scheduler: FairScheduler | None = None) -> dict:
         with self.lock:
             by_status: dict[str, int] = defaultdict(int)
             by_app: dict[str, int] = defaultdict(int)
@@ -84,16 +102,57 @@ class Metrics:
             n = int(((rows >= lo) & (rows <= hi)).sum())
             if n:
                 hist[f"{lo}" if lo == hi else (f"{lo}-{hi}" if hi < 10 ** 9 else f">={lo}")] = n
-        return {
+        out = {
             "uptime_s": round(time.time() - self.started, 1),
             "requests": {"total": total, "by_status": dict(by_status), "by_endpoint": dict(by_endpoint),
                          "by_app": dict(by_app), "texts": texts},
             "latency": lat,
             "batches": {**runtime.stats(), "rows_histogram": hist},
         }
+        if scheduler is not None:
+            out["scheduler"] = scheduler.stats()
+        cache = _cache_stats(runtime)
+        if cache is not None:
+            out["trunk_cache"] = cache
+        return out
 
 
-_APP_PATH = re.compile(r"^/v1/apps/([^/]+)(?:/(\w+))?$")
+def _cache_stats(runtime) -> dict | None:
+    """The runtime's trunk-state cache counters, where the runtime has such a cache (read defensively: the
+    runtime may expose ``cache_stats()`` or a ``trunk_cache``/``cache`` object with ``hits``/``misses``)."""
+    fn = getattr(runtime, "cache_stats", None)
+    if callable(fn):
+        return fn()
+    cache = getattr(runtime, "trunk_cache", None) or getattr(runtime, "cache", None)
+    if cache is None or not hasattr(cache, "hits"):
+        return None
+    hits, misses = int(getattr(cache, "hits", 0)), int(getattr(cache, "misses", 0))
+    out = {"hits": hits, "misses": misses, "hit_rate": hits / (hits + misses) if hits + misses else 0.0}
+    for name in ("bytes", "max_bytes", "entries", "size"):
+        if hasattr(cache, name) and not callable(getattr(cache, name)):
+            out[name] = getattr(cache, name)
+    return out
+
+
+_APP_PATH = re.compile(r"^/v1/apps/([^/]+)(?:/([^/]+))?$")
+_ROUTES = {"/health": "health", "/metrics": "metrics", "/openapi.json": "openapi", "/docs": "docs",
+           "/docs/oauth2-redirect": "docs", "/redoc": "docs", "/v1/analyze": "analyze"}
+_APP_OPS = ("entities", "classify", "embed")
+
+
+def _labels(path: str) -> tuple[str, str]:
+    """(endpoint label, app name or "") of a request path; unknown paths are all ``other``."""
+    if path in _ROUTES:
+        return _ROUTES[path], ""
+    m = _APP_PATH.match(path)
+    if m:
+        op = m.group(2)
+        if op is None:
+            return "info", m.group(1)
+        return (op, m.group(1)) if op in _APP_OPS else ("other", "")
+    if path == "/v1/admin/apps" or path.startswith("/v1/admin/apps/"):
+        return "admin", ""
+    return "other", ""
 
 
 class _Guard:
@@ -106,10 +165,7 @@ class _Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
-        path = scope.get("path", "")
-        m = _APP_PATH.match(path)
-        endpoint = (m.group(2) or "info") if m else path
-        app_name = m.group(1) if m else ""
+        endpoint, app_name = _labels(scope.get("path", ""))
         status = {"code": 500}
 
         async def send_wrapper(message):
@@ -169,9 +225,13 @@ class _Guard:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: bool = False):
-    """The FastAPI application. ``admin=True`` adds the app (un)registration endpoints (admin key)."""
-    from typing import Annotated
+def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: bool = False,
+               scheduler: FairScheduler | None = None):
+    """The FastAPI application. ``admin=True`` adds the app (un)registration endpoints (admin key).
+
+    ``scheduler``: the fair scheduler every app call goes through (default: ``FairScheduler()``).
+    """
+    from typing import Annotated, Any
 
     from fastapi import FastAPI, Header, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
@@ -181,6 +241,7 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
     from mtpf import __version__
     from mtpf.runtime.app import AppError, FingerprintMismatchError
     from mtpf.runtime.core import (
+        OPS,
         RuntimeClosedError,
         RuntimeOverloadedError,
         TaskMismatchError,
@@ -188,14 +249,24 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
     )
 
     limits = limits or Limits()
-    metrics = Metrics()
+    sched = scheduler or FairScheduler()
+    metrics = Metrics(known_app=runtime.has_app)
     Text = Annotated[str, StringConstraints(max_length=limits.max_text_chars)]
+    AppName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    texts_field = Field(min_length=1, max_length=limits.max_texts,
+                        description=f"1 to {limits.max_texts} texts of at most {limits.max_text_chars} characters",
+                        examples=[["Meet Anna in Paris on Monday."]])
 
     class TextsRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        texts: list[Text] = Field(min_length=1, max_length=limits.max_texts,
-                                  description=f"1 to {limits.max_texts} texts of at most {limits.max_text_chars} "
-                                              "characters", examples=[["Meet Anna in Paris on Monday."]])
+        texts: list[Text] = texts_field
+
+    class AnalyzeRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        texts: list[Text] = texts_field
+        apps: list[AppName] = Field(min_length=1, max_length=limits.max_apps,
+                                    description="the apps whose results you want; every one must be opened by a "
+                                                "key you send (or send the admin key)", examples=[["ner", "intent"]])
 
     class Entity(BaseModel):
         type: str
@@ -222,6 +293,11 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
         dim: int
         embeddings: list[list[float]]
 
+    class AnalyzeResponse(BaseModel):
+        apps: list[str]
+        results: list[dict[str, Any]] = Field(description="per text: {app: that app's result, or {\"error\": "
+                                                          "message} when that app failed (e.g. removed meanwhile)}")
+
     class RegisterRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         name: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -235,8 +311,11 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
 
     api = FastAPI(title="mtpf runtime", version=__version__,
                   description="One shared pre-finetuned encoder, many apps' adapters (LoRA + heads). "
-                              "Authenticate with `Authorization: Bearer <key>` or `X-API-Key`.")
+                              "Authenticate with `Authorization: Bearer <key>` or `X-API-Key` (several keys: "
+                              "comma-separated).")
     api.state.runtime, api.state.keys, api.state.metrics, api.state.limits = runtime, keys, metrics, limits
+    api.state.scheduler = sched
+    executor: list[ThreadPoolExecutor] = []  # for Runtime.analyze (a blocking call); created on first use
 
     @api.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -248,78 +327,132 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
                 status_code=400)
         if kinds & {"too_long", "string_too_long"}:
             return JSONResponse({"detail": f"request too large: at most {limits.max_texts} texts of at most "
-                                           f"{limits.max_text_chars} characters each",
+                                           f"{limits.max_text_chars} characters each (and {limits.max_apps} apps "
+                                           "per analyze request)",
                                  "errors": _plain(errors)}, status_code=413)
-        return JSONResponse({"detail": "invalid request body: expected {\"texts\": [\"...\", ...]}",
+        return JSONResponse({"detail": "invalid request body: expected {\"texts\": [\"...\", ...]} (and "
+                                       "\"apps\": [...] for /v1/analyze)",
                              "errors": _plain(errors)}, status_code=422)
 
     @api.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):  # pragma: no cover - a bug, but say what it was
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
-    def _key(authorization: str | None, x_api_key: str | None) -> str | None:
-        if x_api_key:
-            return x_api_key.strip()
+    def sent_keys(authorization: str | None, x_api_key: list[str] | None) -> list[str]:
+        out = []
         if authorization:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-        return None
+                out.append(token.strip())
+        for value in x_api_key or []:
+            out.extend(k.strip() for k in value.split(",") if k.strip())
+        return out
 
-    def authorize(app: str, authorization: str | None, x_api_key: str | None) -> None:
-        key = _key(authorization, x_api_key)
-        if key is None:
+    def authorize(apps: list[str], authorization: str | None, x_api_key: list[str] | None) -> None:
+        """401 no key / a key nobody owns; 404 an unknown app; 403 an app none of the keys opens."""
+        sent = sent_keys(authorization, x_api_key)
+        if not sent:
             raise HTTPException(401, "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                                 headers={"WWW-Authenticate": "Bearer"})
-        if not runtime.has_app(app):
-            raise HTTPException(404, f"unknown app {app!r}")
-        if keys.verify(app, key):
+        unknown = [a for a in apps if not runtime.has_app(a)]
+        if unknown:
+            raise HTTPException(404, f"unknown app {unknown[0]!r}" if len(unknown) == 1 else
+                                f"unknown apps {', '.join(map(repr, unknown))}")
+        if len(apps) == 1 and len(sent) == 1 and keys.verify(apps[0], sent[0]):
+            return  # the common case: one app, its own key
+        owners = [keys.owner(k) for k in sent]
+        if None in owners:
+            raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        if ADMIN in owners:
             return
-        if keys.owner(key) is not None:
-            raise HTTPException(403, f"this API key belongs to another app; it may not call {app!r}")
-        raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        closed = [a for a in apps if a not in owners]
+        if closed:
+            raise HTTPException(403, f"the API key(s) sent belong to {', '.join(map(repr, sorted(set(owners))))}; "
+                                     f"they may not call {', '.join(map(repr, closed))}")
 
-    async def call(app: str, op: str, texts: list[str]):
-        metrics.count_texts(len(texts))
+    async def answer(fut: Future):
+        """Wait for a scheduled request, at most its deadline; cancelling it drops its queued chunks."""
         try:
-            fut = runtime.submit(app, op, texts)
-            return await asyncio.wrap_future(fut)
+            return await asyncio.wait_for(asyncio.wrap_future(fut), timeout=sched.deadline_s)
         except UnknownAppError as exc:
-            raise HTTPException(404, str(exc)) from None
+            raise HTTPException(404, f"{exc} (removed while the request waited)") from None
         except TaskMismatchError as exc:
             raise HTTPException(400, str(exc)) from None
         except (RuntimeOverloadedError, RuntimeClosedError) as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        except (TimeoutError, asyncio.TimeoutError) as exc:  # DeadlineExceededError, or the wait timed out
+            # (asyncio.TimeoutError is the builtin only from Python 3.11)
+            msg = str(exc) if isinstance(exc, DeadlineExceededError) else (
+                f"request deadline ({sched.deadline_s:g} s) passed before it was answered; retry later or send "
+                "fewer texts")
+            raise HTTPException(504, msg) from None
+
+    def schedule(key: str, texts: list[str], run, join=join_lists, charge=None) -> Future:
+        metrics.count_texts(len(texts))
+        try:
+            return sched.submit(key, texts, run, join=join, charge=charge)
+        except QueueFullError as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+
+    async def call(app: str, op: str, texts: list[str]):
+        try:
+            task = runtime.app_info(app)["task"]
+        except UnknownAppError as exc:
+            raise HTTPException(404, str(exc)) from None
+        if task != OPS[op]:
+            raise HTTPException(400, f"app {app!r} is a {task.upper()} app; {op!r} needs a {OPS[op].upper()} app")
+        join = (lambda parts: np.concatenate(parts, axis=0)) if op == "embed" else join_lists
+        return await answer(schedule(app, texts, lambda chunk: runtime.submit(app, op, chunk), join=join))
+
+    def analyze_chunk(texts: list[str], apps: list[str]) -> Future:
+        """Every app's result for each text. Uses ``Runtime.analyze`` (one trunk pass shared by the apps) when
+        the runtime has it, else each app's own call; an app that fails (e.g. removed) gets ``{"error": ...}``."""
+        if hasattr(runtime, "analyze"):
+            if not executor:
+                executor.append(ThreadPoolExecutor(max_workers=4, thread_name_prefix="mtpf-analyze"))
+            return executor[0].submit(_analyze_native, runtime, texts, apps, UnknownAppError)
+        return _analyze_per_app(runtime, texts, apps)
 
     Auth = Annotated[str | None, Header(description="Bearer <key>")]
-    XKey = Annotated[str | None, Header(alias="X-API-Key")]
+    XKey = Annotated[list[str] | None, Header(alias="X-API-Key", description="<key>[,<key>...]")]
     errors_doc = {c: {"description": d} for c, d in {
         400: "malformed JSON, or the app's task does not offer this call", 401: "missing or invalid key",
         403: "another app's key", 404: "unknown app", 413: "too many texts / text too long / body too large",
-        422: "wrong body shape", 503: "overloaded"}.items()}
+        422: "wrong body shape", 503: "the app's queue is full, or the runtime is overloaded",
+        504: "the request deadline passed"}.items()}
 
     @api.post("/v1/apps/{app}/entities", response_model=EntitiesResponse, responses=errors_doc, tags=["apps"],
               summary="Named entities (NER apps)")
     async def entities(app: str, body: TextsRequest, authorization: Auth = None, x_api_key: XKey = None):
-        authorize(app, authorization, x_api_key)
+        authorize([app], authorization, x_api_key)
         return {"app": app, "results": await call(app, "entities", body.texts)}
 
     @api.post("/v1/apps/{app}/classify", response_model=ClassifyResponse, responses=errors_doc, tags=["apps"],
               summary="Label and probabilities (TC apps)")
     async def classify(app: str, body: TextsRequest, authorization: Auth = None, x_api_key: XKey = None):
-        authorize(app, authorization, x_api_key)
+        authorize([app], authorization, x_api_key)
         return {"app": app, "results": await call(app, "classify", body.texts)}
 
     @api.post("/v1/apps/{app}/embed", response_model=EmbedResponse, responses=errors_doc, tags=["apps"],
               summary="TC embedding (TC apps)")
     async def embed(app: str, body: TextsRequest, authorization: Auth = None, x_api_key: XKey = None):
-        authorize(app, authorization, x_api_key)
+        authorize([app], authorization, x_api_key)
         emb = await call(app, "embed", body.texts)
         return {"app": app, "dim": int(emb.shape[1]), "embeddings": emb.tolist()}
 
+    @api.post("/v1/analyze", response_model=AnalyzeResponse, responses=errors_doc, tags=["apps"],
+              summary="Every requested app's result for each text (NER: entities, TC: classification)")
+    async def analyze(body: AnalyzeRequest, authorization: Auth = None, x_api_key: XKey = None):
+        apps = list(dict.fromkeys(body.apps))
+        authorize(apps, authorization, x_api_key)
+        results = await answer(schedule("+".join(sorted(apps)), body.texts,
+                                        lambda chunk: analyze_chunk(chunk, apps), charge=apps))
+        return {"apps": apps, "results": [_jsonable({a: per_text.get(a, {"error": f"no result for app {a!r}"})
+                                                     for a in apps}) for per_text in results]}
+
     @api.get("/v1/apps/{app}", responses=errors_doc, tags=["apps"], summary="The app's adapter description")
     async def app_info(app: str, authorization: Auth = None, x_api_key: XKey = None):
-        authorize(app, authorization, x_api_key)
+        authorize([app], authorization, x_api_key)
         try:
             info = runtime.app_info(app)
         except UnknownAppError as exc:
@@ -335,13 +468,14 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
 
     @api.get("/metrics", tags=["service"])
     async def get_metrics():
-        return metrics.snapshot(runtime)
+        return metrics.snapshot(runtime, sched)
 
     if admin:
         def admin_auth(authorization, x_api_key):
-            key = _key(authorization, x_api_key)
-            if key is None or not keys.verify(ADMIN, key):
-                raise HTTPException(401 if key is None or keys.owner(key) is None else 403, "admin key required")
+            sent = sent_keys(authorization, x_api_key)
+            if not any(keys.verify(ADMIN, k) for k in sent):
+                known = sent and all(keys.owner(k) is not None for k in sent)
+                raise HTTPException(403 if known else 401, "admin key required")
 
         @api.post("/v1/admin/apps", response_model=RegisterResponse, tags=["admin"], responses=errors_doc,
                   summary="Register an app adapter folder while serving")
@@ -374,10 +508,67 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
     return _wrap(api, limits, metrics)
 
 
+def _analyze_native(runtime, texts, apps, unknown_error):
+    """``Runtime.analyze`` over the apps still registered; removed ones get an error part."""
+    for _ in range(2):  # an app removed between the check and the call: check again once
+        live = [a for a in apps if runtime.has_app(a)]
+        try:
+            out = runtime.analyze(texts, apps=live) if live else [{} for _ in texts]
+            break
+        except unknown_error:
+            continue
+    else:
+        raise unknown_error(f"apps {apps} were removed while the request waited")
+    gone = {a: {"error": f"app {a!r} was removed while the request waited"} for a in apps if a not in live}
+    return [{**dict(per_text), **gone} for per_text in out]
+
+
+def _analyze_per_app(runtime, texts, apps) -> Future:
+    """Fallback for a runtime without ``analyze``: each app's own call (NER: entities, TC: classify), combined
+    into one future of per-text dicts."""
+    combined: Future = Future()
+    parts: dict[str, object] = {}
+    lock = threading.Lock()
+
+    def settle(app, value):
+        with lock:
+            parts[app] = value
+            done = len(parts) == len(apps)
+        if done:
+            combined.set_result([{a: (parts[a][i] if isinstance(parts[a], list) else parts[a]) for a in apps}
+                                 for i in range(len(texts))])
+
+    for app in apps:
+        try:
+            op = "entities" if runtime.app_info(app)["task"] == "ner" else "classify"
+            fut = runtime.submit(app, op, texts)
+        except Exception as exc:  # noqa: BLE001 - e.g. removed while the request waited: that app's part fails
+            settle(app, {"error": f"{exc} (app removed while the request waited)"
+                         if isinstance(exc, LookupError) else str(exc)})
+            continue
+        fut.add_done_callback(lambda f, a=app: settle(a, f.result() if f.exception() is None
+                                                       else {"error": str(f.exception())}))
+    return combined
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
 def _wrap(api, limits, metrics):
-    """Wrap with the guard but keep the FastAPI object reachable (``.api``) and OpenAPI intact."""
+    """Wrap with the guard but keep the FastAPI object (``.api``) and its scheduler (``.scheduler``) reachable
+    and OpenAPI intact."""
     guard = _Guard(api, limits, metrics)
     guard.api = api
+    guard.scheduler = api.state.scheduler
     guard.openapi = api.openapi
     return guard
 
