@@ -50,6 +50,7 @@ def add_parser(subparsers) -> None:
     e.add_argument("--out", help="output folder (default: RUN/onnx, APP/onnx; required for a bare backbone)")
     e.add_argument("--backbone", help="app adapter: the backbone it was trained on (default: from adapter_config)")
     e.add_argument("--no-strict", action="store_true", help="keep going when a graph misses the tolerance")
+    e.add_argument("--overwrite", action="store_true", help="write into an output folder that is not empty")
     e.set_defaults(func=run_export)
 
 
@@ -110,8 +111,13 @@ def run_export(args: argparse.Namespace) -> int:
     if not args.onnx:
         print("mtpf export: error: choose an export format: --onnx", file=sys.stderr)
         return 2
+    from pathlib import Path
+
     from mtpf.runtime.export_cli import export_path
     from mtpf.runtime.onnx_export import ExportVerificationError
+    from mtpf.stages import refuse_nonempty
+
+    refuse_nonempty(Path(args.out) if args.out else Path(args.path) / "onnx", args.overwrite, "--out")
 
     try:
         reports = export_path(args.path, out=args.out, int8=args.int8, backbone=args.backbone,

@@ -1,0 +1,305 @@
+"""A newcomer's mistakes and interruptions: one line and exit 2 (130 for Ctrl-C), never a traceback; repeated
+list flags accumulate; existing outputs are never replaced silently; stages cut short are redone.
+
+Commands run in-process through ``mtpf.cli.main`` (fast); one real subprocess checks the console end to end.
+"""
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, tiny_run_overrides
+from mtpf.cli import INTERRUPTED, build_parser, main
+
+SAMPLE = REPO / "src" / "mtpf" / "sample_data"
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return rc, err
+
+
+def assert_one_line_error(rc: int, err: str, *needles: str) -> None:
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def bad_utf8_ner(tmp_path) -> Path:
+    """An NER dataset whose train split has a Latin-1 byte on line 2."""
+    folder = tmp_path / "latin1-ner"
+    folder.mkdir()
+    shutil.copy(SAMPLE / "ner" / "sample_news" / "test.jsonl", folder / "test.jsonl")
+    good = json.dumps({"tokens": ["Paris"], "tags": ["B-LOC"]}).encode()
+    (folder / "train.jsonl").write_bytes(good + b"\n" + b'{"tokens": ["K\xf6ln"], "tags": ["B-LOC"]}\n')
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------- repeated flags
+@pytest.mark.parametrize("argv, attr, expected", [
+    (["evaluate", "--output", "o", "--cls", "A", "--cls", "B"], "cls", ["A", "B"]),
+    (["evaluate", "--output", "o", "--ner", "A", "B", "--ner", "C"], "ner", ["A", "B", "C"]),
+    (["evaluate-runtime", "--backbone", "b", "--label", "l", "--output", "o", "--cls", "A", "--cls", "B"],
+     "cls", ["A", "B"]),
+    (["label", "--corpus", "a.txt", "--corpus", "b.txt"], "corpus", ["a.txt", "b.txt"]),
+    (["label", "--layers", "-1", "--layers", "-7"], "layers", ["-1", "-7"]),
+    (["label", "--layers", "-2"], "layers", ["-2"]),  # the default is not kept in front of a given value
+    (["demo", "--ner", "a", "--ner", "b"], "ner", ["a", "b"]),
+])
+def test_repeated_list_flags_accumulate(argv, attr, expected):
+    assert getattr(build_parser().parse_args(argv), attr) == expected
+
+
+def test_repeated_flags_accumulate_in_analyze_depth_sweep():
+    from mtpf.analysis.cli import _sweep_parser
+
+    args = _sweep_parser().parse_intermixed_args(["c.yaml", "--ner", "A", "--ner", "B", "--cls", "C", "--cls", "D"])
+    assert (args.ner, args.cls) == (["A", "B"], ["C", "D"])
+
+
+def test_demo_refuses_two_datasets_for_one_task(tmp_path, capsys):
+    rc, err = run_cli(["demo", "--out", tmp_path / "d", "--data-dir", tmp_path / "none", "--cls", "a", "--cls", "b"],
+                      capsys)
+    assert_one_line_error(rc, err, "--cls given 2 times")
+
+
+def test_evaluate_refuses_a_dataset_named_twice(tmp_path, capsys):
+    cls = SAMPLE / "cls" / "sample_intents"
+    rc, err = run_cli(["evaluate", "--output", tmp_path / "e", "--cls", cls, "--cls", cls], capsys)
+    assert_one_line_error(rc, err, "named twice")
+    assert not (tmp_path / "e").exists()
+
+
+def test_demo_names_a_missing_dataset(tmp_path, capsys):
+    rc, err = run_cli(["demo", "--out", tmp_path / "d", "--data-dir", SAMPLE, "--ner", "conll2003"], capsys)
+    assert_one_line_error(rc, err, "no dataset 'conll2003'", "sample_news")
+
+
+# ----------------------------------------------------------------------------------------------- model references
+@pytest.mark.parametrize("command", [
+    ["adapt", "tc", "--data", SAMPLE / "cls" / "sample_intents", "--output", "{tmp}/app", "--model"],
+    ["adapt", "ner", "--data", SAMPLE / "ner" / "sample_news", "--output", "{tmp}/app", "--model"],
+    ["serve", "--backbone"],
+    ["export", "--onnx", "--out", "{tmp}/x"],
+])
+def test_unknown_local_model_path_is_one_line(command, tmp_path, capsys):
+    argv = [str(a).replace("{tmp}", str(tmp_path)) for a in command] + [str(tmp_path / "no" / "such-model")]
+    rc, err = run_cli(argv, capsys)
+    assert_one_line_error(rc, err, "no/such-model", "no such folder")
+
+
+def test_unknown_model_in_pretrain_config_is_one_line(toy_data, tmp_path, capsys):
+    overrides = tiny_run_overrides(str(tmp_path / "missing-model"), toy_data, tmp_path / "run")
+    rc, err = run_cli(["pretrain", *overrides], capsys)
+    assert_one_line_error(rc, err, "missing-model", "no such folder")
+
+
+def test_folder_without_config_json_is_not_a_model(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    rc, err = run_cli(["serve", "--backbone", tmp_path / "empty"], capsys)
+    assert_one_line_error(rc, err, "no config.json")
+
+
+def test_hub_name_offline_fails_at_once_without_download(monkeypatch, capsys, tmp_path):
+    import transformers
+
+    def no_download(*a, **k):
+        raise AssertionError("a download was attempted although the hub is off")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_download)
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_download)
+    rc, err = run_cli(["adapt", "tc", "--model", "some-org/not-cached-model", "--data",
+                       SAMPLE / "cls" / "sample_intents", "--output", tmp_path / "app"], capsys)
+    assert_one_line_error(rc, err, "some-org/not-cached-model", "HF_HUB_OFFLINE")
+
+
+def test_hub_name_with_unreachable_endpoint_fails_without_download(monkeypatch):
+    import transformers
+
+    from mtpf import encoder
+
+    def no_download(*a, **k):
+        raise AssertionError("a download was attempted although the hub is unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: refused at once
+    encoder._reachable.cache_clear()
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_download)
+    try:
+        with pytest.raises(encoder.ModelNotFoundError, match="127.0.0.1:9 is not reachable"):
+            encoder.load_encoder("some-org/not-cached-model")
+    finally:
+        encoder._reachable.cache_clear()
+
+
+# ----------------------------------------------------------------------------------------------- encodings
+def test_non_utf8_jsonl_names_file_and_line(tmp_path):
+    from mtpf.data.io import DataError, iter_jsonl
+
+    f = tmp_path / "x.jsonl"
+    f.write_bytes(b'{"a": 1}\n{"a": 2}\n{"a": "\xff"}\n')
+    with pytest.raises(DataError) as exc:
+        list(iter_jsonl(f))
+    assert (exc.value.path, exc.value.line) == (str(f), 3) and "not UTF-8" in str(exc.value)
+
+
+def test_non_utf8_ner_train_split_is_one_line(bad_utf8_ner, tmp_path, capsys):
+    rc, err = run_cli(["adapt", "ner", "--data", bad_utf8_ner, "--output", tmp_path / "app"], capsys)
+    assert_one_line_error(rc, err, f"{bad_utf8_ner / 'train.jsonl'}:2", "not UTF-8")
+
+
+def test_non_utf8_ner_data_in_pretrain_is_one_line(tiny_bert, toy_data, tmp_path, capsys):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "shard-00000.jsonl").write_bytes(b'{"tokens": ["a"], "labels": [1]}\n{"tokens": ["\xe9t\xe9"], '
+                                               b'"labels": [2]}\n')
+    overrides = tiny_run_overrides(tiny_bert, toy_data, tmp_path / "run") + [f"ner_data=[{labels}]"]
+    rc, err = run_cli(["pretrain", *overrides], capsys)
+    assert_one_line_error(rc, err, "shard-00000.jsonl:2", "not UTF-8")
+
+
+# ----------------------------------------------------------------------------------------------- Ctrl-C
+def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, tmp_path, capsys):
+    import mtpf.downstream.cli as downstream_cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(downstream_cli, "_evaluate", interrupted)
+    rc, err = run_cli(["evaluate", "--output", tmp_path / "e"], capsys)
+    assert rc == 130 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.strip()] == [f"mtpf evaluate: {INTERRUPTED}"]
+
+
+def test_ctrl_c_in_pretrain_keeps_checkpoints_and_says_how_to_resume(tiny_bert, toy_data, tmp_path, monkeypatch,
+                                                                      capsys):
+    from mtpf.recipes.pretrain import PretrainRecipe
+
+    real_step = PretrainRecipe.train_step
+
+    def step_then_interrupt(self):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(PretrainRecipe, "train_step", step_then_interrupt)
+    out = tmp_path / "run"
+    rc, err = run_cli(["pretrain", *tiny_run_overrides(tiny_bert, toy_data, out, max_steps=4)], capsys)
+    assert rc == 130 and "Traceback" not in err
+    assert "resume=true" in err and len([line for line in err.splitlines() if line.strip()]) == 1
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000001", "step-00000002"]
+
+
+# ----------------------------------------------------------------------------------------------- overwrites
+def test_adapt_refuses_a_non_empty_output(tmp_path, capsys):
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "keep.txt").write_text("mine")
+    rc, err = run_cli(["adapt", "tc", "--data", SAMPLE / "cls" / "sample_intents", "--output", app], capsys)
+    assert_one_line_error(rc, err, str(app), "--overwrite")
+    assert (app / "keep.txt").read_text() == "mine"
+
+
+def test_adapt_overwrite_replaces_the_output(tiny_bert, tmp_path, capsys, one_torch_thread):
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "keep.txt").write_text("old")
+    rc = main(["adapt", "tc", "--model", tiny_bert, "--data", str(SAMPLE / "cls" / "sample_intents"),
+               "--output", str(app), "--overwrite", "--no-progress", "--n-experiments", "1"])
+    assert rc == 0
+    assert (app / "mtpf_app.json").is_file() and not (app / "keep.txt").exists()
+
+
+def test_export_refuses_a_non_empty_output(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "onnx"
+    out.mkdir()
+    (out / "model.onnx").write_text("earlier export")
+    rc, err = run_cli(["export", tiny_bert, "--onnx", "--out", out], capsys)
+    assert_one_line_error(rc, err, "--overwrite")
+    assert (out / "model.onnx").read_text() == "earlier export"
+
+
+# ----------------------------------------------------------------------------------------------- logs after resume
+def test_metrics_have_one_line_per_step_after_kill_and_resume(tiny_bert, toy_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = dict(save_every=2, log_every=1)
+    assert main(["pretrain", *tiny_run_overrides(tiny_bert, toy_data, out, max_steps=3, **common)]) == 0
+    # a kill after step 3 was logged but before its checkpoint was written: the last checkpoint is step 2
+    shutil.rmtree(out / "checkpoints" / "step-00000003")
+    with open(out / "logs" / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 4, "loss_ner"')  # and a line torn by the kill
+    assert main(["pretrain", *tiny_run_overrides(tiny_bert, toy_data, out, max_steps=5, resume="true",
+                                                 **common)]) == 0
+    steps = [json.loads(line)["step"] for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+# ----------------------------------------------------------------------------------------------- stages
+def test_stage_marker_written_last_and_only_after_outputs_exist(tmp_path):
+    from mtpf.stages import clear_partial, mark_done, stage_done
+
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    with pytest.raises(RuntimeError, match="result.json"):
+        mark_done(folder, required=("result.json",))
+    assert not stage_done(folder)
+    assert clear_partial(folder) and not folder.exists()
+    folder.mkdir()
+    (folder / "result.json").write_text("{}")
+    mark_done(folder, required=("result.json",))
+    assert stage_done(folder) and not clear_partial(folder) and (folder / "result.json").exists()
+
+
+def test_demo_redoes_an_export_cut_by_ctrl_c(tmp_path, monkeypatch):
+    """The issue's case: Ctrl-C during the demo's export left onnx/apps/ner/ empty; a re-run skipped it."""
+    from rich.console import Console
+
+    import mtpf.runtime.export_cli as export_cli
+    from mtpf.demo import Demo
+
+    calls = []
+
+    def fake_export(path, out=None, int8=False, backbone=None, strict=True):
+        calls.append(Path(out))
+        target = Path(out) / "backbone" if Path(path).name == "run" else Path(out)
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "export.json").write_text("{}")
+        return {str(target): {}}
+
+    monkeypatch.setattr(export_cli, "export_path", fake_export)
+    out = tmp_path / "demo"
+    demo = Demo(out, SAMPLE, None, None, 1, False, False, Console(file=io.StringIO()))
+    apps = {"ner": out / "apps" / "ner-x", "tc": out / "apps" / "tc-y"}
+    # what the interrupted run left: the backbone exported, the NER app's folder created but empty
+    (out / "onnx" / "backbone").mkdir(parents=True)
+    (out / "onnx" / "backbone" / "export.json").write_text("{}")
+    (out / "onnx" / "apps" / "ner").mkdir(parents=True)
+    demo.export(out / "run", apps)
+    assert calls == [out / "onnx", out / "onnx" / "apps" / "ner", out / "onnx" / "apps" / "tc"]
+    assert (out / "onnx" / "apps" / "ner" / "export.json").is_file()
+    calls.clear()
+    demo.export(out / "run", apps)  # finished now: a re-run skips it
+    assert calls == []
+
+
+# ----------------------------------------------------------------------------------------------- the real console
+def test_console_bad_model_path_subprocess(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run([sys.executable, "-m", "mtpf.cli", "adapt", "tc", "--model", str(tmp_path / "nope"),
+                           "--data", str(SAMPLE / "cls" / "sample_intents"), "--output", str(tmp_path / "app")],
+                          env=env, capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == f"mtpf adapt: error: model {tmp_path / 'nope'}: no such folder"
