@@ -174,7 +174,7 @@ def _check_hub(ref: str) -> None:
     from mtpf.encoder import hub_endpoint, hub_offline, hub_reachable
 
     if not hub_offline() and not hub_reachable():
-        raise DataError(ref, None, f"no such local folder, and {hub_endpoint()} is not reachable to load it from "
+        raise DataError(ref, None, f"not a local folder, and {hub_endpoint()} is not reachable to load it from "
                                    "the hub; check the path")
 
 
@@ -191,7 +191,7 @@ def _hub_ner(ref: str):  # pragma: no cover - needs the network
 
         ds = load_dataset(name, config)
     except Exception as exc:
-        raise DataError(ref, None, "no such local folder, and loading it from the hub failed: "
+        raise DataError(ref, None, "not a local folder, and loading it from the hub failed: "
                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
     splits = {}
     for hub_split, ours in _HUB_SPLITS.items():
@@ -274,7 +274,7 @@ def _hub_cls(ref: str):  # pragma: no cover - needs the network
 
         ds = load_dataset(name, config)
     except Exception as exc:
-        raise DataError(ref, None, "no such local folder, and loading it from the hub failed: "
+        raise DataError(ref, None, "not a local folder, and loading it from the hub failed: "
                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
     splits = {}
     for hub_split, ours in _HUB_SPLITS.items():
