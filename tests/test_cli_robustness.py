@@ -303,3 +303,49 @@ def test_console_bad_model_path_subprocess(tmp_path):
                           env=env, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == f"mtpf adapt: error: model {tmp_path / 'nope'}: no such folder"
+
+
+def test_demo_puts_both_apps_in_one_tree_and_redoes_an_unmarked_pretrain(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    import mtpf.downstream.tc as tc
+    import mtpf.recipes.pretrain as pretrain
+    from mtpf.demo import Demo
+    from mtpf.downstream.suite import app_folder_name
+
+    out = tmp_path / "demo"
+    demo = Demo(out, SAMPLE, None, None, 1, False, False, Console(file=io.StringIO()))
+    # pretrain: a run folder whose export was cut (run.json there, no marker) is finished with resume=true
+    run_dir = out / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "run.json").write_text("{}")
+    seen = []
+
+    def fake_run(cfg):
+        seen.append(cfg.resume)
+        for rel in ("backbone/config.json", "sentence_transformer/modules.json"):
+            (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (run_dir / rel).write_text("{}")
+
+    monkeypatch.setattr(pretrain, "run", fake_run)
+    labels = out / "labels"
+    assert demo.pretrain(labels) == run_dir and seen == [True]
+    demo.pretrain(labels)
+    assert seen == [True]  # marked: skipped
+    # apps: the NER app trained by the evaluation and the TC app land side by side under OUT/apps
+    ner_src = out / "eval" / "apps" / app_folder_name("MTPF-TPL", "sample_news", 1.0, 42)
+    ner_src.mkdir(parents=True)
+    (ner_src / "mtpf_app.json").write_text('{"task": "ner"}')
+
+    def fake_adapt_tc(model, dataset, output, *a, **k):
+        Path(output).mkdir(parents=True)
+        (Path(output) / "mtpf_app.json").write_text('{"task": "tc"}')
+
+    monkeypatch.setattr(tc, "adapt_tc", fake_adapt_tc)
+    monkeypatch.setattr("mtpf.downstream.models.resolve", lambda *a, **k: None)
+    (out / "apps").mkdir()
+    (out / "apps" / "half-written").mkdir()  # what an interrupted stage left
+    apps = demo.apps(run_dir)
+    assert apps == {"ner": out / "apps" / "ner-sample_news", "tc": out / "apps" / "tc-sample_intents"}
+    assert json.loads((apps["ner"] / "mtpf_app.json").read_text())["task"] == "ner"
+    assert sorted(p.name for p in (out / "apps").iterdir()) == [".mtpf-done", "ner-sample_news", "tc-sample_intents"]
