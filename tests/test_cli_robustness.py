@@ -349,3 +349,24 @@ def test_demo_puts_both_apps_in_one_tree_and_redoes_an_unmarked_pretrain(tmp_pat
     assert apps == {"ner": out / "apps" / "ner-sample_news", "tc": out / "apps" / "tc-sample_intents"}
     assert json.loads((apps["ner"] / "mtpf_app.json").read_text())["task"] == "ner"
     assert sorted(p.name for p in (out / "apps").iterdir()) == [".mtpf-done", "ner-sample_news", "tc-sample_intents"]
+
+
+def test_readme_pretrain_without_labels_says_to_run_mtpf_label_first(tiny_bert, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no runs/labels/raw-k200 here
+    rc, err = run_cli(["pretrain", REPO / "configs" / "local" / "mtpf-tpl.yaml", f"model={tiny_bert}",
+                       f"output_dir={tmp_path / 'run'}", "tensorboard=false"], capsys)
+    assert_one_line_error(rc, err, "runs/labels/raw-k200", "mtpf label")
+
+
+def test_export_cut_short_is_finished_by_the_same_command(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "onnx"
+    argv = ["export", tiny_bert, "--onnx", "--out", out]
+    from mtpf.stages import begin
+
+    begin(out)  # what Ctrl-C during `mtpf export` leaves: our unfinished folder with a half-written graph
+    (out / "model.onnx").write_text("half")
+    rc, err = run_cli(argv, capsys)
+    assert rc == 0, err
+    assert json.loads((out / "export.json").read_text())["files"]["fp32"] == "model.onnx"
+    rc, err = run_cli(argv, capsys)  # finished now: a second export needs --overwrite
+    assert_one_line_error(rc, err, "--overwrite")

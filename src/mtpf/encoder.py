@@ -76,7 +76,7 @@ def _hub_model(ref: str) -> str:
         cached = None
     if isinstance(cached, str):
         return str(Path(cached).parent)
-    why = "offline mode is on (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE)" if offline else f"{hub_endpoint()} is not reachable"
+    why = "offline: HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set" if offline else f"{hub_endpoint()} is not reachable"
     raise ModelNotFoundError(f"model {ref}: no such local folder, and not a cached hub model ({why}); "
                              "pass a local model folder, an mtpf run folder or 'packaged'")
 

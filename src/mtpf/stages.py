@@ -13,10 +13,21 @@ import time
 from pathlib import Path
 
 MARKER = ".mtpf-done"
+PARTIAL = ".mtpf-partial"
+"""Written first by a command that writes into a user-named folder: that folder holds its own unfinished output,
+which a re-run may replace without --overwrite."""
 
 
 def stage_done(folder: str | os.PathLike) -> bool:
     return (Path(folder) / MARKER).is_file()
+
+
+def begin(folder: str | os.PathLike) -> None:
+    """Start writing a stage into ``folder``: create it and mark it as unfinished output of ours."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).unlink(missing_ok=True)
+    (folder / PARTIAL).write_text("")
 
 
 def mark_done(folder: str | os.PathLike, required: tuple[str, ...] = (), **info) -> None:
@@ -29,6 +40,7 @@ def mark_done(folder: str | os.PathLike, required: tuple[str, ...] = (), **info)
     tmp = folder / (MARKER + ".tmp")
     tmp.write_text(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}, default=str))
     os.replace(tmp, folder / MARKER)
+    (folder / PARTIAL).unlink(missing_ok=True)
 
 
 def clear_partial(folder: str | os.PathLike) -> bool:
@@ -42,11 +54,12 @@ def clear_partial(folder: str | os.PathLike) -> bool:
 
 def refuse_nonempty(folder: str | os.PathLike, overwrite: bool, flag: str = "--output") -> None:
     """Refuse to write into a non-empty folder unless ``--overwrite`` was given (existing outputs are never
-    silently replaced). Raises ConfigError (exit 2)."""
+    silently replaced), or the folder holds our own unfinished output (:func:`begin` without
+    :func:`mark_done`: an interrupted run, which re-running the same command continues). Raises ConfigError."""
     from mtpf.config import ConfigError
 
     folder = Path(folder)
-    if overwrite or not folder.exists():
+    if overwrite or not folder.exists() or (folder / PARTIAL).is_file():
         return
     if folder.is_file():
         raise ConfigError(f"{flag} {folder}: is a file, expected a folder")

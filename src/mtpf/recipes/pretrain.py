@@ -590,7 +590,15 @@ def _cli(args) -> int:
     if config and "=" in config and not config.endswith((".yaml", ".yml")):
         config, overrides = None, [config] + overrides
     cfg = load_config(PretrainConfig, config, overrides)
-    run_info = run(cfg)
+    from mtpf.data.io import DataError
+
+    try:
+        run_info = run(cfg)
+    except DataError as exc:
+        if exc.line is None and exc.path in {str(p) for p in cfg.ner_data} and "no such" in exc.problem:
+            raise DataError(exc.path, None, f"{exc.problem}; ner_data holds pseudo-labels made by `mtpf label "
+                                            f"... --out {exc.path}`: run that first (README: mtpf label)") from None
+        raise
     if run_info:
         print(f"run folder: {cfg.output_dir}\n  backbone: {run_info['backbone']}")
         for name, path in run_info["adapters"].items():

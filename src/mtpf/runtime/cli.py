@@ -115,11 +115,16 @@ def run_export(args: argparse.Namespace) -> int:
 
     from mtpf.runtime.export_cli import export_path
     from mtpf.runtime.onnx_export import ExportVerificationError
-    from mtpf.stages import refuse_nonempty
+    from mtpf.stages import begin, mark_done, refuse_nonempty
 
-    refuse_nonempty(Path(args.out) if args.out else Path(args.path) / "onnx", args.overwrite, "--out")
+    target = Path(args.out) if args.out else Path(args.path) / "onnx"
+    refuse_nonempty(target, args.overwrite, "--out")
 
     try:
+        p = Path(args.path)
+        ours = any((p / f).is_file() for f in ("run.json", "mtpf_app.json", "backbone/config.json"))
+        if ours or (args.out and (p.exists() or args.path == "packaged")):  # else export_path names the mistake
+            begin(target)  # a cut export is ours to finish: re-running continues without --overwrite
         reports = export_path(args.path, out=args.out, int8=args.int8, backbone=args.backbone,
                               strict=not args.no_strict)
     except ExportVerificationError as exc:
@@ -128,6 +133,7 @@ def run_export(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"mtpf export: error: {exc}", file=sys.stderr)
         return 2
+    mark_done(target)
     for out_dir, meta in reports.items():
         ver = meta["verification"]
         line = f"{out_dir}: fp32 max|diff| {ver['fp32']['max_abs_diff']:.2e} (<= {ver['fp32']['tolerance']['max_abs_diff']})"
