@@ -370,3 +370,8 @@ def test_export_cut_short_is_finished_by_the_same_command(tiny_bert, tmp_path, c
     assert json.loads((out / "export.json").read_text())["files"]["fp32"] == "model.onnx"
     rc, err = run_cli(argv, capsys)  # finished now: a second export needs --overwrite
     assert_one_line_error(rc, err, "--overwrite")
+
+
+def test_serve_refuses_an_app_named_twice(tmp_path, capsys):
+    rc, err = run_cli(["serve", "--backbone", "packaged", "--app", "a=x", "--app", "a=y"], capsys)
+    assert_one_line_error(rc, err, "'a' is given twice")

@@ -55,11 +55,15 @@ def add_parser(subparsers) -> None:
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
+    from mtpf.config import ConfigError
+
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
-            raise SystemExit(f"mtpf: error: {what} must look like NAME=VALUE, got {item!r}")
+            raise ConfigError(f"{what} must look like NAME=VALUE, got {item!r}")
+        if name in out:  # a silently dropped app would only show up as 404s later
+            raise ConfigError(f"{what}: {name!r} is given twice ({out[name]!r} and {value!r}); name each once")
         out[name] = value
     return out
 
