@@ -65,6 +65,9 @@ def test_repeated_flags_accumulate_in_analyze_depth_sweep():
 
     args = _sweep_parser().parse_intermixed_args(["c.yaml", "--ner", "A", "--ner", "B", "--cls", "C", "--cls", "D"])
     assert (args.ner, args.cls) == (["A", "B"], ["C", "D"])
+    from mtpf.analysis.cli import _measure_parser
+
+    assert _measure_parser().parse_intermixed_args(["m", "--adapter", "ner", "--adapter", "tc"]).adapter == ["ner", "tc"]
 
 
 def test_demo_refuses_two_datasets_for_one_task(tmp_path, capsys):
@@ -78,6 +81,11 @@ def test_evaluate_refuses_a_dataset_named_twice(tmp_path, capsys):
     rc, err = run_cli(["evaluate", "--output", tmp_path / "e", "--cls", cls, "--cls", cls], capsys)
     assert_one_line_error(rc, err, "named twice")
     assert not (tmp_path / "e").exists()
+
+
+def test_evaluate_names_a_missing_dataset_folder(tmp_path, capsys):
+    rc, err = run_cli(["evaluate", "--output", tmp_path / "e", "--cls", tmp_path / "no" / "such-set"], capsys)
+    assert_one_line_error(rc, err, "no/such-set", "no such folder")
 
 
 def test_demo_names_a_missing_dataset(tmp_path, capsys):

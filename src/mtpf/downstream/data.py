@@ -171,8 +171,11 @@ def load_ner_dataset(ref: str, allow_unseen_labels: bool = False) -> NerDataset:
 def _check_hub(ref: str) -> None:
     """Fail in seconds, not after minutes of retries, when the name is no local folder and the hub is unreachable
     (offline mode is left to ``datasets``, which answers from its cache at once)."""
-    from mtpf.encoder import hub_endpoint, hub_offline, hub_reachable
+    from mtpf.encoder import HUB_ID, hub_endpoint, hub_offline, hub_reachable
 
+    if not HUB_ID.match(_hub_name(ref)[0]):  # a path, not a hub name: say so instead of asking the hub
+        raise DataError(ref, None, "no such folder (a dataset is a folder holding {train,dev,test}.jsonl[.gz], "
+                                   "or a hub name)")
     if not hub_offline() and not hub_reachable():
         raise DataError(ref, None, f"not a local folder, and {hub_endpoint()} is not reachable to load it from "
                                    "the hub; check the path")
