@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, tiny_run_overrides
+
 from mtpf.cli import INTERRUPTED, build_parser, main
 
 SAMPLE = REPO / "src" / "mtpf" / "sample_data"
@@ -242,7 +242,7 @@ def test_export_refuses_a_non_empty_output(tiny_bert, tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------- logs after resume
 def test_metrics_have_one_line_per_step_after_kill_and_resume(tiny_bert, toy_data, tmp_path, capsys):
     out = tmp_path / "run"
-    common = dict(save_every=2, log_every=1)
+    common = {"save_every": 2, "log_every": 1}
     assert main(["pretrain", *tiny_run_overrides(tiny_bert, toy_data, out, max_steps=3, **common)]) == 0
     # a kill after step 3 was logged but before its checkpoint was written: the last checkpoint is step 2
     shutil.rmtree(out / "checkpoints" / "step-00000003")
@@ -274,8 +274,8 @@ def test_demo_redoes_an_export_cut_by_ctrl_c(tmp_path, monkeypatch):
     """The issue's case: Ctrl-C during the demo's export left onnx/apps/ner/ empty; a re-run skipped it."""
     from rich.console import Console
 
-    import mtpf.runtime.export_cli as export_cli
     from mtpf.demo import Demo
+    from mtpf.runtime import export_cli
 
     calls = []
 
@@ -308,7 +308,7 @@ def test_console_bad_model_path_subprocess(tmp_path):
            "PYTHONPATH": str(REPO / "src")}
     done = subprocess.run([sys.executable, "-m", "mtpf.cli", "adapt", "tc", "--model", str(tmp_path / "nope"),
                            "--data", str(SAMPLE / "cls" / "sample_intents"), "--output", str(tmp_path / "app")],
-                          env=env, capture_output=True, text=True, cwd=REPO)
+                          env=env, capture_output=True, text=True, cwd=REPO, check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == f"mtpf adapt: error: model {tmp_path / 'nope'}: no such folder"
 
@@ -316,10 +316,10 @@ def test_console_bad_model_path_subprocess(tmp_path):
 def test_demo_puts_both_apps_in_one_tree_and_redoes_an_unmarked_pretrain(tmp_path, monkeypatch):
     from rich.console import Console
 
-    import mtpf.downstream.tc as tc
-    import mtpf.recipes.pretrain as pretrain
     from mtpf.demo import Demo
+    from mtpf.downstream import tc
     from mtpf.downstream.suite import app_folder_name
+    from mtpf.recipes import pretrain
 
     out = tmp_path / "demo"
     demo = Demo(out, SAMPLE, None, None, 1, False, False, Console(file=io.StringIO()))

@@ -74,7 +74,7 @@ def _hub_model(ref: str) -> str:
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(ref, "config.json")
-    except Exception:  # an id huggingface_hub refuses is simply not cached
+    except ValueError:  # an id huggingface_hub refuses (HFValidationError) is simply not cached
         cached = None
     if isinstance(cached, str):
         return str(Path(cached).parent)
