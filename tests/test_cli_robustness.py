@@ -383,3 +383,26 @@ def test_export_cut_short_is_finished_by_the_same_command(tiny_bert, tmp_path, c
 def test_serve_refuses_an_app_named_twice(tmp_path, capsys):
     rc, err = run_cli(["serve", "--backbone", "packaged", "--app", "a=x", "--app", "a=y"], capsys)
     assert_one_line_error(rc, err, "'a' is given twice")
+
+
+@pytest.mark.slow
+def test_console_ctrl_c_in_pretrain_subprocess(tiny_bert, toy_data, tmp_path):
+    """A real SIGINT (what Ctrl-C sends) to a training process: one line, exit 130, checkpoints kept."""
+    import signal
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO / "src")}
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mtpf.cli", "pretrain", *tiny_run_overrides(tiny_bert, toy_data, out, max_steps=5000)]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not (out / "checkpoints" / "step-00000002").exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].endswith("resume=true to continue from the last one")
+    assert not (out / "run.json").exists() and any((out / "checkpoints").glob("step-*"))
