@@ -174,8 +174,8 @@ def _check_hub(ref: str) -> None:
     from mtpf.encoder import HUB_ID, hub_endpoint, hub_offline, hub_reachable
 
     if not HUB_ID.match(_hub_name(ref)[0]):  # a path, not a hub name: say so instead of asking the hub
-        raise DataError(ref, None, "no such folder (a dataset is a folder holding {train,dev,test}.jsonl[.gz], "
-                                   "or a hub name)")
+        raise DataError(ref, None, "not a local folder (no such folder), nor a hub name; a dataset is a folder "
+                                   "holding {train,dev,test}.jsonl[.gz] or a hub name")
     if not hub_offline() and not hub_reachable():
         raise DataError(ref, None, f"not a local folder, and {hub_endpoint()} is not reachable to load it from "
                                    "the hub; check the path")
