@@ -58,21 +58,45 @@ def quiet_libraries() -> None:
         pass
 
 
+INTERRUPTED = "interrupted; re-run the same command to continue"
+"""What Ctrl-C prints (exit 130). Every stage records its completion last, so a re-run redoes the cut stage."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from mtpf.config import ConfigError
-    from mtpf.data.io import DataError
-
     quiet_libraries()
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError) as exc:
-        print(f"mtpf {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\nmtpf {args.command}: {getattr(args, 'interrupt_hint', None) or INTERRUPTED}", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise
+        print(f"mtpf {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message of a mistake in the user's input, or None for a bug (which keeps its traceback).
+
+    One place for every command: bad data or config (DataError, ConfigError and their subclasses, e.g. an
+    unknown model), a missing/unreadable path (an OSError that names its file), bytes that are not UTF-8."""
+    from mtpf.config import ConfigError
+    from mtpf.data.io import DataError
+
+    if isinstance(exc, (ConfigError, DataError)):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"input is not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8"
+    return None
 
 
 if __name__ == "__main__":

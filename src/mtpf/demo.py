@@ -5,7 +5,8 @@
 
 Runs on the small template-generated sample corpus bundled with the package (or ``--data-dir`` in the
 ``../shared/data`` layout) with the packaged all-MiniLM-L6-v2 as base model and teacher. Everything is
-written under ``--out`` and resumes: re-running skips finished stages.
+written under ``--out`` and resumes: re-running skips finished stages. A stage counts as finished only when
+its folder holds the marker written last (:mod:`mtpf.stages`), so a stage cut by Ctrl-C is redone.
 
 The sample is tiny and synthetic: its scores show that the pipeline works, not how good the method is.
 """
@@ -16,6 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
+from mtpf.stages import clear_partial, mark_done, stage_done
+
 SAMPLE_DATA = Path(__file__).parent / "sample_data"
 
 DISCLAIMER = (
@@ -25,6 +28,11 @@ DISCLAIMER = (
 
 
 def _pick(folder: Path, preferred: str | None) -> Path:
+    from mtpf.data.io import DataError
+
+    if not folder.is_dir():
+        raise DataError(folder, None, "no such folder; --data-dir must be in the ../shared/data layout "
+                                      "(ner/<name>/, cls/<name>/, pairs/, raw/)")
     options = sorted(p for p in folder.iterdir() if p.is_dir())
     if not options:
         from mtpf.data.io import DataError
@@ -67,11 +75,12 @@ class Demo:
 
         t0 = self.stage(1, "teacher pseudo-labels (mtpf label): packaged all-MiniLM-L6-v2, k-means K=20")
         out = self.out / "labels"
-        if (out / "clusters.json").is_file():
+        if stage_done(out):
             self.console.print(f"already labelled: {out}")
-        else:
+        else:  # label_corpus resumes by finished shard
             label_corpus(LabelConfig(teacher="packaged", corpus=[str(self.data / "raw")], out=str(out), clusters=20,
                                      fit_words=20_000, shard_sentences=5_000, seed=0), log=self.console.print)
+            mark_done(out, required=("clusters.json",))
         self.done("label", t0)
         return out
 
@@ -82,9 +91,9 @@ class Demo:
 
         t0 = self.stage(2, f"multi-task pre-finetuning with task-primary LoRAs (mtpf pretrain, {self.steps} steps)")
         run_dir = self.out / "run"
-        if (run_dir / "run.json").is_file():
+        if stage_done(run_dir):
             self.console.print(f"already pre-finetuned: {run_dir}")
-        else:
+        else:  # resumes from the last checkpoint (and redoes the export when only that was cut)
             resume = (run_dir / "checkpoints").is_dir()
             cfg = load_config(PretrainConfig, None, [
                 "strategy=mtpf-tpl", "model=packaged", f"output_dir={run_dir}", f"max_steps={self.steps}",
@@ -93,6 +102,7 @@ class Demo:
                 f"save_every={max(1, self.steps // 3)}", "log_every=5", f"resume={str(resume).lower()}",
             ])
             run(cfg)
+            mark_done(run_dir, required=("run.json", "backbone/config.json", "sentence_transformer/modules.json"))
         self.done("pretrain", t0)
         return run_dir
 
@@ -105,10 +115,12 @@ class Demo:
         t0 = self.stage(3, "downstream adaptation and evaluation vs the base model (mtpf evaluate)")
         eval_dir = self.out / "eval"
         ner_cfg = NerConfig(epochs_warmup=2, epochs=3, batch_size=32, lr=3e-4, head_lr=1e-3)
+        # run_suite records every finished cell atomically in results.json and resumes from there
         res = run_suite(SuiteConfig(
             models=[("Base model", "packaged"), ("MTPF-TPL", str(run_dir))], base="Base model",
             output=str(eval_dir), ner=[str(self.ner_dir)], cls=[str(self.cls_dir)], ner_cfg=ner_cfg,
             tc_cfg=TCConfig(), save_apps=True))
+        mark_done(eval_dir, required=("results.json", "tables.md"))
         self.done("evaluate", t0)
         return res
 
@@ -119,11 +131,21 @@ class Demo:
         from mtpf.downstream.tc import TCConfig, adapt_tc
 
         t0 = self.stage(4, "app adapters: NER (LoRA + token head) and TC (tc LoRA + classifier)")
-        ner_app = next((self.out / "eval" / "apps").glob(f"MTPF-TPL-{self.ner_dir.name}-*"))
-        tc_app = self.out / "apps" / f"tc-{self.cls_dir.name}"
-        if not (tc_app / "mtpf_app.json").is_file():
+        folder = self.out / "apps"
+        ner_app = folder / f"ner-{self.ner_dir.name}"
+        tc_app = folder / f"tc-{self.cls_dir.name}"
+        if stage_done(folder):
+            self.console.print(f"already adapted: {folder}")
+        else:
+            clear_partial(folder)
+            # the evaluation already trained the NER app (--save-apps): both apps go under one folder
+            from mtpf.downstream.suite import app_folder_name
+
+            shutil.copytree(self.out / "eval" / "apps" / app_folder_name("MTPF-TPL", self.ner_dir.name, 1.0, 42),
+                            ner_app)
             adapt_tc(resolve(str(run_dir), "MTPF-TPL"), load_cls_dataset(str(self.cls_dir)), tc_app, TCConfig(),
                      cache_dir=str(self.out / "eval" / "cache"), progress=False)
+            mark_done(folder, required=(f"{ner_app.name}/mtpf_app.json", f"{tc_app.name}/mtpf_app.json"))
         self.console.print(f"NER app: {ner_app}\nTC app:  {tc_app}")
         self.done("apps", t0)
         return {"ner": ner_app, "tc": tc_app}
@@ -138,12 +160,17 @@ class Demo:
         # onnxruntime's quantizer logs a pre-processing hint on the root logger for every graph
         logging.getLogger().setLevel(logging.ERROR)
         reports = {}
-        if not (self.out / "onnx" / "backbone").is_dir():
-            reports.update(export_path(str(run_dir), out=str(self.out / "onnx"), int8=self.int8))
-        for name, app in apps.items():
-            if not (self.out / "onnx" / "apps" / name).is_dir():
-                reports.update(export_path(str(app), out=str(self.out / "onnx" / "apps" / name),
+        folder = self.out / "onnx"
+        if stage_done(folder):
+            self.console.print(f"already exported: {folder}")
+        else:  # graphs are not resumable: a cut export starts again
+            if clear_partial(folder):
+                self.console.print(f"redoing the interrupted export in {folder}")
+            reports.update(export_path(str(run_dir), out=str(folder), int8=self.int8))
+            for name, app in apps.items():
+                reports.update(export_path(str(app), out=str(folder / "apps" / name),
                                            backbone=str(run_dir / "backbone"), int8=self.int8))
+            mark_done(folder, required=("backbone/export.json", *(f"apps/{n}/export.json" for n in apps)))
         for path, rep in reports.items():
             self.console.print(f"{path}: {_short_report(rep)}")
         self.done("export", t0)
@@ -240,9 +267,20 @@ def add_parser(sub) -> None:
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo); re-runs resume")
     p.add_argument("--data-dir", help="a folder in the ../shared/data layout instead of the bundled sample")
-    p.add_argument("--ner", help="NER dataset name under DATA/ner (default: the first)")
-    p.add_argument("--cls", help="classification dataset name under DATA/cls (default: the first)")
+    p.add_argument("--ner", action="append", help="NER dataset name under DATA/ner (default: the first)")
+    p.add_argument("--cls", action="append", help="classification dataset name under DATA/cls (default: the first)")
     p.add_argument("--steps", type=int, default=40, help="pre-finetuning steps (default 40)")
     p.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 ONNX exports")
-    p.set_defaults(func=lambda a: run_demo(a.out, a.data_dir, a.ner, a.cls, a.steps, a.fresh, not a.no_int8) and 0)
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    from mtpf.config import ConfigError
+
+    for flag, names in (("--ner", args.ner), ("--cls", args.cls)):
+        if names and len(names) > 1:  # the demo runs one dataset per task: never drop one silently
+            raise ConfigError(f"{flag} given {len(names)} times ({', '.join(names)}); the demo takes one")
+    run_demo(args.out, args.data_dir, args.ner and args.ner[0], args.cls and args.cls[0], args.steps, args.fresh,
+             not args.no_int8)
+    return 0

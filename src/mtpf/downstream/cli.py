@@ -79,7 +79,8 @@ def add_parser(sub) -> None:
         p.add_argument("--model", default="packaged", help="mtpf run folder, HF/sentence-transformers folder, "
                                                            "hub name, or 'packaged' (default)")
         p.add_argument("--data", required=True, help="dataset folder ({train,dev,test}.jsonl[.gz]) or hub name")
-        p.add_argument("--output", required=True, help="app adapter folder to write")
+        p.add_argument("--output", required=True, help="app adapter folder to write (must be new or empty)")
+        p.add_argument("--overwrite", action="store_true", help="replace --output when it already holds something")
         p.add_argument("--seed", type=int, default=42)
         p.add_argument("--allow-unseen-labels", action="store_true",
                        help="score labels that occur only in dev/test as misses instead of refusing the data")
@@ -101,8 +102,10 @@ def add_parser(sub) -> None:
                    help="a model to evaluate (repeat); LABEL=PATH or PATH; PATH: run folder, HF or "
                         "sentence-transformers folder, hub name, 'packaged'")
     p.add_argument("--base", default=None, help="label of the row the +/- are computed against (default: first)")
-    p.add_argument("--ner", nargs="*", default=[], metavar="DIR", help="NER dataset folders (or hub names)")
-    p.add_argument("--cls", nargs="*", default=[], metavar="DIR", help="classification dataset folders (or hub names)")
+    p.add_argument("--ner", nargs="*", action="extend", default=[], metavar="DIR",
+                   help="NER dataset folders (or hub names); repeatable")
+    p.add_argument("--cls", nargs="*", action="extend", default=[], metavar="DIR",
+                   help="classification dataset folders (or hub names); repeatable")
     p.add_argument("--data-dir", default=None,
                    help="a ../shared/data-style folder: every ner/* and cls/* inside, unless --ner/--cls are given")
     p.add_argument("--fractions", default="1.0", help="comma list of train shares for NER, e.g. 0.1,0.2,0.5")
@@ -131,7 +134,8 @@ def add_parser(sub) -> None:
     p.add_argument("--ner-app", action="append", default=[], metavar="DATASET=APP_DIR",
                    help="an NER app adapter and the dataset whose test split it tags (repeat)")
     p.add_argument("--tc-app", default=None, help="a TC app adapter whose embedding is scored on every --cls set")
-    p.add_argument("--cls", nargs="*", default=[], metavar="DIR", help="classification dataset folders")
+    p.add_argument("--cls", nargs="*", action="extend", default=[], metavar="DIR",
+                   help="classification dataset folders; repeatable")
     p.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
     p.add_argument("--fp32", action="store_true", help="ONNX backend without int8 quantisation")
     p.add_argument("--onnx-dir", default=None, help="folder for the exported graphs (default: a cache folder)")
@@ -155,7 +159,10 @@ def _threads(args) -> None:
 
 def _adapt(args) -> int:
     from mtpf.config import ConfigError
+    from mtpf.stages import refuse_nonempty
 
+    if getattr(args, "output", None):
+        refuse_nonempty(args.output, args.overwrite)
     _threads(args)
     from mtpf.downstream.models import resolve
 
@@ -209,6 +216,20 @@ def _floats(text: str, what: str) -> list[float]:
         raise ConfigError(f"--{what} must be a comma list of numbers, got {text!r}") from None
 
 
+def _no_duplicates(refs: list[str], flag: str) -> None:
+    """A dataset named twice would be evaluated twice under one name: refuse it (exit 2)."""
+    from pathlib import Path
+
+    from mtpf.config import ConfigError
+
+    seen: dict[str, str] = {}
+    for ref in refs:
+        key = str(Path(ref).resolve()) if Path(ref).exists() else ref
+        if key in seen:
+            raise ConfigError(f"{flag}: dataset {ref!r} is named twice (as {seen[key]!r} too); name each once")
+        seen[key] = ref
+
+
 def _evaluate(args) -> int:
     from pathlib import Path
 
@@ -229,6 +250,8 @@ def _evaluate(args) -> int:
             raise ConfigError(f"--data-dir {root}: no such folder")
         ner = sorted(str(p) for p in (root / "ner").glob("*") if p.is_dir())
         cls = sorted(str(p) for p in (root / "cls").glob("*") if p.is_dir())
+    _no_duplicates(ner, "--ner")
+    _no_duplicates(cls, "--cls")
     from mtpf.downstream.suite import SuiteConfig, run_suite
 
     seeds = [int(s) for s in _floats(args.seeds, "seeds")]
@@ -257,6 +280,7 @@ def _evaluate_runtime(args) -> int:
         if "=" not in item:
             raise ConfigError(f"--ner-app {item!r}: expected DATASET=APP_DIR")
         ner_apps.append(tuple(item.split("=", 1)))
+    _no_duplicates(list(args.cls), "--cls")
     if not ner_apps and not args.cls:
         raise ConfigError("give at least one --ner-app or --cls dataset")
     results = evaluate_runtime(args.backbone, args.label, args.output, ner_apps=ner_apps, tc_app=args.tc_app,

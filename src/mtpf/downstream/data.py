@@ -168,6 +168,19 @@ def load_ner_dataset(ref: str, allow_unseen_labels: bool = False) -> NerDataset:
     return NerDataset(dataset_name(ref), splits, fp, sorted(train_types))
 
 
+def _check_hub(ref: str) -> None:
+    """Fail in seconds, not after minutes of retries, when the name is no local folder and the hub is unreachable
+    (offline mode is left to ``datasets``, which answers from its cache at once)."""
+    from mtpf.encoder import HUB_ID, hub_endpoint, hub_offline, hub_reachable
+
+    if not HUB_ID.match(_hub_name(ref)[0]):  # a path, not a hub name: say so instead of asking the hub
+        raise DataError(ref, None, "not a local folder (no such folder), nor a hub name; a dataset is a folder "
+                                   "holding {train,dev,test}.jsonl[.gz] or a hub name")
+    if not hub_offline() and not hub_reachable():
+        raise DataError(ref, None, f"not a local folder, and {hub_endpoint()} is not reachable to load it from "
+                                   "the hub; check the path")
+
+
 def _hub_name(ref: str) -> tuple[str, str | None]:
     name, _, config = ref.partition(":")
     return name, config or None
@@ -175,12 +188,14 @@ def _hub_name(ref: str) -> tuple[str, str | None]:
 
 def _hub_ner(ref: str):  # pragma: no cover - needs the network
     name, config = _hub_name(ref)
+    _check_hub(ref)
     try:
         from datasets import load_dataset
 
         ds = load_dataset(name, config)
     except Exception as exc:
-        raise DataError(ref, None, f"not a local folder, and loading it from the hub failed: {exc}") from None
+        raise DataError(ref, None, "not a local folder, and loading it from the hub failed: "
+                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
     splits = {}
     for hub_split, ours in _HUB_SPLITS.items():
         if hub_split not in ds:
@@ -256,12 +271,14 @@ def load_cls_dataset(ref: str, allow_unseen_labels: bool = False) -> ClsDataset:
 
 def _hub_cls(ref: str):  # pragma: no cover - needs the network
     name, config = _hub_name(ref)
+    _check_hub(ref)
     try:
         from datasets import load_dataset
 
         ds = load_dataset(name, config)
     except Exception as exc:
-        raise DataError(ref, None, f"not a local folder, and loading it from the hub failed: {exc}") from None
+        raise DataError(ref, None, "not a local folder, and loading it from the hub failed: "
+                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
     splits = {}
     for hub_split, ours in _HUB_SPLITS.items():
         if hub_split not in ds:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtpf.config import ConfigError
-from mtpf.encoder import PACKAGED, packaged_model_path
+from mtpf.encoder import PACKAGED, packaged_model_path, resolve_model
 
 TASKS = ("ner", "tc")
 
@@ -96,8 +96,9 @@ def resolve(ref: str, label: str | None = None, normalize: str | bool = "auto") 
         elif path.exists():
             raise ConfigError(f"model {ref!r}: folder holds neither run.json (mtpf run), modules.json "
                               "(sentence-transformers) nor config.json (Hugging Face model)")
-        else:  # hub name (online users)
-            m = ModelRef(label, ref, "hf", ref, normalize=_hub_normalize(ref))
+        else:  # hub name (online users); one clear error when it is neither reachable nor cached
+            local = resolve_model(ref)
+            m = ModelRef(label, ref, "hf", local, normalize=_hub_normalize(ref) if local == ref else False)
     if normalize != "auto":
         m.normalize = normalize if isinstance(normalize, bool) else str(normalize).lower() in ("true", "1", "yes")
     return m

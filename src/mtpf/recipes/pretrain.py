@@ -432,11 +432,15 @@ class PretrainRecipe:
     def _open_logs(self) -> None:
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.out / "logs" / "metrics.jsonl"
+        # Lines logged after the checkpoint we start from (a killed run) are logged again: drop them first.
+        for name in ("metrics.jsonl", "analysis.jsonl"):
+            _truncate_log(self.out / "logs" / name, self.step)
         self.tb = None
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.out / "logs" / "tensorboard"))
+            # purge_step: TensorBoard hides events at or after it that an earlier (killed) run wrote
+            self.tb = SummaryWriter(str(self.out / "logs" / "tensorboard"), purge_step=self.step + 1)
 
     def _log(self, window: dict) -> dict:
         acc = self.accelerator
@@ -534,6 +538,23 @@ class _StepCounter:
         self.recipe.step = int(state["step"])
 
 
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep only the records of steps <= ``step`` (none when starting at 0), atomically."""
+    if not path.is_file():
+        return
+    keep = []
+    with open(path) as fh:
+        for line in fh:
+            try:
+                if step and json.loads(line)["step"] <= step:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line torn by the kill
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
+
+
 def _local_files(paths: list[str]) -> list[str]:
     from mtpf.data.io import expand_paths
 
@@ -556,7 +577,8 @@ def add_parser(sub) -> None:
     p.add_argument("config", nargs="?", help="YAML config (see configs/); keys can be overridden as key=value")
     p.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nesting (tpl.ner.layers=4)")
     p.add_argument("--help-config", action="store_true", help="list every config key with default and help")
-    p.set_defaults(func=_cli)
+    p.set_defaults(func=_cli, interrupt_hint="interrupted; checkpoints are intact: re-run the same command with "
+                                             "resume=true to continue from the last one")
 
 
 def _cli(args) -> int:
@@ -568,7 +590,15 @@ def _cli(args) -> int:
     if config and "=" in config and not config.endswith((".yaml", ".yml")):
         config, overrides = None, [config] + overrides
     cfg = load_config(PretrainConfig, config, overrides)
-    run_info = run(cfg)
+    from mtpf.data.io import DataError
+
+    try:
+        run_info = run(cfg)
+    except DataError as exc:
+        if exc.line is None and exc.path in {str(p) for p in cfg.ner_data} and "no such" in exc.problem:
+            raise DataError(exc.path, None, f"{exc.problem}; ner_data holds pseudo-labels made by `mtpf label "
+                                            f"... --out {exc.path}`: run that first (README: mtpf label)") from None
+        raise
     if run_info:
         print(f"run folder: {cfg.output_dir}\n  backbone: {run_info['backbone']}")
         for name, path in run_info["adapters"].items():

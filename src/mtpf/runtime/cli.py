@@ -79,17 +79,20 @@ def add_parser(subparsers) -> None:
     e.add_argument("--out", help="output folder (default: RUN/onnx, APP/onnx, APP/hf; required for a bare backbone)")
     e.add_argument("--backbone", help="app adapter: the backbone it was trained on (default: from adapter_config)")
     e.add_argument("--no-strict", action="store_true", help="keep going when a graph misses the tolerance")
+    e.add_argument("--overwrite", action="store_true", help="write into an output folder that is not empty")
     e.set_defaults(func=run_export)
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
+    from mtpf.config import ConfigError
+
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
-            raise ValueError(f"{what} must look like NAME=VALUE, got {item!r}")
-        if name in out and out[name] != value:
-            raise ValueError(f"{what} {name}= given twice ({out[name]!r} and {value!r}); keep one")
+            raise ConfigError(f"{what} must look like NAME=VALUE, got {item!r}")
+        if name in out:  # a silently dropped app would only show up as 404s later
+            raise ConfigError(f"{what} {name}= given twice ({out[name]!r} and {value!r}); name each once")
         out[name] = value
     return out
 
@@ -246,10 +249,20 @@ def run_export(args: argparse.Namespace) -> int:
     if not args.onnx:
         print("mtpf export: error: choose an export format: --onnx or --hf", file=sys.stderr)
         return 2
+    from pathlib import Path
+
     from mtpf.runtime.export_cli import export_path
     from mtpf.runtime.onnx_export import ExportVerificationError
+    from mtpf.stages import begin, mark_done, refuse_nonempty
+
+    target = Path(args.out) if args.out else Path(args.path) / "onnx"
+    refuse_nonempty(target, args.overwrite, "--out")
 
     try:
+        p = Path(args.path)
+        ours = any((p / f).is_file() for f in ("run.json", "mtpf_app.json", "backbone/config.json"))
+        if ours or (args.out and (p.exists() or args.path == "packaged")):  # else export_path names the mistake
+            begin(target)  # a cut export is ours to finish: re-running continues without --overwrite
         reports = export_path(args.path, out=args.out, int8=args.int8, backbone=args.backbone,
                               strict=not args.no_strict)
     except ExportVerificationError as exc:
@@ -258,6 +271,7 @@ def run_export(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"mtpf export: error: {exc}", file=sys.stderr)
         return 2
+    mark_done(target)
     for out_dir, meta in reports.items():
         ver = meta["verification"]
         line = f"{out_dir}: fp32 max|diff| {ver['fp32']['max_abs_diff']:.2e} (<= {ver['fp32']['tolerance']['max_abs_diff']})"

@@ -187,7 +187,9 @@ def export_encoder_dir(model, tokenizer, out_dir: str | Path, *, int8: bool = Fa
         "adapter_fingerprint": adapter_fingerprint, "inputs": names, "outputs": ["last_hidden_state"],
         "opset": OPSET, "files": files, "verification": report, "seconds": round(time.time() - t0, 2),
     }
-    (out / "export.json").write_text(json.dumps(meta, indent=2))
+    # written last and atomically: a folder with export.json is a finished export (readers skip work on it)
+    (out / "export.json.tmp").write_text(json.dumps(meta, indent=2))
+    os.replace(out / "export.json.tmp", out / "export.json")
     failed = [k for k, v in report.items() if not v["passed"]]
     if strict and failed:
         raise ExportVerificationError(f"{out}: ONNX graph(s) {failed} outside tolerance: {json.dumps(report)}")

@@ -23,12 +23,12 @@ def add_parser(subparsers) -> None:
                     "mini-batch k-means, and write {tokens, labels} JSONL shards + clusters.json.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", help="HF encoder: local folder, hub name, or 'packaged' (all-MiniLM-L6-v2)")
-    p.add_argument("--corpus", nargs="+", metavar="PATH",
+    p.add_argument("--corpus", nargs="+", action="extend", metavar="PATH",
                    help=".txt/.txt.gz (a sentence a line), .jsonl[.gz] with 'tokens' or 'text', folders, or a "
                         "hub dataset name (online)")
     p.add_argument("--clusters", "-k", type=int, default=200, help="K (default 200, as in the paper)")
     p.add_argument("--out", help="output folder (shards, clusters.json, centroids.npy)")
-    p.add_argument("--layers", nargs="+", default=["-1"], metavar="N",
+    p.add_argument("--layers", nargs="+", action="extend", default=None, metavar="N",
                    help="hidden-state indices to concatenate: -1 = last (default); '-1 -7' or =-1,-7 = last + "
                         "7th from last (NuNER's suggestion)")
     p.add_argument("--no-normalize", dest="normalize", action="store_false",
@@ -77,7 +77,7 @@ def _run_label(args) -> int:
     if args.clusters < 2:
         raise DataError(args.out, None, "--clusters must be at least 2")
     try:
-        layers = parse_layers(",".join(args.layers))
+        layers = parse_layers(",".join(args.layers or ["-1"]))
     except ValueError as exc:
         raise DataError(args.out, None, str(exc)) from None
     cfg = LabelConfig(

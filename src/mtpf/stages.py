@@ -1,0 +1,68 @@
+"""Stage completion markers and output-folder guards shared by the commands.
+
+A stage that writes a folder is done only when its marker exists. The marker is written last, atomically,
+after the stage's outputs were checked; a folder without it is a half-done stage (interrupted, killed) and
+is redone, never skipped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+MARKER = ".mtpf-done"
+PARTIAL = ".mtpf-partial"
+"""Written first by a command that writes into a user-named folder: that folder holds its own unfinished output,
+which a re-run may replace without --overwrite."""
+
+
+def stage_done(folder: str | os.PathLike) -> bool:
+    return (Path(folder) / MARKER).is_file()
+
+
+def begin(folder: str | os.PathLike) -> None:
+    """Start writing a stage into ``folder``: create it and mark it as unfinished output of ours."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).unlink(missing_ok=True)
+    (folder / PARTIAL).write_text("")
+
+
+def mark_done(folder: str | os.PathLike, required: tuple[str, ...] = (), **info) -> None:
+    """Record that the stage writing ``folder`` finished. ``required``: files/folders (relative to ``folder``)
+    that must exist first; a missing one raises instead of marking a broken stage as done."""
+    folder = Path(folder)
+    missing = [r for r in required if not (folder / r).exists()]
+    if missing:
+        raise RuntimeError(f"{folder}: stage finished without {', '.join(missing)}; not marking it done")
+    tmp = folder / (MARKER + ".tmp")
+    tmp.write_text(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}, default=str))
+    os.replace(tmp, folder / MARKER)
+    (folder / PARTIAL).unlink(missing_ok=True)
+
+
+def clear_partial(folder: str | os.PathLike) -> bool:
+    """Delete ``folder`` when it holds a half-done stage (no marker); True when something was deleted."""
+    folder = Path(folder)
+    if folder.exists() and not stage_done(folder):
+        shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+        return True
+    return False
+
+
+def refuse_nonempty(folder: str | os.PathLike, overwrite: bool, flag: str = "--output") -> None:
+    """Refuse to write into a non-empty folder unless ``--overwrite`` was given (existing outputs are never
+    silently replaced), or the folder holds our own unfinished output (:func:`begin` without
+    :func:`mark_done`: an interrupted run, which re-running the same command continues). Raises ConfigError."""
+    from mtpf.config import ConfigError
+
+    folder = Path(folder)
+    if overwrite or not folder.exists() or (folder / PARTIAL).is_file():
+        return
+    if folder.is_file():
+        raise ConfigError(f"{flag} {folder}: is a file, expected a folder")
+    if any(folder.iterdir()):
+        raise ConfigError(f"{flag} {folder}: folder exists and is not empty; pass --overwrite to replace it, "
+                          "or choose another folder (nothing was changed)")
