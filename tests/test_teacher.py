@@ -233,3 +233,73 @@ def test_quality_scores():
     assert s["all"]["words"] == 5
     bad = score_labels([["B-PER", "B-LOC", "B-PER", "B-LOC"]], [[0, 0, 1, 1]])
     assert bad["entities"]["purity"] == 0.5 and bad["entities"]["v_measure"] < 1e-9
+
+
+# -- corpora through `datasets`: Parquet, Arrow, text.gz, hub specs -------------------------------------------
+def test_parquet_and_arrow_corpora_read_like_jsonl(tmp_path):
+    import datasets
+
+    rows = [{"text": "Apple Inc. earned $3.5 billion."}, {"text": ""}, {"text": "Second  line"}]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "c.parquet"))
+    toks = datasets.Dataset.from_list([{"tokens": ["New York", "is", "big"], "id": 1}])
+    toks.save_to_disk(str(tmp_path / "saved"))
+    arrow = next((tmp_path / "saved").glob("*.arrow"))
+    stats = CorpusStats()
+    sents = list(iter_sentences(corpus_files([tmp_path / "c.parquet", arrow]), stats))
+    assert [s.words for s in sents] == [["Apple", "Inc", ".", "earned", "$", "3.5", "billion", "."],
+                                        ["Second", "line"], ["New York", "is", "big"]]
+    assert [s.line for s in sents] == [1, 3, 1] and stats.empty_lines == 1 and stats.words == 13
+    datasets.Dataset.from_list([{"label": 3}]).to_parquet(str(tmp_path / "bad.parquet"))
+    with pytest.raises(DataError, match=r"bad.parquet: has none of the columns"):
+        list(iter_sentences(corpus_files([tmp_path / "bad.parquet"])))
+
+
+def test_text_gz_corpus(tmp_path):
+    with gzip.open(tmp_path / "c.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("Zürich is big.\n\nIt rains 3.5 days.\n")
+    sents = list(iter_sentences(corpus_files([tmp_path / "c.txt.gz"])))
+    assert [(s.line, s.words) for s in sents] == [(1, ["Zürich", "is", "big", "."]),
+                                                   (3, ["It", "rains", "3.5", "days", "."])]
+
+
+def test_hub_spec_parsing_and_a_missing_split_is_one_clear_line(monkeypatch):
+    import datasets
+
+    from mtpf.teacher.corpus import parse_hub_spec, resolve_hub_split
+
+    assert parse_hub_spec("hub:numind/NuNER@full") == ("numind/NuNER", None, "full")
+    assert parse_hub_spec("org/set:sub@train[:10%]") == ("org/set", "sub", "train[:10%]")
+    assert corpus_files(["numind/NuNER@full", "hub:org/set:sub"]) == ["hub:numind/NuNER@full", "hub:org/set:sub"]
+    calls = []
+    monkeypatch.setattr(datasets, "get_dataset_split_names",
+                        lambda name, subset=None: calls.append((name, subset)) or ["entity", "full"])
+    assert resolve_hub_split("numind/NuNER@full") == "full" and not calls  # a named split needs no look-up
+    with pytest.raises(DataError) as err:
+        list(iter_sentences(corpus_files(["numind/NuNER"])))
+    msg = str(err.value)
+    assert "\n" not in msg and "entity, full" in msg and "numind/NuNER@SPLIT" in msg
+    monkeypatch.setattr(datasets, "get_dataset_split_names", lambda name, subset=None: ["only"])
+    assert resolve_hub_split("org/set:sub") == "only"
+
+    def offline(*a, **k):
+        raise ConnectionError("no network\nmore detail")
+
+    monkeypatch.setattr(datasets, "get_dataset_split_names", offline)
+    with pytest.raises(DataError, match=r"cannot list the splits .*no network\); name one as org/set:sub@SPLIT"):
+        resolve_hub_split("org/set:sub")
+
+
+def test_hub_rows_are_streamed_by_record_batch(monkeypatch):
+    import datasets
+
+    table = datasets.Dataset.from_list([{"input": f"row {i} here", "output": "x"} for i in range(2500)])
+    seen = {}
+
+    def fake_load(name, subset=None, split=None, streaming=False):
+        seen.update(name=name, subset=subset, split=split, streaming=streaming)
+        return table.to_iterable_dataset()
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    sents = list(iter_sentences(corpus_files(["numind/NuNER@full"])))
+    assert seen == {"name": "numind/NuNER", "subset": None, "split": "full", "streaming": True}
+    assert len(sents) == 2500 and sents[-1].words == ["row", "2499", "here"] and sents[-1].line == 2500
