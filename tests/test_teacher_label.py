@@ -100,11 +100,11 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_bert, corpus, tmp_path)
     class Crash(Teacher):
         calls = 0
 
-        def embed(self, sentences):
+        def embed(self, sentences, **kw):
             Crash.calls += 1
             if Crash.calls == 8:  # after the fit and a couple of shards
                 raise KeyboardInterrupt
-            return super().embed(sentences)
+            return super().embed(sentences, **kw)
 
     t = Teacher.load(tiny_bert, device="cpu")
     crashing = Crash(t.model, t.tokenizer, name=tiny_bert)
