@@ -303,3 +303,47 @@ def test_hub_rows_are_streamed_by_record_batch(monkeypatch):
     sents = list(iter_sentences(corpus_files(["numind/NuNER@full"])))
     assert seen == {"name": "numind/NuNER", "subset": None, "split": "full", "streaming": True}
     assert len(sents) == 2500 and sents[-1].words == ["row", "2499", "here"] and sents[-1].line == 2500
+
+
+# -- device path equals a plain reference ------------------------------------------------------------------------
+def _reference_word_means(model, tok, sentences):
+    """One sentence at a time, full attention, the mean of each word's sub-token vectors (no batching, padding,
+    sinks or boundary-piece rule: a WordPiece teacher has none)."""
+    out = []
+    for words in sentences:
+        enc = tok(words, is_split_into_words=True, return_tensors="pt")
+        hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state[0]
+        wids = enc.word_ids()
+        for w in range(len(words)):
+            out.append(hidden[[i for i, x in enumerate(wids) if x == w]].mean(0))
+    return torch.stack(out)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_word_averaging_equals_a_per_sentence_reference(tmp_path, device):
+    from mtpf.testing import make_tiny_encoder
+
+    sents = [["The", "quick", "Kickbacks", "fox"], ["Obama", "visited", "Berlin", "and", "Paris"] * 4, ["Hi"],
+             ["Apple", "Inc", ".", "reported", "AWB", "earnings"]] * 3
+    teacher = Teacher.load(make_tiny_encoder(tmp_path / "bert", "bert"), device=device, dtype="float32",
+                           batch_tokens=96)
+    with torch.inference_mode():
+        expected = _reference_word_means(teacher.model.cpu(), teacher.tokenizer, sents)
+    teacher.model.to(device)
+    got = teacher.embed(sents, on_device=True)
+    assert got.device.type == device and got.shape == expected.shape
+    torch.testing.assert_close(got.cpu(), expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_assignment_equals_sklearn_predict(device):
+    from sklearn.cluster import KMeans
+
+    x, _ = planted(n=4000, k=8, d=24, seed=3)
+    km = KMeans(n_clusters=8, n_init=1, random_state=0).fit(x[:1000])
+    labels, dist = Assigner(km.cluster_centers_, device=device).assign(torch.from_numpy(x).to(device), chunk=999)
+    np.testing.assert_array_equal(labels, km.predict(x))
+    np.testing.assert_allclose(dist, ((x - km.cluster_centers_[labels]) ** 2).sum(1), rtol=1e-4, atol=1e-4)
