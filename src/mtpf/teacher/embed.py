@@ -69,6 +69,9 @@ class Teacher:
         self.n_special = len(self._prefix) + len(self._suffix)
         if self.max_length - self.n_special < 1:
             raise ValueError(f"max_length {self.max_length} leaves no room for words")
+        # The Rust tokenizer itself, without truncation/padding: it hands back ids and word ids per sentence
+        # without transformers' conversion of every field to Python lists (a third of the CPU time per word).
+        self._backend = _plain_backend(tokenizer)
         vocab = tokenizer.get_vocab()
         self._boundary_ids = {vocab[p] for p in _BOUNDARY_PIECES if p in vocab}
         self.stats = EmbedStats()
@@ -106,17 +109,21 @@ class Teacher:
         return min(limits) if limits else 512
 
     # -- segmentation ------------------------------------------------------------------------------------
-    def _segments(self, sentences: list[list[str]]):
-        """Windows ``(input_ids, word index per token or -1, words without pieces to give the window's mean)``
-        and the number of words; word indices count across all ``sentences``."""
-        enc = self.tokenizer(sentences, is_split_into_words=True, add_special_tokens=False, truncation=False,
-                             verbose=False)
+    def prepare(self, sentences: list[list[str]]):
+        """Tokenised windows of ``sentences`` for :meth:`embed` (CPU only, so it can run ahead in a thread):
+        ``(windows, n_words)``, each window ``(input_ids, word index per token or -1, words without pieces that
+        take the window's mean)``; word indices count across all ``sentences``."""
+        if self._backend is not None:
+            encs = self._backend.encode_batch(sentences, is_pretokenized=True, add_special_tokens=False)
+            pairs = ((e.ids, e.word_ids) for e in encs)
+        else:
+            enc = self.tokenizer(sentences, is_split_into_words=True, add_special_tokens=False, truncation=False,
+                                 verbose=False)
+            pairs = ((enc["input_ids"][i], enc.word_ids(i)) for i in range(len(sentences)))
         budget = self.max_length - self.n_special
         segments = []
         base = 0
-        for i, words in enumerate(sentences):
-            ids = enc["input_ids"][i]
-            wids = enc.word_ids(i)
+        for words, (ids, wids) in zip(sentences, pairs):
             self.stats.tokens += len(ids)
             present = set(wids)
             present.discard(None)
@@ -171,10 +178,11 @@ class Teacher:
 
     # -- inference -----------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def embed(self, sentences: list[list[str]], on_device: bool = False) -> torch.Tensor:
+    def embed(self, sentences: list[list[str]], on_device: bool = False, prepared=None) -> torch.Tensor:
         """Word vectors of all ``sentences`` concatenated in order: float32 ``(total_words, dim)``, on CPU or, with
-        ``on_device``, on the teacher's device (so normalising and k-means assignment stay there too)."""
-        segments, n_words = self._segments(sentences)
+        ``on_device``, on the teacher's device (so normalising and k-means assignment stay there too).
+        ``prepared``: ``self.prepare(sentences)`` made ahead of time."""
+        segments, n_words = prepared if prepared is not None else self.prepare(sentences)
         dev = torch.device(self.device)
         cuda = dev.type == "cuda"
         # Row ``n_words`` is a sink for specials/padding: summing every token, with no boolean mask, keeps the
@@ -228,6 +236,18 @@ class Teacher:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         return torch.cat([out.hidden_states[layer] for layer in self.layers], dim=-1)
+
+
+def _plain_backend(tokenizer):
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    return plain
 
 
 def _round8(n: int, limit: int) -> int:

@@ -277,12 +277,14 @@ def _label_shard(block, teacher, assigner, cfg: LabelConfig, path: Path, bar, po
     counts = np.zeros(cfg.clusters, dtype=np.int64)
     seconds = 0.0
     try:
-        for chunk in _prefetched(_chunks((s.words for s in block), cfg.chunk_words), pool):
+        chunks = _chunks((s.words for s in block), cfg.chunk_words)
+        for chunk, prepared in _prefetched(chunks, getattr(teacher, "prepare", None), pool):
             if fh is None:
                 fh = gzip.open(tmp, "wt", encoding="utf-8", compresslevel=5) if cfg.compress \
                     else open(tmp, "w", encoding="utf-8")
             t0 = time.perf_counter()
-            vec = teacher.embed(chunk, on_device=True)  # vectors, normalising and assignment stay on the device
+            # vectors, normalising and assignment stay on the device
+            vec = teacher.embed(chunk, on_device=True, **({"prepared": prepared} if prepared is not None else {}))
             if cfg.normalize:
                 vec = l2_normalize(vec)
             labels, dist = assigner.assign(vec)
@@ -312,20 +314,25 @@ def _label_shard(block, teacher, assigner, cfg: LabelConfig, path: Path, bar, po
     return meta, seconds
 
 
-def _prefetched(chunks, pool):
-    """``chunks`` with the next one read (corpus decoding, word splitting) in ``pool``'s thread while the
-    current one is embedded; errors surface in order."""
-    if pool is None:
-        yield from chunks
-        return
+def _prefetched(chunks, prepare, pool):
+    """``(chunk, prepare(chunk))`` pairs, the next one read (decoding, word splitting) and tokenised in
+    ``pool``'s thread while the current one is on the device; errors surface in order."""
+    def step(it):
+        chunk = next(it, None)
+        return None if chunk is None else (chunk, prepare(chunk) if prepare is not None else None)
+
     it = iter(chunks)
-    nxt = pool.submit(next, it, None)
+    if pool is None:
+        while (item := step(it)) is not None:
+            yield item
+        return
+    nxt = pool.submit(step, it)
     while True:
-        chunk = nxt.result()
-        if chunk is None:
+        item = nxt.result()
+        if item is None:
             return
-        nxt = pool.submit(next, it, None)
-        yield chunk
+        nxt = pool.submit(step, it)
+        yield item
 
 
 def _chunks(sentences, chunk_words: int):
