@@ -14,6 +14,7 @@ longer than a whole window keeps only its first pieces.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,27 +193,33 @@ class Teacher:
         fallback = {}
         # Length-sorted batches of at most ``batch_tokens`` padded tokens, width rounded up to a multiple of 8
         # (fewer distinct shapes, tensor-core friendly), never past the teacher's limit.
-        order = sorted(range(len(segments)), key=lambda s: len(segments[s][0]))
+        # All windows' tokens in two flat arrays, so each padded batch is filled by one vectorised scatter.
+        lens = np.fromiter((len(seg[0]) for seg in segments), np.int64, count=len(segments))
+        total = int(lens.sum())
+        flat_ids = np.fromiter(itertools.chain.from_iterable(seg[0] for seg in segments), np.int64, count=total)
+        flat_wid = np.fromiter(itertools.chain.from_iterable(seg[1] for seg in segments), np.int64, count=total)
+        flat_wid[flat_wid < 0] = n_words
+        starts = np.cumsum(lens) - lens
+        order = np.argsort(lens, kind="stable")
+        widths = np.minimum(-(-lens[order] // 8) * 8, max(self.max_length, int(lens.max(initial=0))))
+        with_missing = {int(k) for k, seg in enumerate(segments) if seg[2]}
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         i = 0
         while i < len(order):
-            width = _round8(len(segments[order[i]][0]), self.max_length)
-            j = i + 1
-            while j < len(order):
-                w = _round8(len(segments[order[j]][0]), self.max_length)
-                if w * (j + 1 - i) > self.batch_tokens:
-                    break
-                width, j = w, j + 1
-            batch = [segments[s] for s in order[i:j]]
+            # Widths grow along ``order``: the batch is the longest run whose padded size fits ``batch_tokens``.
+            span = widths[i : i + max(1, self.batch_tokens // int(widths[i]))]
+            j = i + max(1, int(np.searchsorted(span * np.arange(1, len(span) + 1), self.batch_tokens, "right")))
+            rows, width = order[i:j], int(widths[j - 1])
             i = j
-            ids_np = np.full((len(batch), width), pad_id, dtype=np.int64)
-            widx_np = np.full((len(batch), width), -1, dtype=np.int64)
-            mask_np = np.zeros((len(batch), width), dtype=np.int64)
-            for r, (ids, wi, _) in enumerate(batch):
-                ids_np[r, : len(ids)] = ids
-                widx_np[r, : len(ids)] = wi
-                mask_np[r, : len(ids)] = 1
-            widx_np[widx_np < 0] = n_words
+            row_len = lens[rows]
+            r_idx = np.repeat(np.arange(len(rows)), row_len)
+            c_idx = np.arange(int(row_len.sum())) - np.repeat(np.cumsum(row_len) - row_len, row_len)
+            src = np.repeat(starts[rows], row_len) + c_idx
+            ids_np = np.full((len(rows), width), pad_id, dtype=np.int64)
+            widx_np = np.full((len(rows), width), n_words, dtype=np.int64)
+            ids_np[r_idx, c_idx] = flat_ids[src]
+            widx_np[r_idx, c_idx] = flat_wid[src]
+            mask_np = (np.arange(width)[None, :] < row_len[:, None]).astype(np.int64)
             ids_t, mask_t, widx_t = (_to(torch.from_numpy(a), dev, cuda) for a in (ids_np, mask_np, widx_np))
             hidden = self._hidden(ids_t, mask_t)
             flat = hidden.reshape(-1, hidden.shape[-1]).float()
@@ -220,9 +227,9 @@ class Teacher:
             sums.index_add_(0, widx_flat, flat)
             counts.index_add_(0, widx_flat, torch.ones_like(widx_flat, dtype=torch.float32))
             # Context fallback for words the tokenizer turned into nothing (rare: e.g. a lone zero-width char).
-            for r, (ids, _, missing) in enumerate(batch):
-                if missing:
-                    fallback[tuple(missing)] = hidden[r, : len(ids)].float().mean(0)
+            for r, k in enumerate(rows.tolist() if with_missing else []):
+                if k in with_missing:
+                    fallback[tuple(segments[k][2])] = hidden[r, : lens[k]].float().mean(0)
         out = sums[:n_words] / counts[:n_words].clamp(min=1).unsqueeze(-1)
         for missing, mean in fallback.items():
             out[list(missing)] = mean
@@ -248,10 +255,6 @@ def _plain_backend(tokenizer):
     plain.no_truncation()
     plain.no_padding()
     return plain
-
-
-def _round8(n: int, limit: int) -> int:
-    return min(-(-n // 8) * 8, max(limit, n))
 
 
 def _to(t: torch.Tensor, device: torch.device, cuda: bool) -> torch.Tensor:
