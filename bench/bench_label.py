@@ -24,8 +24,12 @@ sample, then every word embedded, normalised, assigned and written to shards) on
 the same process, the previous defaults ("before": float32, 16384-word chunks, 8192-token batches). Words/s is
 pass 2 (``label_words_per_s``); the fit pass is reported apart.
 
-    .venv/bin/python bench/bench_label.py --device cpu --random-init --words 20000      # smoke run, < 1 min
+    .venv/bin/python bench/bench_label.py --device cpu --random-init --words 5000 -k 20  # smoke run, ~1 min
     python bench/bench_label.py --device cuda --random-init --words 2000000             # GPU machine, no hub
+
+The random teacher needs only a WordPiece tokenizer: the packaged all-MiniLM-L6-v2's by default, or
+``--tokenizer DIR`` (e.g. a copy of its tokenizer.json/vocab.txt/tokenizer_config.json/special_tokens_map.json
+where the 90 MB package is not installed). "before" is this code with the old defaults, not the old code.
 """
 from __future__ import annotations
 
@@ -195,13 +199,15 @@ def synthetic_corpus(path: Path, words: int, seed: int = 0) -> int:
     return n
 
 
-def random_minilm(out: Path) -> str:
+def random_minilm(out: Path, tokenizer: str | None = None) -> str:
     """all-MiniLM-L6-v2's shape (6 layers, 384 hidden, 12 heads, 1536 FFN) with random weights + its tokenizer."""
     from transformers import AutoModel, AutoTokenizer, BertConfig
 
-    from mtpf.encoder import packaged_model_path
+    if tokenizer is None:
+        from mtpf.encoder import packaged_model_path
 
-    tok = AutoTokenizer.from_pretrained(packaged_model_path())
+        tokenizer = packaged_model_path()
+    tok = AutoTokenizer.from_pretrained(tokenizer)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                      intermediate_size=1536, max_position_embeddings=512)
     AutoModel.from_config(cfg).save_pretrained(out)
@@ -221,7 +227,7 @@ def bench_label_run(args) -> dict:
     else:
         corpus = str(work / "corpus.txt.gz")
         n = synthetic_corpus(Path(corpus), args.words)
-    teacher = random_minilm(work / "minilm-l6-random") if args.random_init else args.teacher
+    teacher = random_minilm(work / "minilm-l6-random", args.tokenizer) if args.random_init else args.teacher
     runs = {"ours": {}}
     if not args.no_before:
         runs["before"] = {"dtype": "float32", "chunk_words": 16_384, "batch_tokens": 8192}
@@ -251,6 +257,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="cpu | cuda: end-to-end `mtpf label` words/s mode")
     ap.add_argument("--random-init", action="store_true", help="(with --device) random MiniLM-L6-shaped teacher")
     ap.add_argument("--teacher", default="packaged", help="(with --device) teacher when not --random-init")
+    ap.add_argument("--tokenizer", default=None, help="(with --random-init) tokenizer folder; default: packaged")
     ap.add_argument("--corpus", default=None, help="(with --device) a text file instead of the synthetic corpus")
     ap.add_argument("--fit-words", type=int, default=100_000, help="(with --device) k-means sample")
     ap.add_argument("--no-before", action="store_true", help="(with --device) skip the previous-defaults run")
