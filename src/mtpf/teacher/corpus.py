@@ -90,7 +90,7 @@ def parse_hub_spec(ref: str) -> tuple[str, str | None, str | None]:
 
     SPLIT may be any ``datasets`` split expression (``full``, ``full[:10%]``).
     """
-    ref = ref[4:] if ref.startswith("hub:") else ref
+    ref = ref.removeprefix("hub:")
     ref, _, split = ref.partition("@")
     name, _, subset = ref.partition(":")
     return name, subset or None, split or None
@@ -110,8 +110,8 @@ def resolve_hub_split(ref: str) -> str:
     try:
         splits = list(get_dataset_split_names(name, subset))
     except Exception as exc:  # offline, unknown name, unknown subset
-        raise DataError(f"hub:{name}", None, f"cannot list the splits of this hub dataset ({_short(exc)}); "
-                        f"name one as {name}{':' + subset if subset else ''}@SPLIT") from None
+        raise DataError(f"hub:{name}", None, f"no such local path, and cannot list the splits of this hub "
+                        f"dataset ({_short(exc)}); name one as {name}{':' + subset if subset else ''}@SPLIT") from None
     if len(splits) == 1:
         return splits[0]
     raise DataError(f"hub:{name}", None, f"no split named and the dataset has {len(splits)}: {', '.join(splits)}; "
