@@ -254,7 +254,12 @@ def _plain_backend(tokenizer):
     plain = Tokenizer.from_str(backend.to_str())
     plain.no_truncation()
     plain.no_padding()
-    return plain
+    # transformers may add behaviour on top of the Rust tokenizer (e.g. a RoBERTa prefix space): use the
+    # plain one only where it gives exactly what the transformers call gives.
+    probe = [["Obama", "visited", "Zürich", "!", "didn't", "3.5"]]
+    ref = tokenizer(probe, is_split_into_words=True, add_special_tokens=False)
+    got = plain.encode_batch(probe, is_pretokenized=True, add_special_tokens=False)[0]
+    return plain if (got.ids, got.word_ids) == (ref["input_ids"][0], ref.word_ids(0)) else None
 
 
 def _to(t: torch.Tensor, device: torch.device, cuda: bool) -> torch.Tensor:
