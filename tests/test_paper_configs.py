@@ -37,8 +37,8 @@ def _hub_specs(cfg: dict) -> list[dict]:
 
 
 def test_table_lists_the_appendix_b_sets_with_their_sources():
-    assert list(TABLE["pair_sources"]) == APPENDIX_B_SETS
-    for name, e in {**TABLE["pair_sources"], **TABLE["corpora"]}.items():
+    assert list(TABLE["sources"]) == APPENDIX_B_SETS
+    for name, e in {**TABLE["sources"], **TABLE["corpora"]}.items():
         assert e["source"].startswith("https://huggingface.co/datasets/"), name
         assert e["subsets"] and e["splits"], name
         assert e["use"]["split"] in e["splits"], name
@@ -50,7 +50,7 @@ def test_table_lists_the_appendix_b_sets_with_their_sources():
 def test_paper_config_sources_name_subset_and_split(path):
     cfg = yaml.safe_load(path.read_text())
     specs = _hub_specs(cfg)
-    by_hub = {e["hub"]: (name, e) for name, e in TABLE["pair_sources"].items()}
+    by_hub = {e["hub"]: (name, e) for name, e in TABLE["sources"].items()}
     assert [by_hub[s["hub"]][0] for s in specs] == APPENDIX_B_SETS
     for spec in specs:
         name, entry = by_hub[spec["hub"]]
@@ -62,8 +62,10 @@ def test_paper_config_sources_name_subset_and_split(path):
             assert spec["subset"] in entry["subsets"], f"{path.name}: {name} has no subset {spec['subset']}"
         # the config says what the table says, so the two cannot drift apart
         use = entry["use"]
-        assert (spec.get("subset"), spec.get("split"), spec.get("columns"), spec.get("streaming")) == (
-            use["subset"], use["split"], use["columns"], use["streaming"]), f"{path.name}: {name}"
+        assert (spec.get("subset"), spec.get("split"), spec.get("columns"), spec.get("streaming"), spec.get("rows")) == (
+            use["subset"], use["split"], use["columns"], use["streaming"], use.get("rows")), f"{path.name}: {name}"
+        if spec.get("streaming"):  # proportional source weights need the size of a streamed source
+            assert spec["rows"] == entry["rows"][f"{spec['subset']}/{spec['split']}"]
         assert spec.get("name") == name
 
 
