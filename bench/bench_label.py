@@ -222,11 +222,14 @@ def bench_label_run(args) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="bench-label-"))
     if args.corpus:
-        corpus = args.corpus
+        corpus = before_corpus = args.corpus
         n = None
     else:
         corpus = str(work / "corpus.txt.gz")
         n = synthetic_corpus(Path(corpus), args.words)
+        # the previous defaults are much slower: time them on a prefix-sized corpus of the same kind
+        before_corpus = str(work / "corpus-before.txt.gz")
+        synthetic_corpus(Path(before_corpus), min(args.words, args.before_words))
     teacher = random_minilm(work / "minilm-l6-random", args.tokenizer) if args.random_init else args.teacher
     runs = {"ours": {}}
     if not args.no_before:
@@ -236,7 +239,8 @@ def bench_label_run(args) -> dict:
               "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
               "cpu_threads": torch.get_num_threads()}
     for name, overrides in runs.items():
-        cfg = LabelConfig(teacher=teacher, corpus=[corpus], out=str(work / f"labels-{name}"), clusters=args.clusters,
+        cfg = LabelConfig(teacher=teacher, corpus=[corpus if name == "ours" else before_corpus],
+                          out=str(work / f"labels-{name}"), clusters=args.clusters,
                           fit_words=min(args.fit_words, max(args.words // 2, 10 * args.clusters)),
                           device=args.device, progress=False, **overrides)
         t0 = time.perf_counter()
@@ -261,6 +265,8 @@ def main(argv=None) -> int:
     ap.add_argument("--corpus", default=None, help="(with --device) a text file instead of the synthetic corpus")
     ap.add_argument("--fit-words", type=int, default=100_000, help="(with --device) k-means sample")
     ap.add_argument("--no-before", action="store_true", help="(with --device) skip the previous-defaults run")
+    ap.add_argument("--before-words", type=int, default=300_000,
+                    help="(with --device, synthetic corpus) words for the previous-defaults run")
     ap.add_argument("--words", type=int, default=20_000, help="words for the throughput comparison")
     ap.add_argument("--baseline-words", type=int, default=3_000,
                     help="words for the (slow) baseline; rates are compared per word")
