@@ -347,3 +347,35 @@ def test_assignment_equals_sklearn_predict(device):
     labels, dist = Assigner(km.cluster_centers_, device=device).assign(torch.from_numpy(x).to(device), chunk=999)
     np.testing.assert_array_equal(labels, km.predict(x))
     np.testing.assert_allclose(dist, ((x - km.cluster_centers_[labels]) ** 2).sum(1), rtol=1e-4, atol=1e-4)
+
+
+def test_plain_rust_tokenizer_is_used_only_where_it_matches_transformers(wordpiece):
+    from mtpf.teacher.embed import _plain_backend
+
+    class Shifted:  # a tokenizer whose Python layer changes what the Rust tokenizer gives
+        backend_tokenizer = wordpiece.backend_tokenizer
+
+        def __call__(self, *args, **kwargs):
+            enc = wordpiece(*args, **kwargs)
+            enc["input_ids"] = [[i + 1 for i in ids] for ids in enc["input_ids"]]
+            return enc
+
+    assert _plain_backend(wordpiece) is not None and _plain_backend(Shifted()) is None
+
+
+def test_prefetched_chunks_keep_order_and_raise_reader_errors_in_order():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mtpf.teacher.label import _prefetched
+
+    def chunks():
+        yield [["a"]]
+        yield [["b", "c"]]
+        raise DataError("corpus.txt", 7, "not valid UTF-8")
+
+    with ThreadPoolExecutor(1) as pool:
+        it = _prefetched(chunks(), lambda c: sum(map(len, c)), pool)
+        assert next(it) == ([["a"]], 1) and next(it) == ([["b", "c"]], 2)
+        with pytest.raises(DataError, match="corpus.txt:7"):
+            next(it)
+    assert list(_prefetched(iter([[["x"]]]), None, None)) == [([["x"]], None)]
