@@ -17,6 +17,19 @@ Peak memory (fresh subprocess each, ru_maxrss):
   baseline  holding 1M x 384 float32 word vectors (what the baseline must keep) and fitting KMeans on them.
 
     .venv/bin/python bench/bench_label.py                   # results printed and written to --json
+
+End-to-end `mtpf label` words/s (``--device`` switches to this mode): the real ``label_corpus`` (fit on a
+sample, then every word embedded, normalised, assigned and written to shards) on a synthetic corpus or
+``--corpus FILE``, with the current defaults ("ours": bf16 on CUDA, big chunks/batches) and, side by side in
+the same process, the previous defaults ("before": float32, 16384-word chunks, 8192-token batches). Words/s is
+pass 2 (``label_words_per_s``); the fit pass is reported apart.
+
+    .venv/bin/python bench/bench_label.py --device cpu --random-init --words 5000 -k 20  # smoke run, ~1 min
+    python bench/bench_label.py --device cuda --random-init --words 2000000             # GPU machine, no hub
+
+The random teacher needs only a WordPiece tokenizer: the packaged all-MiniLM-L6-v2's by default, or
+``--tokenizer DIR`` (e.g. a copy of its tokenizer.json/vocab.txt/tokenizer_config.json/special_tokens_map.json
+where the 90 MB package is not installed). "before" is this code with the old defaults, not the old code.
 """
 from __future__ import annotations
 
@@ -164,8 +177,96 @@ def bench_memory(words: int, k: int, work: Path, baseline: bool = True) -> dict:
     return out
 
 
+SYNTH_WORDS = ("the a of to in and for on said was is by with new city company market year government police "
+               "week people time first would could after before between under Monday Tuesday Paris Berlin London "
+               "Obama Merkel Apple Google Microsoft visited bought reported talks percent million billion shares "
+               "Kickbacks AWB wheat sales Iraq 3.5 1,000 long-term didn't , . ( ) $ %").split()
+
+
+def synthetic_corpus(path: Path, words: int, seed: int = 0) -> int:
+    """A .txt.gz of sentences of 5-45 words (NuNER passages average ~24) drawn Zipf-like from SYNTH_WORDS."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, len(SYNTH_WORDS) + 1)
+    p /= p.sum()
+    n = 0
+    with gzip.open(path, "wt", encoding="utf-8", compresslevel=1) as f:
+        while n < words:
+            k = int(rng.integers(5, 46))
+            f.write(" ".join(SYNTH_WORDS[i] for i in rng.choice(len(SYNTH_WORDS), size=k, p=p)) + "\n")
+            n += k
+    return n
+
+
+def random_minilm(out: Path, tokenizer: str | None = None) -> str:
+    """all-MiniLM-L6-v2's shape (6 layers, 384 hidden, 12 heads, 1536 FFN) with random weights + its tokenizer."""
+    from transformers import AutoModel, AutoTokenizer, BertConfig
+
+    if tokenizer is None:
+        from mtpf.encoder import packaged_model_path
+
+        tokenizer = packaged_model_path()
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                     intermediate_size=1536, max_position_embeddings=512)
+    AutoModel.from_config(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def bench_label_run(args) -> dict:
+    import torch
+
+    from mtpf.teacher.label import LabelConfig, label_corpus
+
+    work = Path(tempfile.mkdtemp(prefix="bench-label-"))
+    if args.corpus:
+        corpus = before_corpus = args.corpus
+        n = None
+    else:
+        corpus = str(work / "corpus.txt.gz")
+        n = synthetic_corpus(Path(corpus), args.words)
+        # the previous defaults are much slower: time them on a prefix-sized corpus of the same kind
+        before_corpus = str(work / "corpus-before.txt.gz")
+        synthetic_corpus(Path(before_corpus), min(args.words, args.before_words))
+    teacher = random_minilm(work / "minilm-l6-random", args.tokenizer) if args.random_init else args.teacher
+    runs = {"ours": {}}
+    if not args.no_before:
+        runs["before"] = {"dtype": "float32", "chunk_words": 16_384, "batch_tokens": 8192}
+    result = {"device": args.device, "teacher": "random MiniLM-L6 shape" if args.random_init else teacher,
+              "corpus": args.corpus or f"synthetic, {n} words", "K": args.clusters,
+              "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
+              "cpu_threads": torch.get_num_threads()}
+    for name, overrides in runs.items():
+        cfg = LabelConfig(teacher=teacher, corpus=[corpus if name == "ours" else before_corpus],
+                          out=str(work / f"labels-{name}"), clusters=args.clusters,
+                          fit_words=min(args.fit_words, max(args.words // 2, 10 * args.clusters)),
+                          device=args.device, progress=False, **overrides)
+        t0 = time.perf_counter()
+        info = label_corpus(cfg, log=lambda *_: None)
+        total = time.perf_counter() - t0
+        result[name] = {"settings": overrides or "defaults", "words": info["words"],
+                        "label_words_per_s": info["label_words_per_s"], "fit_seconds": info["fit"]["seconds"],
+                        "total_seconds": round(total, 2), "end_to_end_words_per_s": round(info["words"] / total, 1)}
+        print(name, json.dumps(result[name]), flush=True)
+    if "before" in result:
+        result["speedup_label"] = round(result["ours"]["label_words_per_s"] / result["before"]["label_words_per_s"], 2)
+    print(json.dumps(result, indent=1))
+    return result
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default=None, help="cpu | cuda: end-to-end `mtpf label` words/s mode")
+    ap.add_argument("--random-init", action="store_true", help="(with --device) random MiniLM-L6-shaped teacher")
+    ap.add_argument("--teacher", default="packaged", help="(with --device) teacher when not --random-init")
+    ap.add_argument("--tokenizer", default=None, help="(with --random-init) tokenizer folder; default: packaged")
+    ap.add_argument("--corpus", default=None, help="(with --device) a text file instead of the synthetic corpus")
+    ap.add_argument("--fit-words", type=int, default=100_000, help="(with --device) k-means sample")
+    ap.add_argument("--no-before", action="store_true", help="(with --device) skip the previous-defaults run")
+    ap.add_argument("--before-words", type=int, default=300_000,
+                    help="(with --device, synthetic corpus) words for the previous-defaults run")
     ap.add_argument("--words", type=int, default=20_000, help="words for the throughput comparison")
     ap.add_argument("--baseline-words", type=int, default=3_000,
                     help="words for the (slow) baseline; rates are compared per word")
@@ -176,6 +277,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baseline-memory", action="store_true",
                     help="skip the baseline's 1M-word KMeans (over an hour on 2 shared cores)")
     args = ap.parse_args(argv)
+    if args.device:
+        result = bench_label_run(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
     from sklearn.metrics import adjusted_rand_score  # noqa: F401  (import cost outside the timings)

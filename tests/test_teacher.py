@@ -233,3 +233,149 @@ def test_quality_scores():
     assert s["all"]["words"] == 5
     bad = score_labels([["B-PER", "B-LOC", "B-PER", "B-LOC"]], [[0, 0, 1, 1]])
     assert bad["entities"]["purity"] == 0.5 and bad["entities"]["v_measure"] < 1e-9
+
+
+# -- corpora through `datasets`: Parquet, Arrow, text.gz, hub specs -------------------------------------------
+def test_parquet_and_arrow_corpora_read_like_jsonl(tmp_path):
+    import datasets
+
+    rows = [{"text": "Apple Inc. earned $3.5 billion."}, {"text": ""}, {"text": "Second  line"}]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "c.parquet"))
+    toks = datasets.Dataset.from_list([{"tokens": ["New York", "is", "big"], "id": 1}])
+    toks.save_to_disk(str(tmp_path / "saved"))
+    arrow = next((tmp_path / "saved").glob("*.arrow"))
+    stats = CorpusStats()
+    sents = list(iter_sentences(corpus_files([tmp_path / "c.parquet", arrow]), stats))
+    assert [s.words for s in sents] == [["Apple", "Inc", ".", "earned", "$", "3.5", "billion", "."],
+                                        ["Second", "line"], ["New York", "is", "big"]]
+    assert [s.line for s in sents] == [1, 3, 1] and stats.empty_lines == 1 and stats.words == 13
+    datasets.Dataset.from_list([{"label": 3}]).to_parquet(str(tmp_path / "bad.parquet"))
+    with pytest.raises(DataError, match=r"bad.parquet: has none of the columns"):
+        list(iter_sentences(corpus_files([tmp_path / "bad.parquet"])))
+
+
+def test_text_gz_corpus(tmp_path):
+    with gzip.open(tmp_path / "c.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("Zürich is big.\n\nIt rains 3.5 days.\n")
+    sents = list(iter_sentences(corpus_files([tmp_path / "c.txt.gz"])))
+    assert [(s.line, s.words) for s in sents] == [(1, ["Zürich", "is", "big", "."]),
+                                                   (3, ["It", "rains", "3.5", "days", "."])]
+
+
+def test_hub_spec_parsing_and_a_missing_split_is_one_clear_line(monkeypatch):
+    import datasets
+
+    from mtpf.teacher.corpus import parse_hub_spec, resolve_hub_split
+
+    assert parse_hub_spec("hub:numind/NuNER@full") == ("numind/NuNER", None, "full")
+    assert parse_hub_spec("org/set:sub@train[:10%]") == ("org/set", "sub", "train[:10%]")
+    assert corpus_files(["numind/NuNER@full", "hub:org/set:sub"]) == ["hub:numind/NuNER@full", "hub:org/set:sub"]
+    calls = []
+    monkeypatch.setattr(datasets, "get_dataset_split_names",
+                        lambda name, subset=None: calls.append((name, subset)) or ["entity", "full"])
+    assert resolve_hub_split("numind/NuNER@full") == "full" and not calls  # a named split needs no look-up
+    with pytest.raises(DataError) as err:
+        list(iter_sentences(corpus_files(["numind/NuNER"])))
+    msg = str(err.value)
+    assert "\n" not in msg and "entity, full" in msg and "numind/NuNER@SPLIT" in msg
+    monkeypatch.setattr(datasets, "get_dataset_split_names", lambda name, subset=None: ["only"])
+    assert resolve_hub_split("org/set:sub") == "only"
+
+    def offline(*a, **k):
+        raise ConnectionError("no network\nmore detail")
+
+    monkeypatch.setattr(datasets, "get_dataset_split_names", offline)
+    with pytest.raises(DataError, match=r"cannot list the splits .*no network\); name one as org/set:sub@SPLIT"):
+        resolve_hub_split("org/set:sub")
+
+
+def test_hub_rows_are_streamed_by_record_batch(monkeypatch):
+    import datasets
+
+    table = datasets.Dataset.from_list([{"input": f"row {i} here", "output": "x"} for i in range(2500)])
+    seen = {}
+
+    def fake_load(name, subset=None, split=None, streaming=False):
+        seen.update(name=name, subset=subset, split=split, streaming=streaming)
+        return table.to_iterable_dataset()
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    sents = list(iter_sentences(corpus_files(["numind/NuNER@full"])))
+    assert seen == {"name": "numind/NuNER", "subset": None, "split": "full", "streaming": True}
+    assert len(sents) == 2500 and sents[-1].words == ["row", "2499", "here"] and sents[-1].line == 2500
+
+
+# -- device path equals a plain reference ------------------------------------------------------------------------
+def _reference_word_means(model, tok, sentences):
+    """One sentence at a time, full attention, the mean of each word's sub-token vectors (no batching, padding,
+    sinks or boundary-piece rule: a WordPiece teacher has none)."""
+    out = []
+    for words in sentences:
+        enc = tok(words, is_split_into_words=True, return_tensors="pt")
+        hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state[0]
+        wids = enc.word_ids()
+        for w in range(len(words)):
+            out.append(hidden[[i for i, x in enumerate(wids) if x == w]].mean(0))
+    return torch.stack(out)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_word_averaging_equals_a_per_sentence_reference(tmp_path, device):
+    from mtpf.testing import make_tiny_encoder
+
+    sents = [["The", "quick", "Kickbacks", "fox"], ["Obama", "visited", "Berlin", "and", "Paris"] * 4, ["Hi"],
+             ["Apple", "Inc", ".", "reported", "AWB", "earnings"]] * 3
+    teacher = Teacher.load(make_tiny_encoder(tmp_path / "bert", "bert"), device=device, dtype="float32",
+                           batch_tokens=96)
+    with torch.inference_mode():
+        expected = _reference_word_means(teacher.model.cpu(), teacher.tokenizer, sents)
+    teacher.model.to(device)
+    got = teacher.embed(sents, on_device=True)
+    assert got.device.type == device and got.shape == expected.shape
+    torch.testing.assert_close(got.cpu(), expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_assignment_equals_sklearn_predict(device):
+    from sklearn.cluster import KMeans
+
+    x, _ = planted(n=4000, k=8, d=24, seed=3)
+    km = KMeans(n_clusters=8, n_init=1, random_state=0).fit(x[:1000])
+    labels, dist = Assigner(km.cluster_centers_, device=device).assign(torch.from_numpy(x).to(device), chunk=999)
+    np.testing.assert_array_equal(labels, km.predict(x))
+    np.testing.assert_allclose(dist, ((x - km.cluster_centers_[labels]) ** 2).sum(1), rtol=1e-4, atol=1e-4)
+
+
+def test_plain_rust_tokenizer_is_used_only_where_it_matches_transformers(wordpiece):
+    from mtpf.teacher.embed import _plain_backend
+
+    class Shifted:  # a tokenizer whose Python layer changes what the Rust tokenizer gives
+        backend_tokenizer = wordpiece.backend_tokenizer
+
+        def __call__(self, *args, **kwargs):
+            enc = wordpiece(*args, **kwargs)
+            enc["input_ids"] = [[i + 1 for i in ids] for ids in enc["input_ids"]]
+            return enc
+
+    assert _plain_backend(wordpiece) is not None and _plain_backend(Shifted()) is None
+
+
+def test_prefetched_chunks_keep_order_and_raise_reader_errors_in_order():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mtpf.teacher.label import _prefetched
+
+    def chunks():
+        yield [["a"]]
+        yield [["b", "c"]]
+        raise DataError("corpus.txt", 7, "not valid UTF-8")
+
+    with ThreadPoolExecutor(1) as pool:
+        it = _prefetched(chunks(), lambda c: sum(map(len, c)), pool)
+        assert next(it) == ([["a"]], 1) and next(it) == ([["b", "c"]], 2)
+        with pytest.raises(DataError, match="corpus.txt:7"):
+            next(it)
+    assert list(_prefetched(iter([[["x"]]]), None, None)) == [([["x"]], None)]

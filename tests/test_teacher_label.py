@@ -100,11 +100,11 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_bert, corpus, tmp_path)
     class Crash(Teacher):
         calls = 0
 
-        def embed(self, sentences):
+        def embed(self, sentences, **kw):
             Crash.calls += 1
             if Crash.calls == 8:  # after the fit and a couple of shards
                 raise KeyboardInterrupt
-            return super().embed(sentences)
+            return super().embed(sentences, **kw)
 
     t = Teacher.load(tiny_bert, device="cpu")
     crashing = Crash(t.model, t.tokenizer, name=tiny_bert)
@@ -249,3 +249,15 @@ def test_conll_clusters_carry_entity_information():
     ent = scores["entities"]
     assert ent["v_measure"] > 2 * ent["v_measure_random"] and ent["purity"] > ent["purity_random"]
     assert np.isfinite(scores["all"]["v_measure"])
+
+
+def test_parquet_corpus_labels_like_the_same_text_file(tiny_bert, corpus, tmp_path):
+    import datasets
+
+    lines = (corpus / "a.txt").read_text().splitlines()
+    datasets.Dataset.from_list([{"text": t} for t in lines]).to_parquet(str(tmp_path / "a.parquet"))
+    a = label_corpus(cfg(tiny_bert, corpus / "a.txt", tmp_path / "txt"), log=quiet)
+    b = label_corpus(cfg(tiny_bert, tmp_path / "a.parquet", tmp_path / "pq"), log=quiet)
+    assert read_shards(tmp_path / "txt") == read_shards(tmp_path / "pq")
+    assert (a["sentences"], a["words"], a["empty_lines"]) == (b["sentences"], b["words"], b["empty_lines"]) == (
+        89, a["words"], 1)

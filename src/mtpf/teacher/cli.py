@@ -24,8 +24,8 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", help="HF encoder: local folder, hub name, or 'packaged' (all-MiniLM-L6-v2)")
     p.add_argument("--corpus", nargs="+", action="extend", metavar="PATH",
-                   help=".txt/.txt.gz (a sentence a line), .jsonl[.gz] with 'tokens' or 'text', folders, or a "
-                        "hub dataset name (online)")
+                   help=".txt/.txt.gz (a sentence a line), .jsonl[.gz]/.parquet/.arrow with 'tokens' or 'text', "
+                        "folders, or a hub dataset [hub:]NAME[:SUBSET][@SPLIT] (online), e.g. numind/NuNER@full")
     p.add_argument("--clusters", "-k", type=int, default=200, help="K (default 200, as in the paper)")
     p.add_argument("--out", help="output folder (shards, clusters.json, centroids.npy)")
     p.add_argument("--layers", nargs="+", action="extend", default=None, metavar="N",
@@ -41,11 +41,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--kmeans-batch", type=int, default=4096, help="mini-batch size of k-means")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-sentences", type=int, default=20_000, help="sentences per output shard")
-    p.add_argument("--chunk-words", type=int, default=16_384, help="words embedded per chunk (bounds memory)")
-    p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per teacher batch")
+    p.add_argument("--chunk-words", type=int, default=None,
+                   help="words embedded per chunk (bounds memory; default 16384 on CPU, 131072 on CUDA)")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="padded tokens per teacher batch (default 8192 on CPU, 65536 on CUDA)")
     p.add_argument("--no-compress", dest="compress", action="store_false", help="write .jsonl, not .jsonl.gz")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="teacher weights: auto = bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--reuse-clusters", metavar="DIR_OR_JSON",
                    help="label with the centroids of an earlier run (same ids); skips fitting")
     p.add_argument("--overwrite", action="store_true", help="discard what --out holds and start again")

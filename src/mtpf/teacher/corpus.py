@@ -1,8 +1,15 @@
 """Reading an unlabelled corpus as sentences of words.
 
 Inputs: one-sentence-a-line ``.txt``/``.txt.gz``; JSONL (``.jsonl``/``.jsonl.gz``) whose records hold
-``tokens`` (kept exactly as given) or ``text`` (split by :func:`split_words`); folders of those (sorted, recursive);
-or, for online users, a hub dataset name such as ``numind/NuNER``.
+``tokens`` (kept exactly as given) or ``text`` (split by :func:`split_words`); Parquet (``.parquet``) and Arrow
+(``.arrow``, e.g. a ``datasets`` cache/``save_to_disk`` file) tables with one of those columns; folders of those
+(sorted, recursive); or, for online users, a hub dataset ``[hub:]NAME[:SUBSET][@SPLIT]`` such as
+``numind/NuNER@full``.
+
+Parquet, Arrow and hub sources are read through ``datasets`` in record batches (Parquet streamed batch by
+batch, Arrow memory-mapped, hub sources streamed), never whole into Python objects. Text and JSONL keep a
+plain line reader: it streams just as well and, unlike the ``datasets`` text builder, names the line of a
+bad byte or a malformed record.
 
 Word-split rule for plain text (:data:`WORD_RE`), applied left to right, first match wins:
 
@@ -28,8 +35,9 @@ from mtpf.data.io import DataError
 
 WORD_RE = re.compile(r"\d+(?:[.,]\d+)+|\w+(?:[-'\u2019]\w+)*|[^\w\s]")
 SPLIT_RULE = r"\d+(?:[.,]\d+)+|\w+(?:[-'’]\w+)*|[^\w\s]"
-CORPUS_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz")
+CORPUS_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet", ".arrow")
 HUB_TEXT_FIELDS = ("tokens", "text", "sentence", "input")
+TABLE_BATCH = 1024  # rows per record batch read from Parquet/Arrow/hub tables
 
 
 def split_words(text: str) -> list[str]:
@@ -67,14 +75,51 @@ def corpus_files(paths: Iterable[str | os.PathLike]) -> list[str]:
                 raise DataError(path, None, f"unsupported corpus file (expected {'/'.join(CORPUS_SUFFIXES)})")
             out.append(str(path))
         elif _looks_like_hub_name(str(p)):
-            out.append(f"hub:{p}")
+            out.append(str(p) if str(p).startswith("hub:") else f"hub:{p}")
         else:
             raise DataError(path, None, "no such file or folder")
     return out
 
 
 def _looks_like_hub_name(ref: str) -> bool:
-    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+(:[\w.-]+)?", ref)) and not ref.startswith((".", "/"))
+    return bool(re.fullmatch(r"(hub:)?[\w.-]+/[\w.-]+(:[\w.-]+)?(@\S+)?", ref)) and not ref.startswith((".", "/"))
+
+
+def parse_hub_spec(ref: str) -> tuple[str, str | None, str | None]:
+    """``[hub:]NAME[:SUBSET][@SPLIT]`` -> ``(NAME, SUBSET or None, SPLIT or None)``.
+
+    SPLIT may be any ``datasets`` split expression (``full``, ``full[:10%]``).
+    """
+    ref = ref.removeprefix("hub:")
+    ref, _, split = ref.partition("@")
+    name, _, subset = ref.partition(":")
+    return name, subset or None, split or None
+
+
+def resolve_hub_split(ref: str) -> str:
+    """The split to read for a hub spec: the one named, else the only one the dataset has.
+
+    A dataset with several splits and none named is refused with one line listing them (e.g. numind/NuNER has
+    ``entity`` and ``full``, no ``train``).
+    """
+    name, subset, split = parse_hub_spec(ref)
+    if split:
+        return split
+    from datasets import get_dataset_split_names
+
+    try:
+        splits = list(get_dataset_split_names(name, subset))
+    except Exception as exc:  # offline, unknown name, unknown subset
+        raise DataError(f"hub:{name}", None, f"no such local path, and cannot list the splits of this hub "
+                        f"dataset ({_short(exc)}); name one as {name}{':' + subset if subset else ''}@SPLIT") from None
+    if len(splits) == 1:
+        return splits[0]
+    raise DataError(f"hub:{name}", None, f"no split named and the dataset has {len(splits)}: {', '.join(splits)}; "
+                    f"name one as {name}{':' + subset if subset else ''}@SPLIT")
+
+
+def _short(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def iter_sentences(sources: list[str], stats: CorpusStats | None = None) -> Iterator[Sentence]:
@@ -86,7 +131,9 @@ def iter_sentences(sources: list[str], stats: CorpusStats | None = None) -> Iter
     stats = stats if stats is not None else CorpusStats()
     for src in sources:
         if src.startswith("hub:"):
-            it = _iter_hub(src[4:])
+            it = _iter_hub(src)
+        elif src.endswith((".parquet", ".arrow")):
+            it = _iter_table(src)
         elif src.endswith((".jsonl", ".jsonl.gz")):
             it = _iter_jsonl(src)
         else:
@@ -152,17 +199,46 @@ def words_of_record(obj, path: str, lineno: int) -> list[str]:
     raise DataError(path, lineno, "record has neither 'tokens' (list of words) nor 'text' (string)")
 
 
-def _iter_hub(name: str) -> Iterator[tuple[int, list[str]]]:  # pragma: no cover - needs the network
+def _iter_rows(ds, src: str) -> Iterator[tuple[int, list[str]]]:
+    """Rows of a ``datasets`` table, a record batch at a time; the first of ``HUB_TEXT_FIELDS`` it has is read."""
+    columns = list(ds.column_names or next(iter(ds.take(1)), {}).keys())
+    present = [k for k in HUB_TEXT_FIELDS if k in columns]
+    if not present:
+        raise DataError(src, None, f"has none of the columns {HUB_TEXT_FIELDS} (columns: {', '.join(columns)})")
+    key = present[0]
+    row = 0
+    for batch in ds.select_columns([key]).iter(batch_size=TABLE_BATCH):
+        for value in batch[key]:
+            row += 1
+            if isinstance(value, list):
+                yield row, words_of_record({"tokens": value}, src, row)
+            elif isinstance(value, str) or value is None:
+                yield row, split_words(value or "")
+            else:
+                raise DataError(src, row, f"column '{key}' must hold text or a list of words, got {type(value).__name__}")
+
+
+def _iter_table(path: str) -> Iterator[tuple[int, list[str]]]:
+    import datasets
+
+    try:
+        if path.endswith(".arrow"):
+            ds = datasets.Dataset.from_file(path)  # memory-mapped, no copy
+        else:  # streamed record batches: no Arrow cache copy of the whole file
+            ds = datasets.load_dataset("parquet", data_files=[path], split="train", streaming=True)
+    except Exception as exc:
+        raise DataError(path, None, f"cannot read as a {'Arrow' if path.endswith('.arrow') else 'Parquet'} "
+                        f"table: {_short(exc)}") from None
+    yield from _iter_rows(ds, path)
+
+
+def _iter_hub(src: str) -> Iterator[tuple[int, list[str]]]:
     from datasets import load_dataset
 
-    name, _, split = name.partition(":")
-    try:
-        ds = load_dataset(name, split=split or "train", streaming=True)
-    except Exception as exc:  # offline, unknown name, or a mistyped local path that looked like a hub name
-        raise DataError(f"hub:{name}", None, f"cannot load as a local path or hub dataset: {exc}") from None
-    for i, row in enumerate(ds, 1):
-        present = [k for k in HUB_TEXT_FIELDS if k in row]
-        if not present:
-            raise DataError(f"hub:{name}", i, f"row has none of the fields {HUB_TEXT_FIELDS}")
-        key = present[0]
-        yield i, words_of_record({"tokens" if key == "tokens" else "text": row[key]}, f"hub:{name}", i)
+    name, subset, _ = parse_hub_spec(src)
+    split = resolve_hub_split(src)
+    try:  # streamed: the corpus is read twice (fit sample, then labels) and never stored whole
+        ds = load_dataset(name, subset, split=split, streaming=True)
+    except Exception as exc:  # offline, unknown name/subset/split
+        raise DataError(src, None, f"cannot load this hub dataset: {_short(exc)}") from None
+    yield from _iter_rows(ds, src)

@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,11 +52,11 @@ class LabelConfig:
     kmeans_batch: int = 4096
     seed: int = 0
     shard_sentences: int = 20_000
-    chunk_words: int = 16_384
-    batch_tokens: int = 8192
+    chunk_words: int | None = None  # None: 16384 words on CPU, 131072 on CUDA
+    batch_tokens: int | None = None  # None: 8192 padded tokens on CPU, 65536 on CUDA
     compress: bool = True
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"  # bfloat16 on CUDA, float32 on CPU
     reuse_clusters: str | None = None
     overwrite: bool = False
     progress: bool = True
@@ -100,6 +101,8 @@ def label_corpus(cfg: LabelConfig, teacher=None, log=print) -> dict:
         raise DataError(cfg.reuse_clusters, None, f"centroids come from teacher {reuse['teacher']!r}, "
                         f"not {teacher_name!r}: word vectors of another teacher cannot use them")
     _prepare_out(out, cfg.signature(sources, teacher_name), cfg.overwrite)
+    if cfg.chunk_words is None:
+        cfg.chunk_words = 131_072 if str(teacher.device).startswith("cuda") else 16_384
 
     # -- pass 1: fit (or reuse) centroids --------------------------------------------------------------
     fit_path = out / FIT_FILE
@@ -128,6 +131,7 @@ def label_corpus(cfg: LabelConfig, teacher=None, log=print) -> dict:
         raise DataError(out / CENTROIDS_FILE, None, f"centroids have shape {centroids.shape}, expected "
                         f"({cfg.clusters}, {teacher.dim}) for this teacher and layers")
     assigner = Assigner(centroids, device=teacher.device)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="mtpf-label-read")
 
     # -- pass 2: assign and write shards -----------------------------------------------------------------
     progress_dir = out / PROGRESS_DIR
@@ -155,7 +159,7 @@ def label_corpus(cfg: LabelConfig, teacher=None, log=print) -> dict:
             skipped += 1
             bar.update(meta["words"])
         else:
-            meta, seconds = _label_shard(block, teacher, assigner, cfg, out / name, bar)
+            meta, seconds = _label_shard(block, teacher, assigner, cfg, out / name, bar, pool)
             embed_s += seconds
             if meta is None:
                 break
@@ -165,6 +169,7 @@ def label_corpus(cfg: LabelConfig, teacher=None, log=print) -> dict:
             totals[key] += meta[key]
         counts += np.asarray(meta["counts"], dtype=np.int64)
     bar.close()
+    pool.shutdown()
     if not shards:
         raise DataError(sources[0], None, "the corpus holds no sentence with words")
     elapsed = time.perf_counter() - t0
@@ -224,6 +229,8 @@ def _sample_sentences(sentences, fit_words: int, seed: int) -> list[list[str]]:
 
 
 def _fit(teacher, sample: list[list[str]], cfg: LabelConfig, out: Path):
+    import torch
+
     from mtpf.teacher.cluster import fit_kmeans
     from mtpf.teacher.embed import l2_normalize
 
@@ -238,10 +245,10 @@ def _fit(teacher, sample: list[list[str]], cfg: LabelConfig, out: Path):
     t0 = time.perf_counter()
     row = 0
     for chunk in _chunks(sample, cfg.chunk_words):
-        vec = teacher.embed(chunk)
+        vec = teacher.embed(chunk, on_device=True)
         if cfg.normalize:
             vec = l2_normalize(vec)
-        mm[row : row + len(vec)] = vec.numpy().astype(np.float16)
+        mm[row : row + len(vec)] = vec.to(torch.float16).cpu().numpy()
         row += len(vec)
         bar.update(len(vec))
     bar.close()
@@ -260,7 +267,7 @@ def _fit(teacher, sample: list[list[str]], cfg: LabelConfig, out: Path):
 
 
 # -- pass 2 helpers -------------------------------------------------------------------------------------------
-def _label_shard(block, teacher, assigner, cfg: LabelConfig, path: Path, bar):
+def _label_shard(block, teacher, assigner, cfg: LabelConfig, path: Path, bar, pool=None):
     from mtpf.teacher.embed import l2_normalize
 
     tmp = path.with_name(f".{path.name}.tmp")
@@ -270,12 +277,14 @@ def _label_shard(block, teacher, assigner, cfg: LabelConfig, path: Path, bar):
     counts = np.zeros(cfg.clusters, dtype=np.int64)
     seconds = 0.0
     try:
-        for chunk in _chunks((s.words for s in block), cfg.chunk_words):
+        chunks = _chunks((s.words for s in block), cfg.chunk_words)
+        for chunk, prepared in _prefetched(chunks, getattr(teacher, "prepare", None), pool):
             if fh is None:
                 fh = gzip.open(tmp, "wt", encoding="utf-8", compresslevel=5) if cfg.compress \
                     else open(tmp, "w", encoding="utf-8")
             t0 = time.perf_counter()
-            vec = teacher.embed(chunk)
+            # vectors, normalising and assignment stay on the device
+            vec = teacher.embed(chunk, on_device=True, **({"prepared": prepared} if prepared is not None else {}))
             if cfg.normalize:
                 vec = l2_normalize(vec)
             labels, dist = assigner.assign(vec)
@@ -303,6 +312,27 @@ def _label_shard(block, teacher, assigner, cfg: LabelConfig, path: Path, bar):
     meta["windowed_sentences"] = teacher.stats.windowed_sentences - before[0]
     meta["words_without_pieces"] = teacher.stats.words_without_pieces - before[1]
     return meta, seconds
+
+
+def _prefetched(chunks, prepare, pool):
+    """``(chunk, prepare(chunk))`` pairs, the next one read (decoding, word splitting) and tokenised in
+    ``pool``'s thread while the current one is on the device; errors surface in order."""
+    def step(it):
+        chunk = next(it, None)
+        return None if chunk is None else (chunk, prepare(chunk) if prepare is not None else None)
+
+    it = iter(chunks)
+    if pool is None:
+        while (item := step(it)) is not None:
+            yield item
+        return
+    nxt = pool.submit(step, it)
+    while True:
+        item = nxt.result()
+        if item is None:
+            return
+        nxt = pool.submit(step, it)
+        yield item
 
 
 def _chunks(sentences, chunk_words: int):
