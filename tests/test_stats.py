@@ -48,3 +48,46 @@ def test_paired_difference_uses_only_common_seeds_and_removes_the_seed_effect():
     iv = stats.paired(b, a)
     assert (iv.mean, iv.half, iv.n) == (1.0, 0.0, 3) and iv.excludes_zero()
     assert stats.paired({1: 1.0}, {2: 1.0}) is None
+
+
+# ------------------------------------------------------------------------------------- tables with seeds
+def _cell(model, task, ds, score, seed, frac=1.0):
+    metric = "f1" if task == "ner" else "accuracy"
+    return {"key": f"{model}{task}{ds}{frac}{seed}", "model": model, "task": task, "dataset": ds,
+            "fraction": frac, "seed": seed, "main_score": score, "metrics": {metric: score}}
+
+
+def _cells():
+    cells = []
+    for seed, shift in ((42, 0.0), (43, 0.02), (44, -0.01)):  # a seed effect shared by both models
+        cells += [_cell("Base model", "ner", "conll2003", 0.60 + shift, seed),
+                  _cell("Base model", "tc", "banking77", 0.70 + shift, seed),
+                  _cell("MTPF-TPL", "ner", "conll2003", 0.62 + shift, seed),  # +2.0 on every seed
+                  _cell("MTPF-TPL", "tc", "banking77", 0.70 + shift + (0.01 if seed == 43 else -0.01), seed)]
+    return cells
+
+
+def test_tables_show_mean_and_half_width_with_several_seeds():
+    from mtpf.downstream.tables import build_tables
+
+    summary = build_tables(_cells(), ["Base model", "MTPF-TPL"], "Base model")[0]
+    ner = stats.interval([60.0, 62.0, 59.0])
+    assert summary.rows[0][1] == ner.format()
+    tpl_ner = stats.interval([62.0, 64.0, 61.0])
+    assert summary.rows[1][1] == f"{tpl_ner.format()} (+2.0)"
+
+
+def test_paired_table_reads_each_claim_from_its_interval():
+    from mtpf.downstream.tables import Claim, paired_table
+
+    claims = [Claim("TPL helps NER", "MTPF-TPL", "Base model", "ner", +1),
+              Claim("TPL hurts NER", "MTPF-TPL", "Base model", "ner", -1),
+              Claim("TPL helps TC", "MTPF-TPL", "Base model", "tc", +1),
+              Claim("absent model", "PF for NER", "Base model", "tc", -1)]
+    rows = paired_table(_cells(), claims).rows
+    assert rows[0][4] == "+2.0 ± 0.0" and rows[0][5] == "3" and rows[0][6] == "holds"
+    assert rows[1][6].startswith("contradicted")
+    assert rows[2][6].startswith("not resolved")
+    assert rows[3][6] == "not measured"
+    one_seed = [c for c in _cells() if c["seed"] == 42]
+    assert paired_table(one_seed, claims[:1]).rows[0][4:] == ["+2.0", "1", "one seed: no interval"]
