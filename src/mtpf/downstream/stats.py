@@ -49,11 +49,11 @@ class Interval:
     def excludes_zero(self) -> bool:
         return self.half is not None and (self.low > 0 or self.high < 0)
 
-    def format(self, digits: int = 1) -> str:
-        """``"76.2 ± 0.8"``; a single value prints as the plain number."""
-        if self.half is None:
-            return f"{self.mean:.{digits}f}"
-        return f"{self.mean:.{digits}f} ± {self.half:.{digits}f}"
+    def format(self, digits: int = 1, signed: bool = False) -> str:
+        """``"76.2 ± 0.8"`` (``signed``: ``"+0.7 ± 0.8"``, for differences); one value prints as the number."""
+        mean = round(self.mean, digits) + 0.0  # no "-0.0"
+        text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+        return text if self.half is None else f"{text} ± {self.half:.{digits}f}"
 
 
 def interval(values, confidence: float = 0.95) -> Interval:

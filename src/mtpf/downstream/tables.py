@@ -44,7 +44,7 @@ class Table:
     group_col: int | None = None  # rows with the same value here are compared among themselves (Table 11)
 
 
-def _agg(cells: list[dict]) -> dict:
+def aggregate(cells: list[dict]) -> dict:
     """(model, task, dataset, fraction) -> mean/std over seeds of the main score (in %) and extra metrics."""
     groups = defaultdict(list)
     for c in cells:
@@ -97,7 +97,7 @@ def _mean_or_none(vals):
 
 def build_tables(cells: list[dict], models: list[str], base: str, ner_order: list[str] | None = None,
                  tc_order: list[str] | None = None) -> list[Table]:
-    agg = _agg(cells)
+    agg = aggregate(cells)
     ner_ds = ner_order or sorted({c["dataset"] for c in cells if c["task"] == "ner"})
     tc_ds = tc_order or sorted({c["dataset"] for c in cells if c["task"] == "tc"})
     fractions = sorted({float(c["fraction"]) for c in cells if c["task"] == "ner"}, reverse=True)
@@ -196,8 +196,8 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
 
 @dataclass
 class Claim:
-    """``a`` minus ``b`` on one task family at one NER train share; ``expect`` is the sign the paper reports
-    (+1: a better, -1: a worse)."""
+    """``a`` minus ``b`` on one task family at one NER train share; ``expect`` is what the paper reports
+    (+1: a better, -1: a worse, 0: a matches b, i.e. is not worse)."""
     text: str
     a: str
     b: str
@@ -218,6 +218,10 @@ def verdict(iv: Interval | None, expect: int) -> str:
         return "not measured"
     if iv.half is None:
         return "one seed: no interval"
+    if expect == 0:
+        if not iv.excludes_zero():
+            return "matches (no difference resolved)"
+        return "holds (better)" if iv.mean > 0 else "contradicted (worse)"
     if not iv.excludes_zero():
         return "not resolved (interval contains 0)"
     return "holds" if (iv.mean > 0) == (expect > 0) else "contradicted (opposite sign)"
@@ -226,15 +230,14 @@ def verdict(iv: Interval | None, expect: int) -> str:
 def paired_table(cells: list[dict], claims: list[Claim], ner_order: list[str] | None = None,
                  tc_order: list[str] | None = None) -> Table:
     """One row per claim: the paired difference with its 95 % interval, the seeds it uses, the verdict."""
-    agg = _agg(cells)
+    agg = aggregate(cells)
     order = {"ner": ner_order or dataset_order(cells, "ner"), "tc": tc_order or dataset_order(cells, "tc")}
     rows = []
     for cl in claims:
         iv = claim_interval(agg, cl, order[cl.task])
         share = "" if cl.fraction == 1 else f" @{100 * cl.fraction:g}%"
-        rows.append([cl.text, f"{cl.a} − {cl.b}", f"{cl.task.upper()}{share}", "+" if cl.expect > 0 else "−",
-                     "—" if iv is None else (f"{iv.mean:+.1f}" if iv.half is None else
-                                              f"{iv.mean:+.1f} ± {iv.half:.1f}"),
+        rows.append([cl.text, f"{cl.a} − {cl.b}", f"{cl.task.upper()}{share}", {1: "+", -1: "−", 0: "≈"}[cl.expect],
+                     "—" if iv is None else iv.format(signed=True),
                      "0" if iv is None else str(iv.n), verdict(iv, cl.expect)])
     return Table("Paired differences (percentage points, same seeds and data; 95 % t interval over seeds)",
                  ["Claim", "Difference", "Family", "Paper's sign", "Δ (95 % CI)", "Seeds", "Reading"], rows,
@@ -302,7 +305,7 @@ def bar_chart(cells: list[dict], models: list[str], path: Path, ner_order=None, 
     import matplotlib.pyplot as plt
     import numpy as np
 
-    agg = _agg(cells)
+    agg = aggregate(cells)
     groups = []  # (title, [(dataset label, task, dataset, fraction)])
     ner_ds = ner_order or sorted({c["dataset"] for c in cells if c["task"] == "ner"})
     tc_ds = tc_order or sorted({c["dataset"] for c in cells if c["task"] == "tc"})
