@@ -173,7 +173,8 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
                     if e is None:
                         continue
                     sel = sorted({c.get("selection", "?") for c in e["cells"]})
-                    rows.append([m, d, f"{f:g}", _fmt(e.get("precision")), _fmt(e.get("recall")), _fmt(e["mean"]),
+                    rows.append([m, d, f"{f:g}", _fmt(e.get("precision")), _fmt(e.get("recall")),
+                                 _fmt(e["mean"], e["half"]),
                                  _fmt(e["std"]), str(e["n"]), "/".join(sel)])
         tables.append(Table("NER details: test precision / recall / F1 (mean over seeds), model selection",
                             ["Model", "Dataset", "Fraction", "P", "R", "F1", "F1 std", "Seeds", "Selected on"],
@@ -186,7 +187,7 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
                 if e is None:
                     continue
                 c0 = e["cells"][0]
-                rows.append([m, d, _fmt(e["mean"]), _fmt(e.get("accuracy_std")), _fmt(e.get("f1")),
+                rows.append([m, d, _fmt(e["mean"], e["half"]), _fmt(e.get("accuracy_std")), _fmt(e.get("f1")),
                              str(c0.get("samples_per_label")), str(c0.get("n_experiments")), str(e["n"])])
         tables.append(Table("TC details: accuracy, its std over experiments, macro-F1",
                             ["Model", "Dataset", "Accuracy", "Acc. std", "Macro-F1", "Samples/label", "Experiments",
