@@ -232,10 +232,14 @@ class Repro:
                 if conf is not None and (self.run_dir(label, seed) / "logs" / "analysis.jsonl").is_file()]
         figure = self.cfg.get("figure3_models")
         runs = [(n, r) for n, r in runs if figure is None or n in figure]
+        fig = self.results_dir / "fig3.png"
+        if runs and fig.is_file() and fig.stat().st_mtime >= max(
+                (r / "logs" / "analysis.jsonl").stat().st_mtime for _, r in runs):
+            return  # up to date
         if runs:
             self.step("figure 3", "figures", MTPF + ["analyze", "plot", *[str(r) for _, r in runs],
                                                      *[a for n, _ in runs for a in ("--label", n)], "--losses",
-                                                     "--out", str(self.results_dir / "fig3.png")])
+                                                     "--out", str(fig)])
             self.publish("figure 3")
 
 

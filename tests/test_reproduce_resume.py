@@ -44,10 +44,24 @@ class FakeMtpf:
             run_dir = Path(next(a.split("=", 1)[1] for a in args if a.startswith("output_dir=")))
             (run_dir / "logs").mkdir(parents=True, exist_ok=True)
             (run_dir / "logs" / "metrics.jsonl").write_text('{"step": 1, "loss_ner": 1.0}\n')
+            (run_dir / "logs" / "analysis.jsonl").write_text('{"step": 1, "perturbed_cosine": 0.5}\n')
             (run_dir / "run.json").write_text("{}")
             self.pretrained.append(str(run_dir))
         elif verb == "evaluate":
             self.evaluate(args)
+        elif verb == "adapt":
+            out = Path(args[args.index("--output") + 1])
+            out.mkdir(parents=True)
+            (out / "mtpf_app.json").write_text("{}")
+        elif verb == "evaluate-runtime":
+            out = Path(args[args.index("--output") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            seed = int(args[args.index("--seed") + 1])
+            cells = [{"key": f"rt{d}", "task": "tc", "dataset": Path(d).name, "fraction": 1.0, "seed": seed}
+                     for d in args[args.index("--cls") + 1:] if not d.startswith("--")]
+            (out / "results.json").write_text(json.dumps({"cells": cells}))
+        elif verb == "analyze":
+            Path(args[args.index("--out") + 1]).write_bytes(b"\x89PNG")
         else:
             raise AssertionError(f"unexpected command {args}")
 
@@ -133,7 +147,7 @@ def test_killed_run_recomputes_nothing_recorded(tmp_path):
     cells = json.loads((results / "s2" / "TPL_last_1_layer.json").read_text())["cells"]
     assert len(cells) == 2 * 3 + 2
     timings = json.loads((results / "timings.json").read_text())
-    assert {t["part"] for t in timings.values()} == {"label", "pretrain", "ner-full", "ner-low", "tc"}
+    assert {t["part"] for t in timings.values()} == {"label", "pretrain", "ner-full", "ner-low", "tc", "figures"}
     assert (results / "s1" / "pretrain" / "MTPF-TPL" / "logs" / "metrics.jsonl").is_file()
     manifest = json.loads((results / "manifest.json").read_text())
     assert manifest["seeds"] == [1, 2] and manifest["base"] == "Base model"
@@ -175,3 +189,24 @@ def test_repro_configs_load(name):
         tpl = cfg["tpl_experiment"]
         assert sorted(tpl["depth"]) == [1, 2, 4] and len(tpl["asymmetric"]) >= 2
         assert all(m in cfg["models"] for m in [tpl["uniform"], *tpl["depth"].values(), *tpl["asymmetric"]])
+
+
+def test_every_command_is_valid_for_the_mtpf_cli(tmp_path):
+    """The commands reproduce.py builds parse with mtpf's own argument parser (no misspelt flag)."""
+    from mtpf.cli import build_parser
+
+    cmds = []
+    fake = FakeMtpf()
+    cfg = dict(CONFIG, output=str(tmp_path / "work"),
+               runtime={"model": "MTPF-TPL", "label": "MTPF-TPL, runtime int8", "tc_app_data": "data/cls/a"})
+    path = tmp_path / "repro.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    repro.main([str(path), "--results-dir", str(tmp_path / "results")], run=lambda c: (cmds.append(c), fake(c)))
+    verbs = [c[len(repro.MTPF)] for c in cmds]
+    assert {"label", "pretrain", "evaluate", "adapt", "evaluate-runtime", "analyze"} <= set(verbs)
+    parser = build_parser()
+    for cmd in cmds:
+        parser.parse_args(cmd[len(repro.MTPF):])  # SystemExit on an unknown flag
+    rt = next(c for c in cmds if "evaluate-runtime" in c)
+    assert sum(a == "--ner-app" for a in rt) == 2 * 3  # every NER dataset x share of the first seed
+    assert (tmp_path / "results" / "runtime.json").is_file()
