@@ -164,7 +164,6 @@ class Repro:
     def evaluate(self) -> None:
         ev = self.cfg["evaluate"]
         rt = self.cfg.get("runtime") or {}
-        common = ["--batch-size", str(ev["batch_size"]), "--lr", str(ev["lr"]), "--head-lr", str(ev["head_lr"])]
         for seed in self.seeds:
             for label in self.models:
                 out = self.eval_dir(label, seed)
@@ -173,6 +172,7 @@ class Repro:
                                "--cache-dir", str(self.out / "eval" / "cache"), "--seeds", str(seed), "--no-progress",
                                *ev.get("args", [])]
                 for run_name, run in ev["runs"].items():
+                    # the NER recipe: the run's keys, else evaluate-level ones (batch_size, lr, head_lr)
                     rcfg = {k: run.get(k, ev.get(k)) for k in NER_KEYS if run.get(k, ev.get(k)) is not None}
                     flags = [a for k, v in rcfg.items() for a in (f"--{k.replace('_', '-')}", str(v))]
                     flags += list(run.get("args", []))
@@ -184,7 +184,7 @@ class Repro:
                                 continue
                             self.step(f"evaluate s{seed} {label} NER {Path(ds).name} @{frac:g} ({run_name})",
                                       "ner-full" if float(frac) == 1 else "ner-low",
-                                      base + common + flags + ["--ner", ds, "--fractions", str(frac)])
+                                      base + flags + ["--ner", ds, "--fractions", str(frac)])
                             self.copy_results(label, seed)
                 if ev.get("cls") and not unit_done(results, "tc", ev["cls"], [1.0], seed):
                     self.step(f"evaluate s{seed} {label} TC", "tc", base + ["--cls", *ev["cls"]])

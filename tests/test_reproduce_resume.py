@@ -207,6 +207,8 @@ def test_every_command_is_valid_for_the_mtpf_cli(tmp_path):
     parser = build_parser()
     for cmd in cmds:
         parser.parse_args(cmd[len(repro.MTPF):])  # SystemExit on an unknown flag
+        flags = [a for a in cmd if a.startswith("--") and a not in ("--model", "--label", "--with", "--ner-app")]
+        assert len(flags) == len(set(flags)), cmd  # no flag given twice
     rt = next(c for c in cmds if "evaluate-runtime" in c)
     assert sum(a == "--ner-app" for a in rt) == 2 * 3  # every NER dataset x share of the first seed
     assert (tmp_path / "results" / "runtime.json").is_file()
