@@ -185,7 +185,12 @@ def timings_section(source: Path) -> list[str]:
            "| Part | Units | Wall time | Example command |", "|---|---:|---:|---|"]
     for part, ts in parts.items():
         hours = sum(t["seconds"] for t in ts) / 3600
-        out.append(f"| {PARTS.get(part, part)} | {len(ts)} | {hours:.2f} h | `mtpf {ts[0]['command']}` |")
+        cmd = min((t["command"] for t in ts), key=len)
+        cmd = cmd if len(cmd) <= 160 else cmd[:157] + "..."
+        out.append(f"| {PARTS.get(part, part)} | {len(ts)} | {hours:.2f} h | `mtpf {cmd}` |")
+    total = sum(t["seconds"] for ts in parts.values() for t in ts) / 3600
+    out.append(f"| total | {sum(map(len, parts.values()))} | {total:.2f} h | "
+               "`scripts/reproduce.py` (every command: timings.json) |")
     return out + [""]
 
 
