@@ -109,7 +109,7 @@ class Repro:
                               capture_output=True, text=True, check=True).stdout.strip()
         rel = os.path.relpath(self.results_dir.resolve(), root)
         subprocess.run(["git", "-C", root, "add", "--", rel], check=True)
-        staged = subprocess.run(["git", "-C", root, "diff", "--cached", "--quiet", "--", rel])
+        staged = subprocess.run(["git", "-C", root, "diff", "--cached", "--quiet", "--", rel], check=False)
         if staged.returncode:
             subprocess.run(["git", "-C", root, "commit", "-q", "-m", f"repro results: {message}", "--", rel],
                            check=True)

@@ -24,10 +24,19 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from mtpf.downstream.suite import read_cells
-from mtpf.downstream.tables import (Claim, aggregate, build_tables, claim_interval, dataset_order, family_by_seed,
-                                    paired_table, table_markdown, verdict)
 from mtpf.downstream.stats import interval
+from mtpf.downstream.suite import read_cells
+from mtpf.downstream.tables import (
+    Claim,
+    aggregate,
+    build_tables,
+    claim_interval,
+    dataset_order,
+    family_by_seed,
+    paired_table,
+    table_markdown,
+    verdict,
+)
 
 GROUPS = {
     "Table 1 analogue: pre-finetuning strategies vs the base model":
@@ -130,17 +139,17 @@ def tpl_section(cells, models, tpl: dict, order: dict, source: Path, figs: Path,
            table_markdown(build_tables([c for c in cells if float(c["fraction"]) == 1.0],
                                        [BASE, uniform, *settings] if BASE in models else [uniform, *settings],
                                        BASE if BASE in models else uniform, order["ner"], order["tc"])[0]), "",
-           f"Paired differences against `{uniform}` (percentage points, 95 % interval over seeds); a setting "
-           "beats uniform TPL only if both intervals lie above 0:", "",
+           (f"Paired differences against `{uniform}` (percentage points, 95 % interval over seeds); a setting "
+           "beats uniform TPL only if both intervals lie above 0:"), "",
            "| Setting | NER Δ | TC Δ | Beats uniform TPL on both families |", "|---|---:|---:|---|", *rows, ""]
     winners = [m for m, r in zip(settings, rows) if r.endswith("| yes |")]
-    out += [f"Result: {'; '.join(winners) + ' beat' if winners else 'no setting beats'} uniform TPL on both "
-            "families.", ""]
+    out += [(f"Result: {'; '.join(winners) + ' beat' if winners else 'no setting beats'} uniform TPL on both "
+            "families."), ""]
     fig = figure4(cells, tpl, order, source, figs)
     if fig:
         out += [f"![Figure 4]({os.path.relpath(fig, doc.parent)})", "",
-                "Figure 4 analogue: (a)/(b) pre-finetuning losses per TPL depth (first seed), (c)/(d) downstream "
-                "averages with their 95 % intervals over seeds.", ""]
+                ("Figure 4 analogue: (a)/(b) pre-finetuning losses per TPL depth (first seed), (c)/(d) downstream "
+                "averages with their 95 % intervals over seeds."), ""]
     return out
 
 
@@ -179,7 +188,7 @@ def timings_section(source: Path) -> list[str]:
     if not path.is_file():
         return []
     parts = defaultdict(list)
-    for name, t in json.loads(path.read_text()).items():
+    for t in json.loads(path.read_text()).values():
         parts[t["part"]].append(t)
     out = ["### Run time of each part (wall clock, from timings.json)", "",
            "| Part | Units | Wall time | Example command |", "|---|---:|---:|---|"]
@@ -215,9 +224,9 @@ def main() -> None:
     seeds = sorted({int(c["seed"]) for c in cells})
     per_cell = sorted({e["n"] for e in aggregate(cells).values()})
     n_text = str(per_cell[0]) if len(per_cell) == 1 else f"{per_cell[0]} to {per_cell[-1]}"
-    out = [f"Seeds: {', '.join(map(str, seeds))}; seeds per table cell: {n_text}. "
+    out = [(f"Seeds: {', '.join(map(str, seeds))}; seeds per table cell: {n_text}. "
            "With several seeds every score is mean ± half-width of its 95 % t interval over seeds (a family average: "
-           "the interval of its per-seed averages); one seed prints the plain mean, with no interval.", ""]
+           "the interval of its per-seed averages); one seed prints the plain mean, with no interval."), ""]
     for title, rows in GROUPS.items():
         rows = [m for m in rows if m in models]
         summary = build_tables(full, rows, base, ner_order, tc_order)[0]

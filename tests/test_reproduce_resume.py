@@ -3,7 +3,6 @@ are published (and committed) as they complete; the shipped repro configs are va
 import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -165,7 +164,7 @@ def test_commit_results_commits_each_finished_unit(tmp_path):
     assert any(s.startswith("repro results: s2 TPL last 1 layer") for s in log)
     tracked = subprocess.run(git + ["ls-tree", "-r", "--name-only", "HEAD"], capture_output=True, text=True, check=True).stdout.split()
     assert "results/s1/Base_model.json" in tracked and "other.txt" not in tracked  # only the results folder is committed
-    assert subprocess.run(git + ["status", "--porcelain", "results"], capture_output=True, text=True).stdout == ""
+    assert subprocess.run(git + ["status", "--porcelain", "results"], capture_output=True, text=True, check=True).stdout == ""
 
 
 @pytest.mark.parametrize("name", ["repro.yaml", "repro-scaled.yaml"])
