@@ -4,11 +4,12 @@ label -> pretrain every model once per seed -> evaluate every (seed, model) cell
 (int8 ONNX backbone + one model's app adapters, first seed) -> Figure 3 curves (first seed).
 
     python scripts/reproduce.py configs/local/repro-scaled.yaml [--only label|pretrain|evaluate|runtime|figures]
-                                                                 [--commit-results]
+                                                                 [--seeds 42] [--commit-results]
 
 Seeds: ``seeds: [42, 43, 44]`` are replicate seeds. Replicate ``s`` pre-finetunes every model with ``seed=s`` and
 adapts/evaluates it with seed ``s`` (NER adaptation seed and MTEB task seed), so the tables' intervals cover both
 sources of variation and two models compared on seed ``s`` share everything but the method (paired differences).
+``--seeds 42`` runs only that replicate now (finish one replicate per session; the tables fill seed by seed).
 
 Resume: a run with ``run.json`` is not pre-finetuned again (an interrupted one resumes from its checkpoint); an
 evaluation unit — one NER dataset at one train share, or all TC datasets — whose cells are already in its
@@ -77,9 +78,11 @@ def unit_done(results: Path, task: str, datasets: list[str], fractions: list[flo
 
 
 class Repro:
-    def __init__(self, cfg: dict, out: Path, results_dir: Path, commit: bool, run=sh):
+    def __init__(self, cfg: dict, out: Path, results_dir: Path, commit: bool, run=sh, seeds=None):
         self.cfg, self.out, self.results_dir, self.commit, self.run = cfg, out, results_dir, commit, run
-        self.seeds = [int(s) for s in cfg.get("seeds", [42])]
+        self.all_seeds = [int(s) for s in cfg.get("seeds", [42])]
+        self.first = self.all_seeds[0]  # the runtime row and Figure 3 use this seed's runs
+        self.seeds = [int(s) for s in seeds] if seeds else self.all_seeds  # this invocation's seeds
         self.models = {}  # label -> (config path or None, overrides, ref)
         for label, spec in cfg["models"].items():
             if isinstance(spec, dict):
@@ -126,7 +129,7 @@ class Repro:
 
     def write_manifest(self) -> None:
         write_json(self.results_dir / "manifest.json", {
-            "format": "mtpf-repro/1", "config": self.cfg, "seeds": self.seeds, "base": self.base,
+            "format": "mtpf-repro/1", "config": self.cfg, "seeds": self.all_seeds, "base": self.base,
             "models": {label: slug(label) for label in self.models}})
 
     # ------------------------------------------------------------------ stages
@@ -176,7 +179,7 @@ class Repro:
                     rcfg = {k: run.get(k, ev.get(k)) for k in NER_KEYS if run.get(k, ev.get(k)) is not None}
                     flags = [a for k, v in rcfg.items() for a in (f"--{k.replace('_', '-')}", str(v))]
                     flags += list(run.get("args", []))
-                    if label == rt.get("model") and seed == self.seeds[0]:
+                    if label == rt.get("model") and seed == self.first:
                         flags.append("--save-apps")  # the runtime row serves these NER apps
                     for ds in ev["ner"]:
                         for frac in run["fractions"]:
@@ -204,7 +207,7 @@ class Repro:
         # served by the runtime on the int8 ONNX backbone, scored with the suite's protocols.
         from mtpf.downstream.suite import app_folder_name
 
-        rt, ev, seed = self.cfg["runtime"], self.cfg["evaluate"], self.seeds[0]
+        rt, ev, seed = self.cfg["runtime"], self.cfg["evaluate"], self.first
         run_dir, out = self.ref(rt["model"], seed), self.out / "eval" / "runtime"
         if (out / "results.json").is_file() and unit_done(out / "results.json", "tc", ev["cls"], [1.0], seed):
             return
@@ -227,7 +230,7 @@ class Repro:
         self.publish("runtime")
 
     def figures(self) -> None:
-        seed = self.seeds[0]
+        seed = self.first
         runs = [(label, self.run_dir(label, seed)) for label, (conf, _, _) in self.models.items()
                 if conf is not None and (self.run_dir(label, seed) / "logs" / "analysis.jsonl").is_file()]
         figure = self.cfg.get("figure3_models")
@@ -250,16 +253,25 @@ def main(argv: list[str] | None = None, run=sh) -> None:
     ap.add_argument("--output", help="work folder: runs, apps, caches (default: the config's `output`)")
     ap.add_argument("--results-dir", help="where finished cells are copied (default: the config's `results_dir`, "
                                           "else docs/results/<config name>)")
+    ap.add_argument("--seeds", help="comma list: run only these of the config's seeds now (e.g. finish one "
+                                    "replicate per session); the runtime row and Figure 3 need the first")
     ap.add_argument("--commit-results", action="store_true",
                     help="git-commit the results folder after every finished unit (for runs spanning sessions)")
     args = ap.parse_args(argv)
+    if not Path(args.config).is_file():
+        ap.error(f"{args.config}: no such config file")
     cfg = yaml.safe_load(Path(args.config).read_text())
     results_dir = Path(args.results_dir or cfg.get("results_dir") or Path("docs/results") / Path(args.config).stem)
-    repro = Repro(cfg, Path(args.output or cfg["output"]), results_dir, args.commit_results, run)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else None
+    unknown = sorted(set(seeds or []) - {int(x) for x in cfg.get("seeds", [42])})
+    if unknown:
+        ap.error(f"{args.config}: --seeds {unknown} are not among the config's seeds {cfg.get('seeds', [42])}")
+    repro = Repro(cfg, Path(args.output or cfg["output"]), results_dir, args.commit_results, run, seeds)
     repro.write_manifest()
     stages = ("label", "pretrain", "evaluate", "runtime", "figures")
     for stage in stages if args.only is None else (args.only,):
-        if stage == "runtime" and not cfg.get("runtime"):
+        if stage in ("runtime", "figures") and (repro.first not in repro.seeds or
+                                                (stage == "runtime" and not cfg.get("runtime"))):
             continue
         getattr(repro, stage)()
     repro.publish("manifest")

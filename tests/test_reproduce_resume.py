@@ -152,6 +152,20 @@ def test_killed_run_recomputes_nothing_recorded(tmp_path):
     assert manifest["seeds"] == [1, 2] and manifest["base"] == "Base model"
 
 
+def test_one_replicate_per_session(tmp_path, capsys):
+    first = FakeMtpf()
+    _run(tmp_path, first, "--seeds", "2")  # this session: seed 2 only
+    assert first.computed and all(k.split("|")[4] == "2" for k in first.computed)
+    rest = FakeMtpf()
+    _run(tmp_path, rest)  # the next: the remaining seed, nothing of seed 2 again
+    assert rest.computed and all(k.split("|")[4] == "1" for k in rest.computed)
+    manifest = json.loads((tmp_path / "results" / "manifest.json").read_text())
+    assert manifest["seeds"] == [1, 2]
+    with pytest.raises(SystemExit) as exc:
+        _run(tmp_path, FakeMtpf(), "--seeds", "7")
+    assert exc.value.code == 2 and "not among the config's seeds" in capsys.readouterr().err
+
+
 def test_commit_results_commits_each_finished_unit(tmp_path):
     git = ["git", "-C", str(tmp_path)]
     subprocess.run(git + ["init", "-q"], check=True)
