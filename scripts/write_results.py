@@ -213,7 +213,7 @@ def main() -> None:
     source, doc = Path(args.source), Path(args.doc)
     cells, models, manifest = load(source)
     if not cells:
-        raise SystemExit(f"no results under {source}")
+        ap.error(f"{source}: no results files (a scripts/reproduce.py results folder, RUNS/repro, or docs/results)")
     figs = Path(args.figures or (source if manifest else "docs/results"))
     ner_order, tc_order = dataset_order(cells, "ner"), dataset_order(cells, "tc")
     order = {"ner": ner_order, "tc": tc_order}
@@ -264,6 +264,8 @@ def main() -> None:
     out += timings_section(source)
     block = "\n".join(out).rstrip() + "\n"
     text = doc.read_text() if doc.is_file() else "<!-- tables:begin -->\n<!-- tables:end -->\n"
+    if "<!-- tables:begin -->" not in text or "<!-- tables:end -->" not in text:
+        ap.error(f"{doc}: add the lines <!-- tables:begin --> and <!-- tables:end --> where the tables go")
     head, rest = text.split("<!-- tables:begin -->", 1)
     _, tail = rest.split("<!-- tables:end -->", 1)
     doc.write_text(f"{head}<!-- tables:begin -->\n{block}<!-- tables:end -->{tail}")
