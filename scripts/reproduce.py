@@ -1,21 +1,41 @@
-"""Drive the small-scale reproduction described by a ``configs/local/repro*.yaml`` (issue: measured repro).
+"""Drive the reproduction described by a ``configs/local/repro*.yaml``, resumable cell by cell across sessions.
 
-label -> pretrain every strategy -> evaluate all models side by side -> score the embedded runtime (int8 ONNX
-backbone + the app adapters of one model) -> Figure 3 curves. Every stage resumes: finished label shards,
-finished runs (run.json) and finished evaluation cells are skipped, so the job may span sessions.
+label -> pretrain every model once per seed -> evaluate every (seed, model) cell -> score the embedded runtime
+(int8 ONNX backbone + one model's app adapters, first seed) -> Figure 3 curves (first seed).
 
-    python scripts/reproduce.py configs/local/repro.yaml [--only label|pretrain|evaluate|runtime|figures]
+    python scripts/reproduce.py configs/local/repro-scaled.yaml [--only label|pretrain|evaluate|runtime|figures]
+                                                                 [--seeds 42] [--commit-results]
+
+Seeds: ``seeds: [42, 43, 44]`` are replicate seeds. Replicate ``s`` pre-finetunes every model with ``seed=s`` and
+adapts/evaluates it with seed ``s`` (NER adaptation seed and MTEB task seed), so the tables' intervals cover both
+sources of variation and two models compared on seed ``s`` share everything but the method (paired differences).
+``--seeds 42`` runs only that replicate now (finish one replicate per session; the tables fill seed by seed).
+
+Resume: a run with ``run.json`` is not pre-finetuned again (an interrupted one resumes from its checkpoint); an
+evaluation unit — one NER dataset at one train share, or all TC datasets — whose cells are already in its
+``results.json`` is not started (the suite itself also skips recorded cells by key and writes results.json
+atomically after every cell). A run killed at any point recomputes nothing already recorded.
+
+Results: after every finished unit its results.json, the pre-finetuning logs and ``timings.json`` (wall time and
+command of every unit) are copied to ``results_dir`` (default ``docs/results/<config name>``);
+``--commit-results`` also commits that folder (``git commit -- results_dir``) after every unit, so a session that
+ends loses at most the cell in flight. ``scripts/write_results.py results_dir`` turns it into docs/results.md.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
 MTPF = [sys.executable, "-m", "mtpf.cli"]
+NER_KEYS = ("epochs_warmup", "epochs", "batch_size", "lr", "head_lr")  # run keys that are NerConfig fields
 
 
 def sh(cmd: list[str]) -> None:
@@ -23,70 +43,238 @@ def sh(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def main() -> None:
+def slug(label: str) -> str:
+    from mtpf.downstream.suite import _slug
+
+    return _slug(label)
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def recorded(results: Path) -> list[dict]:
+    try:
+        return json.loads(results.read_text()).get("cells", [])
+    except (OSError, json.JSONDecodeError):
+        return []
+
+
+def unit_done(results: Path, task: str, datasets: list[str], fractions: list[float], seed: int,
+              ner_cfg: dict | None = None) -> bool:
+    """Every (dataset, fraction) of this unit has a cell at this seed (and, for NER, with this recipe)."""
+    have = set()
+    for c in recorded(results):
+        if c.get("task") != task or int(c.get("seed", -1)) != seed:
+            continue
+        conf = c.get("config") or {}
+        if ner_cfg and any(k in conf and conf[k] != v for k, v in ner_cfg.items()):
+            continue
+        have.add((c["dataset"], float(c["fraction"])))
+    return all((Path(d).name, float(f)) in have for d in datasets for f in fractions)
+
+
+class Repro:
+    def __init__(self, cfg: dict, out: Path, results_dir: Path, commit: bool, run=sh, seeds=None):
+        self.cfg, self.out, self.results_dir, self.commit, self.run = cfg, out, results_dir, commit, run
+        self.all_seeds = [int(s) for s in cfg.get("seeds", [42])]
+        self.first = self.all_seeds[0]  # the runtime row and Figure 3 use this seed's runs
+        self.seeds = [int(s) for s in seeds] if seeds else self.all_seeds  # this invocation's seeds
+        self.models = {}  # label -> (config path or None, overrides, ref)
+        for label, spec in cfg["models"].items():
+            if isinstance(spec, dict):
+                self.models[label] = (spec["config"], list(spec.get("overrides", [])), None)
+            elif str(spec).endswith((".yaml", ".yml")):
+                self.models[label] = (str(spec), [], None)
+            else:
+                self.models[label] = (None, [], str(spec))
+        self.base = next(iter(self.models))
+        self.timings_path = results_dir / "timings.json"
+        self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
+
+    # ------------------------------------------------------------------ bookkeeping
+    def step(self, name: str, part: str, cmd: list[str]) -> None:
+        """Run one unit and record its wall time and command (the caller copies its results, then publishes)."""
+        t0 = time.perf_counter()
+        self.run(cmd)
+        self.timings[name] = {"part": part, "seconds": round(time.perf_counter() - t0, 1),
+                              "command": " ".join(cmd[len(MTPF):] if cmd[:len(MTPF)] == MTPF else cmd),
+                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json(self.timings_path, self.timings)
+
+    def publish(self, message: str) -> None:
+        if not self.commit:
+            return
+        root = subprocess.run(["git", "-C", str(self.results_dir), "rev-parse", "--show-toplevel"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        rel = os.path.relpath(self.results_dir.resolve(), root)
+        subprocess.run(["git", "-C", root, "add", "--", rel], check=True)
+        staged = subprocess.run(["git", "-C", root, "diff", "--cached", "--quiet", "--", rel], check=False)
+        if staged.returncode:
+            subprocess.run(["git", "-C", root, "commit", "-q", "-m", f"repro results: {message}", "--", rel],
+                           check=True)
+
+    def run_dir(self, label: str, seed: int) -> Path:
+        return self.out / "runs" / f"s{seed}" / slug(label)
+
+    def ref(self, label: str, seed: int) -> str:
+        conf, _, ref = self.models[label]
+        return ref if conf is None else str(self.run_dir(label, seed))
+
+    def eval_dir(self, label: str, seed: int) -> Path:
+        return self.out / "eval" / f"s{seed}" / slug(label)
+
+    def write_manifest(self) -> None:
+        write_json(self.results_dir / "manifest.json", {
+            "format": "mtpf-repro/1", "config": self.cfg, "seeds": self.all_seeds, "base": self.base,
+            "models": {label: slug(label) for label in self.models}})
+
+    # ------------------------------------------------------------------ stages
+    def label(self) -> None:
+        lab, labels = self.cfg["labels"], self.out / "labels"
+        if not (labels / "clusters.json").is_file():
+            self.step("label", "label", MTPF + ["label", "--teacher", lab["teacher"], "--corpus", *lab["corpus"],
+                                                "--clusters", str(lab["clusters"]), "--fit-words",
+                                                str(lab["fit_words"]), "--out", str(labels)])
+            self.publish("labels")
+
+    def pretrain(self) -> None:
+        for seed in self.seeds:
+            for label, (conf, overrides, _) in self.models.items():
+                if conf is None:
+                    continue
+                run_dir = self.run_dir(label, seed)
+                if not (run_dir / "run.json").is_file():
+                    resume = "true" if (run_dir / "checkpoints").is_dir() else "false"
+                    self.step(f"pretrain s{seed} {label}", "pretrain",
+                              MTPF + ["pretrain", conf, f"output_dir={run_dir}", f"ner_data=[{self.out / 'labels'}]",
+                                      f"resume={resume}", f"seed={seed}", *self.cfg.get("pretrain_overrides", []),
+                                      *overrides])
+                self.copy_logs(label, seed)
+                self.publish(f"pretrain s{seed} {label}")
+
+    def copy_logs(self, label: str, seed: int) -> None:
+        """Pre-finetuning curves and config (small files) next to the results, for Figures 3 and 4."""
+        src, dst = self.run_dir(label, seed), self.results_dir / f"s{seed}" / "pretrain" / slug(label)
+        for name in ("config.json", "run.json", "logs/metrics.jsonl", "logs/analysis.jsonl"):
+            if (src / name).is_file():
+                (dst / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / name, dst / name)
+
+    def evaluate(self) -> None:
+        ev = self.cfg["evaluate"]
+        rt = self.cfg.get("runtime") or {}
+        for seed in self.seeds:
+            for label in self.models:
+                out = self.eval_dir(label, seed)
+                results = out / "results.json"
+                base = MTPF + ["evaluate", "--model", f"{label}={self.ref(label, seed)}", "--output", str(out),
+                               "--cache-dir", str(self.out / "eval" / "cache"), "--seeds", str(seed), "--no-progress",
+                               *ev.get("args", [])]
+                for run_name, run in ev["runs"].items():
+                    # the NER recipe: the run's keys, else evaluate-level ones (batch_size, lr, head_lr)
+                    rcfg = {k: run.get(k, ev.get(k)) for k in NER_KEYS if run.get(k, ev.get(k)) is not None}
+                    flags = [a for k, v in rcfg.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+                    flags += list(run.get("args", []))
+                    if label == rt.get("model") and seed == self.first:
+                        flags.append("--save-apps")  # the runtime row serves these NER apps
+                    for ds in ev["ner"]:
+                        for frac in run["fractions"]:
+                            if unit_done(results, "ner", [ds], [frac], seed, rcfg):
+                                continue
+                            self.step(f"evaluate s{seed} {label} NER {Path(ds).name} @{frac:g} ({run_name})",
+                                      "ner-full" if float(frac) == 1 else "ner-low",
+                                      base + flags + ["--ner", ds, "--fractions", str(frac)])
+                            self.copy_results(label, seed)
+                if ev.get("cls") and not unit_done(results, "tc", ev["cls"], [1.0], seed):
+                    self.step(f"evaluate s{seed} {label} TC", "tc", base + ["--cls", *ev["cls"]])
+                    self.copy_results(label, seed)
+                self.copy_results(label, seed)
+
+    def copy_results(self, label: str, seed: int) -> None:
+        src = self.eval_dir(label, seed) / "results.json"
+        if src.is_file():
+            dst = self.results_dir / f"s{seed}" / f"{slug(label)}.json"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+            self.publish(f"s{seed} {label}")
+
+    def runtime(self) -> None:
+        # The deployed path for one model (first seed): its NER apps from the suite (--save-apps) and a TC app,
+        # served by the runtime on the int8 ONNX backbone, scored with the suite's protocols.
+        from mtpf.downstream.suite import app_folder_name
+
+        rt, ev, seed = self.cfg["runtime"], self.cfg["evaluate"], self.first
+        run_dir, out = self.ref(rt["model"], seed), self.out / "eval" / "runtime"
+        if (out / "results.json").is_file() and unit_done(out / "results.json", "tc", ev["cls"], [1.0], seed):
+            return
+        tc_app = self.out / "apps" / f"{slug(rt['model'])}-tc-{Path(rt['tc_app_data']).name}"
+        if not (tc_app / "mtpf_app.json").is_file():
+            self.step("runtime TC app", "runtime", MTPF + ["adapt", "tc", "--model", run_dir, "--data",
+                                                           rt["tc_app_data"], "--output", str(tc_app), "--cache-dir",
+                                                           str(self.out / "eval" / "cache")])
+        cmd = MTPF + ["evaluate-runtime", "--backbone", run_dir, "--label", rt["label"], "--tc-app", str(tc_app),
+                      "--cls", *ev["cls"], "--base", self.base, "--seed", str(seed), "--output", str(out)]
+        for label in (self.base, rt["model"]):
+            cmd += ["--with", str(self.eval_dir(label, seed) / "results.json")]
+        apps = self.eval_dir(rt["model"], seed) / "apps"
+        for run in ev["runs"].values():
+            for ds in ev["ner"]:
+                for frac in run["fractions"]:
+                    cmd += ["--ner-app", f"{ds}={apps / app_folder_name(rt['model'], Path(ds).name, frac, seed)}"]
+        self.step("runtime", "runtime", cmd)
+        shutil.copy2(out / "results.json", self.results_dir / "runtime.json")
+        self.publish("runtime")
+
+    def figures(self) -> None:
+        seed = self.first
+        runs = [(label, self.run_dir(label, seed)) for label, (conf, _, _) in self.models.items()
+                if conf is not None and (self.run_dir(label, seed) / "logs" / "analysis.jsonl").is_file()]
+        figure = self.cfg.get("figure3_models")
+        runs = [(n, r) for n, r in runs if figure is None or n in figure]
+        fig = self.results_dir / "fig3.png"
+        if runs and fig.is_file() and fig.stat().st_mtime >= max(
+                (r / "logs" / "analysis.jsonl").stat().st_mtime for _, r in runs):
+            return  # up to date
+        if runs:
+            self.step("figure 3", "figures", MTPF + ["analyze", "plot", *[str(r) for _, r in runs],
+                                                     *[a for n, _ in runs for a in ("--label", n)], "--losses",
+                                                     "--out", str(fig)])
+            self.publish("figure 3")
+
+
+def main(argv: list[str] | None = None, run=sh) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config")
     ap.add_argument("--only", choices=["label", "pretrain", "evaluate", "runtime", "figures"])
-    ap.add_argument("--output", help="output folder (default: the config's `output`)")
-    args = ap.parse_args()
+    ap.add_argument("--output", help="work folder: runs, apps, caches (default: the config's `output`)")
+    ap.add_argument("--results-dir", help="where finished cells are copied (default: the config's `results_dir`, "
+                                          "else docs/results/<config name>)")
+    ap.add_argument("--seeds", help="comma list: run only these of the config's seeds now (e.g. finish one "
+                                    "replicate per session); the runtime row and Figure 3 need the first")
+    ap.add_argument("--commit-results", action="store_true",
+                    help="git-commit the results folder after every finished unit (for runs spanning sessions)")
+    args = ap.parse_args(argv)
+    if not Path(args.config).is_file():
+        ap.error(f"{args.config}: no such config file")
     cfg = yaml.safe_load(Path(args.config).read_text())
-    out = Path(args.output or cfg["output"])
-    labels = out / "labels"
-    if args.only in (None, "label"):
-        lab = cfg["labels"]
-        if not (labels / "clusters.json").is_file():
-            sh(MTPF + ["label", "--teacher", lab["teacher"], "--corpus", *lab["corpus"], "--clusters",
-                       str(lab["clusters"]), "--fit-words", str(lab["fit_words"]), "--out", str(labels)])
-    models = {}
-    base = next(iter(cfg["models"]))
-    for name, ref in cfg["models"].items():
-        if str(ref).endswith((".yaml", ".yml")):
-            run_dir = out / "runs" / Path(ref).stem
-            models[name] = str(run_dir)
-            if args.only in (None, "pretrain") and not (run_dir / "run.json").is_file():
-                resume = "true" if (run_dir / "checkpoints").is_dir() else "false"
-                sh(MTPF + ["pretrain", ref, f"output_dir={run_dir}", f"ner_data=[{labels}]", f"resume={resume}",
-                           *cfg.get("pretrain_overrides", [])])
-        else:
-            models[name] = str(ref)
-    if args.only in (None, "evaluate"):
-        ev = cfg["evaluate"]
-        for run_name, run in ev["runs"].items():
-            cmd = MTPF + ["evaluate", *[a for n, r in models.items() for a in ("--model", f"{n}={r}")],
-                          "--base", base, "--ner", *ev["ner"], "--output", str(out / "eval" / run_name),
-                          "--cache-dir", str(out / "eval" / "cache"), "--save-apps",
-                          "--fractions", ",".join(str(f) for f in run["fractions"]),
-                          "--epochs-warmup", str(run["epochs_warmup"]), "--epochs", str(run["epochs"]),
-                          "--batch-size", str(ev["batch_size"]), "--lr", str(ev["lr"]), "--head-lr", str(ev["head_lr"])]
-            if run.get("tc", True):
-                cmd += ["--cls", *ev["cls"]]
-            sh(cmd)
-    rt = cfg.get("runtime")
-    if rt and args.only in (None, "runtime"):
-        # The deployed path for one model: its NER apps from the suite (--save-apps) and a TC app, served by
-        # the runtime on the int8 ONNX backbone, scored with the suite's protocols, tabled next to the suite rows.
-        from mtpf.downstream.suite import _slug, app_folder_name
-
-        ev, run_dir = cfg["evaluate"], models[rt["model"]]
-        tc_app = out / "apps" / f"{_slug(rt['model'])}-tc-{Path(rt['tc_app_data']).name}"
-        if not (tc_app / "mtpf_app.json").is_file():
-            sh(MTPF + ["adapt", "tc", "--model", run_dir, "--data", rt["tc_app_data"], "--output", str(tc_app),
-                       "--cache-dir", str(out / "eval" / "cache")])
-        cmd = MTPF + ["evaluate-runtime", "--backbone", run_dir, "--label", rt["label"], "--tc-app", str(tc_app),
-                      "--cls", *ev["cls"], "--base", base, "--output", str(out / "eval" / "runtime")]
-        for run_name, run in ev["runs"].items():
-            cmd += ["--with", str(out / "eval" / run_name / "results.json")]
-            for ds in ev["ner"]:
-                for frac in run["fractions"]:
-                    app = out / "eval" / run_name / "apps" / app_folder_name(rt["model"], Path(ds).name, frac, 42)
-                    cmd += ["--ner-app", f"{ds}={app}"]
-        sh(cmd)
-    if args.only in (None, "figures"):
-        runs = [(n, r) for n, r in models.items() if (Path(r) / "logs" / "analysis.jsonl").is_file()]
-        if runs:
-            labels = [a for n, _ in runs for a in ("--label", n)]
-            sh(MTPF + ["analyze", "plot", *[r for _, r in runs], *labels, "--losses",
-                       "--out", str(out / "fig3.png")])
+    results_dir = Path(args.results_dir or cfg.get("results_dir") or Path("docs/results") / Path(args.config).stem)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else None
+    unknown = sorted(set(seeds or []) - {int(x) for x in cfg.get("seeds", [42])})
+    if unknown:
+        ap.error(f"{args.config}: --seeds {unknown} are not among the config's seeds {cfg.get('seeds', [42])}")
+    repro = Repro(cfg, Path(args.output or cfg["output"]), results_dir, args.commit_results, run, seeds)
+    repro.write_manifest()
+    stages = ("label", "pretrain", "evaluate", "runtime", "figures")
+    for stage in stages if args.only is None else (args.only,):
+        if stage in ("runtime", "figures") and (repro.first not in repro.seeds or
+                                                (stage == "runtime" and not cfg.get("runtime"))):
+            continue
+        getattr(repro, stage)()
+    repro.publish("manifest")
 
 
 if __name__ == "__main__":

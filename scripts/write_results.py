@@ -1,22 +1,42 @@
-"""Fill docs/results.md with the reproduction's tables, straight from its results.json files.
+"""Fill docs/results.md with the reproduction's tables, intervals and paired differences, straight from its
+results files.
 
-    python scripts/write_results.py RUNS/repro [--doc docs/results.md] [--figures docs/results]
+    python scripts/write_results.py docs/results/repro-scaled [--doc docs/results.md] [--figures docs/results]
+    python scripts/write_results.py RUNS/repro      # the single-seed layout: eval/{full,ten_percent,runtime}/
+    python scripts/write_results.py docs/results    # the committed single-seed files results-*.json
 
-Reads RUNS/repro/eval/{full,ten_percent,runtime}/results.json, builds the paper-layout analogues with
-mtpf.downstream.tables (Table 1: PF strategies vs base; Table 2: multi-task variants; Table 3: PF-L vs MTPF-TPL;
-Tables 5/6 per dataset; Table 11 data scarcity; the embedded-runtime row) and replaces the block between
-``<!-- tables:begin -->`` and ``<!-- tables:end -->`` of the doc. Copies fig3.png, the chart and the three
-results.json files (as results-*.json) next to it.
-Every number in that block comes from those files; nothing is typed by hand.
+Sources: a results folder of ``scripts/reproduce.py`` (``manifest.json``, ``s<seed>/<model>.json``,
+``runtime.json``, ``timings.json``, ``s<seed>/pretrain/<model>/logs/``), or the older single-seed layouts above.
+Builds the paper-layout analogues with mtpf.downstream.tables (Table 1: PF strategies vs base; Table 2: multi-task
+variants; Table 3: PF-L vs MTPF-TPL; Tables 5/6 per dataset; Table 11 data scarcity; the embedded-runtime row),
+every score as mean ± half-width of its 95 % interval over seeds (one seed: the plain number); the paper's claims
+as paired differences over matched seeds with a verdict computed from each interval; the per-task TPL experiment
+with Figure 4; the run time and command of every part. It replaces the block between ``<!-- tables:begin -->``
+and ``<!-- tables:end -->`` of the doc. Every number in that block comes from those files; nothing is typed by hand.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import tempfile
+from collections import defaultdict
 from pathlib import Path
 
+from mtpf.downstream.stats import interval
 from mtpf.downstream.suite import read_cells
-from mtpf.downstream.tables import build_tables, dataset_order, table_markdown
+from mtpf.downstream.tables import (
+    Claim,
+    aggregate,
+    build_tables,
+    claim_interval,
+    dataset_order,
+    family_by_seed,
+    paired_table,
+    table_markdown,
+    verdict,
+)
 
 GROUPS = {
     "Table 1 analogue: pre-finetuning strategies vs the base model":
@@ -26,6 +46,25 @@ GROUPS = {
     "Table 3 analogue: classical LoRA pre-finetuning (PF-L) vs MTPF-TPL":
         ["Base model", "PF-L (two layers)", "PF-L (all layers)", "MTPF-TPL"],
 }
+BASE, TPL = "Base model", "MTPF-TPL"
+PARTS = {"label": "teacher pseudo-labels", "pretrain": "pre-finetuning", "ner-full": "NER, full train",
+         "ner-low": "NER, 10/20/50 % of train", "tc": "TC (MTEB protocol)", "runtime": "runtime row (int8 ONNX)",
+         "figures": "figures"}
+
+
+def claims(models: list[str], low_fractions: list[float]) -> list[Claim]:
+    """The paper's claims as differences; only those whose two models were run."""
+    out = [Claim("PF for NER interferes with TC", "PF for NER", BASE, "tc", -1),
+           Claim("PF for TC interferes with NER", "PF for TC", BASE, "ner", -1),
+           Claim("MTPF-TPL beats MTPF on NER", TPL, "MTPF", "ner", +1),
+           Claim("MTPF-TPL beats MTPF on TC", TPL, "MTPF", "tc", +1),
+           Claim("MTPF-TPL matches the individual PF on NER", TPL, "PF for NER", "ner", 0),
+           Claim("MTPF-TPL matches the individual PF on TC", TPL, "PF for TC", "tc", 0),
+           Claim("PCGrad improves MTPF on NER (slightly)", "MTPF + PCGrad", "MTPF", "ner", +1),
+           Claim("PCGrad improves MTPF on TC (slightly)", "MTPF + PCGrad", "MTPF", "tc", +1)]
+    out += [Claim(f"MTPF-TPL gains over the base with {100 * f:g} % of NER train", TPL, BASE, "ner", +1, f)
+            for f in low_fractions]
+    return [c for c in out if c.a in models and c.b in models]
 
 
 def ner_recipes(cells: list[dict]) -> dict[str, str]:
@@ -38,31 +77,156 @@ def ner_recipes(cells: list[dict]) -> dict[str, str]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("repro", help="the reproduction's output folder (scripts/reproduce.py --output)")
-    ap.add_argument("--doc", default="docs/results.md")
-    ap.add_argument("--figures", default="docs/results")
-    args = ap.parse_args()
-    ev = Path(args.repro) / "eval"
-    cells, models = [], []
-    for run in ("full", "ten_percent", "runtime"):
-        path = ev / run / "results.json"
+def load(source: Path) -> tuple[list[dict], list[str], dict]:
+    """(cells, model rows in order, manifest) of any of the three layouts."""
+    manifest = json.loads((source / "manifest.json").read_text()) if (source / "manifest.json").is_file() else {}
+    if manifest:
+        files = sorted(source.glob("s*/*.json")) + [source / "runtime.json"]
+        order = list(manifest["models"])
+    elif (source / "eval").is_dir():
+        files, order = [source / "eval" / run / "results.json" for run in ("full", "ten_percent", "runtime")], []
+    else:
+        files, order = [source / f"results-{run}.json" for run in ("full", "ten_percent", "runtime")], []
+    cells, models = [], list(order)
+    for path in files:
         if not path.is_file():
             continue
         run_cells, labels = read_cells(path)
         cells += run_cells
         models += [m for m in labels if m not in models]
-    runtime_labels = sorted({c["model"] for c in cells if "runtime" in c})
-    models += [m for m in runtime_labels if m not in models]
-    if not cells:
-        raise SystemExit(f"no results.json under {ev}")
+    models += [m for m in dict.fromkeys(c["model"] for c in cells) if m not in models]  # e.g. the runtime row
     # the same cell may appear in several files (runtime --with): keep one per key
-    cells = list({c["key"]: c for c in cells}.values())
-    ner_order, tc_order = dataset_order(cells, "ner"), dataset_order(cells, "tc")
-    base = models[0]
-    full = [c for c in cells if float(c["fraction"]) == 1.0]
+    return list({c["key"]: c for c in cells}.values()), models, manifest
+
+
+def reading(cells: list[dict], cls: list[Claim], order: dict) -> list[str]:
+    """Plain-language reading of the claims table, grouped by verdict (computed from the intervals)."""
+    agg = aggregate(cells)
+    groups = defaultdict(list)
+    for c in cls:
+        iv = claim_interval(agg, c, order[c.task])
+        v = verdict(iv, c.expect)
+        if iv is not None:
+            groups[v.split(" (")[0]].append(f"{c.text} ({iv.format(signed=True)}, n={iv.n})")
+    text = {"holds": "Hold (the 95 % interval excludes 0 in the paper's direction)",
+            "matches": "Consistent with the paper's 'matches' (no difference resolved; not worse)",
+            "contradicted": "Contradicted (the interval excludes 0 against the paper)",
+            "not resolved": "Not resolved at this number of seeds (the interval contains 0)",
+            "one seed: no interval": "One seed only: no interval, so no claim can be decided"}
     out = []
+    for key, title in text.items():
+        if groups.get(key):
+            out += [f"- **{title}:** " + "; ".join(groups[key]) + "."]
+    return out
+
+
+def tpl_section(cells, models, tpl: dict, order: dict, source: Path, figs: Path, doc: Path) -> list[str]:
+    """The per-task TPL experiment: every setting vs uniform TPL on both families, and Figure 4."""
+    uniform = tpl.get("uniform", TPL)
+    settings = [m for m in dict.fromkeys([*tpl.get("depth", {}).values(), *tpl.get("asymmetric", [])])
+                if m != uniform and m in models]
+    if not settings or uniform not in models:
+        return []
+    agg = aggregate(cells)
+    rows = []
+    for m in settings:
+        ivs = [claim_interval(agg, Claim("", m, uniform, t, 0), order[t]) for t in ("ner", "tc")]
+        fmt = ["—" if iv is None else iv.format(signed=True) for iv in ivs]
+        both = all(iv is not None and iv.excludes_zero() and iv.mean > 0 for iv in ivs)
+        decided = all(iv is not None and iv.half is not None for iv in ivs)
+        rows.append(f"| {m} | {fmt[0]} | {fmt[1]} | {'yes' if both else 'no' if decided else 'undecided (one seed)'} |")
+    out = ["### The per-task TPL experiment (beyond the paper): each setting minus uniform TPL", "",
+           table_markdown(build_tables([c for c in cells if float(c["fraction"]) == 1.0],
+                                       [BASE, uniform, *settings] if BASE in models else [uniform, *settings],
+                                       BASE if BASE in models else uniform, order["ner"], order["tc"])[0]), "",
+           (f"Paired differences against `{uniform}` (percentage points, 95 % interval over seeds); a setting "
+           "beats uniform TPL only if both intervals lie above 0:"), "",
+           "| Setting | NER Δ | TC Δ | Beats uniform TPL on both families |", "|---|---:|---:|---|", *rows, ""]
+    winners = [m for m, r in zip(settings, rows) if r.endswith("| yes |")]
+    out += [(f"Result: {'; '.join(winners) + ' beat' if winners else 'no setting beats'} uniform TPL on both "
+            "families."), ""]
+    fig = figure4(cells, tpl, order, source, figs)
+    if fig:
+        out += [f"![Figure 4]({os.path.relpath(fig, doc.parent)})", "",
+                ("Figure 4 analogue: (a)/(b) pre-finetuning losses per TPL depth (first seed), (c)/(d) downstream "
+                "averages with their 95 % intervals over seeds."), ""]
+    return out
+
+
+def figure4(cells, tpl: dict, order: dict, source: Path, figs: Path) -> Path | None:
+    """Reuse analysis.plots.plot_depth on a sweep folder assembled from the results: layers-N/logs from the first
+    seed's pre-finetuning logs, downstream.json with the family averages and their intervals."""
+    from mtpf.analysis.plots import plot_depth
+
+    depth = {int(n): m for n, m in (tpl.get("depth") or {}).items()}
+    seeds = sorted(source.glob("s*/pretrain"))
+    if not depth or not seeds:
+        return None
+    agg, manifest = aggregate(cells), json.loads((source / "manifest.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        downstream = {}
+        for n, m in depth.items():
+            logs = seeds[0] / manifest["models"][m] / "logs"
+            if logs.is_dir():
+                shutil.copytree(logs, Path(tmp) / f"layers-{n}" / "logs")
+            entry = {}
+            for task in ("ner", "tc"):
+                by_seed = family_by_seed(agg, m, task, order[task])
+                if by_seed:
+                    iv = interval(by_seed.values())
+                    entry.update({task: iv.mean, f"{task}_half": iv.half})
+            downstream[str(n)] = entry
+        if not any((Path(tmp) / f"layers-{n}").is_dir() for n in depth):
+            return None
+        (Path(tmp) / "downstream.json").write_text(json.dumps(downstream))
+        figs.mkdir(parents=True, exist_ok=True)
+        return plot_depth(tmp, figs / "fig4.png")
+
+
+def timings_section(source: Path) -> list[str]:
+    path = source / "timings.json"
+    if not path.is_file():
+        return []
+    parts = defaultdict(list)
+    for t in json.loads(path.read_text()).values():
+        parts[t["part"]].append(t)
+    out = ["### Run time of each part (wall clock, from timings.json)", "",
+           "| Part | Units | Wall time | Example command |", "|---|---:|---:|---|"]
+    for part, ts in parts.items():
+        hours = sum(t["seconds"] for t in ts) / 3600
+        cmd = min((t["command"] for t in ts), key=len)
+        cmd = cmd if len(cmd) <= 160 else cmd[:157] + "..."
+        out.append(f"| {PARTS.get(part, part)} | {len(ts)} | {hours:.2f} h | `mtpf {cmd}` |")
+    total = sum(t["seconds"] for ts in parts.values() for t in ts) / 3600
+    out.append(f"| total | {sum(map(len, parts.values()))} | {total:.2f} h | "
+               "`scripts/reproduce.py` (every command: timings.json) |")
+    return out + [""]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("source", help="results folder of scripts/reproduce.py, or an older single-seed layout")
+    ap.add_argument("--doc", default="docs/results.md")
+    ap.add_argument("--figures", default=None, help="where figures are written (default: the results folder, or "
+                                                    "docs/results for the older layouts)")
+    args = ap.parse_args()
+    source, doc = Path(args.source), Path(args.doc)
+    cells, models, manifest = load(source)
+    if not cells:
+        ap.error(f"{source}: no results files (a scripts/reproduce.py results folder, RUNS/repro, or docs/results)")
+    figs = Path(args.figures or (source if manifest else "docs/results"))
+    ner_order, tc_order = dataset_order(cells, "ner"), dataset_order(cells, "tc")
+    order = {"ner": ner_order, "tc": tc_order}
+    base = manifest.get("base") or models[0]
+    runtime_labels = sorted({c["model"] for c in cells if "runtime" in c})
+    main_models = [m for m in models if m not in runtime_labels]
+    full = [c for c in cells if float(c["fraction"]) == 1.0]
+    seeds = sorted({int(c["seed"]) for c in cells})
+    per_cell = sorted({e["n"] for e in aggregate(cells).values()})
+    n_text = str(per_cell[0]) if len(per_cell) == 1 else f"{per_cell[0]} to {per_cell[-1]}"
+    out = [(f"Seeds: {', '.join(map(str, seeds))}; seeds per table cell: {n_text}. "
+           "With several seeds every score is mean ± half-width of its 95 % t interval over seeds (a family average: "
+           "the interval of its per-seed averages); one seed prints the plain mean, with no interval."), ""]
     for title, rows in GROUPS.items():
         rows = [m for m in rows if m in models]
         summary = build_tables(full, rows, base, ner_order, tc_order)[0]
@@ -83,25 +247,41 @@ def main() -> None:
             out += [f"### {t.title}", "", table_markdown(t), ""]
     if runtime_labels:
         out += ["### The embedded runtime (int8 ONNX backbone + the same app adapters) next to PyTorch", ""]
-        deploy = [m for m in ("Base model", "MTPF-TPL", *runtime_labels) if m in models]
+        deploy = [m for m in (BASE, TPL, *runtime_labels) if m in models]
         out += [table_markdown(build_tables(full, deploy, base, ner_order, tc_order)[0]), ""]
         for t in tables(deploy)[1:]:
             if t.title.startswith(("NER sub-tasks", "TC sub-tasks", "NER under data scarcity")):
                 out += [f"#### {t.title}", "", table_markdown(t), ""]
+    low = sorted({float(c["fraction"]) for c in cells if c["task"] == "ner" and float(c["fraction"]) < 1})
+    cls = claims(main_models, low)
+    if cls:
+        t = paired_table(cells, cls, ner_order, tc_order)
+        out += [f"### {t.title}", "", table_markdown(t), "",
+                "Reading (computed from the intervals above, not written by hand):", "", *reading(cells, cls, order),
+                ""]
+    out += tpl_section(cells, models, manifest.get("config", {}).get("tpl_experiment") or {}, order, source,
+                       figs, doc)
+    out += timings_section(source)
     block = "\n".join(out).rstrip() + "\n"
-    doc = Path(args.doc)
     text = doc.read_text() if doc.is_file() else "<!-- tables:begin -->\n<!-- tables:end -->\n"
+    if "<!-- tables:begin -->" not in text or "<!-- tables:end -->" not in text:
+        ap.error(f"{doc}: add the lines <!-- tables:begin --> and <!-- tables:end --> where the tables go")
     head, rest = text.split("<!-- tables:begin -->", 1)
     _, tail = rest.split("<!-- tables:end -->", 1)
     doc.write_text(f"{head}<!-- tables:begin -->\n{block}<!-- tables:end -->{tail}")
-    figs = Path(args.figures)
-    figs.mkdir(parents=True, exist_ok=True)
-    copies = [(Path(args.repro) / "fig3.png", "fig3.png"), (ev / "runtime" / "chart.png", "chart.png")]
-    copies += [(ev / run / "results.json", f"results-{run}.json") for run in ("full", "ten_percent", "runtime")]
-    for src, name in copies:
-        if src.is_file():
-            shutil.copy2(src, figs / name)
-    print(f"wrote {doc} ({len(cells)} cells, {len(models)} rows)")
+    if not manifest and (source / "eval").is_dir():  # the single-seed run folder: keep its files next to the doc
+        figs.mkdir(parents=True, exist_ok=True)
+        ev = source / "eval"
+        copies = [(source / "fig3.png", "fig3.png"), (ev / "runtime" / "chart.png", "chart.png")]
+        copies += [(ev / run / "results.json", f"results-{run}.json") for run in ("full", "ten_percent", "runtime")]
+        for src, name in copies:
+            if src.is_file():
+                shutil.copy2(src, figs / name)
+    elif manifest:
+        from mtpf.downstream.tables import bar_chart
+
+        bar_chart(cells, models, figs / "chart.png", ner_order, tc_order)
+    print(f"wrote {doc} ({len(cells)} cells, {len(models)} rows, seeds {seeds})")
 
 
 if __name__ == "__main__":

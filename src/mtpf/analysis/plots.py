@@ -7,7 +7,8 @@ Inputs, all written by ``mtpf pretrain`` / ``mtpf evaluate``:
 * ``RUN/config.json``: the run's resolved config (``strategy`` labels the curve)
 * depth sweeps: ``DIR/layers-N/`` runs; downstream scores from ``DIR/layers-N/eval/results.json``
   (``mtpf evaluate``), ``DIR/layers-N/eval/summary.json`` (``{"ner": F1, "tc": accuracy}``, in %) or
-  ``DIR/downstream.json`` (``{"N": {"ner": ..., "tc": ...}}``).
+  ``DIR/downstream.json`` (``{"N": {"ner": ..., "tc": ...}}``, optionally ``ner_half`` / ``tc_half``: the
+  half-width of a 95 % interval, drawn as error bars).
 """
 
 from __future__ import annotations
@@ -183,8 +184,8 @@ def downstream_averages(sweep_dir: str | os.PathLike) -> dict[int, dict[str, flo
     out: dict[int, dict[str, float]] = {}
     table = sweep_dir / "downstream.json"
     if table.is_file():
-        for k, v in json.loads(table.read_text()).items():
-            out[int(k)] = {t: float(v[t]) for t in ("ner", "tc") if t in v}
+        for k, v in json.loads(table.read_text()).items():  # optional ner_half / tc_half: 95 % interval
+            out[int(k)] = {t: float(v[t]) for t in ("ner", "tc", "ner_half", "tc_half") if v.get(t) is not None}
     for n, run in depth_runs(sweep_dir).items():
         summary, results = run / "eval" / "summary.json", run / "eval" / "results.json"
         if summary.is_file():
@@ -260,10 +261,10 @@ def plot_depth(sweep_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
             (axes[2], "ner", "(c) NER downstream (avg F1, %)"),
             (axes[3], "tc", "(d) TC downstream (avg accuracy, %)"),
         ):
-            pts = [(n, d[task]) for n, d in downstream.items() if task in d]
+            pts = [(n, d[task], d.get(f"{task}_half", 0.0)) for n, d in downstream.items() if task in d]
             if pts:
-                xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o")
+                xs, ys, halves = zip(*pts)
+                ax.errorbar(xs, ys, yerr=halves if any(halves) else None, marker="o", capsize=3)
                 ax.set_xticks(list(xs))
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("layers with TPL")

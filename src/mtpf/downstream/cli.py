@@ -109,7 +109,8 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir", default=None,
                    help="a ../shared/data-style folder: every ner/* and cls/* inside, unless --ner/--cls are given")
     p.add_argument("--fractions", default="1.0", help="comma list of train shares for NER, e.g. 0.1,0.2,0.5")
-    p.add_argument("--seeds", default="42", help="comma list of seeds")
+    p.add_argument("--seeds", default="42", help="comma list of adaptation seeds, one cell each; seeds of earlier "
+                                                 "runs accumulate; tables show mean ± 95%% interval")
     p.add_argument("--output", required=True, help="output folder (results.json, tables.md, tables.csv, chart.png)")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default OUTPUT/cache)")
     p.add_argument("--allow-unseen-labels", action="store_true",

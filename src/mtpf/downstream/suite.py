@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mtpf.config import ConfigError
@@ -200,12 +200,13 @@ def run_suite(cfg: SuiteConfig) -> dict:
 
     from mtpf.downstream.tables import write_outputs
 
-    current = {c.key for c in cells}
-    rows = [r for r in results["cells"] if r["key"] in current]
+    # seeds accumulate: cells of earlier --seeds runs with today's models, data and config stay in the tables
+    earlier = sorted({int(r["seed"]) for r in results["cells"]} - set(cfg.seeds))
+    shown = cells + (build_cells(replace(cfg, seeds=earlier), models, ner_sets, cls_sets) if earlier else [])
+    label_of = {c.key: c.model.label for c in shown}
+    rows = [r for r in results["cells"] if r["key"] in label_of]
     for r in rows:  # a relabelled model keeps its cells: show (and store) them under today's label
-        for c in cells:
-            if c.key == r["key"]:
-                r["model"] = c.model.label
+        r["model"] = label_of[r["key"]]
     _write_json(results_path, results)
     paths = write_outputs(rows, [m.label for m in models], results["base"], out,
                           ner_order=[ds.name for _, ds in ner_sets], tc_order=[ds.name for _, ds in cls_sets])

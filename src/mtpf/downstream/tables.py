@@ -5,8 +5,11 @@
 * NER per dataset (Tables 5, 7, 9), TC per dataset (Tables 6, 8, 10), data scarcity (Table 11).
 * Details: NER precision/recall/F1 and model selection; TC accuracy +/- std and macro-F1.
 
-Scores are percentages with one decimal, averaged over seeds. ``tables.csv`` holds the same tables one after the
-other, each introduced by a ``# title`` line and its header row, separated by blank lines.
+Scores are percentages with one decimal, averaged over seeds; with several seeds every score reads
+``mean ± half-width`` of its 95 % t interval over seeds (a family average: the interval of the per-seed averages
+over datasets). One seed prints the plain mean. ``paired_table`` states claims as paired differences over matched
+seeds (``mtpf.downstream.stats``). ``tables.csv`` holds the same tables one after the other, each introduced by a
+``# title`` line and its header row, separated by blank lines.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+
+from mtpf.downstream.stats import Interval, interval, paired
 
 ABBREV = {
     "conll2003": "CoNLL", "conll": "CoNLL", "ontonotes5": "OntoNotes5", "mit_restaurant": "MIT Restaurant",
@@ -39,7 +44,7 @@ class Table:
     group_col: int | None = None  # rows with the same value here are compared among themselves (Table 11)
 
 
-def _agg(cells: list[dict]) -> dict:
+def aggregate(cells: list[dict]) -> dict:
     """(model, task, dataset, fraction) -> mean/std over seeds of the main score (in %) and extra metrics."""
     groups = defaultdict(list)
     for c in cells:
@@ -47,8 +52,10 @@ def _agg(cells: list[dict]) -> dict:
     out = {}
     for key, cs in groups.items():
         scores = [100 * c["main_score"] for c in cs]
-        entry = {"mean": statistics.fmean(scores), "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
-                 "n": len(scores), "cells": cs}
+        iv = interval(scores)
+        entry = {"mean": iv.mean, "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
+                 "half": iv.half, "n": len(scores), "cells": cs,
+                 "by_seed": {c.get("seed", 42): 100 * c["main_score"] for c in cs}}
         for m in ("precision", "recall", "f1", "accuracy", "accuracy_std"):
             vals = [100 * c["metrics"][m] for c in cs if m in c.get("metrics", {})]
             if vals:
@@ -57,16 +64,31 @@ def _agg(cells: list[dict]) -> dict:
     return out
 
 
-def _fmt(v: float | None) -> str:
-    return "—" if v is None else f"{v:.1f}"
-
-
-def _delta(v: float | None, base: float | None, is_base: bool) -> str:
+def _fmt(v: float | None, half: float | None = None) -> str:
     if v is None:
         return "—"
-    if is_base or base is None:
-        return f"{v:.1f}"
-    return f"{v:.1f}{v - base:+.1f}"
+    return f"{v:.1f}" if half is None else f"{v:.1f} ± {half:.1f}"
+
+
+def _delta(v: float | None, base: float | None, is_base: bool, half: float | None = None) -> str:
+    """``60.8+1.7`` with one seed, ``60.8 ± 0.4 (+1.7)`` with an interval."""
+    if v is None or is_base or base is None:
+        return _fmt(v, half)
+    return f"{v:.1f}{v - base:+.1f}" if half is None else f"{_fmt(v, half)} ({v - base:+.1f})"
+
+
+def family_by_seed(agg: dict, model: str, task: str, datasets: list[str], frac: float = 1.0) -> dict:
+    """{seed: mean over ``datasets``} for the seeds measured on every one of them."""
+    entries = [agg.get((model, task, d, frac)) for d in datasets]
+    if not datasets or any(e is None for e in entries):
+        return {}
+    seeds = set.intersection(*(set(e["by_seed"]) for e in entries))
+    return {s: statistics.fmean(e["by_seed"][s] for e in entries) for s in sorted(seeds)}
+
+
+def _family_half(agg, model, task, datasets, frac=1.0) -> float | None:
+    by_seed = family_by_seed(agg, model, task, datasets, frac)
+    return interval(by_seed.values()).half if by_seed else None
 
 
 def _mean_or_none(vals):
@@ -75,7 +97,7 @@ def _mean_or_none(vals):
 
 def build_tables(cells: list[dict], models: list[str], base: str, ner_order: list[str] | None = None,
                  tc_order: list[str] | None = None) -> list[Table]:
-    agg = _agg(cells)
+    agg = aggregate(cells)
     ner_ds = ner_order or sorted({c["dataset"] for c in cells if c["task"] == "ner"})
     tc_ds = tc_order or sorted({c["dataset"] for c in cells if c["task"] == "tc"})
     fractions = sorted({float(c["fraction"]) for c in cells if c["task"] == "ner"}, reverse=True)
@@ -83,6 +105,10 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
     def get(model, task, ds, frac=1.0):
         e = agg.get((model, task, ds, frac))
         return None if e is None else e["mean"]
+
+    def cell(model, task, ds, frac=1.0):
+        e = agg.get((model, task, ds, frac))
+        return "—" if e is None else _fmt(e["mean"], e["half"])
 
     tables = []
     # ---------------- summary (Tables 1-3)
@@ -92,6 +118,11 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
     def overall(m):
         parts = [x for x, ds in ((ner_avg[m], ner_ds), (tc_avg[m], tc_ds)) if ds]
         return _mean_or_none(parts)
+
+    def overall_half(m):  # interval of the per-seed mean of the family averages
+        fams = [family_by_seed(agg, m, t, ds) for t, ds in (("ner", ner_ds), ("tc", tc_ds)) if ds]
+        seeds = set.intersection(*(set(f) for f in fams)) if fams and all(fams) else set()
+        return interval([statistics.fmean(f[s] for f in fams) for s in seeds]).half if seeds else None
 
     header = ["Model"]
     if ner_ds:
@@ -103,20 +134,22 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
     for m in models:
         row = [m]
         if ner_ds:
-            row.append(_delta(ner_avg[m], ner_avg.get(base), m == base))
+            row.append(_delta(ner_avg[m], ner_avg.get(base), m == base, _family_half(agg, m, "ner", ner_ds)))
         if tc_ds:
-            row.append(_delta(tc_avg[m], tc_avg.get(base), m == base))
-        row.append(_delta(overall(m), overall(base) if base in models else None, m == base))
+            row.append(_delta(tc_avg[m], tc_avg.get(base), m == base, _family_half(agg, m, "tc", tc_ds)))
+        row.append(_delta(overall(m), overall(base) if base in models else None, m == base, overall_half(m)))
         rows.append(row)
     tables.append(Table("Summary: NER = average test F1, TC = average accuracy (MTEB protocol); "
                         f"+/- against '{base}'", header, rows))
     # ---------------- per dataset (Tables 5-10)
     if ner_ds and 1.0 in fractions:
-        rows = [[m] + [_fmt(get(m, "ner", d)) for d in ner_ds] + [_fmt(ner_avg[m])] for m in models]
+        rows = [[m] + [cell(m, "ner", d) for d in ner_ds] + [_fmt(ner_avg[m], _family_half(agg, m, "ner", ner_ds))]
+                for m in models]
         tables.append(Table("NER sub-tasks: test F1 (entity-level micro, seqeval)", ["Model"] +
                             [abbrev(d) for d in ner_ds] + ["Average"], rows))
     if tc_ds:
-        rows = [[m] + [_fmt(get(m, "tc", d)) for d in tc_ds] + [_fmt(tc_avg[m])] for m in models]
+        rows = [[m] + [cell(m, "tc", d) for d in tc_ds] + [_fmt(tc_avg[m], _family_half(agg, m, "tc", tc_ds))]
+                for m in models]
         tables.append(Table("TC sub-tasks: accuracy (MTEB protocol)", ["Model"] + [abbrev(d) for d in tc_ds] +
                             ["Avg."], rows))
     # ---------------- data scarcity (Table 11)
@@ -125,7 +158,8 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
         for f in fractions:
             for m in models:
                 vals = [get(m, "ner", d, f) for d in ner_ds]
-                rows.append([f"{100 * f:g}%", m] + [_fmt(v) for v in vals] + [_fmt(_mean_or_none(vals))])
+                rows.append([f"{100 * f:g}%", m] + [cell(m, "ner", d, f) for d in ner_ds] +
+                            [_fmt(_mean_or_none(vals), _family_half(agg, m, "ner", ner_ds, f))])
         tables.append(Table("NER under data scarcity: test F1 by share of the train split", ["Data Portion",
                             "Approach"] + [abbrev(d) for d in ner_ds] + ["Average"], rows, numeric_from=2,
                             group_col=0))
@@ -139,7 +173,8 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
                     if e is None:
                         continue
                     sel = sorted({c.get("selection", "?") for c in e["cells"]})
-                    rows.append([m, d, f"{f:g}", _fmt(e.get("precision")), _fmt(e.get("recall")), _fmt(e["mean"]),
+                    rows.append([m, d, f"{f:g}", _fmt(e.get("precision")), _fmt(e.get("recall")),
+                                 _fmt(e["mean"], e["half"]),
                                  _fmt(e["std"]), str(e["n"]), "/".join(sel)])
         tables.append(Table("NER details: test precision / recall / F1 (mean over seeds), model selection",
                             ["Model", "Dataset", "Fraction", "P", "R", "F1", "F1 std", "Seeds", "Selected on"],
@@ -152,12 +187,62 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
                 if e is None:
                     continue
                 c0 = e["cells"][0]
-                rows.append([m, d, _fmt(e["mean"]), _fmt(e.get("accuracy_std")), _fmt(e.get("f1")),
+                rows.append([m, d, _fmt(e["mean"], e["half"]), _fmt(e.get("accuracy_std")), _fmt(e.get("f1")),
                              str(c0.get("samples_per_label")), str(c0.get("n_experiments")), str(e["n"])])
         tables.append(Table("TC details: accuracy, its std over experiments, macro-F1",
                             ["Model", "Dataset", "Accuracy", "Acc. std", "Macro-F1", "Samples/label", "Experiments",
                              "Seeds"], rows, numeric_from=99))
     return tables
+
+
+@dataclass
+class Claim:
+    """``a`` minus ``b`` on one task family at one NER train share; ``expect`` is what the paper reports
+    (+1: a better, -1: a worse, 0: a matches b, i.e. is not worse)."""
+    text: str
+    a: str
+    b: str
+    task: str  # "ner" | "tc"
+    expect: int = 1
+    fraction: float = 1.0
+
+
+def claim_interval(agg: dict, claim: Claim, datasets: list[str]) -> Interval | None:
+    """Paired difference (percentage points) of the two models' family averages over their common seeds."""
+    return paired(family_by_seed(agg, claim.a, claim.task, datasets, claim.fraction),
+                  family_by_seed(agg, claim.b, claim.task, datasets, claim.fraction))
+
+
+def verdict(iv: Interval | None, expect: int) -> str:
+    """Whether the 95 % interval of the difference settles the claim: computed, never typed by hand."""
+    if iv is None:
+        return "not measured"
+    if iv.half is None:
+        return "one seed: no interval"
+    if expect == 0:
+        if not iv.excludes_zero():
+            return "matches (no difference resolved)"
+        return "holds (better)" if iv.mean > 0 else "contradicted (worse)"
+    if not iv.excludes_zero():
+        return "not resolved (interval contains 0)"
+    return "holds" if (iv.mean > 0) == (expect > 0) else "contradicted (opposite sign)"
+
+
+def paired_table(cells: list[dict], claims: list[Claim], ner_order: list[str] | None = None,
+                 tc_order: list[str] | None = None) -> Table:
+    """One row per claim: the paired difference with its 95 % interval, the seeds it uses, the verdict."""
+    agg = aggregate(cells)
+    order = {"ner": ner_order or dataset_order(cells, "ner"), "tc": tc_order or dataset_order(cells, "tc")}
+    rows = []
+    for cl in claims:
+        iv = claim_interval(agg, cl, order[cl.task])
+        share = "" if cl.fraction == 1 else f" @{100 * cl.fraction:g}%"
+        rows.append([cl.text, f"{cl.a} − {cl.b}", f"{cl.task.upper()}{share}", {1: "+", -1: "−", 0: "≈"}[cl.expect],
+                     "—" if iv is None else iv.format(signed=True),
+                     "0" if iv is None else str(iv.n), verdict(iv, cl.expect)])
+    return Table("Paired differences (percentage points, same seeds and data; 95 % t interval over seeds)",
+                 ["Claim", "Difference", "Family", "Paper's sign", "Δ (95 % CI)", "Seeds", "Reading"], rows,
+                 numeric_from=99)
 
 
 def _bold_best(table: Table) -> list[list[str]]:
@@ -221,7 +306,7 @@ def bar_chart(cells: list[dict], models: list[str], path: Path, ner_order=None, 
     import matplotlib.pyplot as plt
     import numpy as np
 
-    agg = _agg(cells)
+    agg = aggregate(cells)
     groups = []  # (title, [(dataset label, task, dataset, fraction)])
     ner_ds = ner_order or sorted({c["dataset"] for c in cells if c["task"] == "ner"})
     tc_ds = tc_order or sorted({c["dataset"] for c in cells if c["task"] == "tc"})
@@ -240,7 +325,7 @@ def bar_chart(cells: list[dict], models: list[str], path: Path, ner_order=None, 
         x = np.arange(len(items))
         for j, m in enumerate(models):
             vals = [agg.get((m, t, d, f), {}).get("mean", np.nan) for _, t, d, f in items]
-            errs = [agg.get((m, t, d, f), {}).get("std", 0.0) for _, t, d, f in items]
+            errs = [agg.get((m, t, d, f), {}).get("half") or 0.0 for _, t, d, f in items]
             ax.bar(x + (j - (len(models) - 1) / 2) * width, vals, width, yerr=errs, label=m, capsize=2)
         ax.set_xticks(x)
         ax.set_xticklabels([lab for lab, *_ in items], rotation=30, ha="right")

@@ -1,0 +1,227 @@
+"""scripts/reproduce.py: a run killed between (or inside) units recomputes nothing already recorded; finished cells
+are published (and committed) as they complete; the shipped repro configs are valid."""
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+repro = _load("reproduce")
+
+
+class Killed(Exception):
+    pass
+
+
+class FakeMtpf:
+    """Stands in for the mtpf CLI: writes what each command would, one cell at a time, skipping recorded cells
+    like the suite does; ``kill_after`` cells it dies mid-unit."""
+
+    def __init__(self, kill_after=None):
+        self.kill_after, self.computed, self.pretrained = kill_after, [], []
+
+    def __call__(self, cmd):
+        args = cmd[len(repro.MTPF):]
+        verb = args[0]
+        if verb == "label":
+            out = Path(args[args.index("--out") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "clusters.json").write_text("{}")
+        elif verb == "pretrain":
+            run_dir = Path(next(a.split("=", 1)[1] for a in args if a.startswith("output_dir=")))
+            (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+            (run_dir / "logs" / "metrics.jsonl").write_text('{"step": 1, "loss_ner": 1.0}\n')
+            (run_dir / "logs" / "analysis.jsonl").write_text('{"step": 1, "perturbed_cosine": 0.5}\n')
+            (run_dir / "run.json").write_text("{}")
+            self.pretrained.append(str(run_dir))
+        elif verb == "evaluate":
+            self.evaluate(args)
+        elif verb == "adapt":
+            out = Path(args[args.index("--output") + 1])
+            out.mkdir(parents=True)
+            (out / "mtpf_app.json").write_text("{}")
+        elif verb == "evaluate-runtime":
+            out = Path(args[args.index("--output") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            seed = int(args[args.index("--seed") + 1])
+            cells = [{"key": f"rt{d}", "task": "tc", "dataset": Path(d).name, "fraction": 1.0, "seed": seed}
+                     for d in args[args.index("--cls") + 1:] if not d.startswith("--")]
+            (out / "results.json").write_text(json.dumps({"cells": cells}))
+        elif verb == "analyze":
+            Path(args[args.index("--out") + 1]).write_bytes(b"\x89PNG")
+        else:
+            raise AssertionError(f"unexpected command {args}")
+
+    def evaluate(self, args):
+        def opt(name):
+            return args[args.index(name) + 1]
+
+        def many(name):
+            i = args.index(name) + 1
+            out = []
+            while i < len(args) and not args[i].startswith("--"):
+                out.append(args[i])
+                i += 1
+            return out
+
+        out = Path(opt("--output"))
+        out.mkdir(parents=True, exist_ok=True)
+        label = opt("--model").split("=", 1)[0]
+        seed = int(opt("--seeds"))
+        path = out / "results.json"
+        results = json.loads(path.read_text()) if path.is_file() else {"format": "mtpf-eval/1", "cells": []}
+        if "--ner" in args:
+            config = {"epochs_warmup": int(opt("--epochs-warmup")), "epochs": int(opt("--epochs"))}
+            todo = [("ner", Path(d).name, float(f), config) for d in many("--ner")
+                    for f in opt("--fractions").split(",")]
+        else:
+            todo = [("tc", Path(d).name, 1.0, {}) for d in many("--cls")]
+        for task, ds, frac, config in todo:
+            key = f"{label}|{task}|{ds}|{frac}|{seed}|{sorted(config.items())}"
+            if any(c["key"] == key for c in results["cells"]):
+                continue
+            if self.kill_after is not None and len(self.computed) == self.kill_after:
+                raise Killed
+            self.computed.append(key)
+            results["cells"].append({"key": key, "task": task, "model": label, "dataset": ds, "fraction": frac,
+                                     "seed": seed, "config": config, "main_score": 0.5, "metrics": {}})
+            path.write_text(json.dumps(results))  # the suite writes atomically after every cell
+
+
+CONFIG = {
+    "output": None, "seeds": [1, 2],
+    "labels": {"teacher": "packaged", "corpus": ["raw.txt"], "clusters": 4, "fit_words": 10},
+    "models": {"Base model": "packaged", "MTPF-TPL": "configs/local/mtpf-tpl.yaml",
+               "TPL last 1 layer": {"config": "configs/local/mtpf-tpl.yaml",
+                                    "overrides": ["tpl.ner.layers=1", "tpl.tc.layers=1"]}},
+    "evaluate": {"ner": ["data/ner/conll2003", "data/ner/mit_restaurant"], "cls": ["data/cls/a", "data/cls/b"],
+                 "runs": {"full": {"fractions": [1.0], "epochs_warmup": 3, "epochs": 3},
+                          "low": {"fractions": [0.1, 0.5], "epochs_warmup": 10, "epochs": 5}},
+                 "batch_size": 32, "lr": 3e-4, "head_lr": 1e-3},
+}
+
+
+def _run(tmp_path, fake, *extra):
+    cfg = dict(CONFIG, output=str(tmp_path / "work"))
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "repro.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    repro.main([str(path), "--results-dir", str(tmp_path / "results"), *extra], run=fake)
+
+
+def test_killed_run_recomputes_nothing_recorded(tmp_path):
+    whole = FakeMtpf()
+    _run(tmp_path / "a", whole)
+    # 2 seeds x 3 models x (2 NER datasets x 3 shares + 2 TC sets) cells, 2 seeds x 2 pre-finetuned models
+    assert len(whole.computed) == len(set(whole.computed)) == 2 * 3 * (2 * 3 + 2)
+    assert len(whole.pretrained) == 4
+
+    killed = FakeMtpf(kill_after=13)  # dies inside a unit, after 13 recorded cells
+    with pytest.raises(Killed):
+        _run(tmp_path / "b", killed)
+    resumed = FakeMtpf()
+    _run(tmp_path / "b", resumed)
+    assert not set(killed.computed) & set(resumed.computed)  # nothing recorded is computed again
+    assert sorted(killed.computed + resumed.computed) == sorted(whole.computed)
+    assert len(killed.pretrained) + len(resumed.pretrained) == 4
+
+    again = FakeMtpf()  # a third run has nothing to do and starts no process
+    calls = []
+    _run(tmp_path / "b", lambda cmd: (calls.append(cmd), again(cmd)))
+    assert calls == []
+
+    results = tmp_path / "b" / "results"
+    cells = json.loads((results / "s2" / "TPL_last_1_layer.json").read_text())["cells"]
+    assert len(cells) == 2 * 3 + 2
+    timings = json.loads((results / "timings.json").read_text())
+    assert {t["part"] for t in timings.values()} == {"label", "pretrain", "ner-full", "ner-low", "tc", "figures"}
+    assert (results / "s1" / "pretrain" / "MTPF-TPL" / "logs" / "metrics.jsonl").is_file()
+    manifest = json.loads((results / "manifest.json").read_text())
+    assert manifest["seeds"] == [1, 2] and manifest["base"] == "Base model"
+
+
+def test_one_replicate_per_session(tmp_path, capsys):
+    first = FakeMtpf()
+    _run(tmp_path, first, "--seeds", "2")  # this session: seed 2 only
+    assert first.computed and all(k.split("|")[4] == "2" for k in first.computed)
+    rest = FakeMtpf()
+    _run(tmp_path, rest)  # the next: the remaining seed, nothing of seed 2 again
+    assert rest.computed and all(k.split("|")[4] == "1" for k in rest.computed)
+    manifest = json.loads((tmp_path / "results" / "manifest.json").read_text())
+    assert manifest["seeds"] == [1, 2]
+    with pytest.raises(SystemExit) as exc:
+        _run(tmp_path, FakeMtpf(), "--seeds", "7")
+    assert exc.value.code == 2 and "not among the config's seeds" in capsys.readouterr().err
+
+
+def test_commit_results_commits_each_finished_unit(tmp_path):
+    git = ["git", "-C", str(tmp_path)]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["config", "user.email", "t@example.com"], check=True)
+    subprocess.run(git + ["config", "user.name", "t"], check=True)
+    (tmp_path / "other.txt").write_text("not part of the results")
+    subprocess.run(git + ["add", "other.txt"], check=True)
+    _run(tmp_path, FakeMtpf(), "--commit-results")
+    log = subprocess.run(git + ["log", "--format=%s"], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert any(s.startswith("repro results: s2 TPL last 1 layer") for s in log)
+    tracked = subprocess.run(git + ["ls-tree", "-r", "--name-only", "HEAD"], capture_output=True, text=True, check=True).stdout.split()
+    assert "results/s1/Base_model.json" in tracked and "other.txt" not in tracked  # only the results folder is committed
+    assert subprocess.run(git + ["status", "--porcelain", "results"], capture_output=True, text=True, check=True).stdout == ""
+
+
+@pytest.mark.parametrize("name", ["repro.yaml", "repro-scaled.yaml"])
+def test_repro_configs_load(name):
+    from mtpf.config import load_config
+    from mtpf.recipes.pretrain import PretrainConfig
+
+    cfg = yaml.safe_load((ROOT / "configs" / "local" / name).read_text())
+    r = repro.Repro(cfg, Path("/nonexistent"), Path("/nonexistent"), commit=False, run=None)
+    steps = {}
+    for label, (conf, overrides, _) in r.models.items():
+        if conf:
+            c = load_config(PretrainConfig, ROOT / conf, cfg["pretrain_overrides"] + overrides + ["seed=7"])
+            steps[label] = c.max_steps
+            assert c.seed == 7
+    if name == "repro-scaled.yaml":
+        assert len(r.seeds) >= 3 and min(steps.values()) >= 4 * 150  # >= 4x the tokens of repro.yaml
+        fracs = {f for run in cfg["evaluate"]["runs"].values() for f in run["fractions"]}
+        assert fracs == {1.0, 0.1, 0.2, 0.5}
+        assert cfg["evaluate"]["runs"]["full"]["epochs"] > 0  # LoRA adaptation, not a probe
+        tpl = cfg["tpl_experiment"]
+        assert sorted(tpl["depth"]) == [1, 2, 4] and len(tpl["asymmetric"]) >= 2
+        assert all(m in cfg["models"] for m in [tpl["uniform"], *tpl["depth"].values(), *tpl["asymmetric"]])
+
+
+def test_every_command_is_valid_for_the_mtpf_cli(tmp_path):
+    """The commands reproduce.py builds parse with mtpf's own argument parser (no misspelt flag)."""
+    from mtpf.cli import build_parser
+
+    cmds = []
+    fake = FakeMtpf()
+    cfg = dict(CONFIG, output=str(tmp_path / "work"),
+               runtime={"model": "MTPF-TPL", "label": "MTPF-TPL, runtime int8", "tc_app_data": "data/cls/a"})
+    path = tmp_path / "repro.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    repro.main([str(path), "--results-dir", str(tmp_path / "results")], run=lambda c: (cmds.append(c), fake(c)))
+    verbs = [c[len(repro.MTPF)] for c in cmds]
+    assert {"label", "pretrain", "evaluate", "adapt", "evaluate-runtime", "analyze"} <= set(verbs)
+    parser = build_parser()
+    for cmd in cmds:
+        parser.parse_args(cmd[len(repro.MTPF):])  # SystemExit on an unknown flag
+        flags = [a for a in cmd if a.startswith("--") and a not in ("--model", "--label", "--with", "--ner-app")]
+        assert len(flags) == len(set(flags)), cmd  # no flag given twice
+    rt = next(c for c in cmds if "evaluate-runtime" in c)
+    assert sum(a == "--ner-app" for a in rt) == 2 * 3  # every NER dataset x share of the first seed
+    assert (tmp_path / "results" / "runtime.json").is_file()

@@ -1,0 +1,93 @@
+"""Intervals over seeds (mtpf.downstream.stats) and how the tables show them."""
+import math
+
+import pytest
+
+from mtpf.downstream import stats
+
+
+def test_t_interval_of_fixed_numbers():
+    # values 1..5: mean 3, sample sd sqrt(2.5), t(0.975, 4) = 2.7764451
+    iv = stats.interval([1, 2, 3, 4, 5])
+    assert iv.mean == 3 and iv.n == 5
+    assert iv.half == pytest.approx(2.7764451 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)
+    assert iv.format() == "3.0 ± 2.0"
+
+
+def test_table_fallback_matches_scipy(monkeypatch):
+    import builtins
+
+    with_scipy = [stats.t_quantile(df) for df in (1, 2, 9, 30)]
+    real_import = builtins.__import__
+
+    def no_scipy(name, *args, **kw):
+        if name.startswith("scipy"):
+            raise ImportError(name)
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_scipy)
+    table = [stats.t_quantile(df) for df in (1, 2, 9, 30)]
+    assert table == pytest.approx(with_scipy, abs=1e-3)
+
+
+def test_single_value_has_no_interval():
+    iv = stats.interval([76.2])
+    assert iv.half is None and iv.n == 1 and iv.format() == "76.2" and not iv.excludes_zero()
+
+
+def test_paired_difference_of_identical_inputs_has_zero_width():
+    a = {42: 70.1, 43: 71.9, 44: 69.0}
+    iv = stats.paired(a, dict(a))
+    assert iv.mean == 0 and iv.half == 0 and iv.n == 3
+
+
+def test_paired_difference_uses_only_common_seeds_and_removes_the_seed_effect():
+    # b = a + 1 on every seed: the seed effect is large, the paired difference exactly 1 with zero width
+    a = {42: 50.0, 43: 60.0, 44: 70.0, 45: 99.0}
+    b = {42: 51.0, 43: 61.0, 44: 71.0}
+    iv = stats.paired(b, a)
+    assert (iv.mean, iv.half, iv.n) == (1.0, 0.0, 3) and iv.excludes_zero()
+    assert stats.paired({1: 1.0}, {2: 1.0}) is None
+
+
+# ------------------------------------------------------------------------------------- tables with seeds
+def _cell(model, task, ds, score, seed, frac=1.0):
+    metric = "f1" if task == "ner" else "accuracy"
+    return {"key": f"{model}{task}{ds}{frac}{seed}", "model": model, "task": task, "dataset": ds,
+            "fraction": frac, "seed": seed, "main_score": score, "metrics": {metric: score}}
+
+
+def _cells():
+    cells = []
+    for seed, shift in ((42, 0.0), (43, 0.02), (44, -0.01)):  # a seed effect shared by both models
+        cells += [_cell("Base model", "ner", "conll2003", 0.60 + shift, seed),
+                  _cell("Base model", "tc", "banking77", 0.70 + shift, seed),
+                  _cell("MTPF-TPL", "ner", "conll2003", 0.62 + shift, seed),  # +2.0 on every seed
+                  _cell("MTPF-TPL", "tc", "banking77", 0.70 + shift + (0.01 if seed == 43 else -0.01), seed)]
+    return cells
+
+
+def test_tables_show_mean_and_half_width_with_several_seeds():
+    from mtpf.downstream.tables import build_tables
+
+    summary = build_tables(_cells(), ["Base model", "MTPF-TPL"], "Base model")[0]
+    ner = stats.interval([60.0, 62.0, 59.0])
+    assert summary.rows[0][1] == ner.format()
+    tpl_ner = stats.interval([62.0, 64.0, 61.0])
+    assert summary.rows[1][1] == f"{tpl_ner.format()} (+2.0)"
+
+
+def test_paired_table_reads_each_claim_from_its_interval():
+    from mtpf.downstream.tables import Claim, paired_table
+
+    claims = [Claim("TPL helps NER", "MTPF-TPL", "Base model", "ner", +1),
+              Claim("TPL hurts NER", "MTPF-TPL", "Base model", "ner", -1),
+              Claim("TPL helps TC", "MTPF-TPL", "Base model", "tc", +1),
+              Claim("absent model", "PF for NER", "Base model", "tc", -1)]
+    rows = paired_table(_cells(), claims).rows
+    assert rows[0][4] == "+2.0 ± 0.0" and rows[0][5] == "3" and rows[0][6] == "holds"
+    assert rows[1][6].startswith("contradicted")
+    assert rows[2][6].startswith("not resolved")
+    assert rows[3][6] == "not measured"
+    one_seed = [c for c in _cells() if c["seed"] == 42]
+    assert paired_table(one_seed, claims[:1]).rows[0][4:] == ["+2.0", "1", "one seed: no interval"]

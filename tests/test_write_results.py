@@ -1,0 +1,91 @@
+"""scripts/write_results.py: docs/results.md from results files — intervals, paired claims with computed verdicts,
+the TPL experiment with Figure 4, run times; the committed single-seed files still render as before (n=1)."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write_results(monkeypatch, *argv):
+    spec = importlib.util.spec_from_file_location("write_results", ROOT / "scripts" / "write_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(sys, "argv", ["write_results.py", *map(str, argv)])
+    mod.main()
+
+
+MODELS = {"Base model": 0.0, "PF for NER": (+3.0, -2.0), "PF for TC": (-1.0, +1.0), "MTPF": (+2.0, 0.0),
+          "MTPF-TPL": (+2.0, +1.0), "TPL last 1 layer": (+1.0, -1.0), "TPL last 4 layers": (+3.0, +2.0)}
+SEED_EFFECT = {42: 0.0, 43: 1.5, 44: -1.0}
+
+
+def _results_folder(root: Path) -> Path:
+    from mtpf.downstream.suite import _slug
+
+    tpl = {"uniform": "MTPF-TPL", "depth": {1: "TPL last 1 layer", 2: "MTPF-TPL", 4: "TPL last 4 layers"},
+           "asymmetric": []}
+    (root).mkdir(parents=True)
+    (root / "manifest.json").write_text(json.dumps({
+        "format": "mtpf-repro/1", "seeds": list(SEED_EFFECT), "base": "Base model",
+        "models": {m: _slug(m) for m in MODELS}, "config": {"tpl_experiment": tpl}}))
+    for seed, effect in SEED_EFFECT.items():
+        for i, (m, gain) in enumerate(MODELS.items()):
+            ner_gain, tc_gain = gain if isinstance(gain, tuple) else (gain, gain)
+            wobble = 0.1 * ((seed + i) % 3 - 1)  # a little noise so intervals have width
+            cells = []
+            for task, ds, base, g in (("ner", "conll2003", 60.0, ner_gain), ("ner", "mit_restaurant", 58.0, ner_gain),
+                                      ("tc", "banking77", 75.0, tc_gain), ("tc", "emotion", 35.0, tc_gain)):
+                for frac in ((1.0, 0.1) if task == "ner" else (1.0,)):
+                    score = (base + g + effect + wobble - (10 if frac < 1 else 0)) / 100
+                    cells.append({"key": f"{m}{task}{ds}{frac}{seed}", "task": task, "model": m, "model_ref": m,
+                                  "dataset": ds, "fraction": frac, "seed": seed, "main_score": score,
+                                  "metrics": {"f1" if task == "ner" else "accuracy": score},
+                                  "config": {"epochs_warmup": 3, "epochs": 3} if task == "ner" else {}})
+            folder = root / f"s{seed}"
+            folder.mkdir(exist_ok=True)
+            (folder / f"{_slug(m)}.json").write_text(json.dumps({"format": "mtpf-eval/1", "cells": cells,
+                                                                 "models": [{"label": m, "ref": m}]}))
+            if m.startswith(("TPL", "MTPF-TPL")) and seed == 42:
+                logs = folder / "pretrain" / _slug(m) / "logs"
+                logs.mkdir(parents=True)
+                logs.joinpath("metrics.jsonl").write_text("".join(
+                    json.dumps({"step": s, "loss_ner": 3.0 / s, "loss_tc": 1.0 / s}) + "\n" for s in (1, 2, 3)))
+    (root / "timings.json").write_text(json.dumps({
+        "pretrain s42 MTPF": {"part": "pretrain", "seconds": 1800.0, "command": "pretrain configs/local/mtpf.yaml"},
+        "pretrain s43 MTPF": {"part": "pretrain", "seconds": 1800.0, "command": "pretrain configs/local/mtpf.yaml"},
+        "evaluate s42 MTPF TC": {"part": "tc", "seconds": 360.0, "command": "evaluate --cls x"}}))
+    return root
+
+
+def test_results_folder_renders_intervals_claims_tpl_and_times(tmp_path, monkeypatch):
+    source = _results_folder(tmp_path / "repro-scaled")
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n<!-- tables:begin -->\nold\n<!-- tables:end -->\nhand-written tail\n")
+    _write_results(monkeypatch, source, "--doc", doc)
+    text = doc.read_text()
+    assert text.startswith("# Results\n") and text.endswith("hand-written tail\n") and "\nold\n" not in text
+    assert "Seeds: 42, 43, 44; seeds per table cell: 3." in text
+    assert "| MTPF-TPL | 61.2 ± 3.4 (+2.0) | **56.2 ± 3.4 (+1.0)** |" in text  # mean ± interval (delta vs base)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if " − " in line}
+    assert rows["PF for NER interferes with TC"].endswith("| -2.0 ± 0.4 | 3 | holds |")
+    assert rows["PF for TC interferes with NER"].endswith("| holds |")
+    assert rows["MTPF-TPL beats MTPF on TC"].endswith("| holds |")
+    assert "not resolved" in rows["MTPF-TPL beats MTPF on NER"]  # +0.0 with some noise
+    assert rows["MTPF-TPL matches the individual PF on NER"].endswith("| contradicted (worse) |")
+    assert "MTPF-TPL gains over the base with 10 % of NER train" in rows
+    assert "| TPL last 4 layers | +1.0 ± " in text and "| TPL last 1 layer | -1.0 ± " in text
+    assert "Result: TPL last 4 layers beat uniform TPL on both families." in text
+    assert (source / "fig4.png").read_bytes()[:4] == b"\x89PNG" and "![Figure 4](repro-scaled/fig4.png)" in text
+    assert "| pre-finetuning | 2 | 1.00 h | `mtpf pretrain configs/local/mtpf.yaml` |" in text
+
+
+def test_committed_single_seed_results_render_as_before(tmp_path, monkeypatch):
+    doc = tmp_path / "results.md"
+    _write_results(monkeypatch, ROOT / "docs" / "results", "--doc", doc, "--figures", tmp_path / "figs")
+    text = doc.read_text()
+    assert "| MTPF-TPL | 60.8+1.7 | **63.2+1.0** | **62.0+1.3** |" in text  # n=1: no interval, numbers unchanged
+    assert "| Base model | **79.1** | 36.7 | 63.6 | 53.7 | 75.3 | 65.1 | 62.2 |" in text
+    assert "±" not in text.split("### Paired differences")[0].split("one seed prints")[1]
+    assert "| MTPF-TPL beats MTPF on TC | MTPF-TPL − MTPF | TC | + | +0.3 | 1 | one seed: no interval |" in text
