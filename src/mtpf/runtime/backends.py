@@ -8,6 +8,10 @@
 * :class:`OnnxBackend`: ONNX Runtime sessions; the shared backbone graph serves apps without LoRA, every
   LoRA app gets its own graph with the LoRA merged (ONNX Runtime cannot apply LoRA per row), rows grouped.
 
+Shared trunk: ``forward(feeds, adapters, start, stop, hidden)`` runs only layers ``[start, stop)`` of the
+encoder (``hidden``: the states entering layer ``start``; ``stop=None``: to the top). The runtime runs the
+adapter-free lower layers once per distinct text with no adapter active and the upper layers per app.
+
 Every method that touches the model takes ``self.lock``: adapters are added and removed while the batcher
 thread runs forwards.
 """
@@ -23,14 +27,57 @@ BASE = None  # adapter key of rows that use the bare backbone
 PLACEHOLDER = "__mtpf_placeholder__"
 
 
+def resolve_device(device: str | None) -> str:
+    """"auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N" -> a torch device string.
+
+    Local to the runtime on purpose (a shared helper may replace it); unknown or unavailable devices raise a
+    ``ValueError`` with one clear line.
+    """
+    import torch
+
+    device = (device or "auto").strip().lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available (use --device cpu)")
+        if ":" in device and int(device[5:]) >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return device
+    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+def _replay_module():
+    """Stands in for the skipped lower layers: returns the trunk states the runtime already computed.
+
+    transformers runs ``hidden = layer(hidden, mask, ...)`` over its layer list; putting this module first
+    (then the real upper layers) lets the encoder's own forward (masks, PEFT's per-row adapter hooks) run
+    layers ``[start, stop)`` only. transformers has no public "start at layer k" entry point, hence this.
+    """
+    import torch
+
+    class Replay(torch.nn.Module):
+        value = None
+
+        def forward(self, hidden_states, *args, **kwargs):
+            return self.value
+
+    return Replay()
+
+
 class TorchBackend:
     name = "torch"
+    supports_layer_ranges = True
 
-    def __init__(self, encoder, input_names: list[str], mode: str = "mixed", switch: str = "fast"):
+    def __init__(self, encoder, input_names: list[str], mode: str = "mixed", switch: str = "fast",
+                 device: str = "cpu"):
         import torch
         from peft import LoraConfig, get_peft_model
 
         from mtpf.lora import lora_target_modules
+        from mtpf.lora.targets import encoder_layers
 
         if mode not in ("mixed", "grouped"):
             raise ValueError(f"mode must be mixed or grouped, got {mode!r}")
@@ -40,7 +87,16 @@ class TorchBackend:
         self.switch = switch
         self.input_names = input_names
         self.lock = threading.RLock()
-        self.encoder = encoder.eval()
+        self.device = torch.device(device)
+        self.encoder = encoder.eval().to(self.device)
+        # the layer stack (e.g. ``encoder.layer``): swapped for a slice of itself to run a layer range
+        first = encoder_layers(encoder)[0]
+        self._container = encoder.get_submodule(first.rsplit(".", 2)[0])
+        self._stack_attr = first.rsplit(".", 2)[1]
+        self._stack = getattr(self._container, self._stack_attr)
+        self.num_layers = len(self._stack)
+        self._replay = _replay_module()
+        self.first_layer: dict[str, int] = {}  # adapter key -> lowest layer its LoRA touches
         # PEFT cannot delete its last adapter, so a never-used rank-1 zero LoRA on one module keeps the
         # PeftModel alive while apps come and go. Rows never select it.
         target = lora_target_modules(encoder, 1, ["query"])[:1]
@@ -82,6 +138,20 @@ class TorchBackend:
             self.model.eval()
             self.adapters.add(key)
             self._refresh_layers()
+            self.first_layer[key] = self._lowest_layer(key)
+
+    def _lowest_layer(self, key: str) -> int:
+        """The lowest transformer layer holding ``key``'s LoRA, read off the loaded model (0 when unsure)."""
+        from mtpf.lora.targets import layer_index
+
+        found = []
+        for name, module in self.model.named_modules():
+            if key in getattr(module, "lora_A", {}) or key in getattr(module, "lora_embedding_A", {}):
+                idx = layer_index(name)
+                if idx is None:  # a LoRA outside the layer stack (embeddings, ...): nothing is shareable
+                    return 0
+                found.append(idx)
+        return min(found) if found else self.num_layers
 
     def remove_lora(self, key: str) -> None:
         with self.lock:
@@ -93,21 +163,53 @@ class TorchBackend:
                         layer._active_adapter = []
                 self.model.delete_adapter(key)
                 self.adapters.discard(key)
+                self.first_layer.pop(key, None)
                 self._refresh_layers()
 
-    def forward(self, feeds: dict[str, np.ndarray], adapters: list[str | None]) -> np.ndarray:
-        torch = self._torch
-        with self.lock, torch.inference_mode():
-            inputs = {k: torch.from_numpy(v) for k, v in feeds.items()}
-            if self.mode == "mixed":
-                names = [a if a is not None else "__base__" for a in adapters]
-                if all(n == "__base__" for n in names):
-                    self._activate(None)
-                    return self.model(**inputs).last_hidden_state.numpy()
-                return self.model(**inputs, adapter_names=names).last_hidden_state.numpy()
-            return self._grouped(inputs, adapters)
+    def forward(self, feeds: dict[str, np.ndarray], adapters: list[str | None], start: int = 0,
+                stop: int | None = None, hidden: np.ndarray | None = None) -> np.ndarray:
+        """Last hidden state (or the states after layer ``stop``) of a padded batch, ``adapters[i]`` on row i.
 
-    def _grouped(self, inputs, adapters):
+        ``start > 0``: ``hidden`` [batch, seq, H] holds the states entering layer ``start`` (padding rows may
+        hold anything: padded keys are masked out).
+        """
+        torch = self._torch
+        stop = self.num_layers if stop is None else stop
+        with self.lock, torch.inference_mode(), self._autocast():
+            inputs = {k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()}
+            h0 = torch.from_numpy(hidden).to(self.device) if start > 0 else None
+            if start == 0 and stop == self.num_layers:
+                return self._forward(inputs, adapters, h0)
+            layers = list(self._stack)[start:stop]
+            if start > 0:
+                layers = [self._replay] + layers
+            self._container._modules[self._stack_attr] = torch.nn.ModuleList(layers)
+            try:
+                return self._forward(inputs, adapters, h0)
+            finally:
+                self._container._modules[self._stack_attr] = self._stack
+                self._replay.value = None
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return self._torch.autocast("cuda", dtype=self._torch.bfloat16)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def _forward(self, inputs, adapters, h0):
+        if self.mode == "mixed" or all(a is None for a in adapters):
+            self._replay.value = h0
+            if all(a is None for a in adapters):
+                self._activate(None)
+                out = self.model(**inputs).last_hidden_state
+            else:
+                names = [a if a is not None else "__base__" for a in adapters]
+                out = self.model(**inputs, adapter_names=names).last_hidden_state
+            return out.float().cpu().numpy()
+        return self._grouped(inputs, adapters, h0)
+
+    def _grouped(self, inputs, adapters, h0):
         torch = self._torch
         b, s = inputs["input_ids"].shape
         out = None
@@ -116,12 +218,13 @@ class TorchBackend:
             sub_mask = inputs["attention_mask"][idx]
             length = int(sub_mask.sum(1).max())
             sub = {k: v[idx, :length] for k, v in inputs.items()}
+            self._replay.value = h0[idx, :length] if h0 is not None else None
             self._activate(key)
-            h = self.model(**sub).last_hidden_state
+            h = self.model(**sub).last_hidden_state.float()
             if out is None:
-                out = torch.zeros((b, s, h.shape[-1]), dtype=h.dtype)
+                out = torch.zeros((b, s, h.shape[-1]), dtype=h.dtype, device=h.device)
             out[idx, :length] = h
-        return out.numpy()
+        return out.cpu().numpy()
 
     def close(self) -> None:
         pass
@@ -131,10 +234,13 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, encoder, tokenizer, input_names: list[str], backbone_fingerprint: str, *, int8: bool = False,
-                 onnx_dir: str | Path | None = None, num_threads: int | None = None):
+                 onnx_dir: str | Path | None = None, num_threads: int | None = None, device: str = "cpu"):
         from mtpf.runtime.onnx_export import export_encoder_dir, make_session, read_export
 
         self.lock = threading.RLock()
+        self.device = device
+        self.num_layers = int(encoder.config.num_hidden_layers)
+        self.first_layer: dict[str, int] = {}
         self.encoder = encoder.eval()  # kept on CPU to merge app LoRAs before their export
         self.tokenizer = tokenizer
         self.input_names = input_names
@@ -154,7 +260,7 @@ class OnnxBackend:
                                       backbone_fingerprint=backbone_fingerprint)
         if list(meta["inputs"]) != list(input_names):
             raise ValueError(f"{self.onnx_dir}: graph inputs {meta['inputs']} differ from {input_names}")
-        self.sessions = {BASE: make_session(self.onnx_dir / meta["files"][want], num_threads)}
+        self.sessions = {BASE: make_session(self.onnx_dir / meta["files"][want], num_threads, device)}
 
     def add_lora(self, key: str, adapter_dir: str | Path) -> None:
         """Use APP/onnx (from ``mtpf export APP --onnx``) when it matches; else merge and export now."""
@@ -177,7 +283,7 @@ class OnnxBackend:
             meta = export_encoder_dir(merged, self.tokenizer, app_onnx, int8=self.int8, kind="app",
                                       backbone_fingerprint=self.fingerprint, adapter_fingerprint=afp,
                                       source=str(adapter_dir))
-        session = make_session(app_onnx / meta["files"][want], self.num_threads)
+        session = make_session(app_onnx / meta["files"][want], self.num_threads, self.device)
         with self.lock:
             self.sessions[key] = session
 

@@ -107,7 +107,17 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path) -> None:
     quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
 
 
-def make_session(path: str | Path, num_threads: int | None = None):
+def session_providers(device: str = "cpu") -> list:
+    """ONNX Runtime providers for a torch-style device: CUDA (with its device id) when asked for and installed."""
+    import onnxruntime as ort
+
+    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        dev_id = int(device.split(":")[1]) if ":" in device else 0
+        return [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def make_session(path: str | Path, num_threads: int | None = None, device: str = "cpu"):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -118,7 +128,7 @@ def make_session(path: str | Path, num_threads: int | None = None):
     # no busy-waiting between runs: on a phone-sized (or shared) CPU a spinning pool steals the cores that the
     # batcher, the tokenizer and other sessions need
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), sess_options=opts, providers=session_providers(device))
 
 
 def _mean_pool_np(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
