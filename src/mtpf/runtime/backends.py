@@ -231,29 +231,59 @@ class TorchBackend:
 
 
 class OnnxBackend:
+    """ONNX Runtime sessions over ONE copy of the backbone (``merged=False``, the default): an embeddings graph
+    and one graph per layer, each taking LoRA slot inputs, so an app is just its LoRA matrices fed per run and
+    the runtime can run any layer range (shared trunk). Apps whose adapter the slots cannot express (DoRA,
+    bias, modules_to_save, ...) get a merged full graph. ``merged=True`` is the former layout (a full graph per
+    LoRA app, the backbone graph for the rest), kept for comparison in bench/bench_runtime.py.
+    """
     name = "onnx"
 
     def __init__(self, encoder, tokenizer, input_names: list[str], backbone_fingerprint: str, *, int8: bool = False,
-                 onnx_dir: str | Path | None = None, num_threads: int | None = None, device: str = "cpu"):
-        from mtpf.runtime.onnx_export import export_encoder_dir, make_session, read_export
+                 onnx_dir: str | Path | None = None, num_threads: int | None = None, device: str = "cpu",
+                 merged: bool = False):
+        from mtpf.runtime.onnx_export import (
+            LayeredSessions,
+            export_encoder_dir,
+            export_layered_dir,
+            make_session,
+            read_export,
+            read_layered,
+        )
 
         self.lock = threading.RLock()
         self.device = device
         self.num_layers = int(encoder.config.num_hidden_layers)
         self.first_layer: dict[str, int] = {}
-        self.encoder = encoder.eval()  # kept on CPU to merge app LoRAs before their export
+        self.encoder = encoder.eval()  # kept on CPU to read/merge app LoRAs
         self.tokenizer = tokenizer
         self.input_names = input_names
         self.fingerprint = backbone_fingerprint
         self.int8 = int8
         self.num_threads = num_threads
+        self.merged = merged
+        self.supports_layer_ranges = not merged
+        self.loras: dict[str, list] = {}
         self._tmp = None
         if onnx_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="mtpf-onnx-")
             onnx_dir = self._tmp.name
         self.onnx_dir = Path(onnx_dir)
-        meta = read_export(self.onnx_dir)
         want = "int8" if int8 else "fp32"
+        self.sessions = {}
+        self.chain = None
+        if not merged:
+            layered = self.onnx_dir / "layered"
+            meta = read_layered(layered)
+            if not (meta and meta.get("backbone_fingerprint") == backbone_fingerprint and want in meta["files"]):
+                meta = export_layered_dir(self.encoder, tokenizer, layered, int8=int8,
+                                          backbone_fingerprint=backbone_fingerprint)
+            if list(meta["inputs"]) != list(input_names):
+                raise ValueError(f"{layered}: graph inputs {meta['inputs']} differ from {input_names}")
+            self.slots = meta["slots"]
+            self.chain = LayeredSessions(layered, meta["files"][want], input_names, self.slots, num_threads, device)
+            return
+        meta = read_export(self.onnx_dir)
         if not (meta and meta.get("backbone_fingerprint") == backbone_fingerprint and meta.get("kind") == "backbone"
                 and want in meta.get("files", {})):
             meta = export_encoder_dir(self.encoder, tokenizer, self.onnx_dir, int8=int8, kind="backbone",
@@ -263,6 +293,17 @@ class OnnxBackend:
         self.sessions = {BASE: make_session(self.onnx_dir / meta["files"][want], num_threads, device)}
 
     def add_lora(self, key: str, adapter_dir: str | Path) -> None:
+        if not self.merged:
+            from mtpf.runtime.onnx_export import app_lora_feeds
+
+            got = app_lora_feeds(adapter_dir, self.encoder, self.slots)
+            if got is not None:
+                with self.lock:
+                    self.loras[key], self.first_layer[key] = got
+                return
+        self._add_merged(key, adapter_dir)
+
+    def _add_merged(self, key: str, adapter_dir: str | Path) -> None:
         """Use APP/onnx (from ``mtpf export APP --onnx``) when it matches; else merge and export now."""
         from mtpf.runtime.onnx_export import (
             adapter_fingerprint,
@@ -286,21 +327,34 @@ class OnnxBackend:
         session = make_session(app_onnx / meta["files"][want], self.num_threads, self.device)
         with self.lock:
             self.sessions[key] = session
+            self.first_layer[key] = 0
 
     def remove_lora(self, key: str) -> None:
         with self.lock:
             self.sessions.pop(key, None)
+            self.loras.pop(key, None)
+            self.first_layer.pop(key, None)
 
-    def forward(self, feeds: dict[str, np.ndarray], adapters: list[str | None]) -> np.ndarray:
+    def forward(self, feeds: dict[str, np.ndarray], adapters: list[str | None], start: int = 0,
+                stop: int | None = None, hidden: np.ndarray | None = None) -> np.ndarray:
+        """Rows grouped per adapter (ONNX Runtime takes one set of LoRA inputs per run)."""
+        stop = self.num_layers if stop is None else stop
         b, s = feeds["input_ids"].shape
         out = None
         for key in dict.fromkeys(adapters):
             with self.lock:
-                session = self.sessions[key]
+                session = self.sessions.get(key)
+                lora = self.loras.get(key)
             idx = [i for i, a in enumerate(adapters) if a == key]
             length = int(feeds["attention_mask"][idx].sum(1).max())
             sub = {k: np.ascontiguousarray(v[idx, :length]) for k, v in feeds.items()}
-            h = session.run(["last_hidden_state"], sub)[0]
+            if session is not None:  # a merged full graph (or the merged layout's backbone graph)
+                if start != 0 or stop != self.num_layers:
+                    raise ValueError(f"adapter {key!r} has a merged graph: it only runs all layers")
+                h = session.run(["last_hidden_state"], sub)[0]
+            else:
+                h_in = np.ascontiguousarray(hidden[idx, :length], dtype=np.float32) if start > 0 else None
+                h = self.chain.run_range(sub, start, stop, h_in, lora)
             if out is None:
                 out = np.zeros((b, s, h.shape[-1]), dtype=np.float32)
             out[idx, :length] = h
@@ -308,6 +362,8 @@ class OnnxBackend:
 
     def close(self) -> None:
         self.sessions.clear()
+        self.loras.clear()
+        self.chain = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -98,7 +98,7 @@ class Runtime:
                  int8: bool = False, max_batch_size: int = 32, max_wait_ms: float = 2.0, batching: bool = True,
                  onnx_dir: str | Path | None = None, num_threads: int | None = None, max_queue: int = 10000,
                  adaptive_wait: bool = True, switch: str = "fast", forward_rows: int = 8, device: str = "cpu",
-                 trunk_cache_mb: float = 0.0):
+                 trunk_cache_mb: float = 0.0, onnx_merged: bool = False):
         import torch
 
         from mtpf.encoder import fingerprint_model, load_encoder, load_tokenizer, resolve_model
@@ -124,7 +124,8 @@ class Runtime:
             from mtpf.runtime.backends import OnnxBackend
 
             self.backend = OnnxBackend(encoder, self.tokenizer, self.input_names, self.fingerprint, int8=int8,
-                                       onnx_dir=onnx_dir, num_threads=num_threads, device=self.device)
+                                       onnx_dir=onnx_dir, num_threads=num_threads, device=self.device,
+                                       merged=onnx_merged)
         else:
             raise ValueError(f"backend must be torch or onnx, got {backend!r}")
         self.max_batch_size = int(max_batch_size)
