@@ -241,7 +241,7 @@ class OnnxBackend:
 
     def __init__(self, encoder, tokenizer, input_names: list[str], backbone_fingerprint: str, *, int8: bool = False,
                  onnx_dir: str | Path | None = None, num_threads: int | None = None, device: str = "cpu",
-                 merged: bool = False):
+                 merged: bool = False, backbone_path: str | None = None):
         from mtpf.runtime.onnx_export import (
             LayeredSessions,
             export_encoder_dir,
@@ -262,6 +262,7 @@ class OnnxBackend:
         self.int8 = int8
         self.num_threads = num_threads
         self.merged = merged
+        self.backbone_path = backbone_path
         self.supports_layer_ranges = not merged
         self.loras: dict[str, list] = {}
         self._tmp = None
@@ -280,8 +281,15 @@ class OnnxBackend:
                                           backbone_fingerprint=backbone_fingerprint)
             if list(meta["inputs"]) != list(input_names):
                 raise ValueError(f"{layered}: graph inputs {meta['inputs']} differ from {input_names}")
+            from mtpf.lora.targets import encoder_layers
+            from mtpf.runtime.onnx_export import zero_lora
+
             self.slots = meta["slots"]
             self.chain = LayeredSessions(layered, meta["files"][want], input_names, self.slots, num_threads, device)
+            self._layer_names = encoder_layers(self.encoder)
+            self._zeros = zero_lora(self.encoder, self.slots)
+            self._config = self.encoder.config
+            self.encoder = None  # one copy of the weights: ONNX Runtime's (reloaded only to merge an odd adapter)
             return
         meta = read_export(self.onnx_dir)
         if not (meta and meta.get("backbone_fingerprint") == backbone_fingerprint and meta.get("kind") == "backbone"
@@ -296,7 +304,7 @@ class OnnxBackend:
         if not self.merged:
             from mtpf.runtime.onnx_export import app_lora_feeds
 
-            got = app_lora_feeds(adapter_dir, self.encoder, self.slots)
+            got = app_lora_feeds(adapter_dir, self._layer_names, self.slots, self._zeros)
             if got is not None:
                 with self.lock:
                     self.loras[key], self.first_layer[key] = got
@@ -320,7 +328,12 @@ class OnnxBackend:
         if not (meta and meta.get("backbone_fingerprint") == self.fingerprint and meta.get("adapter_fingerprint") == afp
                 and want in meta.get("files", {})):
             app_onnx = self.onnx_dir / "apps" / key.replace("/", "_").replace("#", "_")
-            merged = merged_app_encoder(self.encoder, adapter_dir)
+            encoder = self.encoder
+            if encoder is None:  # the shared layout dropped the torch weights; reload them for this merge
+                from mtpf.encoder import load_encoder
+
+                encoder = load_encoder(self.backbone_path).eval()
+            merged = merged_app_encoder(encoder, adapter_dir)
             meta = export_encoder_dir(merged, self.tokenizer, app_onnx, int8=self.int8, kind="app",
                                       backbone_fingerprint=self.fingerprint, adapter_fingerprint=afp,
                                       source=str(adapter_dir))

@@ -125,9 +125,10 @@ class Runtime:
 
             self.backend = OnnxBackend(encoder, self.tokenizer, self.input_names, self.fingerprint, int8=int8,
                                        onnx_dir=onnx_dir, num_threads=num_threads, device=self.device,
-                                       merged=onnx_merged)
+                                       merged=onnx_merged, backbone_path=self.backbone_path)
         else:
             raise ValueError(f"backend must be torch or onnx, got {backend!r}")
+        del encoder  # the backends keep what they need (the ONNX shared layout: nothing of the torch weights)
         self.max_batch_size = int(max_batch_size)
         self.forward_rows = max(1, int(forward_rows))
         self.max_wait = float(max_wait_ms) / 1000.0

@@ -442,7 +442,8 @@ def read_layered(out_dir: str | Path) -> dict | None:
     return meta if meta and meta.get("format") == LAYERED_FORMAT else None
 
 
-def app_lora_feeds(adapter_dir: str | Path, model, slots: list[str]) -> tuple[list[dict | None], int] | None:
+def app_lora_feeds(adapter_dir: str | Path, layer_names: list[str], slots: list[str],
+                   zeros: dict[str, np.ndarray]) -> tuple[list[dict | None], int] | None:
     """An app's PEFT LoRA as per-layer slot feeds (scale folded into B), and its lowest layer.
 
     None when the adapter is something the slots cannot express (DoRA, bias, modules_to_save, embeddings,
@@ -450,7 +451,7 @@ def app_lora_feeds(adapter_dir: str | Path, model, slots: list[str]) -> tuple[li
     """
     from safetensors.numpy import load_file
 
-    from mtpf.lora.targets import encoder_layers, layer_index
+    from mtpf.lora.targets import layer_index
 
     cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
     if (cfg.get("use_dora") or cfg.get("bias", "none") != "none" or cfg.get("modules_to_save")
@@ -459,7 +460,6 @@ def app_lora_feeds(adapter_dir: str | Path, model, slots: list[str]) -> tuple[li
     r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
     scale = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
     weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
-    layer_names = encoder_layers(model)
     per_layer: list[dict | None] = [None] * len(layer_names)
     for key, a in weights.items():
         if ".lora_A." not in key:
@@ -483,7 +483,6 @@ def app_lora_feeds(adapter_dir: str | Path, model, slots: list[str]) -> tuple[li
     used = [i for i, d in enumerate(per_layer) if d]
     if not used:
         return None
-    zeros = zero_lora(model, slots)
     for i in used:  # slots this app leaves alone in a layer it touches: rank-1 zeros
         per_layer[i] = {**zeros, **per_layer[i]}
     return per_layer, min(used)
