@@ -198,10 +198,11 @@ class TorchBackend:
         return contextlib.nullcontext()
 
     def _forward(self, inputs, adapters, h0):
-        if self.mode == "mixed" or all(a is None for a in adapters):
+        one = len(set(adapters)) == 1  # one adapter in the whole forward: no per-row adapter bookkeeping
+        if self.mode == "mixed" or one:
             self._replay.value = h0
-            if all(a is None for a in adapters):
-                self._activate(None)
+            if one:
+                self._activate(adapters[0])
                 out = self.model(**inputs).last_hidden_state
             else:
                 names = [a if a is not None else "__base__" for a in adapters]

@@ -157,14 +157,15 @@ def chunk_order(items: list[tuple[int, object]], forward_rows: int, grouped: boo
 class BatchRunner:
     """Runs the parts of one micro-batch through a backend with the shared trunk (see the module doc)."""
 
-    def __init__(self, backend, input_names: list[str], pad_id: int, forward_rows: int, cache: TrunkCache | None):
+    def __init__(self, backend, input_names: list[str], pad_id: int, forward_rows: int, cache: TrunkCache | None,
+                 shared_trunk: bool = True):
         self.backend = backend
         self.input_names = input_names
         self.pad_id = pad_id
         self.forward_rows = forward_rows
         self.cache = cache
         self.num_layers = int(getattr(backend, "num_layers", 0))
-        self.can_split = bool(getattr(backend, "supports_layer_ranges", False))
+        self.can_split = shared_trunk and bool(getattr(backend, "supports_layer_ranges", False))
 
     def level(self, app) -> int:
         """Lowest layer the app's adapter touches; the top for a head-only app (0 where ranges are unsupported)."""
@@ -176,7 +177,9 @@ class BatchRunner:
 
     def _forward(self, items: list[tuple[dict, object, np.ndarray | None]], start: int, stop: int | None):
         """``items``: (ids, adapter key, state entering ``start`` or None); returns each row's output [len, H]."""
-        grouped = getattr(self.backend, "mode", "grouped") == "grouped"
+        # above the trunk, rows are cut per app (one adapter per forward): measured faster than mixing apps
+        # there (bench/bench_runtime.py analyze); a full-depth forward follows the backend's mode
+        grouped = start > 0 or getattr(self.backend, "mode", "grouped") == "grouped"
         out: list = [None] * len(items)
         for chunk in chunk_order([(len(ids["input_ids"]), key) for ids, key, _ in items], self.forward_rows,
                                  grouped):

@@ -90,6 +90,7 @@ class Runtime:
     ``adaptive_wait=False`` always waits ``max_wait_ms`` for company, even when idle.
     ``device``: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; PyTorch runs there (bf16 autocast on
     CUDA), ONNX Runtime uses its CUDAExecutionProvider when installed, else the CPU.
+    ``shared_trunk=False`` runs every LoRA app's rows through all layers (the benchmark's naive baselines).
     ``trunk_cache_mb`` > 0 keeps that many MB of trunk states keyed by text, so apps asking about the same
     text in separate calls share the lower layers too (``trunk_cache_hits`` / ``trunk_cache_misses``).
     """
@@ -98,7 +99,7 @@ class Runtime:
                  int8: bool = False, max_batch_size: int = 32, max_wait_ms: float = 2.0, batching: bool = True,
                  onnx_dir: str | Path | None = None, num_threads: int | None = None, max_queue: int = 10000,
                  adaptive_wait: bool = True, switch: str = "fast", forward_rows: int = 8, device: str = "cpu",
-                 trunk_cache_mb: float = 0.0, onnx_merged: bool = False):
+                 trunk_cache_mb: float = 0.0, onnx_merged: bool = False, shared_trunk: bool = True):
         import torch
 
         from mtpf.encoder import fingerprint_model, load_encoder, load_tokenizer, resolve_model
@@ -145,7 +146,7 @@ class Runtime:
         self._last_batch_requests = 0
         self.trunk_cache = TrunkCache(int(trunk_cache_mb * 2**20)) if trunk_cache_mb and trunk_cache_mb > 0 else None
         self._runner = BatchRunner(self.backend, self.input_names, self.tokenizer.pad_token_id or 0,
-                                   self.forward_rows, self.trunk_cache)
+                                   self.forward_rows, self.trunk_cache, shared_trunk)
         self._worker = None
         if batching:
             self._worker = threading.Thread(target=self._loop, name="mtpf-runtime-batcher", daemon=True)
