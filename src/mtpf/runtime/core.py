@@ -442,6 +442,8 @@ class Runtime:
             "batch_rows_max": int(max(rows)) if rows else 0,
             "batch_requests_mean": float(np.mean([q for q, _, _ in log])) if log else 0.0,
             "batch_apps_mean": float(np.mean([a for _, _, a in log])) if log else 0.0,
+            "trunk_cache_hits": self.trunk_cache_hits, "trunk_cache_misses": self.trunk_cache_misses,
+            "trunk_cache_bytes": self.trunk_cache_bytes, "trunk_cache_max_bytes": self.trunk_cache_max_bytes,
         }
 
     def close(self) -> None:
