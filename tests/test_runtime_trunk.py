@@ -234,3 +234,26 @@ def test_cuda_runtime_matches_cpu(trunk_apps, tmp_path, backend):
         e1, e2 = cpu.embed("tc_l2", TEXTS), gpu.embed("tc_l2", TEXTS)
         cos = (e1 * e2).sum(1) / np.linalg.norm(e1, axis=1) / np.linalg.norm(e2, axis=1)
         assert cos.min() > 0.99
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_trunk_on_distilbert(tmp_path, backend):
+    """The layer-range forward is architecture-agnostic: DistilBERT's transformer.layer stack too."""
+    from mtpf.encoder import fingerprint_model, load_encoder
+    from mtpf.testing import make_tiny_encoder
+
+    backbone = make_tiny_encoder(tmp_path / "bb", "distilbert", layers=3)
+    enc = load_encoder(backbone)
+    fp = fingerprint_model(enc)
+    apps = {"tc_l1": make_app_adapter(tmp_path / "tc_l1", backbone, "tc", layers=1, encoder=enc, fingerprint=fp),
+            "ner_l2": make_app_adapter(tmp_path / "ner_l2", backbone, "ner", layers=2, encoder=enc, fingerprint=fp,
+                                       seed=1)}
+    refs = {n: Reference(backbone, d) for n, d in apps.items()}
+    kw = {"onnx_dir": tmp_path / "onnx"} if backend == "onnx" else {}
+    with Runtime(backbone, backend=backend, **kw) as rt:
+        for n, d in apps.items():
+            rt.register_app(n, d)
+        assert rt.app_info("tc_l1")["shared_layers"] == 2 and rt.app_info("ner_l2")["shared_layers"] == 1
+        res = rt.analyze(TEXTS, apps=list(apps))
+    assert_matches_reference(refs["tc_l1"], "classify", TEXTS, [r["tc_l1"] for r in res])
+    assert_matches_reference(refs["ner_l2"], "entities", TEXTS, [r["ner_l2"]["entities"] for r in res])
