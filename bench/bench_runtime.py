@@ -112,13 +112,12 @@ def memory_probe(kind: str, backbone: str, apps: dict[str, str], onnx_dir: str |
     torch.set_num_threads(1)
     import gc
 
+    import onnxruntime  # noqa: F401
     import peft  # noqa: F401  - every import happens before the baseline
     import transformers  # noqa: F401
 
     import mtpf.runtime  # noqa: F401
     from mtpf.runtime.onnx_export import merged_app_encoder
-
-    import onnxruntime  # noqa: F401
 
     load_tokenizer(backbone)  # warm the tokenizer code path; each kind below loads its own tokenizer(s)
     _trim()

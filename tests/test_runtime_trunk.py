@@ -7,11 +7,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from test_runtime import Reference, assert_matches_reference
 
 from mtpf.runtime import Runtime, UnknownAppError
 from mtpf.runtime.testing import make_app_adapter
-
-from test_runtime import Reference, assert_matches_reference
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -103,9 +103,8 @@ class Runtime:
         import torch
 
         from mtpf.encoder import fingerprint_model, load_encoder, load_tokenizer, resolve_model
-        from mtpf.runtime.onnx_export import encoder_input_names
-
         from mtpf.runtime.backends import resolve_device
+        from mtpf.runtime.onnx_export import encoder_input_names
 
         if num_threads:
             torch.set_num_threads(int(num_threads))
