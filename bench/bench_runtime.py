@@ -116,6 +116,7 @@ def memory_probe(kind: str, backbone: str, apps: dict[str, str], onnx_dir: str |
     import peft  # noqa: F401  - every import happens before the baseline
     import transformers  # noqa: F401
 
+    import mtpf.downstream.ner  # noqa: F401 - the runtime's NER windowing code
     import mtpf.runtime  # noqa: F401
     from mtpf.runtime.onnx_export import merged_app_encoder
 

@@ -307,6 +307,8 @@ class OnnxBackend:
 
             got = app_lora_feeds(adapter_dir, self._layer_names, self.slots, self._zeros)
             if got is not None:
+                if self.int8:  # next to an int8 backbone, fp16 LoRA storage costs nothing measurable; halves it
+                    got = ([{k: v.astype(np.float16) for k, v in d.items()} if d else d for d in got[0]], got[1])
                 with self.lock:
                     self.loras[key], self.first_layer[key] = got
                 return

@@ -434,6 +434,8 @@ class LayeredSessions:
         mask = feeds["attention_mask"]
         for i in range(start, stop):
             slot = (lora[i] if lora is not None and lora[i] is not None else None) or self._zeros(i)
+            if any(v.dtype != np.float32 for v in slot.values()):  # stored in fp16 (int8 backend): widen per run
+                slot = {k: v.astype(np.float32) for k, v in slot.items()}
             hidden = self.layers[i].run(None, {"hidden_in": hidden, "attention_mask": mask, **slot})[0]
         return hidden
 
