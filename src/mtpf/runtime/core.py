@@ -88,7 +88,7 @@ class Runtime:
     batches, see docs/benchmarks.md). ``batching=False`` serves every call synchronously in the
     caller's thread (still thread-safe), which is what the per-request baselines of the benchmark use.
     ``adaptive_wait=False`` always waits ``max_wait_ms`` for company, even when idle.
-    ``device``: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; PyTorch runs there (bf16 autocast on
+    ``device``: "cpu" (default), "auto" (CUDA when present), "cuda" or "cuda:N"; PyTorch runs there (bf16 autocast on
     CUDA), ONNX Runtime uses its CUDAExecutionProvider when installed, else the CPU.
     ``shared_trunk=False`` runs every LoRA app's rows through all layers (the benchmark's naive baselines).
     ``trunk_cache_mb`` > 0 keeps that many MB of trunk states keyed by text, so apps asking about the same
