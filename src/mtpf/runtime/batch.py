@@ -166,6 +166,7 @@ class BatchRunner:
         self.cache = cache
         self.num_layers = int(getattr(backend, "num_layers", 0))
         self.can_split = shared_trunk and bool(getattr(backend, "supports_layer_ranges", False))
+        self.group_upper = str(getattr(backend, "device", "cpu")).startswith("cpu")
 
     def level(self, app) -> int:
         """Lowest layer the app's adapter touches; the top for a head-only app (0 where ranges are unsupported)."""
@@ -177,9 +178,10 @@ class BatchRunner:
 
     def _forward(self, items: list[tuple[dict, object, np.ndarray | None]], start: int, stop: int | None):
         """``items``: (ids, adapter key, state entering ``start`` or None); returns each row's output [len, H]."""
-        # above the trunk, rows are cut per app (one adapter per forward): measured faster than mixing apps
-        # there (bench/bench_runtime.py analyze); a full-depth forward follows the backend's mode
-        grouped = start > 0 or getattr(self.backend, "mode", "grouped") == "grouped"
+        # above the trunk on CPU, rows are cut per app (one adapter per forward): measured faster than mixing
+        # apps there (bench/bench_runtime.py analyze); elsewhere (a GPU, where one big forward beats several
+        # small ones) and for full-depth forwards the backend's mode decides
+        grouped = (start > 0 and self.group_upper) or getattr(self.backend, "mode", "grouped") == "grouped"
         out: list = [None] * len(items)
         for chunk in chunk_order([(len(ids["input_ids"]), key) for ids, key, _ in items], self.forward_rows,
                                  grouped):
