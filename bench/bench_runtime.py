@@ -18,6 +18,13 @@ Sections
    fp32 and ONNX Runtime int8 (dynamic, per-channel), plus the bare encoder forward without the runtime.
 4. int8 accuracy: Banking77 under the MTEB protocol (8 per label, 10 experiments, LogisticRegression
    max_iter=100, seed 42; via mtpf.downstream.tc), PyTorch vs ONNX int8 embeddings (mean pooled, normalised).
+5. analyze (shared trunk): 8 apps (4 TC with the `tc` task-primary shape = LoRA on the last 2 layers + head,
+   4 NER with `--lora-layers 2` + head) on the same ``--analyze-texts`` texts: one ``Runtime.analyze`` call vs
+   8 separate per-app calls (same runtime, trunk cache off), outputs compared; PyTorch and ONNX int8.
+
+Select sections with ``--only a,b`` or ``--skip a,b`` (memory, throughput, sweep, latency, accuracy, analyze).
+The memory section also measures 8 apps on the int8 ONNX backend (one copy of the backbone) vs one int8 model;
+the throughput section also serves the mixed load with the int8 ONNX runtime.
 """
 from __future__ import annotations
 
@@ -42,7 +49,7 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 # ----------------------------------------------------------------------------- setup
-def make_apps(root: Path, backbone: str) -> dict[str, str]:
+def make_apps(root: Path, backbone: str, ner_layers: int | str = "all") -> dict[str, str]:
     from mtpf.encoder import fingerprint_model, load_encoder
     from mtpf.runtime.testing import make_app_adapter
 
@@ -50,7 +57,7 @@ def make_apps(root: Path, backbone: str) -> dict[str, str]:
     fp = fingerprint_model(enc)
     apps = {}
     for i in range(4):
-        apps[f"ner{i}"] = make_app_adapter(root / f"ner{i}", backbone, "ner", rank=32, alpha=64, layers="all",
+        apps[f"ner{i}"] = make_app_adapter(root / f"ner{i}", backbone, "ner", rank=32, alpha=64, layers=ner_layers,
                                            seed=i, lora_std=0.02, encoder=enc, fingerprint=fp)
     for i in range(4):
         apps[f"tc{i}"] = make_app_adapter(root / f"tc{i}", backbone, "tc", labels=[f"c{j}" for j in range(10)],
@@ -96,7 +103,7 @@ def rss_mb() -> float:
 
 
 # ----------------------------------------------------------------------------- 1. memory
-def memory_probe(kind: str, backbone: str, apps: dict[str, str]) -> dict:
+def memory_probe(kind: str, backbone: str, apps: dict[str, str], onnx_dir: str | None = None) -> dict:
     """Runs in a fresh subprocess: RSS growth of loading ``kind`` (+ one forward per app)."""
     import torch
 
@@ -105,16 +112,36 @@ def memory_probe(kind: str, backbone: str, apps: dict[str, str]) -> dict:
     torch.set_num_threads(1)
     import gc
 
+    import onnxruntime  # noqa: F401
     import peft  # noqa: F401  - every import happens before the baseline
     import transformers  # noqa: F401
 
+    import mtpf.downstream.ner  # noqa: F401 - the runtime's NER windowing code
     import mtpf.runtime  # noqa: F401
     from mtpf.runtime.onnx_export import merged_app_encoder
 
     load_tokenizer(backbone)  # warm the tokenizer code path; each kind below loads its own tokenizer(s)
     _trim()
     base = rss_mb()
-    if kind in ("runtime", "runtime_no_apps"):
+    if kind == "onnx_int8_one_model":  # one int8 graph (the backbone) + tokenizer, as one app would ship it
+        from mtpf.runtime.onnx_export import make_session
+
+        tok = load_tokenizer(backbone)
+        sess = make_session(Path(onnx_dir) / "one" / "model.int8.onnx", 1)
+        enc = tok(["a short warm-up sentence"], return_tensors="np")
+        sess.run(None, {n.name: enc[n.name].astype(np.int64) for n in sess.get_inputs()})
+        keep = (tok, sess)
+    elif kind == "onnx_int8_runtime":  # 8 apps on the int8 ONNX backend: one copy of the backbone
+        from mtpf.runtime import Runtime
+
+        rt = Runtime(backbone, backend="onnx", int8=True, onnx_dir=Path(onnx_dir) / "shared", num_threads=1,
+                     batching=False)
+        for name, d in apps.items():
+            rt.register_app(name, d)
+        for name in apps:
+            (rt.extract_entities if name.startswith("ner") else rt.classify)(name, ["a short warm-up sentence"])
+        keep = rt
+    elif kind in ("runtime", "runtime_no_apps"):
         from mtpf.runtime import Runtime
 
         rt = Runtime(backbone, batching=False)
@@ -205,7 +232,8 @@ def closed_loop(fn, jobs, clients: int) -> float:
     return len(jobs) / dt
 
 
-def throughput(backbone: str, apps: dict[str, str], n: int, clients: int, rounds: int, forward_rows: int) -> dict:
+def throughput(backbone: str, apps: dict[str, str], n: int, clients: int, rounds: int, forward_rows: int,
+               onnx_root: Path, threads: int) -> dict:
     import torch
 
     from mtpf.encoder import load_encoder, load_tokenizer
@@ -221,9 +249,16 @@ def throughput(backbone: str, apps: dict[str, str], n: int, clients: int, rounds
         for name, d in apps.items():
             rt.register_app(name, d)
         runtimes[mode] = rt
+    # the int8 ONNX backend: one copy of the backbone, apps as LoRA inputs, rows grouped per app
+    rt = Runtime(backbone, backend="onnx", int8=True, onnx_dir=onnx_root / "int8", num_threads=threads,
+                 max_batch_size=32, max_wait_ms=2, forward_rows=forward_rows)
+    for name, d in apps.items():
+        rt.register_app(name, d)
+    runtimes["onnx_int8"] = rt
     # one request at a time, switching adapter before each: PEFT set_adapter (the baseline) / our cheap switch
-    switch = Runtime(backbone, mode="grouped", batching=False, switch="set_adapter")
-    fast_switch = Runtime(backbone, mode="grouped", batching=False, switch="fast")
+    # (naive: every app's rows through all layers, no shared trunk)
+    switch = Runtime(backbone, mode="grouped", batching=False, switch="set_adapter", shared_trunk=False)
+    fast_switch = Runtime(backbone, mode="grouped", batching=False, switch="fast", shared_trunk=False)
     for name, d in apps.items():
         switch.register_app(name, d)
         fast_switch.register_app(name, d)
@@ -253,6 +288,7 @@ def throughput(backbone: str, apps: dict[str, str], n: int, clients: int, rounds
     modes = {
         "mixed_microbatch": (call(runtimes["mixed"]), clients),
         "grouped_microbatch": (call(runtimes["grouped"]), clients),
+        "onnx_int8_microbatch": (call(runtimes["onnx_int8"]), clients),
         "per_request_set_adapter": (call(switch), clients),
         "per_request_fast_switch": (call(fast_switch), clients),
         "separate_models": (separate_call, clients),
@@ -271,6 +307,9 @@ def throughput(backbone: str, apps: dict[str, str], n: int, clients: int, rounds
             "batcher_stats": stats,
             "mixed_vs_switching": med["mixed_microbatch"] / med["per_request_set_adapter"],
             "grouped_vs_switching": med["grouped_microbatch"] / med["per_request_set_adapter"],
+            "onnx_int8_vs_switching": med["onnx_int8_microbatch"] / med["per_request_set_adapter"],
+            "best_vs_switching": max(med[k] for k in ("mixed_microbatch", "grouped_microbatch",
+                                                      "onnx_int8_microbatch")) / med["per_request_set_adapter"],
             "best_vs_fast_switch": max(med["mixed_microbatch"], med["grouped_microbatch"])
             / med["per_request_fast_switch"],
             "best_vs_separate": max(med["mixed_microbatch"], med["grouped_microbatch"]) / med["separate_models"]}
@@ -329,20 +368,14 @@ def latency(backbone: str, apps: dict[str, str], onnx_root: Path, n: int, thread
     raw = {}
     enc_t = rts["pytorch"]
     tok = enc_t.tokenizer
-    model = enc_t.backend.model
-    sess = {k: rts[k].backend.sessions[rts[k]._apps["tc0"].key] for k in ("onnx_fp32", "onnx_int8")}
     for name in rts:
         xs = []
+        key = rts[name]._apps["tc0"].key
         for t in texts[:n // 2]:
             enc = tok([t], return_tensors="np")
             feeds = {k: enc[k].astype(np.int64) for k in enc_t.input_names}
             t0 = time.perf_counter()
-            if name == "pytorch":
-                with torch.inference_mode():
-                    model.set_adapter(enc_t._apps["tc0"].key)
-                    model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
-            else:
-                sess[name].run(None, feeds)
+            rts[name].backend.forward(feeds, [key])  # the backend alone: no queue, tokeniser or head
             xs.append(time.perf_counter() - t0)
         raw[name] = xs
     for name in rts:
@@ -401,6 +434,68 @@ def int8_accuracy(backbone: str, onnx_root: Path, threads: int) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- 5. analyze (shared trunk)
+def analyze_texts(n: int) -> list[str]:
+    """Half CoNLL-2003 sentences, half Banking77 questions (the same texts for every app)."""
+    jobs = workload(2 * n)
+    ner = [t for _, op, t in jobs if op == "entities"]
+    tc = [t for _, op, t in jobs if op == "classify"]
+    return [x for pair in zip(ner, tc) for x in pair][:n]
+
+
+def same_outputs(a: list[dict], b: dict[str, list]) -> bool:
+    """analyze() result vs per-app results: same spans / labels, probabilities within 1e-4."""
+    for i, row in enumerate(a):
+        for app, got in row.items():
+            want = b[app][i]
+            if got["task"] == "ner":
+                if [(s["type"], s["start"], s["end"]) for s in got["entities"]] != \
+                        [(s["type"], s["start"], s["end"]) for s in want]:
+                    return False
+            elif got["label"] != want["label"] or not np.allclose(
+                    list(got["probabilities"].values()), list(want["probabilities"].values()), atol=1e-4):
+                return False
+    return True
+
+
+def analyze_bench(backbone: str, apps: dict[str, str], n: int, rounds: int, onnx_root: Path, threads: int,
+                  device: str = "cpu") -> dict:
+    from mtpf.runtime import Runtime
+
+    texts = analyze_texts(n)
+    out = {"texts": len(texts), "apps": list(apps), "rounds": rounds}
+    for name, kw in (("pytorch", dict(backend="torch")),
+                     ("onnx_int8", dict(backend="onnx", int8=True, onnx_dir=onnx_root / "int8", num_threads=threads))):
+        with Runtime(backbone, max_batch_size=64, device=device, **kw) as rt:
+            for a, d in apps.items():
+                rt.register_app(a, d)
+
+            rt.analyze(texts[:8])
+            per_app_first = None
+            t_an, t_sep, t_alone = [], [], {}
+            for _ in range(rounds):  # interleaved: load on the shared CPU drifts
+                t0 = time.perf_counter()
+                res = rt.analyze(texts, apps=list(apps))
+                t_an.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                sep = {}
+                for a in apps:
+                    t1 = time.perf_counter()
+                    sep[a] = (rt.extract_entities if a.startswith("ner") else rt.classify)(a, texts)
+                    t_alone.setdefault(a, []).append(time.perf_counter() - t1)
+                t_sep.append(time.perf_counter() - t0)
+                per_app_first = per_app_first or (res, sep)
+            an, se = statistics.median(t_an), statistics.median(t_sep)
+            out[name] = {"analyze_s": an, "separate_calls_s": se, "speedup": se / an,
+                         "analyze_ms_per_text_per_app": 1000 * an / (len(texts) * len(apps)),
+                         "alone_ms_per_text": {a: 1000 * statistics.median(v) / len(texts) for a, v in t_alone.items()},
+                         "same_outputs": same_outputs(*per_app_first),
+                         "shared_layers": {a: rt.app_info(a)["shared_layers"] for a in apps}}
+            print(f"  {name}: analyze {an:.2f} s, 8 separate calls {se:.2f} s -> {se / an:.2f}x "
+                  f"(same outputs: {out[name]['same_outputs']})", flush=True)
+    return out
+
+
 # ----------------------------------------------------------------------------- main
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -413,9 +508,14 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch / ONNX Runtime intra-op threads (1: the 2 cores here are shared with other jobs)")
     ap.add_argument("--forward-rows", type=int, default=8, help="rows per forward pass inside a micro-batch")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: memory,throughput,sweep,latency,accuracy")
+    ap.add_argument("--analyze-texts", type=int, default=200, help="texts of the analyze section")
+    ap.add_argument("--device", default="cpu", help="device of the analyze section: cpu, cuda, cuda:N, auto")
+    ap.add_argument("--skip", default="",
+                    help="comma list of sections to skip: memory,throughput,sweep,latency,accuracy,analyze")
+    ap.add_argument("--only", default="", help="comma list of the only sections to run (same names)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--memory-probe", nargs=2, metavar=("KIND", "APPS_JSON"), help=argparse.SUPPRESS)
+    ap.add_argument("--probe-onnx-dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     from mtpf.cli import quiet_libraries
@@ -426,13 +526,21 @@ def main() -> int:
     backbone = resolve_model(args.backbone)
     if args.memory_probe:
         kind, apps_json = args.memory_probe
-        print(json.dumps(memory_probe(kind, backbone, json.loads(apps_json))))
+        print(json.dumps(memory_probe(kind, backbone, json.loads(apps_json), args.probe_onnx_dir)))
         return 0
 
     import torch
 
     torch.set_num_threads(args.threads)
+    sections = {"memory", "throughput", "sweep", "latency", "accuracy", "analyze"}
     skip = set(filter(None, args.skip.split(",")))
+    only = set(filter(None, args.only.split(",")))
+    if (skip | only) - sections:
+        print(f"bench_runtime.py: unknown section(s) {sorted((skip | only) - sections)}; "
+              f"choose from {sorted(sections)}", file=sys.stderr)
+        return 2
+    if only:
+        skip = sections - only
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "torch": torch.__version__, "threads": args.threads,
                           "loadavg_start": os.getloadavg()},
@@ -445,19 +553,35 @@ def main() -> int:
         if "memory" not in skip:
             print("== memory", flush=True)
             mem = {"weights": weight_bytes(backbone, apps)}
-            for kind in ("one_model", "runtime_no_apps", "runtime", "separate_models"):
+            from mtpf.encoder import load_encoder, load_tokenizer
+            from mtpf.runtime import Runtime
+            from mtpf.runtime.onnx_export import export_encoder_dir
+
+            onnx_mem = tmp / "onnx_mem"  # exported here, so the probes only load
+            export_encoder_dir(load_encoder(backbone), load_tokenizer(backbone), onnx_mem / "one", int8=True)
+            Runtime(backbone, backend="onnx", int8=True, onnx_dir=onnx_mem / "shared", batching=False).close()
+            for kind in ("one_model", "runtime_no_apps", "runtime", "separate_models", "onnx_int8_one_model",
+                         "onnx_int8_runtime"):
                 out = subprocess.run([sys.executable, __file__, "--backbone", backbone, "--memory-probe", kind,
-                                      json.dumps(apps)], capture_output=True, text=True, check=True)
+                                      json.dumps(apps), "--probe-onnx-dir", str(onnx_mem)],
+                                     capture_output=True, text=True, check=True)
                 mem[kind] = json.loads(out.stdout.strip().splitlines()[-1])["rss_growth_mb"]
                 print(f"  {kind}: +{mem[kind]:.0f} MB RSS", flush=True)
             mem["runtime_vs_one_model_rss"] = mem["runtime"] / mem["one_model"]
             mem["separate_vs_one_model_rss"] = mem["separate_models"] / mem["one_model"]
             mem["separate_vs_runtime_rss"] = mem["separate_models"] / mem["runtime"]
+            mem["onnx_int8_runtime_vs_one_int8_model_rss"] = mem["onnx_int8_runtime"] / mem["onnx_int8_one_model"]
+            print(f"  8 apps on int8 ONNX vs one int8 model: {mem['onnx_int8_runtime_vs_one_int8_model_rss']:.2f}x",
+                  flush=True)
             report["memory"] = mem
         if "throughput" not in skip:
             print("== throughput", flush=True)
             report["throughput"] = throughput(backbone, apps, args.requests, args.clients, args.rounds,
-                                              args.forward_rows)
+                                              args.forward_rows, tmp / "onnx", args.threads)
+            tp = report["throughput"]
+            print(f"  best micro-batching vs per-request set_adapter: {tp['best_vs_switching']:.2f}x "
+                  f"(torch mixed {tp['mixed_vs_switching']:.2f}x, grouped {tp['grouped_vs_switching']:.2f}x, "
+                  f"onnx int8 {tp['onnx_int8_vs_switching']:.2f}x)", flush=True)
         if "sweep" not in skip:
             print("== load sweep", flush=True)
             report["load_sweep"] = load_sweep(backbone, apps, args.sweep_requests, args.forward_rows)
@@ -469,6 +593,11 @@ def main() -> int:
             print("== int8 accuracy (Banking77)", flush=True)
             report["int8_accuracy"] = int8_accuracy(backbone, tmp / "onnx", args.threads)
             print(json.dumps(report["int8_accuracy"], indent=1), flush=True)
+        if "analyze" not in skip:
+            print("== analyze: 8 apps (4 TC tc-shape, 4 NER --lora-layers 2), same texts", flush=True)
+            apps_l2 = make_apps(tmp / "apps_l2", backbone, ner_layers=2)
+            report["analyze"] = analyze_bench(backbone, apps_l2, args.analyze_texts, args.rounds, tmp / "onnx",
+                                              args.threads, args.device)
     report["machine"]["loadavg_end"] = os.getloadavg()
     report["seconds"] = round(time.perf_counter() - t_all, 1)
     out = Path(args.out)

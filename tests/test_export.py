@@ -73,9 +73,58 @@ def test_onnx_backend_matches_torch(demo, tmp_path):
         assert [[(s["type"], s["start"], s["end"]) for s in spans] for spans in x] == \
             [[(s["type"], s["start"], s["end"]) for s in spans] for spans in y]
         # the backbone export is reused by a second runtime (fingerprint matches), not redone
-        stamp = (tmp_path / "onnx" / "model.onnx").stat().st_mtime_ns
+        stamp = (tmp_path / "onnx" / "layered" / "layer_0.onnx").stat().st_mtime_ns
         with Runtime(backbone, backend="onnx", onnx_dir=tmp_path / "onnx"):
             pass
-        assert (tmp_path / "onnx" / "model.onnx").stat().st_mtime_ns == stamp
+        assert (tmp_path / "onnx" / "layered" / "layer_0.onnx").stat().st_mtime_ns == stamp
         rt.unregister_app("tc0")
         assert "tc0" not in rt.apps()
+
+
+def test_onnx_shared_backbone_equals_merged_graphs(tmp_path_factory, tmp_path):
+    """One copy of the backbone (per-layer graphs with LoRA inputs) answers like one merged graph per app.
+
+    Tolerance: fp32 within 1e-4 of the merged graphs (embeddings, TC probabilities) and the same NER spans;
+    int8, mean cosine >= 0.99 between the layouts (the shared one keeps the LoRA path in fp32, the merged one
+    quantises the merged weights, so they round differently).
+    """
+    from mtpf.encoder import fingerprint_model, load_encoder
+    from mtpf.runtime.testing import make_app_adapter
+    from mtpf.testing import make_tiny_encoder
+
+    root = tmp_path_factory.mktemp("shared")
+    backbone = make_tiny_encoder(root / "bb", "bert", layers=4)
+    enc = load_encoder(backbone)
+    fp = fingerprint_model(enc)
+    apps = {"tc_all": make_app_adapter(root / "tc_all", backbone, "tc", encoder=enc, fingerprint=fp, seed=1),
+            "tc_l2": make_app_adapter(root / "tc_l2", backbone, "tc", layers=2, encoder=enc, fingerprint=fp, seed=2),
+            "ner_l1": make_app_adapter(root / "ner_l1", backbone, "ner", layers=1, encoder=enc, fingerprint=fp,
+                                       seed=3),
+            "tc_head": make_app_adapter(root / "tc_head", backbone, "tc", lora=False, encoder=enc, fingerprint=fp)}
+    texts = TEXTS + ["Anna Smith flew from Paris to Berlin on Monday morning.", TEXTS[0]]
+    for int8 in (False, True):
+        with Runtime(backbone, backend="onnx", int8=int8, onnx_dir=tmp_path / f"s{int8}") as shared, \
+                Runtime(backbone, backend="onnx", int8=int8, onnx_merged=True, onnx_dir=tmp_path / f"m{int8}") as merged:
+            for rt in (shared, merged):
+                for name, d in apps.items():
+                    rt.register_app(name, d)
+            # one copy of the backbone: no per-app graph, apps are their LoRA matrices
+            assert shared.backend.sessions == {} and set(shared.backend.loras) == {
+                shared._apps[n].key for n in ("tc_all", "tc_l2", "ner_l1")}
+            assert {n: shared.app_info(n)["shared_layers"] for n in apps} == {
+                "tc_all": 0, "tc_l2": 2, "ner_l1": 3, "tc_head": 4}
+            for name in ("tc_all", "tc_l2", "tc_head"):
+                a, b = shared.embed(name, texts), merged.embed(name, texts)
+                if int8:
+                    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+                    assert cos.mean() >= 0.99, name
+                else:
+                    np.testing.assert_allclose(a, b, atol=1e-4)
+            if not int8:
+                res = shared.analyze(texts, apps=list(apps))  # trunk + fan-out on ONNX
+                want = merged.extract_entities("ner_l1", texts)
+                assert [[(s["type"], s["start"], s["end"]) for s in r["ner_l1"]["entities"]] for r in res] == \
+                    [[(s["type"], s["start"], s["end"]) for s in spans] for spans in want]
+                np.testing.assert_allclose([list(r["tc_l2"]["probabilities"].values()) for r in res],
+                                           [list(c["probabilities"].values()) for c in merged.classify("tc_l2", texts)],
+                                           atol=1e-4)

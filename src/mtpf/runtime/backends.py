@@ -8,6 +8,10 @@
 * :class:`OnnxBackend`: ONNX Runtime sessions; the shared backbone graph serves apps without LoRA, every
   LoRA app gets its own graph with the LoRA merged (ONNX Runtime cannot apply LoRA per row), rows grouped.
 
+Shared trunk: ``forward(feeds, adapters, start, stop, hidden)`` runs only layers ``[start, stop)`` of the
+encoder (``hidden``: the states entering layer ``start``; ``stop=None``: to the top). The runtime runs the
+adapter-free lower layers once per distinct text with no adapter active and the upper layers per app.
+
 Every method that touches the model takes ``self.lock``: adapters are added and removed while the batcher
 thread runs forwards.
 """
@@ -23,14 +27,57 @@ BASE = None  # adapter key of rows that use the bare backbone
 PLACEHOLDER = "__mtpf_placeholder__"
 
 
+def resolve_device(device: str | None) -> str:
+    """"auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N" -> a torch device string.
+
+    Local to the runtime on purpose (a shared helper may replace it); unknown or unavailable devices raise a
+    ``ValueError`` with one clear line.
+    """
+    import torch
+
+    device = (device or "auto").strip().lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available (use --device cpu)")
+        if ":" in device and int(device[5:]) >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return device
+    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+def _replay_module():
+    """Stands in for the skipped lower layers: returns the trunk states the runtime already computed.
+
+    transformers runs ``hidden = layer(hidden, mask, ...)`` over its layer list; putting this module first
+    (then the real upper layers) lets the encoder's own forward (masks, PEFT's per-row adapter hooks) run
+    layers ``[start, stop)`` only. transformers has no public "start at layer k" entry point, hence this.
+    """
+    import torch
+
+    class Replay(torch.nn.Module):
+        value = None
+
+        def forward(self, hidden_states, *args, **kwargs):
+            return self.value
+
+    return Replay()
+
+
 class TorchBackend:
     name = "torch"
+    supports_layer_ranges = True
 
-    def __init__(self, encoder, input_names: list[str], mode: str = "mixed", switch: str = "fast"):
+    def __init__(self, encoder, input_names: list[str], mode: str = "mixed", switch: str = "fast",
+                 device: str = "cpu"):
         import torch
         from peft import LoraConfig, get_peft_model
 
         from mtpf.lora import lora_target_modules
+        from mtpf.lora.targets import encoder_layers
 
         if mode not in ("mixed", "grouped"):
             raise ValueError(f"mode must be mixed or grouped, got {mode!r}")
@@ -40,7 +87,16 @@ class TorchBackend:
         self.switch = switch
         self.input_names = input_names
         self.lock = threading.RLock()
-        self.encoder = encoder.eval()
+        self.device = torch.device(device)
+        self.encoder = encoder.eval().to(self.device)
+        # the layer stack (e.g. ``encoder.layer``): swapped for a slice of itself to run a layer range
+        first = encoder_layers(encoder)[0]
+        self._container = encoder.get_submodule(first.rsplit(".", 2)[0])
+        self._stack_attr = first.rsplit(".", 2)[1]
+        self._stack = getattr(self._container, self._stack_attr)
+        self.num_layers = len(self._stack)
+        self._replay = _replay_module()
+        self.first_layer: dict[str, int] = {}  # adapter key -> lowest layer its LoRA touches
         # PEFT cannot delete its last adapter, so a never-used rank-1 zero LoRA on one module keeps the
         # PeftModel alive while apps come and go. Rows never select it.
         target = lora_target_modules(encoder, 1, ["query"])[:1]
@@ -82,6 +138,20 @@ class TorchBackend:
             self.model.eval()
             self.adapters.add(key)
             self._refresh_layers()
+            self.first_layer[key] = self._lowest_layer(key)
+
+    def _lowest_layer(self, key: str) -> int:
+        """The lowest transformer layer holding ``key``'s LoRA, read off the loaded model (0 when unsure)."""
+        from mtpf.lora.targets import layer_index
+
+        found = []
+        for name, module in self.model.named_modules():
+            if key in getattr(module, "lora_A", {}) or key in getattr(module, "lora_embedding_A", {}):
+                idx = layer_index(name)
+                if idx is None:  # a LoRA outside the layer stack (embeddings, ...): nothing is shareable
+                    return 0
+                found.append(idx)
+        return min(found) if found else self.num_layers
 
     def remove_lora(self, key: str) -> None:
         with self.lock:
@@ -93,21 +163,54 @@ class TorchBackend:
                         layer._active_adapter = []
                 self.model.delete_adapter(key)
                 self.adapters.discard(key)
+                self.first_layer.pop(key, None)
                 self._refresh_layers()
 
-    def forward(self, feeds: dict[str, np.ndarray], adapters: list[str | None]) -> np.ndarray:
-        torch = self._torch
-        with self.lock, torch.inference_mode():
-            inputs = {k: torch.from_numpy(v) for k, v in feeds.items()}
-            if self.mode == "mixed":
-                names = [a if a is not None else "__base__" for a in adapters]
-                if all(n == "__base__" for n in names):
-                    self._activate(None)
-                    return self.model(**inputs).last_hidden_state.numpy()
-                return self.model(**inputs, adapter_names=names).last_hidden_state.numpy()
-            return self._grouped(inputs, adapters)
+    def forward(self, feeds: dict[str, np.ndarray], adapters: list[str | None], start: int = 0,
+                stop: int | None = None, hidden: np.ndarray | None = None) -> np.ndarray:
+        """Last hidden state (or the states after layer ``stop``) of a padded batch, ``adapters[i]`` on row i.
 
-    def _grouped(self, inputs, adapters):
+        ``start > 0``: ``hidden`` [batch, seq, H] holds the states entering layer ``start`` (padding rows may
+        hold anything: padded keys are masked out).
+        """
+        torch = self._torch
+        stop = self.num_layers if stop is None else stop
+        with self.lock, torch.inference_mode(), self._autocast():
+            inputs = {k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()}
+            h0 = torch.from_numpy(hidden).to(self.device) if start > 0 else None
+            if start == 0 and stop == self.num_layers:
+                return self._forward(inputs, adapters, h0)
+            layers = list(self._stack)[start:stop]
+            if start > 0:
+                layers = [self._replay] + layers
+            self._container._modules[self._stack_attr] = torch.nn.ModuleList(layers)
+            try:
+                return self._forward(inputs, adapters, h0)
+            finally:
+                self._container._modules[self._stack_attr] = self._stack
+                self._replay.value = None
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return self._torch.autocast("cuda", dtype=self._torch.bfloat16)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def _forward(self, inputs, adapters, h0):
+        one = len(set(adapters)) == 1  # one adapter in the whole forward: no per-row adapter bookkeeping
+        if self.mode == "mixed" or one:
+            self._replay.value = h0
+            if one:
+                self._activate(adapters[0])
+                out = self.model(**inputs).last_hidden_state
+            else:
+                names = [a if a is not None else "__base__" for a in adapters]
+                out = self.model(**inputs, adapter_names=names).last_hidden_state
+            return out.float().cpu().numpy()
+        return self._grouped(inputs, adapters, h0)
+
+    def _grouped(self, inputs, adapters, h0):
         torch = self._torch
         b, s = inputs["input_ids"].shape
         out = None
@@ -116,47 +219,102 @@ class TorchBackend:
             sub_mask = inputs["attention_mask"][idx]
             length = int(sub_mask.sum(1).max())
             sub = {k: v[idx, :length] for k, v in inputs.items()}
+            self._replay.value = h0[idx, :length] if h0 is not None else None
             self._activate(key)
-            h = self.model(**sub).last_hidden_state
+            h = self.model(**sub).last_hidden_state.float()
             if out is None:
-                out = torch.zeros((b, s, h.shape[-1]), dtype=h.dtype)
+                out = torch.zeros((b, s, h.shape[-1]), dtype=h.dtype, device=h.device)
             out[idx, :length] = h
-        return out.numpy()
+        return out.cpu().numpy()
 
     def close(self) -> None:
         pass
 
 
 class OnnxBackend:
+    """ONNX Runtime sessions over ONE copy of the backbone (``merged=False``, the default): an embeddings graph
+    and one graph per layer, each taking LoRA slot inputs, so an app is just its LoRA matrices fed per run and
+    the runtime can run any layer range (shared trunk). Apps whose adapter the slots cannot express (DoRA,
+    bias, modules_to_save, ...) get a merged full graph. ``merged=True`` is the former layout (a full graph per
+    LoRA app, the backbone graph for the rest), kept for comparison in bench/bench_runtime.py.
+    """
     name = "onnx"
 
     def __init__(self, encoder, tokenizer, input_names: list[str], backbone_fingerprint: str, *, int8: bool = False,
-                 onnx_dir: str | Path | None = None, num_threads: int | None = None):
-        from mtpf.runtime.onnx_export import export_encoder_dir, make_session, read_export
+                 onnx_dir: str | Path | None = None, num_threads: int | None = None, device: str = "cpu",
+                 merged: bool = False, backbone_path: str | None = None):
+        from mtpf.runtime.onnx_export import (
+            LayeredSessions,
+            export_encoder_dir,
+            export_layered_dir,
+            make_session,
+            read_export,
+            read_layered,
+        )
 
         self.lock = threading.RLock()
-        self.encoder = encoder.eval()  # kept on CPU to merge app LoRAs before their export
+        self.device = device
+        self.num_layers = int(encoder.config.num_hidden_layers)
+        self.first_layer: dict[str, int] = {}
+        self.encoder = encoder.eval()  # kept on CPU to read/merge app LoRAs
         self.tokenizer = tokenizer
         self.input_names = input_names
         self.fingerprint = backbone_fingerprint
         self.int8 = int8
         self.num_threads = num_threads
+        self.merged = merged
+        self.backbone_path = backbone_path
+        self.supports_layer_ranges = not merged
+        self.loras: dict[str, list] = {}
         self._tmp = None
         if onnx_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="mtpf-onnx-")
             onnx_dir = self._tmp.name
         self.onnx_dir = Path(onnx_dir)
-        meta = read_export(self.onnx_dir)
         want = "int8" if int8 else "fp32"
+        self.sessions = {}
+        self.chain = None
+        if not merged:
+            layered = self.onnx_dir / "layered"
+            meta = read_layered(layered)
+            if not (meta and meta.get("backbone_fingerprint") == backbone_fingerprint and want in meta["files"]):
+                meta = export_layered_dir(self.encoder, tokenizer, layered, int8=int8,
+                                          backbone_fingerprint=backbone_fingerprint)
+            if list(meta["inputs"]) != list(input_names):
+                raise ValueError(f"{layered}: graph inputs {meta['inputs']} differ from {input_names}")
+            from mtpf.lora.targets import encoder_layers
+            from mtpf.runtime.onnx_export import zero_lora
+
+            self.slots = meta["slots"]
+            self.chain = LayeredSessions(layered, meta["files"][want], input_names, self.slots, num_threads, device)
+            self._layer_names = encoder_layers(self.encoder)
+            self._zeros = zero_lora(self.encoder, self.slots)
+            self._config = self.encoder.config
+            self.encoder = None  # one copy of the weights: ONNX Runtime's (reloaded only to merge an odd adapter)
+            return
+        meta = read_export(self.onnx_dir)
         if not (meta and meta.get("backbone_fingerprint") == backbone_fingerprint and meta.get("kind") == "backbone"
                 and want in meta.get("files", {})):
             meta = export_encoder_dir(self.encoder, tokenizer, self.onnx_dir, int8=int8, kind="backbone",
                                       backbone_fingerprint=backbone_fingerprint)
         if list(meta["inputs"]) != list(input_names):
             raise ValueError(f"{self.onnx_dir}: graph inputs {meta['inputs']} differ from {input_names}")
-        self.sessions = {BASE: make_session(self.onnx_dir / meta["files"][want], num_threads)}
+        self.sessions = {BASE: make_session(self.onnx_dir / meta["files"][want], num_threads, device)}
 
     def add_lora(self, key: str, adapter_dir: str | Path) -> None:
+        if not self.merged:
+            from mtpf.runtime.onnx_export import app_lora_feeds
+
+            got = app_lora_feeds(adapter_dir, self._layer_names, self.slots, self._zeros)
+            if got is not None:
+                if self.int8:  # next to an int8 backbone, fp16 LoRA storage costs nothing measurable; halves it
+                    got = ([{k: v.astype(np.float16) for k, v in d.items()} if d else d for d in got[0]], got[1])
+                with self.lock:
+                    self.loras[key], self.first_layer[key] = got
+                return
+        self._add_merged(key, adapter_dir)
+
+    def _add_merged(self, key: str, adapter_dir: str | Path) -> None:
         """Use APP/onnx (from ``mtpf export APP --onnx``) when it matches; else merge and export now."""
         from mtpf.runtime.onnx_export import (
             adapter_fingerprint,
@@ -173,28 +331,46 @@ class OnnxBackend:
         if not (meta and meta.get("backbone_fingerprint") == self.fingerprint and meta.get("adapter_fingerprint") == afp
                 and want in meta.get("files", {})):
             app_onnx = self.onnx_dir / "apps" / key.replace("/", "_").replace("#", "_")
-            merged = merged_app_encoder(self.encoder, adapter_dir)
+            encoder = self.encoder
+            if encoder is None:  # the shared layout dropped the torch weights; reload them for this merge
+                from mtpf.encoder import load_encoder
+
+                encoder = load_encoder(self.backbone_path).eval()
+            merged = merged_app_encoder(encoder, adapter_dir)
             meta = export_encoder_dir(merged, self.tokenizer, app_onnx, int8=self.int8, kind="app",
                                       backbone_fingerprint=self.fingerprint, adapter_fingerprint=afp,
                                       source=str(adapter_dir))
-        session = make_session(app_onnx / meta["files"][want], self.num_threads)
+        session = make_session(app_onnx / meta["files"][want], self.num_threads, self.device)
         with self.lock:
             self.sessions[key] = session
+            self.first_layer[key] = 0
 
     def remove_lora(self, key: str) -> None:
         with self.lock:
             self.sessions.pop(key, None)
+            self.loras.pop(key, None)
+            self.first_layer.pop(key, None)
 
-    def forward(self, feeds: dict[str, np.ndarray], adapters: list[str | None]) -> np.ndarray:
+    def forward(self, feeds: dict[str, np.ndarray], adapters: list[str | None], start: int = 0,
+                stop: int | None = None, hidden: np.ndarray | None = None) -> np.ndarray:
+        """Rows grouped per adapter (ONNX Runtime takes one set of LoRA inputs per run)."""
+        stop = self.num_layers if stop is None else stop
         b, s = feeds["input_ids"].shape
         out = None
         for key in dict.fromkeys(adapters):
             with self.lock:
-                session = self.sessions[key]
+                session = self.sessions.get(key)
+                lora = self.loras.get(key)
             idx = [i for i, a in enumerate(adapters) if a == key]
             length = int(feeds["attention_mask"][idx].sum(1).max())
             sub = {k: np.ascontiguousarray(v[idx, :length]) for k, v in feeds.items()}
-            h = session.run(["last_hidden_state"], sub)[0]
+            if session is not None:  # a merged full graph (or the merged layout's backbone graph)
+                if start != 0 or stop != self.num_layers:
+                    raise ValueError(f"adapter {key!r} has a merged graph: it only runs all layers")
+                h = session.run(["last_hidden_state"], sub)[0]
+            else:
+                h_in = np.ascontiguousarray(hidden[idx, :length], dtype=np.float32) if start > 0 else None
+                h = self.chain.run_range(sub, start, stop, h_in, lora)
             if out is None:
                 out = np.zeros((b, s, h.shape[-1]), dtype=np.float32)
             out[idx, :length] = h
@@ -202,6 +378,8 @@ class OnnxBackend:
 
     def close(self) -> None:
         self.sessions.clear()
+        self.loras.clear()
+        self.chain = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -25,15 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mtpf.runtime.app import (
-    AppError,
-    AppSpec,
-    FingerprintMismatchError,
-    decode_bio,
-    read_app,
-    softmax,
-    split_words,
-)
+from mtpf.runtime.app import AppError, AppSpec, FingerprintMismatchError, read_app
+from mtpf.runtime.batch import BatchRunner, Part, TrunkCache, post_process, tokenize_parts
 
 OPS = {"entities": "ner", "tags": "ner", "classify": "tc", "embed": "tc"}
 
@@ -66,11 +59,19 @@ class _App:
 
 @dataclass
 class _Request:
-    app: _App
-    op: str
-    texts: list[str]
+    apps: list[_App]  # one app; several for "analyze"
+    op: str  # entities | tags | classify | embed | analyze
+    texts: list
     future: Future
     t_enqueue: float = field(default_factory=time.perf_counter)
+    released: set = field(default_factory=set)  # names of apps whose in-flight count was given back
+
+    @property
+    def rows(self) -> int:
+        return len(self.texts) * len(self.apps)
+
+
+ANALYZE_OP = {"ner": "entities", "tc": "classify"}
 
 
 class Runtime:
@@ -87,19 +88,27 @@ class Runtime:
     batches, see docs/benchmarks.md). ``batching=False`` serves every call synchronously in the
     caller's thread (still thread-safe), which is what the per-request baselines of the benchmark use.
     ``adaptive_wait=False`` always waits ``max_wait_ms`` for company, even when idle.
+    ``device``: "cpu" (default), "auto" (CUDA when present), "cuda" or "cuda:N"; PyTorch runs there (bf16 autocast on
+    CUDA), ONNX Runtime uses its CUDAExecutionProvider when installed, else the CPU.
+    ``shared_trunk=False`` runs every LoRA app's rows through all layers (the benchmark's naive baselines).
+    ``trunk_cache_mb`` > 0 keeps that many MB of trunk states keyed by text, so apps asking about the same
+    text in separate calls share the lower layers too (``trunk_cache_hits`` / ``trunk_cache_misses``).
     """
 
     def __init__(self, backbone: str | Path | None = "packaged", *, backend: str = "torch", mode: str = "mixed",
                  int8: bool = False, max_batch_size: int = 32, max_wait_ms: float = 2.0, batching: bool = True,
                  onnx_dir: str | Path | None = None, num_threads: int | None = None, max_queue: int = 10000,
-                 adaptive_wait: bool = True, switch: str = "fast", forward_rows: int = 8):
+                 adaptive_wait: bool = True, switch: str = "fast", forward_rows: int = 8, device: str = "cpu",
+                 trunk_cache_mb: float = 0.0, onnx_merged: bool = False, shared_trunk: bool = True):
         import torch
 
         from mtpf.encoder import fingerprint_model, load_encoder, load_tokenizer, resolve_model
+        from mtpf.runtime.backends import resolve_device
         from mtpf.runtime.onnx_export import encoder_input_names
 
         if num_threads:
             torch.set_num_threads(int(num_threads))
+        self.device = resolve_device(device)
         self.backbone_path = resolve_model(backbone)
         self.tokenizer = load_tokenizer(self.backbone_path)
         encoder = load_encoder(self.backbone_path).eval()
@@ -110,14 +119,16 @@ class Runtime:
         if backend == "torch":
             from mtpf.runtime.backends import TorchBackend
 
-            self.backend = TorchBackend(encoder, self.input_names, mode=mode, switch=switch)
+            self.backend = TorchBackend(encoder, self.input_names, mode=mode, switch=switch, device=self.device)
         elif backend == "onnx":
             from mtpf.runtime.backends import OnnxBackend
 
             self.backend = OnnxBackend(encoder, self.tokenizer, self.input_names, self.fingerprint, int8=int8,
-                                       onnx_dir=onnx_dir, num_threads=num_threads)
+                                       onnx_dir=onnx_dir, num_threads=num_threads, device=self.device,
+                                       merged=onnx_merged, backbone_path=self.backbone_path)
         else:
             raise ValueError(f"backend must be torch or onnx, got {backend!r}")
+        del encoder  # the backends keep what they need (the ONNX shared layout: nothing of the torch weights)
         self.max_batch_size = int(max_batch_size)
         self.forward_rows = max(1, int(forward_rows))
         self.max_wait = float(max_wait_ms) / 1000.0
@@ -132,6 +143,9 @@ class Runtime:
         self.batch_log: deque[tuple[int, int, int]] = deque(maxlen=10000)  # (requests, rows, apps) per batch
         self.batches = 0
         self._last_batch_requests = 0
+        self.trunk_cache = TrunkCache(int(trunk_cache_mb * 2**20)) if trunk_cache_mb and trunk_cache_mb > 0 else None
+        self._runner = BatchRunner(self.backend, self.input_names, self.tokenizer.pad_token_id or 0,
+                                   self.forward_rows, self.trunk_cache, shared_trunk)
         self._worker = None
         if batching:
             self._worker = threading.Thread(target=self._loop, name="mtpf-runtime-batcher", daemon=True)
@@ -198,7 +212,8 @@ class Runtime:
         app = self._get(name)
         s = app.spec
         info = {"name": name, "task": s.task, "labels": s.labels, "has_lora": s.has_lora, "adapter_dir": str(s.path),
-                "max_length": s.max_length, "backbone_fingerprint": s.backbone_fingerprint, "served": app.served}
+                "max_length": s.max_length, "backbone_fingerprint": s.backbone_fingerprint, "served": app.served,
+                "shared_layers": self._runner.level(app)}
         if s.task == "tc":
             info.update({"pooling": s.pooling, "normalize": s.normalize, "embedding_dim": self.hidden_size})
         return info
@@ -228,10 +243,30 @@ class Runtime:
         """The app's TC embedding (its LoRA active, pooled, normalised if the app says so): [n, hidden]."""
         return self.submit(app, "embed", texts).result()
 
+    def analyze(self, texts: list[str] | str, apps: list[str] | None = None) -> list[dict]:
+        """Every app's result for every text from one call (docs/runtime.md "Many apps, one text").
+
+        One dict per text, ``{app: result}``; NER results ``{"task": "ner", "entities", "truncated",
+        "windowed"}``, TC results ``{"task": "tc", "label", "score", "probabilities", "truncated"}``; an app
+        unregistered while the call was queued gets ``{"error", "error_type"}`` instead.
+        """
+        return self.submit_analyze(texts, apps).result()
+
+    def submit_analyze(self, texts: list[str] | str, apps: list[str] | None = None) -> Future:
+        """:meth:`analyze` as a ``concurrent.futures.Future``; unknown app names raise at once."""
+        texts = self._check_texts(texts)
+        with self._apps_lock:
+            names = list(self._apps) if apps is None else list(dict.fromkeys(apps))
+            missing = [n for n in names if n not in self._apps]
+            if missing:
+                raise UnknownAppError(f"no app named {missing[0]!r}")
+            chosen = [self._apps[n] for n in names]
+            for a in chosen:
+                a.inflight += 1
+        return self._enqueue(_Request(chosen, "analyze", texts, Future()))
+
     def submit(self, app: str, op: str, texts: list[str] | str) -> Future:
         """Queue a call and return a ``concurrent.futures.Future`` (wrap with ``asyncio.wrap_future``)."""
-        if self._closed:
-            raise RuntimeClosedError("runtime is closed")
         if op not in OPS:
             raise ValueError(f"unknown operation {op!r}; one of {sorted(OPS)}")
         if op == "tags":
@@ -239,11 +274,7 @@ class Runtime:
             if not all(isinstance(w, str) for words in texts for w in words):
                 raise TypeError("sentences must be lists of word strings")
         else:
-            if isinstance(texts, str):
-                texts = [texts]
-            texts = list(texts)
-            if not all(isinstance(t, str) for t in texts):
-                raise TypeError("texts must be strings")
+            texts = self._check_texts(texts)
         with self._apps_lock:
             a = self._apps.get(app)
             if a is None:
@@ -252,10 +283,29 @@ class Runtime:
                 raise TaskMismatchError(f"app {app!r} is a {a.spec.task.upper()} app; "
                                         f"{op!r} needs a {OPS[op].upper()} app")
             a.inflight += 1
-        req = _Request(a, op, texts, Future())
-        req.future.add_done_callback(lambda _f, a=a: self._done(a))
+        req = _Request([a], op, texts, Future())
         if not texts:
-            req.future.set_result(np.zeros((0, self.hidden_size), np.float32) if op == "embed" else [])
+            self._enqueue(req, empty=np.zeros((0, self.hidden_size), np.float32) if op == "embed" else [])
+            return req.future
+        return self._enqueue(req)
+
+    def _check_texts(self, texts) -> list[str]:
+        if self._closed:
+            raise RuntimeClosedError("runtime is closed")
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be strings")
+        return texts
+
+    def _enqueue(self, req: _Request, empty=None) -> Future:
+        req.future.add_done_callback(lambda _f, r=req: self._release(r, [a.spec.name for a in r.apps]))
+        if self._closed:
+            req.future.set_exception(RuntimeClosedError("runtime is closed"))
+            raise RuntimeClosedError("runtime is closed")
+        if not req.texts:
+            req.future.set_result(empty if empty is not None else [])
             return req.future
         if self.batching:
             try:
@@ -269,10 +319,14 @@ class Runtime:
                 self._serve([req])
         return req.future
 
-    def _done(self, app: _App) -> None:
+    def _release(self, req: _Request, names: list[str]) -> None:
+        """Give back the in-flight count of ``req``'s apps ``names`` (once each)."""
         with self._apps_lock:
-            app.inflight -= 1
-            app.served += 1
+            for a in req.apps:
+                if a.spec.name in names and a.spec.name not in req.released:
+                    req.released.add(a.spec.name)
+                    a.inflight -= 1
+                    a.served += 1
             self._apps_lock.notify_all()
 
     # ---------------------------------------------------------------- batcher
@@ -281,7 +335,7 @@ class Runtime:
             first = self._queue.get()
             if first is None:
                 return
-            batch, rows = [first], len(first.texts)
+            batch, rows = [first], first.rows
             # Idle system (last batch was a lone request and nothing else is waiting): serve at once rather
             # than wait for company that is not coming. Under load batches hold several requests, so the wait
             # is on again.
@@ -298,7 +352,7 @@ class Runtime:
                     stop = True
                     break
                 batch.append(item)
-                rows += len(item.texts)
+                rows += item.rows
             self._last_batch_requests = len(batch)
             self._serve(batch)
             if stop:
@@ -315,103 +369,66 @@ class Runtime:
         for req, res in zip(batch, results):
             req.future.set_result(res)
 
-    def _tokenize(self, req: _Request):
-        """Per text: (ids dict of lists, word list or None, first-sub-token position per word or None)."""
-        spec = req.app.spec
-        max_len = min(spec.max_length, self.model_max_length)
-        out = []
-        if spec.task == "ner":
-            if req.op == "tags":  # pre-split words: no character offsets
-                words = [[(w, -1, -1) for w in t] for t in req.texts]
-            else:
-                words = [split_words(t) for t in req.texts]
-            nonempty = [w if w else [("", 0, 0)] for w in words]
-            enc = self.tokenizer([[w for w, _, _ in ws] for ws in nonempty], is_split_into_words=True,
-                                 truncation=True, max_length=max_len)
-            for i, ws in enumerate(words):
-                first = {}
-                for pos, wid in enumerate(enc.word_ids(i)):
-                    if wid is not None and wid not in first:
-                        first[wid] = pos
-                ids = {k: enc[k][i] for k in self.input_names}
-                out.append((ids, ws, [first.get(j) for j in range(len(ws))]))
-        else:
-            enc = self.tokenizer(req.texts, truncation=True, max_length=max_len)
-            for i in range(len(req.texts)):
-                out.append(({k: enc[k][i] for k in self.input_names}, None, None))
-        return out
-
     def _run_batch(self, batch: list[_Request]) -> list:
-        rows = []  # (request index, text index, ids, words, first positions, adapter key)
-        for r_i, req in enumerate(batch):
-            for t_i, (ids, words, first) in enumerate(self._tokenize(req)):
-                rows.append((r_i, t_i, ids, words, first, req.app.key))
+        parts: list[list[Part | dict]] = []  # per request: its parts (analyze: text-major, app-minor)
+        for req in batch:
+            if req.op != "analyze":
+                parts.append([Part(req.apps[0], req.op, t) for t in req.texts])
+                continue
+            gone = [a for a in req.apps if a.closing]  # unregistered while queued: that app's part fails
+            if gone:
+                self._release(req, [a.spec.name for a in gone])
+            errors = {a.spec.name: {"error": f"app {a.spec.name!r} was unregistered before this request was "
+                                             "served", "error_type": "UnknownAppError"} for a in gone}
+            parts.append([errors[a.spec.name] if a.spec.name in errors else
+                          Part(a, ANALYZE_OP[a.spec.task], t) for t in req.texts for a in req.apps])
+        todo = [p for ps in parts for p in ps if isinstance(p, Part)]
+        tokenize_parts(todo, self.tokenizer, self.input_names, self.model_max_length)
         self.batches += 1
-        self.batch_log.append((len(batch), len(rows), len({req.app.spec.name for req in batch})))
-        grouped = getattr(self.backend, "mode", "grouped") == "grouped"
-        # grouped backends: rows of one adapter together, by length inside; mixed: by length only
-        order = sorted(range(len(rows)), key=lambda i: ((str(rows[i][5]),) if grouped else ()) +
-                       (len(rows[i][2]["input_ids"]),))
-        chunks, cur = [], []
-        for i in order:
-            if cur and (len(cur) >= self.forward_rows or (grouped and rows[cur[-1]][5] != rows[i][5]
-                                                          and len(cur) >= self.forward_rows // 2)):
-                chunks.append(cur)
-                cur = []
-            cur.append(i)
-        if cur:
-            chunks.append(cur)
-        hidden: dict[int, np.ndarray] = {}
-        pad_id = self.tokenizer.pad_token_id or 0
-        for chunk in chunks:
-            length = max(len(rows[i][2]["input_ids"]) for i in chunk)
-            feeds = {}
-            for name in self.input_names:
-                fill = pad_id if name == "input_ids" else 0
-                arr = np.full((len(chunk), length), fill, dtype=np.int64)
-                for j, i in enumerate(chunk):
-                    seq = rows[i][2][name]
-                    arr[j, :len(seq)] = seq
-                feeds[name] = arr
-            out = self.backend.forward(feeds, [rows[i][5] for i in chunk])
-            for j, i in enumerate(chunk):
-                hidden[i] = out[j, :len(rows[i][2]["input_ids"])]
-        per_req: list[list] = [[None] * len(req.texts) for req in batch]
-        for i, (r_i, t_i, ids, words, first, _key) in enumerate(rows):
-            per_req[r_i][t_i] = self._post(batch[r_i], t_i, hidden[i], words, first)
+        self.batch_log.append((len(batch), sum(len(p.tok.pieces) for p in todo),
+                               len({p.app.spec.name for p in todo})))
+        self._runner.run(todo)
         results = []
-        for req, res in zip(batch, per_req):
+        for req, ps in zip(batch, parts):
+            if req.op == "analyze":
+                results.append(self._analyze_result(req, ps))
+                continue
+            res = [post_process(p) for p in ps]
             results.append(np.stack(res).astype(np.float32) if req.op == "embed" else res)
         return results
 
-    def _post(self, req: _Request, t_i: int, h: np.ndarray, words, first):
-        spec = req.app.spec
-        if spec.task == "ner":
-            if not words:
-                return []
-            logits = h @ spec.head_weight.T + spec.head_bias
-            probs = softmax(logits)
-            tags, scores = [], []
-            for pos in first:
-                if pos is None:  # word beyond the truncation limit: not tagged
-                    tags.append("O")
-                    scores.append(1.0)
+    @staticmethod
+    def _analyze_result(req: _Request, ps: list) -> list[dict]:
+        out = []
+        n = len(req.apps)
+        for t_i in range(len(req.texts)):
+            row = {}
+            for a, p in zip(req.apps, ps[t_i * n:(t_i + 1) * n]):
+                if isinstance(p, dict):
+                    row[a.spec.name] = p
+                elif a.spec.task == "ner":
+                    row[a.spec.name] = {"task": "ner", "entities": post_process(p), "truncated": False,
+                                        "windowed": p.tok.windowed}
                 else:
-                    c = int(probs[pos].argmax())
-                    tags.append(spec.labels[c])
-                    scores.append(float(probs[pos, c]))
-            if req.op == "tags":
-                return tags
-            return decode_bio(req.texts[t_i], words, tags, scores)
-        emb = h[0] if spec.pooling == "cls" else h.mean(0)  # h holds only this row's real tokens
-        if spec.normalize:
-            emb = emb / max(float(np.linalg.norm(emb)), 1e-12)
-        if req.op == "embed":
-            return emb
-        probs = softmax(emb @ spec.head_weight.T + spec.head_bias)
-        c = int(probs.argmax())
-        return {"label": spec.labels[c], "score": float(probs[c]),
-                "probabilities": {lab: float(p) for lab, p in zip(spec.labels, probs)}}
+                    row[a.spec.name] = {"task": "tc", **post_process(p)}
+            out.append(row)
+        return out
+
+    @property
+    def trunk_cache_hits(self) -> int:
+        return self.trunk_cache.hits if self.trunk_cache is not None else 0
+
+    @property
+    def trunk_cache_misses(self) -> int:
+        return self.trunk_cache.misses if self.trunk_cache is not None else 0
+
+    @property
+    def trunk_cache_bytes(self) -> int:
+        return self.trunk_cache.bytes if self.trunk_cache is not None else 0
+
+    @property
+    def trunk_cache_max_bytes(self) -> int:
+        return self.trunk_cache.max_bytes if self.trunk_cache is not None else 0
 
     # ---------------------------------------------------------------- lifecycle
     def stats(self) -> dict:
@@ -424,6 +441,8 @@ class Runtime:
             "batch_rows_max": int(max(rows)) if rows else 0,
             "batch_requests_mean": float(np.mean([q for q, _, _ in log])) if log else 0.0,
             "batch_apps_mean": float(np.mean([a for _, _, a in log])) if log else 0.0,
+            "trunk_cache_hits": self.trunk_cache_hits, "trunk_cache_misses": self.trunk_cache_misses,
+            "trunk_cache_bytes": self.trunk_cache_bytes, "trunk_cache_max_bytes": self.trunk_cache_max_bytes,
         }
 
     def close(self) -> None:

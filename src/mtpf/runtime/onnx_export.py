@@ -102,12 +102,30 @@ def export_encoder(model, tokenizer, out_path: str | Path) -> list[str]:
 
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path) -> None:
     """Dynamic int8 quantisation with per-channel weight scales (per-tensor loses ~5 points of cosine)."""
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint on the root logger for every graph
+    try:
+        quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
 
 
-def make_session(path: str | Path, num_threads: int | None = None):
+def session_providers(device: str = "cpu") -> list:
+    """ONNX Runtime providers for a torch-style device: CUDA (with its device id) when asked for and installed."""
+    import onnxruntime as ort
+
+    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        dev_id = int(device.split(":")[1]) if ":" in device else 0
+        return [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def make_session(path: str | Path, num_threads: int | None = None, device: str = "cpu"):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -118,7 +136,7 @@ def make_session(path: str | Path, num_threads: int | None = None):
     # no busy-waiting between runs: on a phone-sized (or shared) CPU a spinning pool steals the cores that the
     # batcher, the tokenizer and other sessions need
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), sess_options=opts, providers=session_providers(device))
 
 
 def _mean_pool_np(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -218,3 +236,265 @@ def merged_app_encoder(backbone_encoder, adapter_dir: str | Path):
 def adapter_fingerprint(adapter_dir: str | Path) -> str | None:
     f = Path(adapter_dir) / "adapter_model.safetensors"
     return file_hash(f) if f.is_file() else None
+
+
+# ----------------------------------------------------------------------------- layered (shared) export
+# One copy of the backbone for every app: an embeddings graph plus one graph per transformer layer. Each layer
+# graph takes, next to ``hidden`` and ``attention_mask``, a LoRA slot (``<module>.lora_A`` [r, in] and
+# ``<module>.lora_B`` [out, r], scale folded into B, rank dynamic) for each of its linear modules, so any app's
+# LoRA (or none: rank-1 zeros) is applied per run. This is ONNX Runtime's LoRA-adapter mechanism (LoRA weights
+# as inputs overriding nothing in the graph) without the adapter file format: the runtime already holds each
+# app's LoRA in memory from its PEFT folder. Quantised graphs keep the LoRA path in fp32 (dynamic quantisation
+# only touches MatMuls with a constant weight).
+LAYERED_FORMAT = "mtpf-onnx-layered/1"
+
+
+def layer_slots(model) -> list[str]:
+    """Module suffixes (inside one transformer layer) of every linear that can carry a LoRA slot."""
+    from mtpf.lora.targets import _family
+
+    fam = _family(model)
+    return [s for part in ("query", "key", "value", "attn_out", "mlp") for s in fam[part]]
+
+
+def _lora_slot(base):
+    import torch
+
+    class LoraSlot(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.base = base
+            self.a = self.b = None
+
+        def forward(self, x):
+            return self.base(x) + torch.matmul(torch.matmul(x, self.a.t()), self.b.t())
+
+    return LoraSlot()
+
+
+def _layer_wrapper(model, index: int, slots: list[str]):
+    import torch
+    from transformers.masking_utils import create_bidirectional_mask
+
+    from mtpf.lora.targets import encoder_layers
+
+    layer = copy.deepcopy(model.get_submodule(encoder_layers(model)[index]))
+    for s in slots:
+        parent, _, leaf = s.rpartition(".")
+        holder = layer.get_submodule(parent) if parent else layer
+        setattr(holder, leaf, _lora_slot(getattr(holder, leaf)))
+    config = model.config
+
+    class LayerWithLora(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, hidden, attention_mask, *lora):
+            for k, s in enumerate(slots):
+                slot = self.layer.get_submodule(s)
+                slot.a, slot.b = lora[2 * k], lora[2 * k + 1]
+            mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask)
+            out = self.layer(hidden, mask)
+            return out[0] if isinstance(out, tuple) else out
+
+    return LayerWithLora().eval()
+
+
+def _embeddings_wrapper(model, names: list[str]):
+    import torch
+
+    class Embeddings(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = model.embeddings
+
+        def forward(self, input_ids, *rest):
+            kw = {"token_type_ids": rest[0]} if rest else {}
+            return self.emb(input_ids=input_ids, **kw)
+
+    return Embeddings().eval()
+
+
+def zero_lora(model, slots: list[str]) -> dict[str, np.ndarray]:
+    """Rank-1 zero LoRA feeds of one layer (rows with no adapter there)."""
+    from mtpf.lora.targets import encoder_layers
+
+    layer = model.get_submodule(encoder_layers(model)[0])
+    feeds = {}
+    for s in slots:
+        lin = layer.get_submodule(s)
+        lin = getattr(lin, "base_layer", lin)
+        feeds[f"{s}.lora_A"] = np.zeros((1, lin.in_features), np.float32)
+        feeds[f"{s}.lora_B"] = np.zeros((lin.out_features, 1), np.float32)
+    return feeds
+
+
+def _torch_export(wrapper, args, path: Path, input_names: list[str], dynamic_axes: dict) -> None:
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, args, str(path), input_names=input_names, output_names=["hidden"],
+                          dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
+
+
+def export_layered_dir(model, tokenizer, out_dir: str | Path, *, int8: bool = False,
+                       backbone_fingerprint: str | None = None, strict: bool = True) -> dict:
+    """Write ``embeddings.onnx`` + ``layer_<i>.onnx`` (+ ``.int8.onnx``) and export.json; verify the chain."""
+    import torch
+
+    from mtpf.lora.targets import encoder_layers
+
+    model = model.eval()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    names = encoder_input_names(model, tokenizer)
+    slots = layer_slots(model)
+    n_layers = len(encoder_layers(model))
+    enc = tokenizer(VERIFY_TEXTS[:2], padding=True, return_tensors="pt")  # padded: the mask path is traced
+    ids_names = [n for n in names if n != "attention_mask"]
+    files: dict[str, list[str]] = {"fp32": [], "int8": []}
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        tmp = Path(tmp)
+        _torch_export(_embeddings_wrapper(model, names), tuple(enc[n] for n in ids_names), tmp / "embeddings.onnx",
+                      ids_names, {n: {0: "batch", 1: "seq"} for n in ids_names + ["hidden"]})
+        with torch.no_grad():
+            hidden = model.embeddings(**{n: enc[n] for n in ids_names})
+        zeros = {k: torch.from_numpy(v) for k, v in zero_lora(model, slots).items()}
+        lora_names = [f"{s}.lora_{x}" for s in slots for x in ("A", "B")]
+        axes = {"hidden_in": {0: "batch", 1: "seq"}, "hidden": {0: "batch", 1: "seq"},
+                "attention_mask": {0: "batch", 1: "seq"}}
+        # one rank name per slot: a zero (rank-1) slot and an app's rank-r slot meet in the same run
+        axes.update({n: {0: f"rank_{n[:-7]}"} if n.endswith("A") else {1: f"rank_{n[:-7]}"} for n in lora_names})
+        for i in range(n_layers):
+            _torch_export(_layer_wrapper(model, i, slots), (hidden, enc["attention_mask"], *[zeros[n] for n in lora_names]),
+                          tmp / f"layer_{i}.onnx", ["hidden_in", "attention_mask", *lora_names], axes)
+        graphs = ["embeddings.onnx"] + [f"layer_{i}.onnx" for i in range(n_layers)]
+        for g in graphs:
+            files["fp32"].append(g)
+            if int8:
+                q = g.replace(".onnx", ".int8.onnx")
+                quantize_int8(tmp / g, tmp / q)
+                files["int8"].append(q)
+            for f in [g] + ([q] if int8 else []):
+                os.replace(tmp / f, out / f)
+    if not int8:
+        files.pop("int8")
+    report = {}
+    for kind, fs in files.items():
+        chain = LayeredSessions(out, fs, names, slots)
+        report[kind] = verify(model, tokenizer, chain, names)
+    report["fp32"].update({"tolerance": {"max_abs_diff": FP32_ATOL}})
+    report["fp32"]["passed"] = report["fp32"]["max_abs_diff"] <= FP32_ATOL
+    if int8:
+        report["int8"].update({"tolerance": {"mean_cosine": INT8_MIN_MEAN_COSINE}})
+        report["int8"]["passed"] = report["int8"]["mean_cosine"] >= INT8_MIN_MEAN_COSINE
+    meta = {"format": LAYERED_FORMAT, "kind": "layered", "backbone_fingerprint": backbone_fingerprint,
+            "inputs": names, "slots": slots, "num_layers": n_layers, "opset": OPSET, "files": files,
+            "verification": report, "seconds": round(time.time() - t0, 2)}
+    (out / "export.json").write_text(json.dumps(meta, indent=2))
+    failed = [k for k, v in report.items() if not v["passed"]]
+    if strict and failed:
+        raise ExportVerificationError(f"{out}: layered ONNX graph(s) {failed} outside tolerance: {json.dumps(report)}")
+    return meta
+
+
+class LayeredSessions:
+    """The embeddings + per-layer sessions of a layered export, run as a chain (``run`` mimics one session)."""
+
+    def __init__(self, out_dir: str | Path, files: list[str], input_names: list[str], slots: list[str],
+                 num_threads: int | None = None, device: str = "cpu", zeros: list[dict] | None = None):
+        out = Path(out_dir)
+        self.input_names = input_names
+        self.slots = slots
+        self.embeddings = make_session(out / files[0], num_threads, device)
+        self.layers = [make_session(out / f, num_threads, device) for f in files[1:]]
+        self.zeros = zeros
+
+    def _zeros(self, i: int) -> dict:
+        if self.zeros is None:  # read the slot shapes off the graph inputs
+            z = []
+            for sess in self.layers:
+                d = {}
+                for inp in sess.get_inputs():
+                    if ".lora_" in inp.name:
+                        shape = [1 if not isinstance(x, int) else x for x in inp.shape]
+                        d[inp.name] = np.zeros(shape, np.float32)
+                z.append(d)
+            self.zeros = z
+        return self.zeros[i]
+
+    def run_range(self, feeds: dict, start: int, stop: int, hidden: np.ndarray | None = None,
+                  lora: list[dict] | None = None) -> np.ndarray:
+        """Layers ``[start, stop)``; ``lora[i]`` the slot feeds of layer i (None: no adapter)."""
+        if start == 0:
+            hidden = self.embeddings.run(None, {n: feeds[n] for n in self.input_names if n != "attention_mask"})[0]
+        mask = feeds["attention_mask"]
+        for i in range(start, stop):
+            slot = (lora[i] if lora is not None and lora[i] is not None else None) or self._zeros(i)
+            if any(v.dtype != np.float32 for v in slot.values()):  # stored in fp16 (int8 backend): widen per run
+                slot = {k: v.astype(np.float32) for k, v in slot.items()}
+            hidden = self.layers[i].run(None, {"hidden_in": hidden, "attention_mask": mask, **slot})[0]
+        return hidden
+
+    def run(self, _outputs, feeds: dict) -> list[np.ndarray]:
+        return [self.run_range(feeds, 0, len(self.layers))]
+
+
+def read_layered(out_dir: str | Path) -> dict | None:
+    f = Path(out_dir) / "export.json"
+    try:
+        meta = json.loads(f.read_text()) if f.is_file() else None
+    except json.JSONDecodeError:
+        return None
+    return meta if meta and meta.get("format") == LAYERED_FORMAT else None
+
+
+def app_lora_feeds(adapter_dir: str | Path, layer_names: list[str], slots: list[str],
+                   zeros: dict[str, np.ndarray]) -> tuple[list[dict | None], int] | None:
+    """An app's PEFT LoRA as per-layer slot feeds (scale folded into B), and its lowest layer.
+
+    None when the adapter is something the slots cannot express (DoRA, bias, modules_to_save, embeddings,
+    patterns, a target outside the slots): the caller then falls back to a merged per-app graph.
+    """
+    from safetensors.numpy import load_file
+
+    from mtpf.lora.targets import layer_index
+
+    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    if (cfg.get("use_dora") or cfg.get("bias", "none") != "none" or cfg.get("modules_to_save")
+            or cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("peft_type", "LORA") != "LORA"):
+        return None
+    r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    scale = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
+    weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    per_layer: list[dict | None] = [None] * len(layer_names)
+    for key, a in weights.items():
+        if ".lora_A." not in key:
+            continue
+        module = key.split(".lora_A.")[0]
+        b = weights.get(key.replace(".lora_A.", ".lora_B."))
+        idx = layer_index(module + ".")
+        if b is None or idx is None:
+            return None
+        prefix = f"{layer_names[idx]}."
+        pos = module.find(prefix)
+        if pos < 0:
+            return None
+        suffix = module[pos + len(prefix):]
+        if suffix not in slots:
+            return None
+        if per_layer[idx] is None:
+            per_layer[idx] = {}
+        per_layer[idx][f"{suffix}.lora_A"] = np.ascontiguousarray(a, np.float32)
+        per_layer[idx][f"{suffix}.lora_B"] = np.ascontiguousarray(b * scale, np.float32)
+    used = [i for i, d in enumerate(per_layer) if d]
+    if not used:
+        return None
+    for i in used:  # slots this app leaves alone in a layer it touches: rank-1 zeros
+        per_layer[i] = {**zeros, **per_layer[i]}
+    return per_layer, min(used)

@@ -1,0 +1,258 @@
+"""Shared trunk + fan-out: each app's answer equals the app alone; analyze; long NER texts; device choice."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from test_runtime import Reference, assert_matches_reference
+
+from mtpf.runtime import Runtime, UnknownAppError
+from mtpf.runtime.testing import make_app_adapter
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TEXTS = [
+    "Barack Obama visited Berlin and Paris last week with Angela Merkel.",
+    "How do I reset my card PIN?",
+    "ok",
+    "Apple Inc. reported earnings of 3.5 billion dollars on Tuesday, said Tim Cook in New York.",
+    "How do I reset my card PIN?",  # a repeated text: one trunk row for both
+]
+
+
+@pytest.fixture(scope="module")
+def trunk_apps(tmp_path_factory):
+    """A 4-layer tiny backbone; apps whose LoRA starts at different layers (0, 2, 3) and head-only apps."""
+    from mtpf.encoder import fingerprint_model, load_encoder
+    from mtpf.testing import make_tiny_encoder
+
+    root = tmp_path_factory.mktemp("trunk")
+    backbone = make_tiny_encoder(root / "backbone", "bert", layers=4)
+    enc = load_encoder(backbone)
+    fp = fingerprint_model(enc)
+    specs = {  # name: (task, LoRA layers or None)
+        "ner_all": ("ner", "all"), "ner_l2": ("ner", 2), "ner_l1": ("ner", 1),
+        "tc_all": ("tc", "all"), "tc_l2": ("tc", 2), "tc_l2b": ("tc", 2), "tc_head": ("tc", None),
+        "ner_head": ("ner", None),
+    }
+    apps = {}
+    for i, (name, (task, layers)) in enumerate(specs.items()):
+        apps[name] = make_app_adapter(root / name, backbone, task, lora=layers is not None, layers=layers or "all",
+                                      seed=i, encoder=enc, fingerprint=fp, max_length=32)
+    return backbone, apps
+
+
+@pytest.fixture(scope="module")
+def trunk_refs(trunk_apps):
+    backbone, apps = trunk_apps
+    return {name: Reference(backbone, d) for name, d in apps.items()}
+
+
+def op_of(name):
+    return "entities" if name.startswith("ner") else "classify"
+
+
+@pytest.mark.parametrize("mode", ["mixed", "grouped"])
+def test_trunk_fanout_equals_each_app_alone(trunk_apps, trunk_refs, mode):
+    backbone, apps = trunk_apps
+    with Runtime(backbone, mode=mode, max_wait_ms=500, max_batch_size=256, adaptive_wait=False) as rt:
+        for name, d in apps.items():
+            rt.register_app(name, d)
+        levels = {n: rt.app_info(n)["shared_layers"] for n in apps}
+        assert levels == {"ner_all": 0, "ner_l2": 2, "ner_l1": 3, "tc_all": 0, "tc_l2": 2, "tc_l2b": 2,
+                          "tc_head": 4, "ner_head": 4}
+        futs = [(n, rt.submit(n, op_of(n), TEXTS)) for n in apps]  # one micro-batch, every level at once
+        outs = {n: f.result(timeout=60) for n, f in futs}
+        assert rt.stats()["batches"] == 1
+    for name, out in outs.items():
+        assert_matches_reference(trunk_refs[name], op_of(name), TEXTS, out)
+    assert not np.allclose(list(outs["tc_l2"][0]["probabilities"].values()),
+                           list(outs["tc_l2b"][0]["probabilities"].values()), atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["mixed", "grouped"])
+def test_analyze_equals_each_app_alone(trunk_apps, trunk_refs, mode):
+    backbone, apps = trunk_apps
+    with Runtime(backbone, mode=mode) as rt:
+        for name, d in apps.items():
+            rt.register_app(name, d)
+        res = rt.analyze(TEXTS, apps=list(apps))
+        assert len(res) == len(TEXTS)
+        for name in apps:
+            got = [r[name] for r in res]
+            if name.startswith("ner"):
+                assert all(g["task"] == "ner" and g["windowed"] is False and g["truncated"] is False for g in got)
+                assert_matches_reference(trunk_refs[name], "entities", TEXTS, [g["entities"] for g in got])
+            else:
+                assert all(g["task"] == "tc" and g["truncated"] is False for g in got)
+                assert_matches_reference(trunk_refs[name], "classify", TEXTS, got)
+        # apps=None: every registered app; a subset keeps its order
+        assert list(rt.analyze(["ok"])[0]) == list(apps)
+        assert list(rt.analyze(["ok"], apps=["tc_l2", "ner_l1"])[0]) == ["tc_l2", "ner_l1"]
+        with pytest.raises(UnknownAppError):
+            rt.analyze(["ok"], apps=["tc_l2", "nope"])
+
+
+def test_trunk_cache_shares_across_calls(trunk_apps, trunk_refs):
+    backbone, apps = trunk_apps
+    with Runtime(backbone, trunk_cache_mb=1) as rt:
+        for name in ("tc_l2", "tc_l2b", "ner_l2"):
+            rt.register_app(name, apps[name])
+        a = rt.classify("tc_l2", TEXTS[:4])
+        assert rt.trunk_cache_hits == 0 and rt.trunk_cache_misses == 4
+        b = rt.classify("tc_l2b", TEXTS[:4])  # same texts, same tokenisation: all four trunk states reused
+        assert rt.trunk_cache_hits == 4 and rt.trunk_cache_misses == 4
+        assert 0 < rt.trunk_cache_bytes <= rt.trunk_cache_max_bytes == 2**20
+    assert_matches_reference(trunk_refs["tc_l2"], "classify", TEXTS[:4], a)
+    assert_matches_reference(trunk_refs["tc_l2b"], "classify", TEXTS[:4], b)
+    with Runtime(backbone, trunk_cache_mb=1e-4) as rt:  # 104 bytes: nothing fits, nothing kept, answers unchanged
+        rt.register_app("tc_l2", apps["tc_l2"])
+        rt.classify("tc_l2", TEXTS[:4])
+        assert_matches_reference(trunk_refs["tc_l2"], "classify", TEXTS[:4], rt.classify("tc_l2", TEXTS[:4]))
+        assert rt.trunk_cache_hits == 0 and rt.trunk_cache_bytes == 0
+
+
+def test_app_removed_while_analyze_is_queued(trunk_apps):
+    backbone, apps = trunk_apps
+    rt = Runtime(backbone)
+    try:
+        for name in ("tc_l2", "ner_l2", "tc_head"):
+            rt.register_app(name, apps[name])
+        with rt.backend.lock:  # the batcher blocks inside the forward of a first request ...
+            first = rt.submit("tc_l2", "classify", ["hold the batcher"])
+            deadline = time.time() + 30
+            while rt._queue.qsize() and time.time() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.1)
+            fut = rt.submit_analyze(TEXTS[:2], apps=["tc_l2", "ner_l2", "tc_head"])  # ... so this one queues
+            remover = threading.Thread(target=rt.unregister_app, args=("ner_l2",))
+            remover.start()
+            while rt.has_app("ner_l2") and time.time() < deadline:
+                time.sleep(0.01)
+        res = fut.result(timeout=60)
+        remover.join(timeout=60)
+        assert not remover.is_alive() and not rt.has_app("ner_l2")
+        first.result(timeout=60)
+        for r in res:
+            assert r["ner_l2"]["error_type"] == "UnknownAppError" and "unregistered" in r["ner_l2"]["error"]
+            assert r["tc_l2"]["task"] == "tc" and r["tc_head"]["task"] == "tc"
+    finally:
+        rt.close()
+
+
+def test_long_ner_text_is_windowed(trunk_apps, trunk_refs):
+    """Entities past token 512 (and past the app's own limit) are found; each window is the app run alone."""
+    from mtpf.runtime import split_words
+
+    backbone, apps = trunk_apps
+    ref = trunk_refs["ner_l2"]
+    sentence = "Anna Smith met Barack Obama in Paris and Berlin on Monday ."
+    text = " ".join([sentence] * 60)  # ~900 tokens; the app's limit is 32
+    words = split_words(text)
+    with Runtime(backbone) as rt:
+        rt.register_app("ner_l2", apps["ner_l2"])
+        res = rt.analyze([text, "short one"], apps=["ner_l2"])
+        tags = rt.tag_words("ner_l2", [[w for w, _, _ in words]])[0]
+    got = res[0]["ner_l2"]
+    assert got["windowed"] is True and got["truncated"] is False and res[1]["ner_l2"]["windowed"] is False
+    n_tokens = len(ref.tok([w for w, _, _ in words], is_split_into_words=True)["input_ids"])
+    assert n_tokens > 600
+    # the character offset where token 512 falls: entities must be found after it
+    enc = ref.tok([w for w, _, _ in words], is_split_into_words=True)
+    cut = words[enc.word_ids()[512]][1]
+    assert any(s["start"] > cut for s in got["entities"])
+    assert all(text[s["start"]:s["end"]] == s["text"] for s in got["entities"])
+    # windows of whole words: each is exactly the app alone on that window's words
+    pos = 0
+    while pos < len(words):
+        window = []
+        while pos < len(words) and len(ref.tok([w for w, _, _ in window + [words[pos]]],
+                                                is_split_into_words=True)["input_ids"]) <= 32:
+            window.append(words[pos])
+            pos += 1
+        alone = _tags_alone(ref, [w for w, _, _ in window])
+        start = pos - len(window)
+        assert tags[start:pos] == alone
+    assert tags.count("O") < len(tags)
+
+
+def _tags_alone(ref, words):
+    with torch.no_grad():
+        enc = ref.tok([words], is_split_into_words=True, return_tensors="pt")
+        probs = torch.softmax(ref.model(**enc).last_hidden_state[0] @ ref.w.T + ref.b, -1)
+    firsts = {}
+    for p, wid in enumerate(enc.word_ids(0)):
+        if wid is not None:
+            firsts.setdefault(wid, p)
+    return [ref.spec.labels[int(probs[firsts[j]].argmax())] for j in range(len(words))]
+
+
+def test_tc_truncation_flag(trunk_apps, trunk_refs):
+    backbone, apps = trunk_apps
+    long = " ".join(["card"] * 100)
+    with Runtime(backbone) as rt:
+        rt.register_app("tc_l2", apps["tc_l2"])
+        out = rt.classify("tc_l2", [long, "short"])
+        res = rt.analyze([long], apps=["tc_l2"])
+    assert out[0]["truncated"] is True and out[1]["truncated"] is False and res[0]["tc_l2"]["truncated"] is True
+    assert_matches_reference(trunk_refs["tc_l2"], "classify", [long, "short"], out)  # Reference truncates at 32
+
+
+def test_device_resolution():
+    from mtpf.runtime.backends import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda:0")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_cuda_runtime_matches_cpu(trunk_apps, tmp_path, backend):
+    backbone, apps = trunk_apps
+    names = ["ner_l2", "tc_l2", "tc_all", "tc_head"]
+    kw = {"onnx_dir": tmp_path / "onnx"} if backend == "onnx" else {}
+    with Runtime(backbone, backend=backend, **kw) as cpu, \
+            Runtime(backbone, backend=backend, device="cuda", **kw) as gpu:
+        assert gpu.device == "cuda"
+        for rt in (cpu, gpu):
+            for n in names:
+                rt.register_app(n, apps[n])
+        a, b = cpu.analyze(TEXTS, apps=names), gpu.analyze(TEXTS, apps=names)
+        for x, y in zip(a, b):
+            for n in ("tc_l2", "tc_all", "tc_head"):  # bf16 autocast on CUDA: close, not equal
+                np.testing.assert_allclose(list(x[n]["probabilities"].values()),
+                                           list(y[n]["probabilities"].values()), atol=3e-2)
+        e1, e2 = cpu.embed("tc_l2", TEXTS), gpu.embed("tc_l2", TEXTS)
+        cos = (e1 * e2).sum(1) / np.linalg.norm(e1, axis=1) / np.linalg.norm(e2, axis=1)
+        assert cos.min() > 0.99
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_trunk_on_distilbert(tmp_path, backend):
+    """The layer-range forward is architecture-agnostic: DistilBERT's transformer.layer stack too."""
+    from mtpf.encoder import fingerprint_model, load_encoder
+    from mtpf.testing import make_tiny_encoder
+
+    backbone = make_tiny_encoder(tmp_path / "bb", "distilbert", layers=3)
+    enc = load_encoder(backbone)
+    fp = fingerprint_model(enc)
+    apps = {"tc_l1": make_app_adapter(tmp_path / "tc_l1", backbone, "tc", layers=1, encoder=enc, fingerprint=fp),
+            "ner_l2": make_app_adapter(tmp_path / "ner_l2", backbone, "ner", layers=2, encoder=enc, fingerprint=fp,
+                                       seed=1)}
+    refs = {n: Reference(backbone, d) for n, d in apps.items()}
+    kw = {"onnx_dir": tmp_path / "onnx"} if backend == "onnx" else {}
+    with Runtime(backbone, backend=backend, **kw) as rt:
+        for n, d in apps.items():
+            rt.register_app(n, d)
+        assert rt.app_info("tc_l1")["shared_layers"] == 2 and rt.app_info("ner_l2")["shared_layers"] == 1
+        res = rt.analyze(TEXTS, apps=list(apps))
+    assert_matches_reference(refs["tc_l1"], "classify", TEXTS, [r["tc_l1"] for r in res])
+    assert_matches_reference(refs["ner_l2"], "entities", TEXTS, [r["ner_l2"]["entities"] for r in res])
