@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +257,144 @@ def test_trunk_on_distilbert(tmp_path, backend):
         res = rt.analyze(TEXTS, apps=list(apps))
     assert_matches_reference(refs["tc_l1"], "classify", TEXTS, [r["tc_l1"] for r in res])
     assert_matches_reference(refs["ner_l2"], "entities", TEXTS, [r["ner_l2"]["entities"] for r in res])
+
+
+# ------------------------------------------------------------------ identical adapters shared (dedup)
+@pytest.fixture(scope="module")
+def shared_tc_apps(trunk_apps, tmp_path_factory):
+    """The paper's deployment: TC apps that all carry the run's `tc` adapter (last 2 layers), each its own head.
+
+    ``tc_s2`` records the base model relative to its folder (as `mtpf adapt` writes it): still the same adapter.
+    ``tc_alpha`` has the same LoRA tensors but another lora_alpha: a different adapter.
+    """
+    import json
+
+    backbone, apps = trunk_apps
+    root = tmp_path_factory.mktemp("shared-tc")
+    run_tc = make_app_adapter(root / "run_tc", backbone, "tc", layers=2, seed=40, max_length=32)
+    shared = {f"tc_s{i}": make_app_adapter(root / f"tc_s{i}", backbone, "tc", lora_from=run_tc, seed=41 + i,
+                                           max_length=32, labels=[f"c{j}" for j in range(3 + i)])
+              for i in range(3)}
+    cfg_file = root / "tc_s2" / "adapter_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["base_model_name_or_path"] = "../../somewhere/backbone"
+    cfg_file.write_text(json.dumps(cfg))
+    other = make_app_adapter(root / "tc_alpha", backbone, "tc", lora_from=run_tc, seed=45, max_length=32)
+    cfg_file = root / "tc_alpha" / "adapter_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["lora_alpha"] = 2 * cfg["lora_alpha"]
+    cfg_file.write_text(json.dumps(cfg))
+    return {**shared, "tc_alpha": other, "ner_l2": apps["ner_l2"], "ner_all": apps["ner_all"],
+            "tc_head": apps["tc_head"]}
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_identical_adapters_loaded_once_and_run_once(trunk_apps, shared_tc_apps, tmp_path, backend):
+    from mtpf.runtime.core import lora_fingerprint
+
+    backbone, _ = trunk_apps
+    apps = shared_tc_apps
+    refs = {n: Reference(backbone, d) for n, d in apps.items()}
+    fps = {n: lora_fingerprint(d) for n, d in apps.items() if n != "tc_head"}
+    assert fps["tc_s0"] == fps["tc_s1"] == fps["tc_s2"] != fps["tc_alpha"]
+    kw = {"onnx_dir": tmp_path / "onnx"} if backend == "onnx" else {}
+    with Runtime(backbone, backend=backend, **kw) as rt:
+        for n, d in apps.items():
+            rt.register_app(n, d)
+        # one copy of the shared adapter: tc_s0..2 -> 1, tc_alpha, ner_l2, ner_all -> 3 more
+        assert rt.adapters_loaded == rt.stats()["adapters_loaded"] == 4
+        loaded = rt.backend.adapters if backend == "torch" else rt.backend.loras
+        assert len(loaded) == 4
+        key = rt.app_info("tc_s0")["adapter_key"]
+        assert key in loaded and rt.app_info("tc_s2")["adapter_key"] == key != rt.app_info("tc_alpha")["adapter_key"]
+        assert rt.app_info("tc_s1")["adapter_shared_by"] == ["tc_s0", "tc_s1", "tc_s2"]
+        assert rt.app_info("tc_head")["adapter_key"] is None and rt.app_info("tc_head")["adapter_shared_by"] == []
+        before = rt.stats()["adapter_rows"]
+        res = rt.analyze(TEXTS, apps=list(apps))
+        # rows run with an adapter: one per distinct (adapter, text): 4 adapters x 4 distinct texts (the
+        # repeated text once), not 6 LoRA apps x 5 texts
+        assert rt.stats()["adapter_rows"] - before == 4 * 4
+    for n in apps:
+        got = [r[n] for r in res]
+        if n.startswith("ner"):
+            assert_matches_reference(refs[n], "entities", TEXTS, [g["entities"] for g in got])
+        else:
+            assert_matches_reference(refs[n], "classify", TEXTS, got)
+    # same adapter, different heads: different answers (the heads fan out)
+    assert len(res[0]["tc_s0"]["probabilities"]) == 3 and len(res[0]["tc_s1"]["probabilities"]) == 4
+
+
+def test_dedup_off_loads_and_runs_every_app(trunk_apps, shared_tc_apps):
+    backbone, _ = trunk_apps
+    names = ["tc_s0", "tc_s1", "tc_s2"]
+    with Runtime(backbone, dedup=False) as rt:
+        for n in names:
+            rt.register_app(n, shared_tc_apps[n])
+        assert rt.adapters_loaded == len(rt.backend.adapters) == 3
+        rt.analyze(TEXTS, apps=names)
+        assert rt.stats()["adapter_rows"] == 3 * len(TEXTS)
+
+
+def test_unregister_one_of_two_sharing_apps_keeps_the_other(trunk_apps, shared_tc_apps):
+    backbone, _ = trunk_apps
+    ref = Reference(backbone, shared_tc_apps["tc_s1"])
+    with Runtime(backbone) as rt:
+        rt.register_app("tc_s0", shared_tc_apps["tc_s0"])
+        rt.register_app("tc_s1", shared_tc_apps["tc_s1"])
+        key = rt.app_info("tc_s1")["adapter_key"]
+        assert rt.adapters_loaded == 1
+        rt.unregister_app("tc_s0")
+        assert rt.adapters_loaded == 1 and key in rt.backend.adapters
+        assert_matches_reference(ref, "classify", TEXTS, rt.classify("tc_s1", TEXTS))
+        rt.register_app("tc_s0", shared_tc_apps["tc_s0"])  # joins the loaded copy again
+        assert rt.app_info("tc_s0")["adapter_key"] == key and rt.adapters_loaded == 1
+        rt.unregister_app("tc_s0")
+        rt.unregister_app("tc_s1")
+        assert rt.adapters_loaded == 0 and key not in rt.backend.adapters
+        rt.register_app("tc_s1", shared_tc_apps["tc_s1"])  # loaded afresh under a new key
+        assert rt.app_info("tc_s1")["adapter_key"] != key
+        assert_matches_reference(ref, "classify", TEXTS, rt.classify("tc_s1", TEXTS))
+
+
+def test_adapt_tc_apps_of_one_run_share_its_tc_adapter(tiny_bert, tmp_path):
+    """`mtpf adapt tc` copies the run's frozen `tc` adapter unchanged: two apps of one run are one adapter."""
+    import json
+
+    from mtpf.downstream.data import load_cls_dataset
+    from mtpf.downstream.models import resolve
+    from mtpf.downstream.tc import TCConfig, adapt_tc
+    from mtpf.encoder import load_encoder, load_tokenizer
+    from mtpf.lora import LoraSpec, add_task_adapters
+    from mtpf.pretrain.export import export_run
+    from mtpf.pretrain.model import MultiTaskEncoder
+    from mtpf.runtime.core import lora_fingerprint
+
+    torch.manual_seed(0)
+    specs = {"ner": LoraSpec(layers=1), "tc": LoraSpec(layers=1)}
+    enc = add_task_adapters(load_encoder(tiny_bert), specs, train_backbone=True)
+    with torch.no_grad():
+        for n, p in enc.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    run = tmp_path / "run"
+    export_run(MultiTaskEncoder(enc, 5, {"ner": "ner", "tc": "tc"}), load_tokenizer(tiny_bert), run,
+               {"strategy": "mtpf-tpl"}, [], {k: v.to_dict() for k, v in specs.items()})
+    m = resolve(str(run), "run")
+    outs = {}
+    for name, labels in (("a", ["yes", "no"]), ("b", ["red", "green", "blue"])):
+        data = tmp_path / f"data_{name}"
+        data.mkdir()
+        for split in ("train", "test"):
+            rows = [{"text": f"{lab} example number {i}", "label": lab} for lab in labels for i in range(3)]
+            (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        outs[name] = tmp_path / ("apps" if name == "a" else "apps/deeper") / name
+        adapt_tc(m, load_cls_dataset(str(data)), outs[name], TCConfig(), progress=False)
+    src = Path(m.adapters["tc"]) / "adapter_model.safetensors"
+    for d in outs.values():
+        assert (d / "adapter_model.safetensors").read_bytes() == src.read_bytes()
+    assert lora_fingerprint(outs["a"]) == lora_fingerprint(outs["b"]) == lora_fingerprint(m.adapters["tc"])
+    with Runtime(m.backbone, batching=False) as rt:
+        rt.register_app("a", outs["a"])
+        rt.register_app("b", outs["b"])
+        assert rt.adapters_loaded == 1
+        assert rt.app_info("a")["shared_layers"] == rt.app_info("b")["shared_layers"] > 0

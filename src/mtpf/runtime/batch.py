@@ -12,6 +12,10 @@ computes. So for the levels present in the batch, ascending, the runtime
 2. runs the rows of the apps at that level from there to the top, with their adapters (mixed or grouped).
 
 Rows of level 0 are today's full forward; rows at the top level take the trunk states as they are.
+
+Apps that share one loaded adapter (the runtime deduplicates identical LoRAs, e.g. TC apps carrying the same
+``tc`` task-primary adapter with different heads) share its rows too: step 2 runs once per distinct
+(adapter, token sequence) and every app's head reads the same hidden states.
 """
 from __future__ import annotations
 
@@ -158,7 +162,7 @@ class BatchRunner:
     """Runs the parts of one micro-batch through a backend with the shared trunk (see the module doc)."""
 
     def __init__(self, backend, input_names: list[str], pad_id: int, forward_rows: int, cache: TrunkCache | None,
-                 shared_trunk: bool = True):
+                 shared_trunk: bool = True, dedup: bool = True):
         self.backend = backend
         self.input_names = input_names
         self.pad_id = pad_id
@@ -167,6 +171,12 @@ class BatchRunner:
         self.num_layers = int(getattr(backend, "num_layers", 0))
         self.can_split = shared_trunk and bool(getattr(backend, "supports_layer_ranges", False))
         self.group_upper = str(getattr(backend, "device", "cpu")).startswith("cpu")
+        self.dedup = dedup
+        # counters (read without a lock): rows of trunk forwards (no adapter; a text advanced in two steps counts
+        # twice), rows of forwards with an adapter (up to the top), and rows answered (pieces of parts)
+        self.trunk_rows = 0
+        self.adapter_rows = 0
+        self.rows_served = 0
 
     def level(self, app) -> int:
         """Lowest layer the app's adapter touches; the top for a head-only app (0 where ranges are unsupported)."""
@@ -204,6 +214,7 @@ class BatchRunner:
         """Fill ``part.hidden`` (last hidden state per piece) for every part."""
         top = self.num_layers
         rows = [(p, k, self.level(p.app)) for p in parts for k in range(len(p.tok.pieces))]
+        self.rows_served += len(rows)
         need: dict[tuple, int] = {}  # distinct token sequence -> highest level any of its rows needs
         ids_of: dict[tuple, dict] = {}
         for p, k, lvl in rows:
@@ -222,10 +233,19 @@ class BatchRunner:
                 for p, k in at:
                     p.hidden[k] = state[p.tok.pieces[k].key][1]
                 continue
-            items = [(p.tok.pieces[k].ids, p.app.key, state[p.tok.pieces[k].key][1] if lvl > 0 else None)
-                     for p, k in at]
-            for (p, k), h in zip(at, self._forward(items, lvl, None)):
-                p.hidden[k] = h
+            # one row per distinct (adapter, token sequence): apps sharing an adapter share these layers too
+            items, first, where = [], {}, []
+            for p, k in at:
+                piece = p.tok.pieces[k]
+                row_key = (p.app.key, piece.key) if self.dedup else len(where)
+                if row_key not in first:
+                    first[row_key] = len(items)
+                    items.append((piece.ids, p.app.key, state[piece.key][1] if lvl > 0 else None))
+                where.append(first[row_key])
+            self.adapter_rows += len(items)
+            outs = self._forward(items, lvl, None)
+            for (p, k), j in zip(at, where):
+                p.hidden[k] = outs[j]
 
     def _advance(self, keys: list[tuple], lvl: int, state: dict, ids_of: dict) -> None:
         """Bring the trunk states of ``keys`` to layer ``lvl`` (plain forward, no adapter; cache first)."""
@@ -241,6 +261,7 @@ class BatchRunner:
                 todo.setdefault(cur, []).append(key)
         for cur, group in todo.items():
             items = [(ids_of[key], None, state[key][1]) for key in group]
+            self.trunk_rows += len(items)
             for key, h in zip(group, self._forward(items, cur, lvl)):
                 h = np.ascontiguousarray(h)
                 state[key] = (lvl, h)

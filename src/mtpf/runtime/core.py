@@ -11,10 +11,16 @@ collects more for at most ``max_wait_ms`` after it arrived (or until ``max_batch
 when the system is idle, i.e. the previous batch was a lone request and nothing else is queued), and serves the
 whole micro-batch, whatever the apps, in forward passes of ``forward_rows`` rows (grouped: rows of one app
 together, sorted by length to cut padding; mixed: sorted by length, apps mixed within a forward). Heads and post-processing run per row in NumPy.
+
+Adapters are deduplicated by content (:func:`lora_fingerprint`): apps whose LoRA is identical (e.g. TC apps
+that all carry the run's frozen ``tc`` task-primary adapter, each with its own head) share one loaded adapter,
+reference-counted, and their rows run the adapter's layers once per distinct text; only the heads fan out.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import queue
 import threading
 import time
@@ -47,11 +53,44 @@ class RuntimeOverloadedError(RuntimeError):
     """The request queue is full; try again later (HTTP 503)."""
 
 
+# adapter_config.json fields that do not change what the LoRA computes: where the base model was found (an
+# `mtpf adapt` app records it relative to its own folder, so copies of one adapter differ there), PEFT's version
+IGNORED_LORA_CONFIG = ("base_model_name_or_path", "revision", "inference_mode", "peft_version", "auto_mapping")
+
+
+def lora_fingerprint(adapter_dir: str | Path) -> str:
+    """sha256 over an app's LoRA content: every tensor (name, dtype, shape, bytes) and its adapter config
+    (rank, alpha, target modules, layers, ...; bookkeeping fields of :data:`IGNORED_LORA_CONFIG` left out,
+    target-module lists sorted). Two app folders with the same fingerprint compute the same adapter."""
+    path = Path(adapter_dir)
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    cfg = {k: sorted(v) if k == "target_modules" and isinstance(v, list) else v
+           for k, v in cfg.items() if k not in IGNORED_LORA_CONFIG}
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+    st = path / "adapter_model.safetensors"
+    if st.is_file():
+        from safetensors.numpy import load_file
+
+        for name, arr in sorted(load_file(str(st)).items()):
+            h.update(f"\0{name}\0{arr.dtype.str}\0{arr.shape}\0".encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+    else:  # a pickled adapter_model.bin: its bytes (an identical copy still matches)
+        h.update((path / "adapter_model.bin").read_bytes())
+    return "sha256:" + h.hexdigest()
+
+
+@dataclass
+class _Adapter:
+    key: str  # the backend's adapter key
+    refs: int = 0  # registered apps (draining ones included) that use it
+
+
 @dataclass
 class _App:
     spec: AppSpec
-    key: str | None  # adapter key in the backend (None: the bare backbone)
+    key: str | None  # adapter key in the backend (None: the bare backbone); shared by apps with the same LoRA
     registered_at: float
+    adapter_id: str | None = None  # content fingerprint of its LoRA (the runtime's adapter table key)
     inflight: int = 0
     closing: bool = False
     served: int = 0
@@ -93,13 +132,17 @@ class Runtime:
     ``shared_trunk=False`` runs every LoRA app's rows through all layers (the benchmark's naive baselines).
     ``trunk_cache_mb`` > 0 keeps that many MB of trunk states keyed by text, so apps asking about the same
     text in separate calls share the lower layers too (``trunk_cache_hits`` / ``trunk_cache_misses``).
+    ``dedup`` (default True): apps with identical LoRA weights and config share one loaded adapter and the rows
+    of one (adapter, token sequence) in a micro-batch run once; False loads every app's LoRA separately and runs
+    every row (the benchmark's per-app baseline).
     """
 
     def __init__(self, backbone: str | Path | None = "packaged", *, backend: str = "torch", mode: str = "mixed",
                  int8: bool = False, max_batch_size: int = 32, max_wait_ms: float = 2.0, batching: bool = True,
                  onnx_dir: str | Path | None = None, num_threads: int | None = None, max_queue: int = 10000,
                  adaptive_wait: bool = True, switch: str = "fast", forward_rows: int = 8, device: str = "cpu",
-                 trunk_cache_mb: float = 0.0, onnx_merged: bool = False, shared_trunk: bool = True):
+                 trunk_cache_mb: float = 0.0, onnx_merged: bool = False, shared_trunk: bool = True,
+                 dedup: bool = True):
         import torch
 
         from mtpf.encoder import fingerprint_model, load_encoder, load_tokenizer, resolve_model
@@ -137,6 +180,9 @@ class Runtime:
         self._apps: dict[str, _App] = {}
         self._apps_lock = threading.Condition()
         self._keys = itertools.count()
+        self.dedup = bool(dedup)
+        self._adapters: dict[str, _Adapter] = {}  # LoRA fingerprint -> the one loaded copy
+        self._adapters_lock = threading.Lock()  # held while loading/removing, so two registrations load once
         self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=max_queue)
         self._closed = False
         self._sync_lock = threading.Lock()
@@ -145,7 +191,7 @@ class Runtime:
         self._last_batch_requests = 0
         self.trunk_cache = TrunkCache(int(trunk_cache_mb * 2**20)) if trunk_cache_mb and trunk_cache_mb > 0 else None
         self._runner = BatchRunner(self.backend, self.input_names, self.tokenizer.pad_token_id or 0,
-                                   self.forward_rows, self.trunk_cache, shared_trunk)
+                                   self.forward_rows, self.trunk_cache, shared_trunk, self.dedup)
         self._worker = None
         if batching:
             self._worker = threading.Thread(target=self._loop, name="mtpf-runtime-batcher", daemon=True)
@@ -172,19 +218,15 @@ class Runtime:
         with self._apps_lock:
             if name in self._apps:
                 raise AppError(f"an app named {name!r} is already registered; unregister it first")
-        key = None
-        if spec.has_lora:
-            key = f"{name}#{next(self._keys)}"  # unique, so a re-registered name never meets its draining self
-            try:
-                self.backend.add_lora(key, spec.path)
-            except Exception as exc:
-                raise AppError(f"app {name!r}: cannot load its LoRA from {spec.path}: {exc}") from exc
+        key, adapter_id = self._acquire_adapter(name, spec) if spec.has_lora else (None, None)
         with self._apps_lock:
-            if name in self._apps:  # lost a race with a concurrent register of the same name
-                if key is not None:
-                    self.backend.remove_lora(key)
-                raise AppError(f"an app named {name!r} is already registered; unregister it first")
-            self._apps[name] = _App(spec=spec, key=key, registered_at=time.time())
+            lost = name in self._apps  # lost a race with a concurrent register of the same name
+            if not lost:
+                self._apps[name] = _App(spec=spec, key=key, registered_at=time.time(), adapter_id=adapter_id)
+        if lost:
+            if adapter_id is not None:
+                self._release_adapter(adapter_id)
+            raise AppError(f"an app named {name!r} is already registered; unregister it first")
         return self.app_info(name)
 
     def unregister_app(self, name: str, timeout: float | None = 60.0) -> None:
@@ -196,8 +238,42 @@ class Runtime:
             app.closing = True
             if not self._apps_lock.wait_for(lambda: app.inflight == 0, timeout=timeout):
                 raise TimeoutError(f"app {name!r} still has {app.inflight} requests in flight after {timeout}s")
-        if app.key is not None:
-            self.backend.remove_lora(app.key)
+        if app.adapter_id is not None:
+            self._release_adapter(app.adapter_id)
+
+    def _acquire_adapter(self, name: str, spec: AppSpec) -> tuple[str, str]:
+        """The backend key of ``spec``'s LoRA, loading it unless an identical one is loaded (refcount + 1)."""
+        try:
+            adapter_id = lora_fingerprint(spec.path) if self.dedup else f"app:{name}#{next(self._keys)}"
+        except Exception as exc:  # noqa: BLE001 - unreadable adapter files: one clear registration error
+            raise AppError(f"app {name!r}: cannot read its LoRA from {spec.path}: {exc}") from exc
+        with self._adapters_lock:
+            entry = self._adapters.get(adapter_id)
+            if entry is None:
+                # unique, so a re-registered name never meets its draining self
+                key = f"{name}#{next(self._keys)}"
+                try:
+                    self.backend.add_lora(key, spec.path)
+                except Exception as exc:
+                    raise AppError(f"app {name!r}: cannot load its LoRA from {spec.path}: {exc}") from exc
+                entry = self._adapters[adapter_id] = _Adapter(key)
+            entry.refs += 1
+            return entry.key, adapter_id
+
+    def _release_adapter(self, adapter_id: str) -> None:
+        """Refcount - 1; the adapter leaves the backend when no registered (or draining) app uses it."""
+        with self._adapters_lock:
+            entry = self._adapters[adapter_id]
+            entry.refs -= 1
+            if entry.refs == 0:
+                del self._adapters[adapter_id]
+                self.backend.remove_lora(entry.key)
+
+    @property
+    def adapters_loaded(self) -> int:
+        """Distinct LoRA adapters held by the backend (apps sharing one count once)."""
+        with self._adapters_lock:
+            return len(self._adapters)
 
     def has_app(self, name: str) -> bool:
         with self._apps_lock:
@@ -213,10 +289,18 @@ class Runtime:
         s = app.spec
         info = {"name": name, "task": s.task, "labels": s.labels, "has_lora": s.has_lora, "adapter_dir": str(s.path),
                 "max_length": s.max_length, "backbone_fingerprint": s.backbone_fingerprint, "served": app.served,
-                "shared_layers": self._runner.level(app)}
+                "shared_layers": self._runner.level(app), "adapter_key": app.key,
+                "adapter_id": app.adapter_id if self.dedup else None, "adapter_shared_by": self._sharing(app)}
         if s.task == "tc":
             info.update({"pooling": s.pooling, "normalize": s.normalize, "embedding_dim": self.hidden_size})
         return info
+
+    def _sharing(self, app: _App) -> list[str]:
+        """Names of the registered apps that use ``app``'s loaded adapter (itself included; [] without LoRA)."""
+        if app.key is None:
+            return []
+        with self._apps_lock:
+            return [n for n, a in self._apps.items() if a.key == app.key]
 
     def _get(self, name: str) -> _App:
         with self._apps_lock:
@@ -443,6 +527,10 @@ class Runtime:
             "batch_apps_mean": float(np.mean([a for _, _, a in log])) if log else 0.0,
             "trunk_cache_hits": self.trunk_cache_hits, "trunk_cache_misses": self.trunk_cache_misses,
             "trunk_cache_bytes": self.trunk_cache_bytes, "trunk_cache_max_bytes": self.trunk_cache_max_bytes,
+            "adapters_loaded": self.adapters_loaded, "apps": len(self._apps),
+            # rows run through the adapter-free trunk / with an adapter, and rows answered (dedup saves the gap)
+            "trunk_rows": self._runner.trunk_rows, "adapter_rows": self._runner.adapter_rows,
+            "rows_served": self._runner.rows_served,
         }
 
     def close(self) -> None:

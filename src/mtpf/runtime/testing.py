@@ -15,10 +15,13 @@ TC_LABELS = ["negative", "neutral", "positive"]
 def make_app_adapter(out_dir: str | Path, backbone: str | Path, task: str = "tc", labels: list[str] | None = None,
                      lora: bool = True, rank: int = 4, alpha: int = 8, layers: int | str = "all",
                      targets=("query", "key", "mlp"), seed: int = 0, lora_std: float = 0.3,
-                     normalize: bool = True, max_length: int = 256, encoder=None, fingerprint: str | None = None) -> str:
+                     normalize: bool = True, max_length: int = 256, encoder=None, fingerprint: str | None = None,
+                     lora_from: str | Path | None = None) -> str:
     """Write a random NER or TC app adapter for ``backbone`` to ``out_dir``; returns the folder.
 
     ``lora_B`` is drawn at random (PEFT initialises it to zero) so every app computes different outputs.
+    ``lora_from``: copy the LoRA files of that app folder instead (what ``mtpf adapt tc`` does with the run's
+    frozen ``tc`` task-primary adapter: every TC app carries the same adapter, only the head is its own).
     Pass an already loaded ``encoder``/``fingerprint`` to save re-loading the backbone for many apps.
     """
     import torch
@@ -36,7 +39,13 @@ def make_app_adapter(out_dir: str | Path, backbone: str | Path, task: str = "tc"
     fp = fingerprint or fingerprint_model(enc)
     hidden = enc.config.hidden_size
     gen = torch.Generator().manual_seed(seed)
-    if lora:
+    if lora_from is not None:
+        import shutil
+
+        for f in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy2(Path(lora_from) / f, out / f)
+        lora = True
+    elif lora:
         from peft import LoraConfig, get_peft_model
 
         cfg = LoraConfig(target_modules=lora_target_modules(enc, layers, list(targets)), r=rank, lora_alpha=alpha,
