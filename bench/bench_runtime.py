@@ -1,30 +1,41 @@
 """Runtime benchmark: what sharing one backbone buys (memory, mixed-load throughput, latency, int8 accuracy).
 
     .venv/bin/python bench/bench_runtime.py [--requests 480] [--clients 32] [--threads 2] [--out bench/results]
+    .venv/bin/python bench/bench_runtime.py --only analyze,memory --smoke     # a quick look (busy machine)
 
-Setup: the packaged all-MiniLM-L6-v2 and 8 apps with random adapters in the mtpf-app/1 format:
-4 NER apps (LoRA rank 32 / alpha 64 on query, key, MLP of all 6 layers = `mtpf adapt` NER defaults, + token head)
-and 4 TC apps (a copy-like LoRA rank 32 on the last 2 layers = the task-primary `tc` shape, + linear head).
+Setup: the packaged all-MiniLM-L6-v2 and random adapters in the mtpf-app/1 format (LoRA rank 32 / alpha 64 on
+query, key and MLP, as `mtpf adapt` and the task-primary adapters use). Two sets of 8 apps:
+
+* **issue set** (the paper's deployment, Section 6; issue 10's analyze and memory targets): 4 TC apps that all
+  carry ONE `tc` task-primary adapter (LoRA on the last 2 layers, copied into each app folder as `mtpf adapt tc`
+  copies the run's frozen adapter) with 4 different linear heads, and 4 NER apps with `--lora-layers 2` (each
+  its own LoRA on the last 2 layers) + token heads. The runtime loads the shared `tc` adapter once.
+* **today's set** (the mixed-load sections: "same 8 apps as today"): 4 NER apps with LoRA on all 6 layers
+  (`mtpf adapt` NER defaults) + token heads, and 4 TC apps each with its OWN random LoRA on the last 2 layers
+  + head.
 
 Sections
-1. memory: weight bytes and measured RSS growth (fresh subprocesses) of one Runtime with 8 apps, one full model,
-   and 8 separate full models (each app's LoRA merged into its own copy = the naive deployment).
-2. throughput at mixed load (requests of 1 text, apps round-robin, ``--clients`` closed-loop client threads):
-   micro-batching with PEFT mixed ``adapter_names`` / grouped per-app sub-batches, vs a per-request
+1. memory (both app sets, labelled): weight bytes and measured RSS growth (fresh subprocesses) of one Runtime
+   with 8 apps, one full model, and 8 separate full models (each app's LoRA merged into its own copy = the
+   naive deployment); 8 apps on the int8 ONNX backend (one copy of the backbone) vs one int8 model.
+2. throughput at mixed load (today's set; requests of 1 text, apps round-robin, ``--clients`` closed-loop client
+   threads): micro-batching with PEFT mixed ``adapter_names`` / grouped per-app sub-batches, vs a per-request
    ``set_adapter`` loop (and the same loop with the runtime's cheap adapter switch), vs 8 separate models
-   serving one request at a time.
+   serving one request at a time. Also the int8 ONNX runtime.
    Load sweep: throughput and micro-batch size of the default runtime at 1..64 concurrent clients.
 3. single-request latency p50/p95 (a TC app, sequential calls through the Runtime) for PyTorch, ONNX Runtime
    fp32 and ONNX Runtime int8 (dynamic, per-channel), plus the bare encoder forward without the runtime.
 4. int8 accuracy: Banking77 under the MTEB protocol (8 per label, 10 experiments, LogisticRegression
    max_iter=100, seed 42; via mtpf.downstream.tc), PyTorch vs ONNX int8 embeddings (mean pooled, normalised).
-5. analyze (shared trunk): 8 apps (4 TC with the `tc` task-primary shape = LoRA on the last 2 layers + head,
-   4 NER with `--lora-layers 2` + head) on the same ``--analyze-texts`` texts: one ``Runtime.analyze`` call vs
-   8 separate per-app calls (same runtime, trunk cache off), outputs compared; PyTorch and ONNX int8.
+5. analyze (issue set) on the same ``--analyze-texts`` texts: one ``Runtime.analyze`` call (shared trunk +
+   shared `tc` adapter, heads fan out) vs the baseline of **8 separate per-app calls**: ``classify`` /
+   ``extract_entities`` of one app on all the texts, one app after the other, on a runtime of the same backend
+   built with ``shared_trunk=False, dedup=False`` (every call runs all layers of its app's model, its LoRA
+   active, over every text; no trunk, no adapter or row sharing, no cache, nothing carried between calls).
+   Also ``analyze`` with ``dedup=False`` (shared trunk only). Outputs compared; PyTorch and ONNX int8.
 
 Select sections with ``--only a,b`` or ``--skip a,b`` (memory, throughput, sweep, latency, accuracy, analyze).
-The memory section also measures 8 apps on the int8 ONNX backend (one copy of the backbone) vs one int8 model;
-the throughput section also serves the mixed load with the int8 ONNX runtime.
+``--smoke``: analyze on 40 texts, 1 round; memory without the 8-separate-models probes.
 """
 from __future__ import annotations
 
@@ -49,7 +60,9 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 # ----------------------------------------------------------------------------- setup
-def make_apps(root: Path, backbone: str, ner_layers: int | str = "all") -> dict[str, str]:
+def make_apps(root: Path, backbone: str, ner_layers: int | str = "all", shared_tc: bool = False) -> dict[str, str]:
+    """Today's set (``ner_layers="all"``, every TC app its own LoRA) or the issue set (``ner_layers=2``,
+    ``shared_tc=True``: the 4 TC apps carry one `tc` task-primary adapter, each with its own head)."""
     from mtpf.encoder import fingerprint_model, load_encoder
     from mtpf.runtime.testing import make_app_adapter
 
@@ -59,10 +72,14 @@ def make_apps(root: Path, backbone: str, ner_layers: int | str = "all") -> dict[
     for i in range(4):
         apps[f"ner{i}"] = make_app_adapter(root / f"ner{i}", backbone, "ner", rank=32, alpha=64, layers=ner_layers,
                                            seed=i, lora_std=0.02, encoder=enc, fingerprint=fp)
+    run_tc = None
+    if shared_tc:  # the run's `tc` adapter (task-primary shape: last 2 layers); `mtpf adapt tc` copies it unchanged
+        run_tc = make_app_adapter(root / "run_tc", backbone, "tc", rank=32, alpha=64, layers=2, seed=9,
+                                  lora_std=0.02, encoder=enc, fingerprint=fp)
     for i in range(4):
         apps[f"tc{i}"] = make_app_adapter(root / f"tc{i}", backbone, "tc", labels=[f"c{j}" for j in range(10)],
                                           rank=32, alpha=64, layers=2, seed=10 + i, lora_std=0.02, encoder=enc,
-                                          fingerprint=fp)
+                                          fingerprint=fp, lora_from=run_tc)
     return apps
 
 
@@ -187,12 +204,18 @@ def weight_bytes(backbone: str, apps: dict[str, str]) -> dict:
 
     from mtpf.encoder import load_encoder
 
+    from mtpf.runtime.core import lora_fingerprint
+
     enc = load_encoder(backbone)
     model = sum(p.numel() * p.element_size() for p in enc.parameters())
-    per_app = {}
+    per_app, seen = {}, set()
     for name, d in apps.items():
         total = 0
-        for f in ("adapter_model.safetensors", "head.safetensors"):
+        lora = (Path(d) / "adapter_config.json").is_file()
+        fp = lora_fingerprint(d) if lora else None
+        files = ["head.safetensors"] + (["adapter_model.safetensors"] if lora and fp not in seen else [])
+        seen.add(fp)
+        for f in files:  # an adapter shared by several apps is held (and counted) once
             path = Path(d) / f
             if path.is_file():
                 with safe_open(str(path), "pt") as fh:
@@ -204,6 +227,7 @@ def weight_bytes(backbone: str, apps: dict[str, str]) -> dict:
     shared = model + sum(per_app.values())
     naive = sum(model + heads[n] for n in apps)  # each app a full model copy (LoRA merged) + its head
     return {"model_mb": model / 2**20, "adapters_mb": {n: b / 2**20 for n, b in per_app.items()},
+            "distinct_loras": len(seen - {None}),
             "runtime_mb": shared / 2**20, "naive_mb": naive / 2**20, "runtime_vs_one_model": shared / model,
             "naive_vs_one_model": naive / model}
 
@@ -458,41 +482,101 @@ def same_outputs(a: list[dict], b: dict[str, list]) -> bool:
     return True
 
 
+def agreement(a: list[dict], b: dict[str, list]) -> dict:
+    """How far analyze() and per-app results agree: share of equal NER span lists and TC labels, largest TC
+    probability difference (int8 ONNX: outputs move with the batch composition, see analyze_bench)."""
+    spans, labels, diff = [], [], 0.0
+    for i, row in enumerate(a):
+        for app, got in row.items():
+            want = b[app][i]
+            if got["task"] == "ner":
+                spans.append([(s["type"], s["start"], s["end"]) for s in got["entities"]]
+                             == [(s["type"], s["start"], s["end"]) for s in want])
+            else:
+                labels.append(got["label"] == want["label"])
+                diff = max(diff, float(np.abs(np.subtract(list(got["probabilities"].values()),
+                                                          list(want["probabilities"].values()))).max()))
+    return {"ner_span_lists_equal": float(np.mean(spans)) if spans else None,
+            "tc_labels_equal": float(np.mean(labels)) if labels else None, "tc_max_prob_diff": diff}
+
+
 def analyze_bench(backbone: str, apps: dict[str, str], n: int, rounds: int, onnx_root: Path, threads: int,
                   device: str = "cpu") -> dict:
+    """``Runtime.analyze`` (trunk + shared adapters) vs 8 separate per-app calls on a runtime without either."""
     from mtpf.runtime import Runtime
 
     texts = analyze_texts(n)
-    out = {"texts": len(texts), "apps": list(apps), "rounds": rounds}
+    out = {"texts": len(texts), "apps": list(apps), "rounds": rounds,
+           "baseline": "8 separate per-app calls (classify / extract_entities of one app on all texts, apps one "
+                       "after the other) on Runtime(shared_trunk=False, dedup=False) of the same backend: every "
+                       "call runs all layers of its app's model (its LoRA active) over every text"}
     for name, kw in (("pytorch", dict(backend="torch")),
                      ("onnx_int8", dict(backend="onnx", int8=True, onnx_dir=onnx_root / "int8", num_threads=threads))):
-        with Runtime(backbone, max_batch_size=64, device=device, **kw) as rt:
-            for a, d in apps.items():
-                rt.register_app(a, d)
-
-            rt.analyze(texts[:8])
-            per_app_first = None
-            t_an, t_sep, t_alone = [], [], {}
-            for _ in range(rounds):  # interleaved: load on the shared CPU drifts
+        rts = {"analyze": Runtime(backbone, max_batch_size=64, device=device, **kw),
+               "analyze_no_dedup": Runtime(backbone, max_batch_size=64, device=device, dedup=False, **kw),
+               "separate": Runtime(backbone, max_batch_size=64, device=device, shared_trunk=False, dedup=False,
+                                   **kw)}
+        try:
+            for rt in rts.values():
+                for a, d in apps.items():
+                    rt.register_app(a, d)
+                rt.analyze(texts[:8])  # warm-up
+            rt = rts["analyze"]
+            first = None
+            times: dict[str, list[float]] = {"analyze": [], "analyze_no_dedup": [], "separate": []}
+            t_alone: dict[str, list[float]] = {}
+            rows_before = dict(rt.stats())
+            for r in range(rounds):  # interleaved: load on the shared CPU drifts
                 t0 = time.perf_counter()
                 res = rt.analyze(texts, apps=list(apps))
-                t_an.append(time.perf_counter() - t0)
+                times["analyze"].append(time.perf_counter() - t0)
+                if r == 0:
+                    st = rt.stats()
+                    rows = {k: st[k] - rows_before[k] for k in ("trunk_rows", "adapter_rows", "rows_served")}
+                t0 = time.perf_counter()
+                rts["analyze_no_dedup"].analyze(texts, apps=list(apps))
+                times["analyze_no_dedup"].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 sep = {}
                 for a in apps:
                     t1 = time.perf_counter()
-                    sep[a] = (rt.extract_entities if a.startswith("ner") else rt.classify)(a, texts)
+                    base = rts["separate"]
+                    sep[a] = (base.extract_entities if a.startswith("ner") else base.classify)(a, texts)
                     t_alone.setdefault(a, []).append(time.perf_counter() - t1)
-                t_sep.append(time.perf_counter() - t0)
-                per_app_first = per_app_first or (res, sep)
-            an, se = statistics.median(t_an), statistics.median(t_sep)
-            out[name] = {"analyze_s": an, "separate_calls_s": se, "speedup": se / an,
-                         "analyze_ms_per_text_per_app": 1000 * an / (len(texts) * len(apps)),
+                times["separate"].append(time.perf_counter() - t0)
+                first = first or (res, sep)
+            if name == "onnx_int8":
+                # int8 dynamic quantisation scales activations per tensor, so a row's output depends on the
+                # other rows of its forward: the baseline disagrees with itself when only the order of the
+                # texts changes. Measured here to put the analyze-vs-baseline agreement in context.
+                base = rts["separate"]
+                rev = {a: (base.extract_entities if a.startswith("ner") else base.classify)(a, texts[::-1])[::-1]
+                       for a in apps}
+                self_rows = [{a: ({"task": "ner", "entities": first[1][a][i]} if a.startswith("ner")
+                                  else {"task": "tc", **first[1][a][i]}) for a in apps} for i in range(len(texts))]
+                baseline_self = agreement(self_rows, rev)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            out[name] = {"analyze_s": med["analyze"], "analyze_no_dedup_s": med["analyze_no_dedup"],
+                         "separate_calls_s": med["separate"], "speedup": med["separate"] / med["analyze"],
+                         "speedup_no_dedup": med["separate"] / med["analyze_no_dedup"],
+                         "all_s": times,
+                         "analyze_ms_per_text_per_app": 1000 * med["analyze"] / (len(texts) * len(apps)),
                          "alone_ms_per_text": {a: 1000 * statistics.median(v) / len(texts) for a, v in t_alone.items()},
-                         "same_outputs": same_outputs(*per_app_first),
+                         "same_outputs": same_outputs(*first),
+                         "agreement": agreement(*first),
+                         "analyze_rows": rows,
+                         **({"baseline_vs_itself_texts_reversed": baseline_self} if name == "onnx_int8" else {}),
+                         "adapters_loaded": {k: v.adapters_loaded for k, v in rts.items()},
                          "shared_layers": {a: rt.app_info(a)["shared_layers"] for a in apps}}
-            print(f"  {name}: analyze {an:.2f} s, 8 separate calls {se:.2f} s -> {se / an:.2f}x "
-                  f"(same outputs: {out[name]['same_outputs']})", flush=True)
+            print(f"  {name}: analyze {med['analyze']:.2f} s (no dedup {med['analyze_no_dedup']:.2f} s), "
+                  f"8 separate calls {med['separate']:.2f} s -> {out[name]['speedup']:.2f}x "
+                  f"(no dedup {out[name]['speedup_no_dedup']:.2f}x; same outputs: {out[name]['same_outputs']}, "
+                  f"agreement {out[name]['agreement']}; rows {rows})", flush=True)
+            if name == "onnx_int8":
+                print(f"    int8 baseline vs itself with the texts reversed: {baseline_self}", flush=True)
+        finally:
+            for rt in rts.values():
+                rt.close()
     return out
 
 
@@ -510,6 +594,8 @@ def main() -> int:
     ap.add_argument("--forward-rows", type=int, default=8, help="rows per forward pass inside a micro-batch")
     ap.add_argument("--analyze-texts", type=int, default=200, help="texts of the analyze section")
     ap.add_argument("--device", default="cpu", help="device of the analyze section: cpu, cuda, cuda:N, auto")
+    ap.add_argument("--smoke", action="store_true",
+                    help="quick look: analyze on 40 texts and 1 round, memory without the 8 separate models")
     ap.add_argument("--skip", default="",
                     help="comma list of sections to skip: memory,throughput,sweep,latency,accuracy,analyze")
     ap.add_argument("--only", default="", help="comma list of the only sections to run (same names)")
@@ -548,11 +634,19 @@ def main() -> int:
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mtpf-bench-") as tmp:
         tmp = Path(tmp)
-        apps = make_apps(tmp / "apps", backbone)
+        if args.smoke:
+            args.analyze_texts, args.rounds = min(args.analyze_texts, 40), 1
+            report["smoke"] = True
+        apps = make_apps(tmp / "apps", backbone)  # today's set
+        apps_issue = make_apps(tmp / "apps_issue", backbone, ner_layers=2, shared_tc=True)
         report["apps"] = {n: json.loads((Path(d) / "mtpf_app.json").read_text())["task"] for n, d in apps.items()}
+        report["app_sets"] = {
+            "issue": "4 TC apps sharing one `tc` task-primary adapter (rank 32, last 2 layers) + 4 different heads; "
+                     "4 NER apps with --lora-layers 2 (own LoRA each) + heads",
+            "today": "4 NER apps with LoRA on all layers + heads; 4 TC apps with their own LoRA (last 2 layers) "
+                     "+ heads"}
         if "memory" not in skip:
             print("== memory", flush=True)
-            mem = {"weights": weight_bytes(backbone, apps)}
             from mtpf.encoder import load_encoder, load_tokenizer
             from mtpf.runtime import Runtime
             from mtpf.runtime.onnx_export import export_encoder_dir
@@ -560,19 +654,32 @@ def main() -> int:
             onnx_mem = tmp / "onnx_mem"  # exported here, so the probes only load
             export_encoder_dir(load_encoder(backbone), load_tokenizer(backbone), onnx_mem / "one", int8=True)
             Runtime(backbone, backend="onnx", int8=True, onnx_dir=onnx_mem / "shared", batching=False).close()
-            for kind in ("one_model", "runtime_no_apps", "runtime", "separate_models", "onnx_int8_one_model",
-                         "onnx_int8_runtime"):
+
+            def probe(kind, app_set):
                 out = subprocess.run([sys.executable, __file__, "--backbone", backbone, "--memory-probe", kind,
-                                      json.dumps(apps), "--probe-onnx-dir", str(onnx_mem)],
+                                      json.dumps(app_set), "--probe-onnx-dir", str(onnx_mem)],
                                      capture_output=True, text=True, check=True)
-                mem[kind] = json.loads(out.stdout.strip().splitlines()[-1])["rss_growth_mb"]
+                return json.loads(out.stdout.strip().splitlines()[-1])["rss_growth_mb"]
+
+            mem = {}
+            for kind in ("one_model", "runtime_no_apps", "onnx_int8_one_model"):  # no app set involved
+                mem[kind] = probe(kind, apps)
                 print(f"  {kind}: +{mem[kind]:.0f} MB RSS", flush=True)
-            mem["runtime_vs_one_model_rss"] = mem["runtime"] / mem["one_model"]
-            mem["separate_vs_one_model_rss"] = mem["separate_models"] / mem["one_model"]
-            mem["separate_vs_runtime_rss"] = mem["separate_models"] / mem["runtime"]
-            mem["onnx_int8_runtime_vs_one_int8_model_rss"] = mem["onnx_int8_runtime"] / mem["onnx_int8_one_model"]
-            print(f"  8 apps on int8 ONNX vs one int8 model: {mem['onnx_int8_runtime_vs_one_int8_model_rss']:.2f}x",
-                  flush=True)
+            for label, app_set in (("issue_set", apps_issue), ("today_set", apps)):
+                m = {"apps": report["app_sets"][label.split("_")[0]], "weights": weight_bytes(backbone, app_set)}
+                kinds = ("runtime", "onnx_int8_runtime") + (() if args.smoke else ("separate_models",))
+                for kind in kinds:
+                    m[kind] = probe(kind, app_set)
+                    print(f"  {label}: {kind}: +{m[kind]:.0f} MB RSS", flush=True)
+                m["runtime_vs_one_model_rss"] = m["runtime"] / mem["one_model"]
+                m["onnx_int8_runtime_vs_one_int8_model_rss"] = m["onnx_int8_runtime"] / mem["onnx_int8_one_model"]
+                if "separate_models" in m:
+                    m["separate_vs_one_model_rss"] = m["separate_models"] / mem["one_model"]
+                    m["separate_vs_runtime_rss"] = m["separate_models"] / m["runtime"]
+                print(f"  {label}: 8 apps on int8 ONNX vs one int8 model: "
+                      f"{m['onnx_int8_runtime_vs_one_int8_model_rss']:.2f}x; 8 apps on PyTorch vs one model: "
+                      f"{m['runtime_vs_one_model_rss']:.2f}x", flush=True)
+                mem[label] = m
             report["memory"] = mem
         if "throughput" not in skip:
             print("== throughput", flush=True)
@@ -594,9 +701,9 @@ def main() -> int:
             report["int8_accuracy"] = int8_accuracy(backbone, tmp / "onnx", args.threads)
             print(json.dumps(report["int8_accuracy"], indent=1), flush=True)
         if "analyze" not in skip:
-            print("== analyze: 8 apps (4 TC tc-shape, 4 NER --lora-layers 2), same texts", flush=True)
-            apps_l2 = make_apps(tmp / "apps_l2", backbone, ner_layers=2)
-            report["analyze"] = analyze_bench(backbone, apps_l2, args.analyze_texts, args.rounds, tmp / "onnx",
+            print("== analyze: issue set (4 TC sharing the tc adapter, 4 NER --lora-layers 2), same texts",
+                  flush=True)
+            report["analyze"] = analyze_bench(backbone, apps_issue, args.analyze_texts, args.rounds, tmp / "onnx",
                                               args.threads, args.device)
     report["machine"]["loadavg_end"] = os.getloadavg()
     report["seconds"] = round(time.perf_counter() - t_all, 1)
