@@ -305,10 +305,11 @@ def test_identical_adapters_loaded_once_and_run_once(trunk_apps, shared_tc_apps,
         assert rt.adapters_loaded == rt.stats()["adapters_loaded"] == 4
         loaded = rt.backend.adapters if backend == "torch" else rt.backend.loras
         assert len(loaded) == 4
-        key = rt.app_info("tc_s0")["adapter_key"]
-        assert key in loaded and rt.app_info("tc_s2")["adapter_key"] == key != rt.app_info("tc_alpha")["adapter_key"]
-        assert rt.app_info("tc_s1")["adapter_shared_by"] == ["tc_s0", "tc_s1", "tc_s2"]
-        assert rt.app_info("tc_head")["adapter_key"] is None and rt.app_info("tc_head")["adapter_shared_by"] == []
+        table = rt.adapters()
+        shared = table[fps["tc_s0"]]
+        assert shared["apps"] == ["tc_s0", "tc_s1", "tc_s2"] and shared["refs"] == 3 and shared["key"] in loaded
+        assert {n: rt.app_info(n)["adapter_id"] for n in fps} == fps and rt.app_info("tc_head")["adapter_id"] is None
+        assert rt._apps["tc_s2"].key == shared["key"] != rt._apps["tc_alpha"].key
         before = rt.stats()["adapter_rows"]
         res = rt.analyze(TEXTS, apps=list(apps))
         # rows run with an adapter: one per distinct (adapter, text): 4 adapters x 4 distinct texts (the
@@ -341,19 +342,52 @@ def test_unregister_one_of_two_sharing_apps_keeps_the_other(trunk_apps, shared_t
     with Runtime(backbone) as rt:
         rt.register_app("tc_s0", shared_tc_apps["tc_s0"])
         rt.register_app("tc_s1", shared_tc_apps["tc_s1"])
-        key = rt.app_info("tc_s1")["adapter_key"]
+        key = rt._apps["tc_s1"].key
         assert rt.adapters_loaded == 1
         rt.unregister_app("tc_s0")
         assert rt.adapters_loaded == 1 and key in rt.backend.adapters
+        assert [(e["apps"], e["refs"]) for e in rt.adapters().values()] == [(["tc_s1"], 1)]
         assert_matches_reference(ref, "classify", TEXTS, rt.classify("tc_s1", TEXTS))
         rt.register_app("tc_s0", shared_tc_apps["tc_s0"])  # joins the loaded copy again
-        assert rt.app_info("tc_s0")["adapter_key"] == key and rt.adapters_loaded == 1
+        assert rt._apps["tc_s0"].key == key and rt.adapters_loaded == 1
         rt.unregister_app("tc_s0")
         rt.unregister_app("tc_s1")
         assert rt.adapters_loaded == 0 and key not in rt.backend.adapters
         rt.register_app("tc_s1", shared_tc_apps["tc_s1"])  # loaded afresh under a new key
-        assert rt.app_info("tc_s1")["adapter_key"] != key
+        assert rt._apps["tc_s1"].key != key
         assert_matches_reference(ref, "classify", TEXTS, rt.classify("tc_s1", TEXTS))
+
+
+def test_sharing_app_churn_never_drops_the_adapter_in_use(trunk_apps, shared_tc_apps):
+    """tc_s1 serves calls non-stop while tc_s0 (same adapter) is registered and removed again and again."""
+    backbone, _ = trunk_apps
+    want = Reference(backbone, shared_tc_apps["tc_s1"])
+    with Runtime(backbone, max_wait_ms=1) as rt:
+        rt.register_app("tc_s1", shared_tc_apps["tc_s1"])
+        stop, outs, errors = threading.Event(), [], []
+
+        def client():
+            while not stop.is_set():
+                try:
+                    outs.append(rt.classify("tc_s1", TEXTS[:2]))
+                except Exception as exc:  # noqa: BLE001 - collected, asserted below
+                    errors.append(exc)
+
+        workers = [threading.Thread(target=client) for _ in range(3)]
+        for w in workers:
+            w.start()
+        try:
+            for _ in range(15):
+                rt.register_app("tc_s0", shared_tc_apps["tc_s0"])
+                rt.classify("tc_s0", TEXTS[:1])
+                rt.unregister_app("tc_s0")
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(timeout=60)
+        assert not errors and len(outs) > 0 and rt.adapters_loaded == 1
+    for out in outs[:: max(1, len(outs) // 10)]:
+        assert_matches_reference(want, "classify", TEXTS[:2], out)
 
 
 def test_adapt_tc_apps_of_one_run_share_its_tc_adapter(tiny_bert, tmp_path):

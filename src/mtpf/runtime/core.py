@@ -269,6 +269,14 @@ class Runtime:
                 del self._adapters[adapter_id]
                 self.backend.remove_lora(entry.key)
 
+    def adapters(self) -> dict[str, dict]:
+        """The loaded LoRA adapters: ``{adapter_id: {"key": backend key, "refs": n, "apps": [registered names]}}``
+        (an operator's view: which apps share which copy; draining apps count in ``refs`` only)."""
+        with self._apps_lock, self._adapters_lock:
+            return {aid: {"key": e.key, "refs": e.refs,
+                          "apps": [n for n, a in self._apps.items() if a.adapter_id == aid]}
+                    for aid, e in self._adapters.items()}
+
     @property
     def adapters_loaded(self) -> int:
         """Distinct LoRA adapters held by the backend (apps sharing one count once)."""
@@ -289,18 +297,13 @@ class Runtime:
         s = app.spec
         info = {"name": name, "task": s.task, "labels": s.labels, "has_lora": s.has_lora, "adapter_dir": str(s.path),
                 "max_length": s.max_length, "backbone_fingerprint": s.backbone_fingerprint, "served": app.served,
-                "shared_layers": self._runner.level(app), "adapter_key": app.key,
-                "adapter_id": app.adapter_id if self.dedup else None, "adapter_shared_by": self._sharing(app)}
+                "shared_layers": self._runner.level(app),
+                # content fingerprint of its LoRA (apps with the same one share a single loaded copy); no other
+                # app's name here: the server hands this dict to the app's own key holder
+                "adapter_id": app.adapter_id if self.dedup else None}
         if s.task == "tc":
             info.update({"pooling": s.pooling, "normalize": s.normalize, "embedding_dim": self.hidden_size})
         return info
-
-    def _sharing(self, app: _App) -> list[str]:
-        """Names of the registered apps that use ``app``'s loaded adapter (itself included; [] without LoRA)."""
-        if app.key is None:
-            return []
-        with self._apps_lock:
-            return [n for n, a in self._apps.items() if a.key == app.key]
 
     def _get(self, name: str) -> _App:
         with self._apps_lock:
