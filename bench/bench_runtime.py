@@ -203,7 +203,6 @@ def weight_bytes(backbone: str, apps: dict[str, str]) -> dict:
     from safetensors import safe_open
 
     from mtpf.encoder import load_encoder
-
     from mtpf.runtime.core import lora_fingerprint
 
     enc = load_encoder(backbone)

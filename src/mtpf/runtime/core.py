@@ -245,7 +245,7 @@ class Runtime:
         """The backend key of ``spec``'s LoRA, loading it unless an identical one is loaded (refcount + 1)."""
         try:
             adapter_id = lora_fingerprint(spec.path) if self.dedup else f"app:{name}#{next(self._keys)}"
-        except Exception as exc:  # noqa: BLE001 - unreadable adapter files: one clear registration error
+        except Exception as exc:  # unreadable adapter files: one clear registration error
             raise AppError(f"app {name!r}: cannot read its LoRA from {spec.path}: {exc}") from exc
         with self._adapters_lock:
             entry = self._adapters.get(adapter_id)
