@@ -150,7 +150,8 @@ def load_pseudo_label_dataset(paths, tokenizer, max_length: int, num_labels: int
         try:
             raw = load_dataset("json", data_files=str(f), split="train", cache_dir=local_cache_dir(f))
         except Exception as exc:  # noqa: BLE001 - one line naming the file (and the line, for bad JSON)
-            _raise_jsonl_problem(f)
+            if _raise_jsonl_problem(f) == 0:
+                continue  # an empty shard
             raise DataError(f, None, f"cannot read as JSONL: {_one_line(exc)}") from None
         if raw.num_rows == 0:
             continue

@@ -145,18 +145,18 @@ def _load_local(spec: PairSourceSpec):
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - every reader error becomes one line naming the file
-        if _builder(path) == "json":
-            _raise_jsonl_problem(path)
+        if _builder(path) == "json" and _raise_jsonl_problem(path) == 0:
+            raise DataError(path, None, "pair source is empty (no anchor/positive pairs)") from None
         raise DataError(path, None, f"cannot read as {_builder(path)}: {_one_line(exc)}") from None
     return ds
 
 
-def _raise_jsonl_problem(path: Path) -> None:
-    """The json builder names no line: on its failure only, rescan the file to name the bad line."""
+def _raise_jsonl_problem(path: Path) -> int:
+    """The json builder names no line: on its failure only, rescan the file to name the bad line; returns
+    the number of records when every line parses."""
     from mtpf.data.io import iter_jsonl
 
-    for _ in iter_jsonl(path):
-        pass
+    return sum(1 for _ in iter_jsonl(path))
 
 
 def _required_subsets(hub: str) -> list[str]:

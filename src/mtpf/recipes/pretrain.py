@@ -233,6 +233,10 @@ class PretrainRecipe:
         from mtpf.data.token_cache import tokenize_pairs
 
         cfg, acc = self.cfg, self.accelerator
+        if not (cfg.progress and acc.is_main_process):
+            import datasets
+
+            datasets.disable_progress_bars()
         rank, world, pad = acc.process_index, acc.num_processes, self.tokenizer.pad_token_id
         self.batches, self.data_files, self.hub_sources = {}, [], {}
         self.num_clusters = None
