@@ -22,7 +22,13 @@ def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of what decides the ids: the fast tokenizer's full JSON (vocab, normaliser, pre-tokeniser,
     post-processor) or, for slow tokenizers, the vocabulary and class."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)  # call-time settings, changed by every tokenizer(..., truncation=True)
+        state.pop("padding", None)
+        text = json.dumps(state, sort_keys=True)
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
     extra = json.dumps([type(tokenizer).__name__, getattr(tokenizer, "add_prefix_space", None)])
     return hashlib.sha256((text + extra).encode()).hexdigest()[:16]
 
