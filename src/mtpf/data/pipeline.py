@@ -84,9 +84,12 @@ class BatchStream(torch.utils.data.IterableDataset):
 
 
 def batch_loader(make, start: int, num_workers: int, pin_memory: bool):
+    # Its own generator: a DataLoader iterator draws a base seed, which must not advance the global RNG (the
+    # dropout stream that a resumed run restores from the checkpoint).
     return torch.utils.data.DataLoader(
         BatchStream(make, start), batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-        prefetch_factor=4 if num_workers else None, persistent_workers=False)
+        prefetch_factor=4 if num_workers else None, persistent_workers=False,
+        generator=torch.Generator().manual_seed(start))
 
 
 def to_device(obj, device):
