@@ -22,7 +22,7 @@ from mtpf.data.io import DataError
 ANCHOR_KEYS = ("anchor", "query", "sentence1", "text1")
 POSITIVE_KEYS = ("positive", "pos", "sentence2", "text2")
 LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".arrow")
-SPEC_KEYS = {"hub", "path", "subset", "split", "columns", "streaming", "name"}
+SPEC_KEYS = {"hub", "path", "subset", "split", "columns", "streaming", "name", "rows"}
 HUB_TABLE = Path("configs/paper/hub_sources.yaml")  # optional: which hub sources need a subset
 
 
@@ -35,6 +35,7 @@ class PairSourceSpec:
     columns: tuple[str, str] | None = None
     streaming: bool = False
     name: str | None = None
+    rows: int | None = None  # size hint of a streaming source (for proportional weights)
 
     @property
     def label(self) -> str:
@@ -65,12 +66,12 @@ def parse_pair_spec(item) -> PairSourceSpec:
     if cols is not None and (not isinstance(cols, (list, tuple)) or len(cols) != 2
                              or not all(isinstance(c, str) for c in cols)):
         raise ValueError(f"pair source {item!r}: columns must be [anchor_column, positive_column]")
-    if item.get("path") and item.get("streaming"):
-        raise ValueError(f"pair source {item!r}: streaming is for hub sources; local files are memory-mapped")
+    if item.get("rows") is not None and (not isinstance(item["rows"], int) or item["rows"] < 1):
+        raise ValueError(f"pair source {item!r}: rows must be a positive integer")
     return PairSourceSpec(path=str(item["path"]) if item.get("path") else None, hub=item.get("hub"),
                           subset=item.get("subset"), split=str(item.get("split") or "train"),
                           columns=tuple(cols) if cols else None, streaming=bool(item.get("streaming", False)),
-                          name=item.get("name"))
+                          name=item.get("name"), rows=item.get("rows"))
 
 
 @dataclass
@@ -83,7 +84,16 @@ class PairSource:
     files: list[str]  # local files behind it (fingerprinted in run.json); [] for hub sources
 
     def __len__(self) -> int:
-        return self.data.num_rows
+        if not self.streaming:
+            return self.data.num_rows
+        if self.spec.rows:
+            return self.spec.rows
+        splits = getattr(self.data.info, "splits", None) or {}
+        split = splits.get(self.spec.split) if hasattr(splits, "get") else None
+        if split is None or not split.num_examples:
+            raise DataError(self.spec.label, None, "streaming source of unknown size; give rows: N (approximate "
+                            "row count) in its mapping, or explicit pair_weights")
+        return split.num_examples
 
     @property
     def streaming(self) -> bool:
@@ -141,7 +151,8 @@ def _load_local(spec: PairSourceSpec):
             if hasattr(ds, "keys"):  # a DatasetDict
                 ds = ds[spec.split]
         else:
-            ds = load_dataset(_builder(path), data_files=str(path), split="train", cache_dir=local_cache_dir(path))
+            ds = load_dataset(_builder(path), data_files=str(path), split="train", cache_dir=local_cache_dir(path),
+                              streaming=spec.streaming)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - every reader error becomes one line naming the file
@@ -190,7 +201,13 @@ def _load_hub(spec: PairSourceSpec):  # pragma: no cover - needs network
 
 
 def _columns(ds, spec: PairSourceSpec) -> tuple[str, str]:
-    names = list(ds.column_names or [])
+    names = ds.column_names
+    if names is None:  # a streaming source whose features are unknown until read: peek at the first row
+        first = next(iter(ds), None)
+        if first is None:
+            raise DataError(spec.label, None, "pair source is empty (no anchor/positive pairs)")
+        names = list(first)
+    names = list(names)
     if spec.columns:
         missing = [c for c in spec.columns if c not in names]
         if missing:

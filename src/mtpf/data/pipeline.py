@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from mtpf.data.io import DataError
 from mtpf.data.samplers import pad_batch
 
 PAD_MULTIPLE = 8
@@ -31,13 +32,74 @@ def length_chunks(ids: list[list[int]], size: int | None, pad_id: int):
     return chunks, torch.tensor(order), sum(len(x) for x in ids)
 
 
+class StreamWindows:
+    """Rows of a streaming source (``IterableDataset``, never downloaded whole): its j-th batch reads window
+    ``[j*S, (j+1)*S)`` of the buffer-shuffled stream (``S`` = batch + slack for in-batch duplicates), tokenised
+    in the worker. Windows are a pure function of j; reaching window j reads past the earlier ones (so a
+    resumed run or a worker skipping the others' windows costs a sequential read, not memory). At the end of
+    the stream the next epoch starts with another shuffle seed."""
+
+    def __init__(self, name, data, batch: int, seed: int, tokenizer, max_length: int, buffer_size: int = 10_000):
+        self.name, self.data, self.batch, self.seed = name, data, batch, seed
+        self.tokenizer, self.max_length, self.buffer_size = tokenizer, max_length, buffer_size
+        self.size = batch + max(8, batch // 4)
+        self._it, self._pos, self._epoch = None, 0, 0
+
+    def _restart(self, epoch: int) -> None:
+        self._it = iter(self.data.shuffle(seed=self.seed + epoch, buffer_size=self.buffer_size))
+        self._epoch = epoch
+
+    def _next_row(self) -> dict:
+        for _ in range(2):
+            row = next(self._it, None)
+            if row is not None:
+                self._pos += 1
+                return row
+            self._restart(self._epoch + 1)
+        raise DataError(self.name, None, "streaming pair source is empty")
+
+    def window(self, j: int) -> list[tuple[list[int], list[int]]]:
+        start = j * self.size
+        if self._it is None or self._pos > start:
+            self._restart(0)
+            self._pos = 0
+        while self._pos < start:
+            self._next_row()
+        rows = [self._next_row() for _ in range(self.size)]
+        texts = [(r["anchor"], r["positive"]) for r in rows
+                 if isinstance(r["anchor"], str) and isinstance(r["positive"], str)
+                 and r["anchor"].strip() and r["positive"].strip()]
+        if not texts:
+            return []
+        kw = {"truncation": True, "max_length": self.max_length}
+        a = self.tokenizer([t[0] for t in texts], **kw)["input_ids"]
+        p = self.tokenizer([t[1] for t in texts], **kw)["input_ids"]
+        return list(zip(a, p))
+
+
 class PairBatches:
     """Contrastive batch k: sampler rows -> this process's slice -> (anchor, positive) chunk lists."""
 
-    def __init__(self, tokens: dict, sampler, mini_batch: int | None, pad_id: int, rank: int = 0, world: int = 1):
+    def __init__(self, tokens: dict, sampler, mini_batch: int | None, pad_id: int, rank: int = 0, world: int = 1,
+                 streams: dict | None = None):
         self.tokens, self.sampler = tokens, sampler  # tokens: source name -> Dataset {a_ids, p_ids}
         self.mini_batch, self.pad_id, self.rank, self.world = mini_batch, pad_id, rank, world
+        self.streams = streams or {}  # source name -> StreamWindows
         self._got: dict[int, tuple] = {}
+
+    def _stream_batch(self, name: str, j: int) -> list[int]:
+        chosen, seen = [], set()
+        for pos, (a, p) in enumerate(self.streams[name].window(j)):
+            ka, kp = tuple(a), tuple(p)
+            if ka in seen or kp in seen or ka == kp:
+                continue
+            seen.update((ka, kp))
+            self._got[pos] = (a, p)
+            chosen.append(pos)
+            if len(chosen) == self.sampler.batch_size:
+                return chosen
+        raise DataError(f"pair source {name}", None, f"cannot fill a batch of {self.sampler.batch_size} pairs "
+                        "without repeating a text; lower tc_batch_size or drop the source")
 
     def _keys(self, name: str, rows):
         got = self.tokens[name][rows.tolist()]
@@ -48,7 +110,12 @@ class PairBatches:
 
     def __call__(self, k: int) -> dict:
         self._got = {}
-        name, rows = self.sampler.batch(k, self._keys)
+        si, j = self.sampler.plan(k)
+        if self.sampler.names[si] in self.streams:
+            name = self.sampler.names[si]
+            rows = self._stream_batch(name, j)
+        else:
+            name, rows = self.sampler.batch(k, self._keys)
         mine = rank_slice(rows, self.rank, self.world)
         a_chunks, a_order, a_tok = length_chunks([self._got[r][0] for r in mine], self.mini_batch, self.pad_id)
         p_chunks, p_order, p_tok = length_chunks([self._got[r][1] for r in mine], self.mini_batch, self.pad_id)

@@ -261,25 +261,26 @@ class PretrainRecipe:
             if not cfg.pairs:
                 raise ConfigError(f"strategy {cfg.strategy} trains TC but pairs is empty")
             sources = load_pair_sources(cfg.pairs)
-            for s in sources:
-                if s.streaming:
-                    raise ConfigError(f"pair source {s.spec.label}: streaming: true is not supported yet by the "
-                                      "index sampler; drop it (the source is downloaded once and memory-mapped)")
             self.pair_sources = {s.name: s for s in sources}
             self.data_files += [f for s in sources for f in s.files]
             self.hub_sources = {s.spec.label: s for s in sources if s.spec.hub}
             with acc.main_process_first():
                 self.pair_tokens = {s.name: tokenize_pairs(s, self.tokenizer, cfg.max_length, cfg.tokenize_num_proc)
-                                    for s in sources}
+                                    for s in sources if not s.streaming}
+            from mtpf.data.pipeline import StreamWindows
+
+            streams = {s.name: StreamWindows(s.name, s.data, cfg.tc_batch_size, cfg.seed, self.tokenizer,
+                                             cfg.max_length) for s in sources if s.streaming}
             try:
-                sampler = HierarchicalPairSampler({n: len(d) for n, d in self.pair_tokens.items()},
-                                                  cfg.tc_batch_size, cfg.seed, cfg.pair_weights,
-                                                  cfg.pair_temperature, cfg.pair_size_cap)
+                sampler = HierarchicalPairSampler({s.name: len(s) if s.streaming else len(self.pair_tokens[s.name])
+                                                   for s in sources}, cfg.tc_batch_size, cfg.seed,
+                                                  cfg.pair_weights, cfg.pair_temperature, cfg.pair_size_cap)
             except ValueError as exc:
                 if isinstance(exc, DataError):
                     raise
                 raise ConfigError(str(exc)) from None
-            self.batches["tc"] = PairBatches(self.pair_tokens, sampler, cfg.tc_mini_batch_size, pad, rank, world)
+            self.batches["tc"] = PairBatches(self.pair_tokens, sampler, cfg.tc_mini_batch_size, pad, rank, world,
+                                             streams)
 
     def _build_model(self, encoder):
         from mtpf.lora import add_task_adapters
