@@ -29,6 +29,15 @@ def _reference_tc(recipe, texts_a, texts_p):
                 for s in range(0, len(order), size)], torch.tensor(order)
 
     (a, ao), (p, po) = chunks(texts_a), chunks(texts_p)
+    if not cfg.tc_mini_batch_size:  # uncached: the whole batch, padded to its longest, in one graph
+        from mtpf.losses import info_nce
+        from mtpf.losses.cached_info_nce import _unsort
+
+        ea = _unsort(torch.cat([recipe.model("tc", **c).float() for c in a]), ao)
+        ep = _unsort(torch.cat([recipe.model("tc", **c).float() for c in p]), po)
+        loss = info_nce(ea, ep, cfg.temperature, cfg.symmetric, cfg.gather_negatives)
+        loss.backward()
+        return loss.detach()
     return cached_info_nce_backward(lambda c: recipe.model("tc", **c).float(), a, p, cfg.temperature,
                                     cfg.symmetric, cfg.gather_negatives, anchor_order=ao, positive_order=po)
 
@@ -44,13 +53,18 @@ def _reference_ner(recipe, sentences, labels):
     return loss.detach()
 
 
-@pytest.mark.parametrize("strategy", ["tc", "ner", "mtpf-tpl"])
+@pytest.mark.parametrize("strategy,extra", [
+    ("tc", {}),
+    ("tc", {"tc_mini_batch_size": "null", "tc_pad_chunk": 4}),  # uncached: length-sorted chunks in one graph
+    ("ner", {}),
+    ("mtpf-tpl", {}),
+])
 def test_worker_fed_batches_give_the_previous_loss_and_gradients(tiny_bert_nodropout, toy_data, tmp_path,
-                                                                  strategy, one_torch_thread):
+                                                                  strategy, extra, one_torch_thread):
     from mtpf.data.ner_pseudo import load_pseudo_labels
 
     cfg = load_config(PretrainConfig, None, tiny_run_overrides(
-        tiny_bert_nodropout, toy_data, tmp_path / "run", strategy=strategy, num_workers=1))
+        tiny_bert_nodropout, toy_data, tmp_path / "run", strategy=strategy, num_workers=1, **extra))
     recipe = PretrainRecipe(cfg)
     recipe.setup()
     recipe.model.train()

@@ -71,6 +71,9 @@ class PretrainConfig:
     tc_batch_size: int = field(default=1024, metadata={"help": "Pairs per contrastive batch, all processes (paper: 1024)."})
     tc_mini_batch_size: int | None = field(default=64, metadata={
         "help": "GradCache chunk size (memory bound); null = no caching (whole batch in one graph)."})
+    tc_pad_chunk: int | None = field(default=256, metadata={"help": (
+        "Without GradCache: embed the batch as length-sorted chunks of this many texts in one graph (less "
+        "padding, the same loss and gradients); null = one chunk.")})
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature tau."})
     symmetric: bool = field(default=False, metadata={"help": "Also score positives against anchors."})
     gather_negatives: bool = field(default=True, metadata={"help": "Use other processes' pairs as negatives."})
@@ -279,7 +282,8 @@ class PretrainRecipe:
                 if isinstance(exc, DataError):
                     raise
                 raise ConfigError(str(exc)) from None
-            self.batches["tc"] = PairBatches(self.pair_tokens, sampler, cfg.tc_mini_batch_size, pad, rank, world,
+            chunk = cfg.tc_mini_batch_size or cfg.tc_pad_chunk
+            self.batches["tc"] = PairBatches(self.pair_tokens, sampler, chunk, pad, rank, world,
                                              streams)
 
     def _build_model(self, encoder):
