@@ -70,6 +70,8 @@ def cached_map(ds, fn, *, kind: str, name: str, files: list[str], label: str, to
         except Exception as exc:  # noqa: BLE001 - any unreadable cache: one line, what to delete
             raise DataError(label, None, f"tokenisation cache {folder} is unreadable "
                             f"({type(exc).__name__}); delete that folder and rerun") from None
+    if num_proc is None and len(ds) > 200_000:
+        num_proc = min(8, os.cpu_count() or 1)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -61,7 +61,8 @@ class PretrainConfig:
     pairs: list[Any] = field(default_factory=list, metadata={"help": (
         "Pair sources ({anchor, positive}), read through `datasets` (memory-mapped Arrow): a local "
         "JSONL/Parquet/Arrow file, a folder of them (one source per file), a save_to_disk folder, "
-        "hub:NAME[:SUBSET], or a mapping {hub|path, subset, split, columns: [anchor_col, positive_col], name}.")})
+        "hub:NAME[:SUBSET], or a mapping {hub|path, subset, split, columns: [anchor_col, positive_col], name, streaming, rows}; "
+        "streaming: true reads the source as a shuffled stream, never whole (rows: N = its size for weighting).")})
     pair_weights: Any = field(default="proportional", metadata={
         "help": "Source sampling: proportional | uniform | {source: weight}."})
     pair_temperature: float = field(default=1.0, metadata={
