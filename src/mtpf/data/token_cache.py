@@ -56,14 +56,20 @@ def cache_root(files: list[str]) -> Path:
 
 def cached_map(ds, fn, *, kind: str, name: str, files: list[str], label: str, tokenizer, max_length: int,
                features, num_proc: int | None = None):
-    """``ds.map(fn, batched=True)`` once per (data, tokenizer, max_length); later calls load the cache."""
-    from datasets import load_from_disk
+    """``ds.map(fn, batched=True)`` once per (data, tokenizer, max_length); later calls load the cache.
+
+    ``map`` writes its Arrow file(s) straight into a temporary folder that is renamed when complete, with a
+    ``files.json`` listing them; no second copy (``save_to_disk`` would re-read every row, and the pages it
+    touches count in the run's RSS)."""
+    from datasets import Dataset, concatenate_datasets
 
     key = f"{kind}-{name}-{_data_key(files, label, ds)}-{tokenizer_fingerprint(tokenizer)}-L{max_length}"
     folder = cache_root(files) / key
     if folder.exists():
         try:
-            out = load_from_disk(str(folder))
+            names = json.loads((folder / "files.json").read_text())
+            parts = [Dataset.from_file(str(folder / f)) for f in names]
+            out = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
             if set(out.column_names) != set(features):
                 raise ValueError(f"columns {out.column_names}")
             return out
@@ -75,17 +81,19 @@ def cached_map(ds, fn, *, kind: str, name: str, files: list[str], label: str, to
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     try:
         mapped = ds.map(fn, batched=True, batch_size=1000, with_indices=True, remove_columns=ds.column_names,
                         features=features, num_proc=num_proc if num_proc and num_proc > 1 else None,
-                        cache_file_name=str(tmp / "map" / "part.arrow"), new_fingerprint=key,
-                        desc=f"tokenising {name}")
-        mapped.save_to_disk(str(tmp / "final"))
+                        cache_file_name=str(tmp / "data.arrow"), new_fingerprint=key, desc=f"tokenising {name}")
+        names = sorted(Path(c["filename"]).name for c in mapped.cache_files)
         del mapped
-        os.replace(tmp / "final", folder)
+        (tmp / "files.json").write_text(json.dumps(names))
+        os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return load_from_disk(str(folder))
+    return cached_map(ds, fn, kind=kind, name=name, files=files, label=label, tokenizer=tokenizer,
+                      max_length=max_length, features=features)
 
 
 def tokenize_pairs(source, tokenizer, max_length: int, num_proc: int | None = None):
