@@ -237,7 +237,19 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of: tc,cached,ner,bare,tpl")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "pretrain.json"))
+    ap.add_argument("--write-slice", metavar="DIR", help="only write the --pairs pairs (at least 2 x tpl-steps x "
+                    "tpl-batch-tc) and --sentences sentences of --data into DIR (for --data on another machine)")
     args = ap.parse_args()
+    if args.write_slice:
+        out = Path(args.write_slice)
+        n = max(args.pairs, 2 * args.tpl_steps * args.tpl_batch_tc)
+        write_jsonl(out / "pairs" / "nli_entailment_pairs.jsonl",
+                    ({"anchor": a, "positive": p} for a, p in read_pairs(Path(args.data), n)))
+        sents, _ = read_ner(Path(args.data), args.sentences)
+        with open(Path(args.data) / "ner" / "conll2003" / "train.jsonl") as fh:
+            write_jsonl(out / "ner" / "conll2003" / "train.jsonl", (json.loads(next(fh)) for _ in sents))
+        print(f"wrote {out}")
+        return
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
     from mtpf.cli import quiet_libraries

@@ -8,7 +8,7 @@
    --sampler-small-row one (keys read from the memory-mapped rows). Target: ratio <= 2.
 
     python bench/bench_scale.py                                  # 2M vs 20k pairs, 10M vs 10k rows
-    python bench/bench_scale.py --big 20000 --small 2000 --sampler-big 200000 --steps 2   # smoke (< 1 min)
+    python bench/bench_scale.py --model tiny --big 20000 --small 2000 --sampler-big 200000 --steps 2   # smoke
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=20_000)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--batch-tc", type=int, default=64)
-    ap.add_argument("--model", default="packaged")
+    ap.add_argument("--model", default="packaged", help="encoder; 'tiny' = a 2-layer random BERT (smoke runs)")
     ap.add_argument("--sampler-big", type=int, default=10_000_000)
     ap.add_argument("--sampler-small", type=int, default=10_000)
     ap.add_argument("--batch", type=int, default=1024)
@@ -100,6 +100,10 @@ def main() -> None:
     results = {"args": vars(args), "load_average": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if args.model == "tiny":
+            from mtpf.testing import make_tiny_encoder
+
+            args.model = make_tiny_encoder(tmp / "tiny", "bert")
         if "pretrain" not in skip:
             for label, n in (("small", args.small), ("big", args.big)):
                 folder = tmp / label
