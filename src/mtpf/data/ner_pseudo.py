@@ -148,7 +148,8 @@ def load_pseudo_label_dataset(paths, tokenizer, max_length: int, num_labels: int
     parts = []
     for f in files:
         try:
-            raw = load_dataset("json", data_files=str(f), split="train", cache_dir=local_cache_dir(f))
+            raw = load_dataset("json", data_files=str(f), split="train", cache_dir=local_cache_dir(f),
+                               chunksize=64 << 20, writer_batch_size=20_000)  # large Arrow record batches
         except Exception as exc:  # noqa: BLE001 - one line naming the file (and the line, for bad JSON)
             if _raise_jsonl_problem(f) == 0:
                 continue  # an empty shard
