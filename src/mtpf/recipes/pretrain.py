@@ -72,9 +72,9 @@ class PretrainConfig:
     tc_batch_size: int = field(default=1024, metadata={"help": "Pairs per contrastive batch, all processes (paper: 1024)."})
     tc_mini_batch_size: int | None = field(default=64, metadata={
         "help": "GradCache chunk size (memory bound); null = no caching (whole batch in one graph)."})
-    tc_pad_chunk: int | None = field(default=256, metadata={"help": (
+    tc_pad_chunk: int | None = field(default=None, metadata={"help": (
         "Without GradCache: embed the batch as length-sorted chunks of this many texts in one graph (less "
-        "padding, the same loss and gradients); null = one chunk.")})
+        "padding, the same loss and gradients); 0 = one chunk; null = 256 on CUDA, 32 on CPU.")})
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature tau."})
     symmetric: bool = field(default=False, metadata={"help": "Also score positives against anchors."})
     gather_negatives: bool = field(default=True, metadata={"help": "Use other processes' pairs as negatives."})
@@ -284,6 +284,8 @@ class PretrainRecipe:
                     raise
                 raise ConfigError(str(exc)) from None
             chunk = cfg.tc_mini_batch_size or cfg.tc_pad_chunk
+            if chunk is None:
+                chunk = 256 if acc.device.type == "cuda" else 32
             self.batches["tc"] = PairBatches(self.pair_tokens, sampler, chunk, pad, rank, world,
                                              streams)
 
