@@ -50,6 +50,9 @@ def test_file_without_the_expected_columns_fails_with_one_line(tmp_path):
     with pytest.raises(DataError, match=r"p\.parquet: needs an anchor and a positive column \(found \['q', 'a', "
                        r"'extra'\]\); name them with .*columns"):
         load_pair_sources([str(tmp_path / "p.parquet")])
+    Dataset.from_list(_rows()).save_to_disk(str(tmp_path / "saved"))  # an Arrow folder
+    with pytest.raises(DataError, match=r"saved: needs an anchor and a positive column"):
+        load_pair_sources([str(tmp_path / "saved")])
     with pytest.raises(DataError, match=r"p\.parquet: has no column 'question'.*fix columns"):
         load_pair_sources([{"path": str(tmp_path / "p.parquet"), "columns": ["question", "a"]}])
     (tmp_path / "empty.jsonl").write_text("")
