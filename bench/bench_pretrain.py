@@ -10,8 +10,9 @@ Same model, same examples, same batch size. Every configuration runs two passes 
 Prints useful (non-padding) tokens/s and ratios; --json writes the raw numbers.
 
     python bench/bench_pretrain.py --device cpu --pairs 640 --sentences 640 --json bench/results/pretrain.json
-    python bench/bench_pretrain.py --device cuda --random-init --data bench/data-slice --batch-tc 1024 \
-        --pairs 8192 --batch-ner 256 --sentences 4096 --tpl-batch-tc 1024 --tpl-batch-ner 256
+    python bench/bench_pretrain.py --write-slice bench/data-slice --pairs 16384 --sentences 4096   # here, then carry it
+    python bench/bench_pretrain.py --device cuda --random-init --tokenizer bench/data-slice/tokenizer \
+        --data bench/data-slice --batch-tc 1024 --pairs 16384 --batch-ner 256 --sentences 4096 --max-length 128
 Smoke test (< 1 min): --pairs 64 --batch-tc 16 --sentences 64 --batch-ner 16 --tpl-batch-tc 16 --tpl-batch-ner 8
 """
 from __future__ import annotations
@@ -140,10 +141,14 @@ def run_hf_token_classification(args, model: str, sentences, labels, num_labels,
     rows = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
             "labels": [align_first_subtoken(enc.word_ids(i), labels[i]) for i in range(len(sentences))]}
     with tempfile.TemporaryDirectory() as tmp:
-        targs = TrainingArguments(output_dir=tmp, per_device_train_batch_size=args.batch_ner, num_train_epochs=2,
-                                  learning_rate=5e-5, report_to=[], save_strategy="no", logging_strategy="no",
-                                  use_cpu=args.device == "cpu", bf16=args.device == "cuda", disable_tqdm=True,
-                                  seed=42, dataloader_drop_last=True, train_sampling_strategy="group_by_length")
+        common = dict(output_dir=tmp, per_device_train_batch_size=args.batch_ner, num_train_epochs=2,
+                      learning_rate=5e-5, report_to=[], save_strategy="no", logging_strategy="no",
+                      use_cpu=args.device == "cpu", bf16=args.device == "cuda", disable_tqdm=True, seed=42,
+                      dataloader_drop_last=True)
+        try:  # transformers 5's name for length grouping; older releases call it group_by_length=True
+            targs = TrainingArguments(**common, train_sampling_strategy="group_by_length")
+        except TypeError:
+            targs = TrainingArguments(**common, group_by_length=True)
         trainer = Trainer(model=net, args=targs, train_dataset=Dataset.from_dict(rows),
                           data_collator=DataCollatorForTokenClassification(tok, pad_to_multiple_of=8))
         timer = _PassTimer(steps, args.device)
@@ -248,6 +253,9 @@ def main() -> None:
         sents, _ = read_ner(Path(args.data), args.sentences)
         with open(Path(args.data) / "ner" / "conll2003" / "train.jsonl") as fh:
             write_jsonl(out / "ner" / "conll2003" / "train.jsonl", (json.loads(next(fh)) for _ in sents))
+        from mtpf.encoder import load_tokenizer
+
+        load_tokenizer(args.tokenizer).save_pretrained(out / "tokenizer")  # for --random-init --tokenizer DIR/tokenizer
         print(f"wrote {out}")
         return
     torch.set_num_threads(args.threads)
