@@ -165,7 +165,7 @@ def run_bare(args, model: str, pairs, steps: int) -> float:
 
     tok = load_tokenizer(model)
     net = load_encoder(model).to(args.device).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=5e-5)
+    opt = torch.optim.AdamW(net.parameters(), lr=5e-5, fused=True)
     batches = []
     for s in range(steps):
         chunk = pairs[s * args.batch_tc : (s + 1) * args.batch_tc]
