@@ -1,12 +1,19 @@
-"""Training throughput of mtpf's pre-finetuning steps against the ecosystem's standard trainers.
+"""Steady-state training throughput of mtpf's pre-finetuning steps against the ecosystem's trainers.
 
-Side by side, same model (packaged all-MiniLM-L6-v2), same examples, same batch size, one epoch each:
-  contrastive: mtpf `strategy=tc` (uncached, and GradCache)  vs  sentence-transformers' trainer + MNRL
-  token CE:    mtpf `strategy=ner`                            vs  HF Trainer + AutoModelForTokenClassification
-Prints useful (non-padding) tokens/s, the ratio to the baseline, and achieved FLOP/s against this
-machine's measured fp32 matmul peak.
+Same model, same examples, same batch size. Every configuration runs two passes over its examples: the first
+(warm-up) meets every padded shape once (allocator, cuDNN/cuBLAS plans), only the second is timed.
+  contrastive: mtpf `tc` (uncached and GradCache)  vs  sentence-transformers MNRL and CachedMNRL
+  token CE:    mtpf `ner`                          vs  HF Trainer + AutoModelForTokenClassification with length
+                                                       grouping (train_sampling_strategy="group_by_length")
+  ceiling:     a bare PyTorch loop on pre-tokenised, pre-padded device batches (InfoNCE)
+  mtpf-tpl:    seconds per optimizer step at --tpl-batch-tc / --tpl-batch-ner
+Prints useful (non-padding) tokens/s and ratios; --json writes the raw numbers.
 
-    python bench/bench_pretrain.py [--data ../shared/data] [--pairs 640] [--sentences 640] [--threads 2]
+    python bench/bench_pretrain.py --device cpu --pairs 640 --sentences 640 --json bench/results/pretrain.json
+    python bench/bench_pretrain.py --write-slice bench/data-slice --pairs 16384 --sentences 4096   # here, then carry it
+    python bench/bench_pretrain.py --device cuda --random-init --tokenizer bench/data-slice/tokenizer \
+        --data bench/data-slice --batch-tc 1024 --pairs 16384 --batch-ner 256 --sentences 4096 --max-length 128
+Smoke test (< 1 min): --pairs 64 --batch-tc 16 --sentences 64 --batch-ner 16 --tpl-batch-tc 16 --tpl-batch-ner 8
 """
 from __future__ import annotations
 
@@ -24,98 +31,62 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def matmul_peak(n: int = 1536, reps: int = 12) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t)
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
-def non_embedding_params(model) -> int:
-    return sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+def make_model(args, out: Path) -> str:
+    """The packaged all-MiniLM-L6-v2, or (--random-init) a random model of its shape for machines without
+    the packaged weights; the tokenizer comes from --tokenizer."""
+    if not args.random_init:
+        return "packaged"
+    from transformers import AutoModel, AutoTokenizer, BertConfig
+
+    from mtpf.encoder import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(args.tokenizer))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                     intermediate_size=1536, max_position_embeddings=512)
+    torch.manual_seed(0)
+    AutoModel.from_config(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
 
 
 def count_tokens(tok, texts, max_length):
     return sum(len(x) for x in tok(texts, truncation=True, max_length=max_length)["input_ids"])
 
 
-def run_mtpf(strategy: str, overrides: dict, out: Path) -> float:
+def run_mtpf(args, model: str, strategy: str, overrides: dict, out: Path, steps: int) -> dict:
+    """Two passes of ``steps`` optimizer steps; the second is timed."""
     from mtpf.config import load_config
     from mtpf.recipes.pretrain import PretrainConfig, PretrainRecipe
 
     cfg = load_config(PretrainConfig, None, [f"{k}={v}" for k, v in {
-        "strategy": strategy, "model": "packaged", "output_dir": str(out), "progress": "false",
-        "tensorboard": "false", "save_every": 10**9, "log_every": 10**9, "warmup_ratio": 0.0, **overrides}.items()])
+        "strategy": strategy, "model": model, "output_dir": str(out), "progress": "false", "lr": 5e-5,
+        "tensorboard": "false", "save_every": 10**9, "log_every": 10**9, "warmup_ratio": 0.0,
+        "max_steps": 2 * steps, "max_length": args.max_length, **overrides}.items()])
     recipe = PretrainRecipe(cfg)
     recipe.setup()
     recipe.model.train()
-    recipe.train_step()  # warm-up step (allocations), not timed: the baselines' first step is not timed either
-    t = time.perf_counter()
-    tokens = 0
-    for _ in range(cfg.max_steps - 1):
+    for _ in range(steps):
+        recipe.train_step()
+    sync(args.device)
+    t, tokens = time.perf_counter(), 0
+    for _ in range(steps):
         tokens += recipe.train_step()[1]
-    return tokens / (time.perf_counter() - t), tokens
+    sync(args.device)
+    seconds = time.perf_counter() - t
+    return {"tokens_per_s": tokens / seconds, "s_per_step": seconds / steps, "tokens": tokens}
 
 
+class _PassTimer:
+    """Trainer callback: marks the end of the warm-up pass and of the timed pass (synchronising the device
+    only there, so the baseline keeps its own overlap between steps)."""
 
-
-
-def run_st_mnrl(pairs, batch, max_length, mini_batch: int | None = None) -> float:
-    from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
-
-    from mtpf.encoder import packaged_model_path
-
-    model = SentenceTransformer(packaged_model_path(), device="cpu")
-    model.max_seq_length = max_length
-    ds = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
-    with tempfile.TemporaryDirectory() as tmp:
-        args = SentenceTransformerTrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=batch, num_train_epochs=1, learning_rate=5e-5,
-            report_to=[], save_strategy="no", logging_strategy="no", dataloader_drop_last=True,
-            use_cpu=True, disable_tqdm=True, seed=42)
-        loss = (CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=mini_batch) if mini_batch
-                else MultipleNegativesRankingLoss(model, scale=20.0))
-        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss)
-        timer = _StepTimer()
-        trainer.add_callback(timer)
-        trainer.train()
-    return timer.seconds_after_first()
-
-
-def run_hf_token_classification(sentences, labels, num_labels, batch, max_length) -> float:
-    from datasets import Dataset
-    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
-                              Trainer, TrainingArguments)
-
-    from mtpf.data.ner_pseudo import align_first_subtoken
-    from mtpf.encoder import packaged_model_path
-
-    tok = AutoTokenizer.from_pretrained(packaged_model_path())
-    model = AutoModelForTokenClassification.from_pretrained(packaged_model_path(), num_labels=num_labels)
-    enc = tok(sentences, is_split_into_words=True, truncation=True, max_length=max_length)
-    rows = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-            "labels": [align_first_subtoken(enc.word_ids(i), labels[i]) for i in range(len(sentences))]}
-    with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch, num_train_epochs=1,
-                                 learning_rate=5e-5, report_to=[], save_strategy="no", logging_strategy="no",
-                                 use_cpu=True, disable_tqdm=True, seed=42, dataloader_drop_last=True)
-        trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict(rows),
-                          data_collator=DataCollatorForTokenClassification(tok))
-        timer = _StepTimer()
-        trainer.add_callback(timer)
-        trainer.train()
-    return timer.seconds_after_first()
-
-
-class _StepTimer:
-    """Trainer callback: wall time of every step but the first (the same warm-up rule as for mtpf)."""
-
-    def __init__(self):
-        self.marks = []
+    def __init__(self, steps: int, device: str):
+        self.steps, self.device, self.marks = steps, device, []
 
     def __getattr__(self, name):  # TrainerCallback protocol: every other event is a no-op
         if name.startswith("on_"):
@@ -123,36 +94,101 @@ class _StepTimer:
         raise AttributeError(name)
 
     def on_step_end(self, args, state, control, **kw):
-        self.marks.append(time.perf_counter())
+        if state.global_step in (self.steps, 2 * self.steps):
+            sync(self.device)
+            self.marks.append(time.perf_counter())
 
-    def seconds_after_first(self) -> float:
+    def seconds(self) -> float:
         return self.marks[-1] - self.marks[0]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    ap.add_argument("--pairs", type=int, default=640, help="pairs (one epoch) for the contrastive runs")
-    ap.add_argument("--sentences", type=int, default=640, help="sentences (one epoch) for the token-CE runs")
-    ap.add_argument("--batch-tc", type=int, default=64)
-    ap.add_argument("--batch-ner", type=int, default=32)
-    ap.add_argument("--max-length", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--rounds", type=int, default=2, help="runs of each configuration, interleaved; best kept")
-    ap.add_argument("--json", help="also write the results here")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    from mtpf.cli import quiet_libraries
-    from mtpf.encoder import load_encoder, load_tokenizer
+def run_st(args, model: str, pairs, mini_batch: int | None, steps: int) -> float:
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
+    from sentence_transformers.models import Pooling, Transformer
 
-    quiet_libraries()
-    data = Path(args.data)
-    tok = load_tokenizer("packaged")
-    n_params = non_embedding_params(load_encoder("packaged"))
-    peak = matmul_peak()
-    results = {"machine_fp32_matmul_peak_gflops": peak / 1e9, "threads": args.threads}
+    from mtpf.encoder import resolve_model
 
-    # --- contrastive: the same pairs, one epoch, batch B ------------------------------------------------
+    word = Transformer(resolve_model(model), max_seq_length=args.max_length)
+    st = SentenceTransformer(modules=[word, Pooling(word.get_word_embedding_dimension(), "mean")], device=args.device)
+    ds = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = SentenceTransformerTrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=args.batch_tc, num_train_epochs=2, learning_rate=5e-5,
+            report_to=[], save_strategy="no", logging_strategy="no", dataloader_drop_last=True,
+            use_cpu=args.device == "cpu", bf16=args.device == "cuda", disable_tqdm=True, seed=42)
+        loss = (CachedMultipleNegativesRankingLoss(st, scale=20.0, mini_batch_size=mini_batch) if mini_batch
+                else MultipleNegativesRankingLoss(st, scale=20.0))
+        trainer = SentenceTransformerTrainer(model=st, args=targs, train_dataset=ds, loss=loss)
+        timer = _PassTimer(steps, args.device)
+        trainer.add_callback(timer)
+        trainer.train()
+    return timer.seconds()
+
+
+def run_hf_token_classification(args, model: str, sentences, labels, num_labels, steps: int) -> float:
+    from datasets import Dataset
+    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
+                              Trainer, TrainingArguments)
+
+    from mtpf.data.ner_pseudo import align_first_subtoken
+    from mtpf.encoder import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(model))
+    net = AutoModelForTokenClassification.from_pretrained(resolve_model(model), num_labels=num_labels)
+    enc = tok(sentences, is_split_into_words=True, truncation=True, max_length=args.max_length)
+    rows = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+            "labels": [align_first_subtoken(enc.word_ids(i), labels[i]) for i in range(len(sentences))]}
+    with tempfile.TemporaryDirectory() as tmp:
+        common = dict(output_dir=tmp, per_device_train_batch_size=args.batch_ner, num_train_epochs=2,
+                      learning_rate=5e-5, report_to=[], save_strategy="no", logging_strategy="no",
+                      use_cpu=args.device == "cpu", bf16=args.device == "cuda", disable_tqdm=True, seed=42,
+                      dataloader_drop_last=True)
+        try:  # transformers 5's name for length grouping; older releases call it group_by_length=True
+            targs = TrainingArguments(**common, train_sampling_strategy="group_by_length")
+        except TypeError:
+            targs = TrainingArguments(**common, group_by_length=True)
+        trainer = Trainer(model=net, args=targs, train_dataset=Dataset.from_dict(rows),
+                          data_collator=DataCollatorForTokenClassification(tok, pad_to_multiple_of=8))
+        timer = _PassTimer(steps, args.device)
+        trainer.add_callback(timer)
+        trainer.train()
+    return timer.seconds()
+
+
+def run_bare(args, model: str, pairs, steps: int) -> float:
+    """The ceiling: batches tokenised, padded (multiple of 8) and on the device before the clock starts."""
+    from mtpf.data.samplers import pad_batch
+    from mtpf.encoder import load_encoder, load_tokenizer, mean_pool
+    from mtpf.losses import info_nce
+
+    tok = load_tokenizer(model)
+    net = load_encoder(model).to(args.device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=5e-5, fused=True)
+    batches = []
+    for s in range(steps):
+        chunk = pairs[s * args.batch_tc : (s + 1) * args.batch_tc]
+        enc = [tok([x[i] for x in chunk], truncation=True, max_length=args.max_length)["input_ids"] for i in (0, 1)]
+        batches.append([{k: v.to(args.device) for k, v in pad_batch(e, tok.pad_token_id, multiple_of=8).items()}
+                        for e in enc])
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if args.device == "cuda" else torch.autocast("cpu", enabled=False)
+    for p in range(2):
+        if p == 1:
+            sync(args.device)
+            t = time.perf_counter()
+        for a, b in batches:
+            with amp:
+                ea = mean_pool(net(**a).last_hidden_state, a["attention_mask"]).float()
+                eb = mean_pool(net(**b).last_hidden_state, b["attention_mask"]).float()
+            info_nce(ea, eb, 0.05).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    sync(args.device)
+    return time.perf_counter() - t
+
+
+def read_pairs(data: Path, n: int):
     pairs, seen = [], set()
     with open(data / "pairs" / "nli_entailment_pairs.jsonl") as fh:
         for line in fh:
@@ -161,79 +197,143 @@ def main() -> None:
                 continue
             seen.update((r["anchor"], r["positive"]))
             pairs.append((r["anchor"], r["positive"]))
-            if len(pairs) == args.pairs:
+            if len(pairs) == n:
                 break
-    steps = len(pairs) // args.batch_tc
-    per_step_tokens = count_tokens(tok, [t for p in pairs for t in p], args.max_length) / steps
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "pairs"
-        src.mkdir()
-        with open(src / "bench.jsonl", "w") as fh:
-            for a, p in pairs:
-                fh.write(json.dumps({"anchor": a, "positive": p}) + "\n")
-        common = {"pairs": f"[{src}]", "tc_batch_size": args.batch_tc, "max_steps": steps,
-                  "max_length": args.max_length, "lr": 5e-5}
-        plain, cached, st, st_cached = [], [], [], []
-        for r in range(args.rounds):  # interleaved, so drifts of the machine hit every configuration alike
-            plain.append(run_mtpf("tc", {**common, "tc_mini_batch_size": "null"}, Path(tmp) / f"a{r}")[0])
-            cached.append(run_mtpf("tc", {**common, "tc_mini_batch_size": args.batch_tc // 2}, Path(tmp) / f"b{r}")[0])
-            st.append(per_step_tokens * (steps - 1) / run_st_mnrl(pairs, args.batch_tc, args.max_length))
-            st_cached.append(per_step_tokens * (steps - 1)
-                             / run_st_mnrl(pairs, args.batch_tc, args.max_length, args.batch_tc // 2))
-    tps_plain, tps_cached, tps_st, tps_st_cached = max(plain), max(cached), max(st), max(st_cached)
-    results["contrastive"] = {"mtpf_uncached": plain, "mtpf_gradcache": cached, "sentence_transformers_mnrl": st,
-                              "sentence_transformers_cached_mnrl": st_cached,
-                              "batch": args.batch_tc, "steps": steps}
+    return pairs
 
-    # --- token CE: the same sentences and labels ---------------------------------------------------------
+
+def read_ner(data: Path, n: int):
     sentences, labels, tagset = [], [], {}
     with open(data / "ner" / "conll2003" / "train.jsonl") as fh:
         for line in fh:
             r = json.loads(line)
             sentences.append(r["tokens"])
             labels.append([tagset.setdefault(t, len(tagset)) for t in r["tags"]])
-            if len(sentences) == args.sentences:
+            if len(sentences) == n:
                 break
-    steps_ner = len(sentences) // args.batch_ner
+    return sentences, labels
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--random-init", action="store_true", help="random MiniLM-L6-shaped weights (no packaged model)")
+    ap.add_argument("--tokenizer", default="packaged", help="tokenizer for --random-init (folder or 'packaged')")
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"),
+                    help="folder with pairs/nli_entailment_pairs.jsonl and ner/conll2003/train.jsonl")
+    ap.add_argument("--pairs", type=int, default=640, help="pairs per pass (contrastive)")
+    ap.add_argument("--sentences", type=int, default=640, help="sentences per pass (token CE)")
+    ap.add_argument("--batch-tc", type=int, default=64)
+    ap.add_argument("--batch-ner", type=int, default=32)
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--mini-batch", type=int, default=None, help="GradCache chunk (default batch-tc / 2)")
+    ap.add_argument("--tpl-batch-tc", type=int, default=1024)
+    ap.add_argument("--tpl-batch-ner", type=int, default=256)
+    ap.add_argument("--tpl-steps", type=int, default=5, help="timed mtpf-tpl steps (after as many warm-up steps)")
+    ap.add_argument("--workers", type=int, default=None, help="mtpf num_workers (default: the recipe's auto)")
+    ap.add_argument("--skip", default="", help="comma list of: tc,cached,ner,bare,tpl")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "pretrain.json"))
+    ap.add_argument("--write-slice", metavar="DIR", help="only write the --pairs pairs (at least 2 x tpl-steps x "
+                    "tpl-batch-tc) and --sentences sentences of --data into DIR (for --data on another machine)")
+    args = ap.parse_args()
+    if args.write_slice:
+        out = Path(args.write_slice)
+        n = max(args.pairs, 2 * args.tpl_steps * args.tpl_batch_tc)
+        write_jsonl(out / "pairs" / "nli_entailment_pairs.jsonl",
+                    ({"anchor": a, "positive": p} for a, p in read_pairs(Path(args.data), n)))
+        sents, _ = read_ner(Path(args.data), args.sentences)
+        with open(Path(args.data) / "ner" / "conll2003" / "train.jsonl") as fh:
+            write_jsonl(out / "ner" / "conll2003" / "train.jsonl", (json.loads(next(fh)) for _ in sents))
+        from mtpf.encoder import load_tokenizer
+
+        load_tokenizer(args.tokenizer).save_pretrained(out / "tokenizer")  # for --random-init --tokenizer DIR/tokenizer
+        print(f"wrote {out}")
+        return
+    torch.set_num_threads(args.threads)
+    skip = set(filter(None, args.skip.split(",")))
+    from mtpf.cli import quiet_libraries
+    from mtpf.encoder import load_tokenizer
+
+    quiet_libraries()
+    data = Path(args.data)
+    mini = args.mini_batch or args.batch_tc // 2
+    workers = {} if args.workers is None else {"num_workers": args.workers}
+    results = {"device": args.device, "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+               "threads": args.threads, "args": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
-        lab = Path(tmp) / "labels"
-        lab.mkdir()
-        with open(lab / "shard-00000.jsonl", "w") as fh:
-            for s, l in zip(sentences, labels):
-                fh.write(json.dumps({"tokens": s, "labels": l}) + "\n")
-        ner_tokens = count_tokens(tok, [" ".join(s) for s in sentences], args.max_length)
-        ours, hf = [], []
-        for r in range(args.rounds):
-            ours.append(run_mtpf("ner", {"ner_data": f"[{lab}]", "ner_batch_size": args.batch_ner,
-                                         "max_steps": steps_ner, "max_length": args.max_length,
-                                         "num_clusters": 9}, Path(tmp) / f"n{r}")[0])
-            hf.append(ner_tokens / steps_ner * (steps_ner - 1)
-                      / run_hf_token_classification(sentences, labels, 9, args.batch_ner, args.max_length))
-    tps_ner, tps_hf = max(ours), max(hf)
-    results["token_ce"] = {"mtpf": ours, "hf_trainer": hf, "batch": args.batch_ner, "steps": steps_ner}
+        tmp = Path(tmp)
+        model = make_model(args, tmp / "model")
+        tok = load_tokenizer(model)
+        rows = []  # (kind, name, tokens/s, baseline tokens/s)
 
-    # --- report ------------------------------------------------------------------------------------------
-    def flops(tps, passes=6):  # 6 N T for forward+backward; GradCache adds one forward (8 N T)
-        return passes * n_params * tps / 1e9
+        pairs = read_pairs(data, args.pairs)
+        steps = len(pairs) // args.batch_tc
+        pairs = pairs[: steps * args.batch_tc]
+        tc_tokens = count_tokens(tok, [t for p in pairs for t in p], args.max_length)
+        src = write_jsonl(tmp / "pairs" / "bench.jsonl", ({"anchor": a, "positive": p} for a, p in pairs))
+        common = {"pairs": f"[{src}]", "tc_batch_size": args.batch_tc, **workers}
+        if "tc" not in skip:
+            st = tc_tokens / run_st(args, model, pairs, None, steps)
+            ours = run_mtpf(args, model, "tc", {**common, "tc_mini_batch_size": "null"}, tmp / "tc", steps)
+            rows += [("contrastive", "sentence-transformers MNRL (baseline)", st, st),
+                     ("contrastive", "mtpf tc, uncached", ours["tokens_per_s"], st)]
+            results["contrastive"] = {"st_mnrl": st, "mtpf_tc": ours}
+        if "cached" not in skip:
+            stc = tc_tokens / run_st(args, model, pairs, mini, steps)
+            ours = run_mtpf(args, model, "tc", {**common, "tc_mini_batch_size": mini}, tmp / "tcc", steps)
+            rows += [("contrastive", f"sentence-transformers CachedMNRL, mini-batch {mini} (baseline)", stc, stc),
+                     ("contrastive", f"mtpf tc, GradCache chunks of {mini}", ours["tokens_per_s"], stc)]
+            results["contrastive_cached"] = {"st_cached_mnrl": stc, "mtpf_tc_gradcache": ours}
+        if "bare" not in skip:
+            bare = tc_tokens / run_bare(args, model, pairs, steps)
+            rows.append(("contrastive", "bare pre-tokenised PyTorch loop (ceiling)", bare,
+                         results.get("contrastive", {}).get("st_mnrl", bare)))
+            results["bare_loop_tokens_per_s"] = bare
+            if "contrastive" in results:
+                results["mtpf_tc_vs_bare"] = results["contrastive"]["mtpf_tc"]["tokens_per_s"] / bare
 
-    half = args.batch_tc // 2
-    rows = [  # (kind, name, tokens/s, FLOP passes, baseline tokens/s)
-        ("contrastive", "sentence-transformers MNRL (baseline)", tps_st, 6, tps_st),
-        ("contrastive", "mtpf tc, uncached", tps_plain, 6, tps_st),
-        ("contrastive", f"sentence-transformers CachedMNRL, mini-batch {half} (baseline)", tps_st_cached, 8,
-         tps_st_cached),
-        ("contrastive", f"mtpf tc, GradCache chunks of {half}", tps_cached, 8, tps_st_cached),
-        ("token CE", "HF Trainer + AutoModelForTokenClassification (baseline)", tps_hf, 6, tps_hf),
-        ("token CE", "mtpf ner (length-bucketed)", tps_ner, 6, tps_hf),
-    ]
-    print(f"\nfp32 matmul peak on this machine: {peak / 1e9:.1f} GFLOP/s ({args.threads} threads); "
-          f"non-embedding params {n_params / 1e6:.1f}M")
-    print(f"{'step':12} {'implementation':58} {'tokens/s':>9} {'vs base':>8} {'GFLOP/s':>8} {'% peak':>7}")
-    for kind, name, tps, passes, base in rows:
-        print(f"{kind:12} {name:58} {tps:9.0f} {tps / base:7.2f}x {flops(tps, passes):8.1f} "
-              f"{100 * flops(tps, passes) * 1e9 / peak:6.1f}%")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        sentences, labels = read_ner(data, args.sentences)
+        steps_ner = len(sentences) // args.batch_ner
+        sentences, labels = sentences[: steps_ner * args.batch_ner], labels[: steps_ner * args.batch_ner]
+        k = 1 + max(x for l in labels for x in l)
+        lab = write_jsonl(tmp / "labels" / "shard-00000.jsonl",
+                          ({"tokens": s, "labels": l} for s, l in zip(sentences, labels)))
+        if "ner" not in skip:
+            ner_tokens = count_tokens(tok, [" ".join(s) for s in sentences], args.max_length)
+            hf = ner_tokens / run_hf_token_classification(args, model, sentences, labels, k, steps_ner)
+            ours = run_mtpf(args, model, "ner", {"ner_data": f"[{lab.parent}]", "ner_batch_size": args.batch_ner,
+                                                 "num_clusters": k, **workers}, tmp / "ner", steps_ner)
+            rows += [("token CE", "HF Trainer + AutoModelForTokenClassification, group_by_length (baseline)", hf, hf),
+                     ("token CE", "mtpf ner (length-bucketed)", ours["tokens_per_s"], hf)]
+            results["token_ce"] = {"hf_trainer_group_by_length": hf, "mtpf_ner": ours}
+        if "tpl" not in skip:
+            many = read_pairs(data, 2 * args.tpl_steps * args.tpl_batch_tc)
+            tsrc = write_jsonl(tmp / "tpl_pairs" / "nli.jsonl", ({"anchor": a, "positive": p} for a, p in many))
+            tpl = run_mtpf(args, model, "mtpf-tpl", {
+                "pairs": f"[{tsrc}]", "ner_data": f"[{lab.parent}]", "num_clusters": k, "tc_batch_size":
+                args.tpl_batch_tc, "ner_batch_size": min(args.tpl_batch_ner, len(sentences)),
+                "tc_mini_batch_size": "null", **workers}, tmp / "tpl", args.tpl_steps)
+            results["mtpf_tpl"] = {"batch_tc": args.tpl_batch_tc, "batch_ner": args.tpl_batch_ner, **tpl}
+
+    print(f"\ndevice {args.device} {results['gpu'] or ''}, threads {args.threads}")
+    print(f"{'step':12} {'implementation':72} {'tokens/s':>10} {'vs base':>8}")
+    for kind, name, tps, base in rows:
+        print(f"{kind:12} {name:72} {tps:10.0f} {tps / base:7.2f}x")
+    if "mtpf_tc_vs_bare" in results:
+        print(f"mtpf tc / bare loop: {results['mtpf_tc_vs_bare']:.2f}")
+    if "mtpf_tpl" in results:
+        print(f"mtpf-tpl at batches {args.tpl_batch_tc}/{args.tpl_batch_ner}: {results['mtpf_tpl']['s_per_step']:.3f} s/step")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

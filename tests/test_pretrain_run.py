@@ -130,6 +130,12 @@ def test_existing_checkpoints_are_never_overwritten(tiny_bert, toy_data, tmp_pat
     with pytest.raises(DataError, match=r"news\.jsonl:121: malformed JSON"):
         run(_cfg(tiny_bert, toy_data, out, strategy="tc", pairs=f"[{pairs}]", resume="true", max_steps=4))
     assert {p.name: (p / "model.safetensors").read_bytes() for p in (out / "checkpoints").iterdir()} == ckpts
+    (pairs / "news.jsonl").unlink()
+    for f in (pairs / ".mtpf_cache").glob("pairs-captions-*/*.arrow"):  # a corrupt tokenisation cache
+        f.write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"captions\.jsonl: tokenisation cache .* is unreadable .*delete that folder"):
+        run(_cfg(tiny_bert, toy_data, out, strategy="tc", pairs=f"[{pairs}]", resume="true", max_steps=4))
+    assert {p.name: (p / "model.safetensors").read_bytes() for p in (out / "checkpoints").iterdir()} == ckpts
 
 
 def test_interference_analysis_is_tracked_during_training(tiny_bert, toy_data, tmp_path):

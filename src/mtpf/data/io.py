@@ -16,6 +16,9 @@ class DataError(ValueError):
         where = f"{path}:{line}" if line else str(path)
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):  # raised inside datasets' map workers: must survive pickling
+        return (DataError, (self.path, self.line, self.problem))
+
 
 def open_text(path: str | os.PathLike):
     path = str(path)

@@ -119,3 +119,95 @@ def _windows(tokenizer, words, labels, max_length):
 def _encode_window(tokenizer, words, labels, idx, max_length):
     enc = tokenizer([words[i] for i in idx], is_split_into_words=True, truncation=True, max_length=max_length)
     return enc["input_ids"], align_first_subtoken(enc.word_ids(), [labels[i] for i in idx])
+
+
+# ----------------------------------------------------------------------------------- datasets-backed reader
+@dataclass
+class PseudoLabelData:
+    """Tokenised pseudo-labels, memory-mapped: columns ``input_ids``, ``labels`` (aligned, -100 elsewhere),
+    ``length``; one row per window of ``max_length`` tokens."""
+
+    data: object  # datasets.Dataset
+    num_labels: int
+    sources: list[str]
+
+
+def load_pseudo_label_dataset(paths, tokenizer, max_length: int, num_labels: int | None = None,
+                              num_proc: int | None = None) -> PseudoLabelData:
+    """Every shard through ``datasets`` (``load_dataset("json")``, Arrow cache beside the data), tokenised
+    once and cached (``mtpf.data.token_cache``); never held as Python lists."""
+    import pyarrow.compute as pc
+    from datasets import Features, Sequence, Value, concatenate_datasets, load_dataset
+
+    from mtpf.data.pairs import _one_line, _raise_jsonl_problem, local_cache_dir
+    from mtpf.data.token_cache import cached_map
+
+    files = expand_paths(paths, (".jsonl", ".jsonl.gz"))
+    feats = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32")),
+                      "length": Value("int32"), "max_label": Value("int32")})
+    parts = []
+    for f in files:
+        try:
+            raw = load_dataset("json", data_files=str(f), split="train", cache_dir=local_cache_dir(f),
+                               chunksize=64 << 20, writer_batch_size=20_000)  # large Arrow record batches
+        except Exception as exc:  # noqa: BLE001 - one line naming the file (and the line, for bad JSON)
+            if _raise_jsonl_problem(f) == 0:
+                continue  # an empty shard
+            raise DataError(f, None, f"cannot read as JSONL: {_one_line(exc)}") from None
+        if raw.num_rows == 0:
+            continue
+        missing = [c for c in ("tokens", "labels") if c not in raw.column_names]
+        if missing:
+            raise DataError(f, None, f"no '{missing[0]}' field; pseudo-label rows are {{\"tokens\": [...], "
+                            "\"labels\": [...]}} as written by `mtpf label`")
+        parts.append(cached_map(raw, _ner_map_fn(f, tokenizer, max_length), kind="ner", name=f.name.split(".")[0],
+                                files=[str(f)], label=str(f), tokenizer=tokenizer, max_length=max_length,
+                                features=feats, num_proc=num_proc))
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        raise DataError(files[0] if files else Path("."), None, "no labelled sentences found")
+    data = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    max_label = int(pc.max(data.data.column("max_label")).as_py())
+    declared = num_labels if num_labels is not None else _declared_clusters(files)
+    if declared is not None and max_label >= declared:
+        raise DataError(files[0], None, f"label id {max_label} found but only {declared} clusters declared")
+    return PseudoLabelData(data, declared or max_label + 1, [str(f) for f in files])
+
+
+def _ner_map_fn(path, tokenizer, max_length):
+    def fn(batch, indices):
+        tokens, labels = [], []
+        for row, toks, labs in zip(indices, batch["tokens"], batch["labels"]):
+            problem = _row_problem(toks, labs)
+            if problem:
+                raise DataError(path, _line_of_record(path, row), problem)
+            if toks:
+                tokens.append(toks)
+                labels.append(labs)
+        if not tokens:
+            return {"input_ids": [], "labels": [], "length": [], "max_label": []}
+        ids, labs = tokenize_labelled(tokenizer, LabelledSentences(tokens, labels, 0, []), max_length)
+        return {"input_ids": ids, "labels": labs, "length": [len(x) for x in ids],
+                "max_label": [max(x) for x in labs]}
+
+    return fn
+
+
+def _row_problem(toks, labs) -> str | None:
+    if not isinstance(toks, list) or not all(isinstance(t, str) for t in toks):
+        return "'tokens' must be a list of strings"
+    if not isinstance(labs, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in labs):
+        return "'labels' must be a list of integer cluster ids"
+    if len(toks) != len(labs):
+        return f"{len(toks)} tokens but {len(labs)} labels (need one label per word)"
+    if any(x < 0 for x in labs):
+        return "labels must be >= 0"
+    return None
+
+
+def _line_of_record(path, row: int) -> int | None:
+    """Line number of the ``row``-th JSON record (blank lines skipped); error path only."""
+    for k, (lineno, _) in enumerate(iter_jsonl(path)):
+        if k == row:
+            return lineno
+    return None

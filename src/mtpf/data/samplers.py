@@ -1,99 +1,174 @@
-"""Deterministic, resumable batch samplers.
+"""Deterministic, resumable batch samplers working in index space.
 
-Every batch is a pure function of (seed, sampler state), and the state is a few integers, so a run that
-resumes from a checkpoint draws exactly the batches an uninterrupted run would have drawn.
+Batch ``k`` is a pure function of (seed, k): a DataLoader worker can build any batch without the others,
+a resumed run starts at ``k = steps done x micro-batches``, and the state is one integer. Per-step work is
+O(batch) whatever the source size: no permutation of a whole source, no set of all its texts.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from mtpf.data.io import DataError
 
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a cheap, well-mixing hash of uint64s (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * _M1
+        x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+class IndexPermutation:
+    """A seeded bijection of ``[0, n)`` evaluated per index: a 4-round Feistel network on the next even
+    power of two, cycle-walked back into range. Hand-written because neither numpy nor ``datasets`` offers a
+    permutation that is not materialised (``rng.permutation(n)`` costs O(n) time and memory per epoch)."""
+
+    ROUNDS = 4
+
+    def __init__(self, n: int, key):
+        self.n = int(n)
+        self.half = max(1, math.ceil(math.log2(max(self.n, 2)) / 2))
+        self.mask = np.uint64((1 << self.half) - 1)
+        self.keys = np.random.default_rng(key).integers(0, 2**63, size=self.ROUNDS, dtype=np.uint64)
+
+    def _encrypt(self, x: np.ndarray) -> np.ndarray:
+        left, right = x >> np.uint64(self.half), x & self.mask
+        for k in self.keys:
+            left, right = right, left ^ (_mix(right ^ k) & self.mask)
+        return (left << np.uint64(self.half)) | right
+
+    def __call__(self, positions) -> np.ndarray:
+        y = self._encrypt(np.asarray(positions, dtype=np.uint64))
+        out = y >= self.n
+        while out.any():  # cycle walking: the domain is < 4n, so ~1-3 extra rounds on average
+            y[out] = self._encrypt(y[out])
+            out = y >= self.n
+        return y.astype(np.int64)
+
+
+def source_probabilities(names: list[str], sizes: list[int], weights="proportional", temperature: float = 1.0,
+                         size_cap: int | None = None) -> np.ndarray:
+    """``proportional``: p_i ~ min(n_i, size_cap) ** (1 / temperature) (T5-style capped, temperature-scaled
+    mixing; temperature > 1 flattens towards uniform), ``uniform``, or explicit ``{source: weight}``."""
+    if weights == "proportional":
+        if temperature <= 0:
+            raise ValueError(f"pair_temperature must be > 0, got {temperature}")
+        n = np.array(sizes, dtype=float)
+        if size_cap:
+            n = np.minimum(n, float(size_cap))
+        w = n ** (1.0 / temperature)
+    elif weights == "uniform":
+        w = np.ones(len(names))
+    elif isinstance(weights, dict):
+        unknown = set(weights) - set(names)
+        if unknown:
+            raise ValueError(f"pair_weights names unknown sources {sorted(unknown)}; sources are {names}")
+        w = np.array([float(weights.get(n, 0.0)) for n in names])
+    else:
+        raise ValueError(f"pair_weights must be 'proportional', 'uniform' or a mapping, got {weights!r}")
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"pair_weights must be non-negative and not all zero, got {dict(zip(names, w))}")
+    return w / w.sum()
+
 
 class HierarchicalPairSampler:
     """Pick a source, then a whole batch from that source (Appendix B of the paper).
 
-    Source probabilities: ``"proportional"`` to size (default), ``"uniform"``, or explicit weights per source
-    name. Inside a source, pairs are drawn without replacement along a per-epoch permutation; a pair whose
-    anchor or positive text is already in the batch is skipped (in-batch duplicates would be false negatives).
+    Step k's source is drawn with the source probabilities; if it is the j-th batch drawn from that source,
+    its rows are positions ``j*B .. j*B+B-1`` of the source's epoch-wise seeded permutation (so a source is
+    covered once per epoch). A pair whose anchor or positive repeats a text already in the batch (in-batch
+    duplicates would be false negatives) is replaced by a seeded random row of the same source.
+    ``keys(source_name, rows)`` returns a (anchor key, positive key) per row: texts, or token ids.
     """
 
-    def __init__(self, sources, batch_size: int, seed: int = 0, weights="proportional"):
-        self.sources = sources
+    BLOCK = 1024  # steps whose sources are drawn at once
+
+    def __init__(self, sizes: dict[str, int], batch_size: int, seed: int = 0, weights="proportional",
+                 temperature: float = 1.0, size_cap: int | None = None):
+        self.names = list(sizes)
+        self.sizes = [int(sizes[n]) for n in self.names]
         self.batch_size = batch_size
         self.seed = seed
-        self.probs = self._probabilities(weights)
+        for name, n in zip(self.names, self.sizes):
+            if n < batch_size:
+                raise DataError(f"pair source {name}", None, f"only {n} pairs, fewer than the batch size "
+                                f"{batch_size}; lower tc_batch_size or drop the source")
+        self.probs = source_probabilities(self.names, self.sizes, weights, temperature, size_cap)
         self.step = 0
-        self.cursors = {s.name: [0, 0] for s in sources}  # name -> [epoch, position]
-        for s in sources:
-            distinct = min(len(set(s.anchors)), len(set(s.positives)))
-            if distinct < batch_size:
-                raise DataError(f"pair source {s.name}", None,
-                                f"only {distinct} distinct texts ({len(s.anchors)} pairs), fewer than the batch "
-                                f"size {batch_size}; lower tc_batch_size or drop the source")
+        self._cum = [np.zeros(len(self.names), dtype=np.int64)]  # batches per source before each block
+        self._blocks: dict[int, np.ndarray] = {}
 
-    def _probabilities(self, weights) -> np.ndarray:
-        names = [s.name for s in self.sources]
-        if weights == "proportional":
-            w = np.array([len(s.anchors) for s in self.sources], dtype=float)
-        elif weights == "uniform":
-            w = np.ones(len(self.sources))
-        elif isinstance(weights, dict):
-            unknown = set(weights) - set(names)
-            if unknown:
-                raise ValueError(f"pair_weights names unknown sources {sorted(unknown)}; sources are {names}")
-            w = np.array([float(weights.get(n, 0.0)) for n in names])
-        else:
-            raise ValueError(f"pair_weights must be 'proportional', 'uniform' or a mapping, got {weights!r}")
-        if (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"pair_weights must be non-negative and not all zero, got {dict(zip(names, w))}")
-        return w / w.sum()
+    def _block(self, b: int) -> np.ndarray:
+        if b not in self._blocks:
+            if len(self._blocks) > 8:
+                self._blocks.clear()
+            rng = np.random.default_rng([self.seed, 0, b])
+            self._blocks[b] = rng.choice(len(self.names), size=self.BLOCK, p=self.probs)
+        return self._blocks[b]
 
-    def _perm(self, source_index: int, epoch: int) -> np.ndarray:
-        n = len(self.sources[source_index].anchors)
-        return np.random.default_rng([self.seed, 1 + source_index, epoch]).permutation(n)
+    def plan(self, k: int) -> tuple[int, int]:
+        """(source index, how many batches that source gave before step k): O(1) amortised."""
+        b, r = divmod(k, self.BLOCK)
+        while len(self._cum) <= b:
+            last = len(self._cum) - 1
+            self._cum.append(self._cum[last] + np.bincount(self._block(last), minlength=len(self.names)))
+        choices = self._block(b)
+        si = int(choices[r])
+        return si, int(self._cum[b][si] + np.count_nonzero(choices[:r] == si))
 
-    def next_batch(self) -> tuple[str, list[int]]:
-        rng = np.random.default_rng([self.seed, 0, self.step])
-        si = int(rng.choice(len(self.sources), p=self.probs))
-        source = self.sources[si]
-        epoch, pos = self.cursors[source.name]
-        perm = self._perm(si, epoch)
+    def _rows(self, si: int, j: int) -> np.ndarray:
+        n, size = self.sizes[si], self.batch_size
+        pos = np.arange(j * size, (j + 1) * size, dtype=np.int64)
+        epochs, offsets = pos // n, pos % n
+        out = np.empty(size, dtype=np.int64)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            out[sel] = IndexPermutation(n, [self.seed, 1 + si, int(e)])(offsets[sel])
+        return out
+
+    def batch(self, k: int, keys) -> tuple[str, list[int]]:
+        si, j = self.plan(k)
+        name, n = self.names[si], self.sizes[si]
+        candidates = self._rows(si, j)
+        rng = np.random.default_rng([self.seed, 2, k])
         chosen, seen, tried = [], set(), 0
-        while len(chosen) < self.batch_size:
-            tried += 1
-            if tried > 2 * len(perm) + self.batch_size:
-                # a DataError, so the CLI prints one clean line (checkpoints so far stay on disk)
-                raise DataError(f"pair source {source.name}", None,
-                                f"cannot fill a batch of {self.batch_size} pairs without repeating a text; "
-                                "lower tc_batch_size")
-            if pos >= len(perm):
-                epoch, pos = epoch + 1, 0
-                perm = self._perm(si, epoch)
-            i = int(perm[pos])
-            pos += 1
-            a, p = source.anchors[i], source.positives[i]
-            if a in seen or p in seen:
-                continue
-            seen.add(a)
-            seen.add(p)
-            chosen.append(i)
-        self.cursors[source.name] = [epoch, pos]
+        while True:
+            for row, (ka, kp) in zip(candidates.tolist(), keys(name, candidates)):
+                if ka in seen or kp in seen or ka == kp:
+                    continue
+                seen.add(ka)
+                seen.add(kp)
+                chosen.append(row)
+                if len(chosen) == self.batch_size:
+                    return name, chosen
+            tried += len(candidates)
+            if tried > 8 * self.batch_size + 64:
+                raise DataError(f"pair source {name}", None, f"cannot fill a batch of {self.batch_size} pairs "
+                                "without repeating a text; lower tc_batch_size or drop the source")
+            candidates = rng.integers(0, n, size=self.batch_size - len(chosen) + 8)
+
+    def next_batch(self, keys) -> tuple[str, list[int]]:
+        out = self.batch(self.step, keys)
         self.step += 1
-        return source.name, chosen
+        return out
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "cursors": {k: list(v) for k, v in self.cursors.items()}}
+        return {"step": self.step}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
-        self.cursors = {k: [int(v[0]), int(v[1])] for k, v in state["cursors"].items()}
 
 
 class BucketBatchSampler:
     """Fixed-size batches of similar length: shuffle, cut into windows of ``batch_size * bucket_factor``,
     sort each window by length, split into batches, shuffle the batches. Padding waste is the main cost on
-    CPU, and this keeps each batch's lengths close while the order stays random."""
+    CPU, and this keeps each batch's lengths close while the order stays random. Every epoch has the same
+    number of batches, so batch k is a pure function of (seed, k). Holds one int array of lengths."""
 
     def __init__(self, lengths, batch_size: int, seed: int = 0, bucket_factor: int = 50):
         if len(lengths) < batch_size:
@@ -102,8 +177,11 @@ class BucketBatchSampler:
         self.batch_size = batch_size
         self.seed = seed
         self.bucket_factor = max(1, bucket_factor)
-        self.epoch, self.index = 0, 0
-        self._batches = None
+        window = batch_size * self.bucket_factor
+        n = len(self.lengths)
+        self.per_epoch = (n // window) * self.bucket_factor + (n % window) // batch_size
+        self.step = 0
+        self._epoch, self._batches = None, None
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
@@ -118,38 +196,39 @@ class BucketBatchSampler:
         rng.shuffle(batches)
         return batches
 
+    def batch(self, k: int) -> list[int]:
+        epoch, i = divmod(k, self.per_epoch)
+        if self._epoch != epoch:
+            self._epoch, self._batches = epoch, self._epoch_batches(epoch)
+        return [int(x) for x in self._batches[i]]
+
     def next_batch(self) -> list[int]:
-        if self._batches is None:
-            self._batches = self._epoch_batches(self.epoch)
-        if self.index >= len(self._batches):
-            self.epoch, self.index = self.epoch + 1, 0
-            self._batches = self._epoch_batches(self.epoch)
-        batch = self._batches[self.index]
-        self.index += 1
-        return [int(i) for i in batch]
+        out = self.batch(self.step)
+        self.step += 1
+        return out
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
+        return {"step": self.step}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
-        self._batches = None
+        self.step = int(state["step"])
 
 
-def pad_batch(seqs: list[list[int]], pad_id: int, labels: list[list[int]] | None = None):
-    """Dynamic padding to the longest sequence of the batch."""
+def pad_batch(seqs, pad_id: int, labels=None, multiple_of: int = 1):
+    """Dynamic padding to the longest sequence of the batch, rounded up to ``multiple_of`` (8 suits tensor
+    cores and bounds the number of distinct shapes). Vectorised: one numpy scatter, no per-row loop."""
     import torch
 
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    out = {"input_ids": ids, "attention_mask": mask}
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    width = int(lengths.max())
+    width = -(-width // multiple_of) * multiple_of
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    ids[mask] = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs])
+    out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
     if labels is not None:
-        lab = torch.full((len(seqs), width), -100, dtype=torch.long)
-        for i, l in enumerate(labels):
-            lab[i, : len(l)] = torch.tensor(l, dtype=torch.long)
-        out["labels"] = lab
+        lab = np.full((len(seqs), width), -100, dtype=np.int64)
+        for i, row in enumerate(labels):  # labels may be shorter than their ids
+            lab[i, : len(row)] = row
+        out["labels"] = torch.from_numpy(lab)
     return out

@@ -27,11 +27,13 @@ from typing import Any, Literal
 import torch
 
 from mtpf.config import ConfigError, help_text, load_config, to_dict
+from mtpf.data.io import DataError
 from mtpf.lora import LoraSpec
 
 STRATEGIES = ("ner", "tc", "mtpf", "mtpf-tpl", "pf-lora")
 # Keys that may change between a run and its resumption.
-RESUMABLE_CHANGES = {"resume", "max_steps", "log_every", "save_every", "keep_checkpoints", "progress"}
+RESUMABLE_CHANGES = {"resume", "max_steps", "log_every", "save_every", "keep_checkpoints", "progress", "num_workers",
+                     "tokenize_num_proc"}
 
 
 @dataclass
@@ -56,13 +58,23 @@ class PretrainConfig:
     num_clusters: int | None = field(default=None, metadata={"help": "K; default: clusters.json or max label + 1."})
     ner_batch_size: int = field(default=256, metadata={"help": "Sentences per NER batch, all processes (paper: 256)."})
     # --- TC pairs
-    pairs: list[str] = field(default_factory=list, metadata={
-        "help": "Pair JSONL files/folders ({anchor, positive}), one source per file; or hub:NAME[:CONFIG]."})
+    pairs: list[Any] = field(default_factory=list, metadata={"help": (
+        "Pair sources ({anchor, positive}), read through `datasets` (memory-mapped Arrow): a local "
+        "JSONL/Parquet/Arrow file, a folder of them (one source per file), a save_to_disk folder, "
+        "hub:NAME[:SUBSET], or a mapping {hub|path, subset, split, columns: [anchor_col, positive_col], name, streaming, rows}; "
+        "streaming: true reads the source as a shuffled stream, never whole (rows: N = its size for weighting).")})
     pair_weights: Any = field(default="proportional", metadata={
         "help": "Source sampling: proportional | uniform | {source: weight}."})
+    pair_temperature: float = field(default=1.0, metadata={
+        "help": "proportional only: p_i ~ n_i^(1/T); T > 1 flattens towards uniform so one huge source cannot take every batch."})
+    pair_size_cap: int | None = field(default=None, metadata={
+        "help": "proportional only: count at most this many pairs per source when weighting (T5-style cap); null = off."})
     tc_batch_size: int = field(default=1024, metadata={"help": "Pairs per contrastive batch, all processes (paper: 1024)."})
     tc_mini_batch_size: int | None = field(default=64, metadata={
         "help": "GradCache chunk size (memory bound); null = no caching (whole batch in one graph)."})
+    tc_pad_chunk: int | None = field(default=None, metadata={"help": (
+        "Without GradCache: embed the batch as length-sorted chunks of this many texts in one graph (less "
+        "padding, the same loss and gradients); 0 = one chunk; null = 256 on CUDA, 32 on CPU.")})
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature tau."})
     symmetric: bool = field(default=False, metadata={"help": "Also score positives against anchors."})
     gather_negatives: bool = field(default=True, metadata={"help": "Use other processes' pairs as negatives."})
@@ -87,6 +99,11 @@ class PretrainConfig:
         "help": "auto: bf16 on a CUDA device that supports it, fp32 otherwise (bf16 is ~17x slower on CPUs without AMX)."})
     max_length: int = field(default=128, metadata={"help": "Max tokens per text (longer NER sentences are windowed)."})
     bucket_factor: int = field(default=50, metadata={"help": "NER length bucketing window, in batches."})
+    num_workers: int | None = field(default=None, metadata={"help": (
+        "DataLoader workers building padded batches from the token cache; null = 4 on CUDA, 0 (in-process) on CPU.")})
+    tokenize_num_proc: int | None = field(default=None, metadata={"help": (
+        "Processes for the one-time tokenisation into the cache (.mtpf_cache/ beside local data, else "
+        "HF_DATASETS_CACHE); null = up to 8 for sources over 200k rows, else 1.")})
     # --- interference analysis (paper Section 5, Figure 3)
     analysis_every: int | None = field(default=None, metadata={
         "help": "Steps between measurements of perturbed-sentence similarity and token homogeneity; null = off."})
@@ -108,6 +125,10 @@ class PretrainConfig:
             raise ValueError("grad_accum must be >= 1")
         if self.analysis_every is not None and not self.analysis_ner_data:
             raise ValueError("analysis_every needs analysis_ner_data (a NER dataset folder, e.g. ../shared/data/ner/conll2003)")
+        from mtpf.data.pairs import parse_pair_spec
+
+        for item in self.pairs:
+            parse_pair_spec(item)
         for t in self.tasks or []:
             if t not in ("ner", "tc"):
                 raise ValueError(f"unknown task {t!r} in tasks; use ner and/or tc")
@@ -138,10 +159,11 @@ class PretrainRecipe:
         precision = cfg.mixed_precision
         if precision == "auto":
             precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-        # find_unused_parameters: in a task's pass the other task's adapter and head get no gradient.
+        # find_unused_parameters only where a parameter really gets no gradient in a pass: with two tasks, the
+        # other task's head and adapter (the encoder's pooler is removed at load). It costs a graph walk per step.
         self.accelerator = Accelerator(
             mixed_precision=precision,
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=len(self.tasks) > 1)],
             step_scheduler_with_optimizer=False,
             # Without GPUs accelerate only turns a torchrun launch into gloo DDP (MULTI_CPU) when told cpu=True.
             cpu=not torch.cuda.is_available(),
@@ -173,9 +195,8 @@ class PretrainRecipe:
                                        num_warmup_steps=int(cfg.warmup_ratio * cfg.max_steps),
                                        num_training_steps=cfg.max_steps)
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        # No sampler state: batch k is a pure function of (seed, k), and k follows from the step.
         acc.register_for_checkpointing(self.scheduler, _StepCounter(self))
-        for sampler in self.samplers.values():
-            acc.register_for_checkpointing(sampler)
         self.shared_params, self.owned = self._parameter_ownership()
         if cfg.resume:
             self._resume()
@@ -207,38 +228,66 @@ class PretrainRecipe:
             os.replace(tmp, saved)
 
     def _setup_data(self) -> None:
-        from mtpf.data.ner_pseudo import load_pseudo_labels, tokenize_labelled
+        """Open every source through ``datasets`` (memory-mapped), tokenise once into the cache, build the
+        index-space samplers and the per-task batch builders."""
+        from mtpf.data.ner_pseudo import load_pseudo_label_dataset
         from mtpf.data.pairs import load_pair_sources
+        from mtpf.data.pipeline import NerBatches, PairBatches
         from mtpf.data.samplers import BucketBatchSampler, HierarchicalPairSampler
+        from mtpf.data.token_cache import tokenize_pairs
 
-        cfg = self.cfg
-        self.samplers, self.data_files, self.hub_fingerprints = {}, [], {}
+        cfg, acc = self.cfg, self.accelerator
+        if not (cfg.progress and acc.is_main_process):
+            import datasets
+
+            datasets.disable_progress_bars()
+        rank, world, pad = acc.process_index, acc.num_processes, self.tokenizer.pad_token_id
+        self.batches, self.data_files, self.hub_sources = {}, [], {}
         self.num_clusters = None
         if "ner" in self.tasks:
             if not cfg.ner_data:
                 raise ConfigError(f"strategy {cfg.strategy} trains NER but ner_data is empty")
-            labelled = load_pseudo_labels(cfg.ner_data, cfg.num_clusters)
+            with acc.main_process_first():  # the main process writes the cache, the others read it
+                labelled = load_pseudo_label_dataset(cfg.ner_data, self.tokenizer, cfg.max_length,
+                                                     cfg.num_clusters, cfg.tokenize_num_proc)
             self.num_clusters = labelled.num_labels
             self.data_files += labelled.sources
-            self.ner_ids, self.ner_labels = tokenize_labelled(self.tokenizer, labelled, cfg.max_length)
-            self.samplers["ner"] = BucketBatchSampler([len(x) for x in self.ner_ids], cfg.ner_batch_size,
-                                                      cfg.seed, cfg.bucket_factor)
+            self.ner_data = labelled.data
+            import numpy as np
+
+            lengths = np.asarray(labelled.data.data.column("length"))
+            try:
+                sampler = BucketBatchSampler(lengths, cfg.ner_batch_size, cfg.seed, cfg.bucket_factor)
+            except ValueError as exc:
+                raise ConfigError(f"ner_data: {exc}; lower ner_batch_size") from None
+            self.batches["ner"] = NerBatches(labelled.data, sampler, pad, rank, world)
         if "tc" in self.tasks:
             if not cfg.pairs:
                 raise ConfigError(f"strategy {cfg.strategy} trains TC but pairs is empty")
-            self.pair_sources = {s.name: s for s in load_pair_sources(cfg.pairs)}
-            self.data_files += [p for p in _local_files(cfg.pairs)]
-            from mtpf.data.pairs import source_fingerprint
+            sources = load_pair_sources(cfg.pairs)
+            self.pair_sources = {s.name: s for s in sources}
+            self.data_files += [f for s in sources for f in s.files]
+            self.hub_sources = {s.spec.label: s for s in sources if s.spec.hub}
+            with acc.main_process_first():
+                self.pair_tokens = {s.name: tokenize_pairs(s, self.tokenizer, cfg.max_length, cfg.tokenize_num_proc)
+                                    for s in sources if not s.streaming}
+            from mtpf.data.pipeline import StreamWindows
 
-            hub = {str(p)[len("hub:"):].split(":")[0].split("/")[-1]: str(p) for p in cfg.pairs
-                   if str(p).startswith("hub:")}
-            self.hub_fingerprints = {spec: source_fingerprint(self.pair_sources[name])
-                                     for name, spec in hub.items() if name in self.pair_sources}
+            streams = {s.name: StreamWindows(s.name, s.data, cfg.tc_batch_size, cfg.seed, self.tokenizer,
+                                             cfg.max_length) for s in sources if s.streaming}
             try:
-                self.samplers["tc"] = HierarchicalPairSampler(list(self.pair_sources.values()), cfg.tc_batch_size,
-                                                              cfg.seed, cfg.pair_weights)
+                sampler = HierarchicalPairSampler({s.name: len(s) if s.streaming else len(self.pair_tokens[s.name])
+                                                   for s in sources}, cfg.tc_batch_size, cfg.seed,
+                                                  cfg.pair_weights, cfg.pair_temperature, cfg.pair_size_cap)
             except ValueError as exc:
+                if isinstance(exc, DataError):
+                    raise
                 raise ConfigError(str(exc)) from None
+            chunk = cfg.tc_mini_batch_size or cfg.tc_pad_chunk
+            if chunk is None:
+                chunk = 256 if acc.device.type == "cuda" else 32
+            self.batches["tc"] = PairBatches(self.pair_tokens, sampler, chunk, pad, rank, world,
+                                             streams)
 
     def _build_model(self, encoder):
         from mtpf.lora import add_task_adapters
@@ -272,7 +321,7 @@ class PretrainRecipe:
             {"params": groups["decay"], "weight_decay": cfg.weight_decay},
             {"params": groups["no_decay"], "weight_decay": 0.0},
             {"params": groups["head"], "weight_decay": cfg.weight_decay, "lr": cfg.head_lr or cfg.lr},
-        ], lr=cfg.lr)
+        ], lr=cfg.lr, fused=True)  # one kernel for all parameters (CPU and CUDA): the per-tensor loop costs host time
 
     def _parameter_ownership(self):
         model = self.accelerator.unwrap_model(self.model)
@@ -290,32 +339,54 @@ class PretrainRecipe:
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"pretrain {cfg.strategy}", unit="step",
                    disable=not (acc.is_main_process and cfg.progress), dynamic_ncols=True)
         self.model.train()
-        window = {"tokens": 0, "time": 0.0, "losses": {t: [] for t in self.tasks}}
+        self._open_loaders()
         last = {}
         if self.step == 0:
             self._analyse()
+        window = self._new_window()
         while self.step < cfg.max_steps:
-            t0 = time.perf_counter()
+            # Losses stay on the device (no host sync per step); read back only at log steps.
             losses, tokens = self.train_step()
-            window["time"] += time.perf_counter() - t0
             window["tokens"] += tokens
             for t, v in losses.items():
                 window["losses"][t].append(v)
             self.step += 1
             bar.update(1)
-            bar.set_postfix({f"loss_{t}": f"{v:.3f}" for t, v in losses.items()})
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 last = self._log(window)
-                window = {"tokens": 0, "time": 0.0, "losses": {t: [] for t in self.tasks}}
+                bar.set_postfix({k: f"{v:.3f}" for k, v in last.items() if k.startswith("loss_")})
+                window = None
             if cfg.analysis_every and (self.step % cfg.analysis_every == 0 or self.step == cfg.max_steps):
                 self._analyse()
             if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
                 self.save_checkpoint()
+            if window is None:
+                window = self._new_window()
         bar.close()
         return last
 
-    def train_step(self) -> tuple[dict[str, float], int]:
-        """One optimizer step: every task's micro-batches, then (PCGrad) combination, clip, step."""
+    def _new_window(self) -> dict:
+        return {"tokens": 0, "start": time.perf_counter(), "losses": {t: [] for t in self.tasks}}
+
+    def _open_loaders(self) -> None:
+        """One DataLoader per task, starting at the first batch not consumed yet (pure function of k)."""
+        from mtpf.data.pipeline import batch_loader
+
+        cfg, cuda = self.cfg, self.accelerator.device.type == "cuda"
+        workers = cfg.num_workers if cfg.num_workers is not None else (4 if cuda else 0)
+        start = self.step * cfg.grad_accum
+        self.loaders = {t: iter(batch_loader(self.batches[t], start, workers, pin_memory=cuda)) for t in self.tasks}
+
+    def _next_batch(self, task: str) -> dict:
+        from mtpf.data.pipeline import to_device
+
+        if not hasattr(self, "loaders"):
+            self._open_loaders()
+        return to_device(next(self.loaders[task]), self.accelerator.device)
+
+    def train_step(self) -> tuple[dict[str, torch.Tensor], int]:
+        """One optimizer step: every task's micro-batches, then (PCGrad) combination, clip, step. Returns
+        each task's loss as a detached device tensor and the number of non-padding tokens."""
         cfg, acc = self.cfg, self.accelerator
         losses, tokens = {}, 0
         task_grads = {}
@@ -327,8 +398,8 @@ class PretrainRecipe:
                 sync = micro == cfg.grad_accum - 1 and (cfg.pcgrad or ti == len(self.tasks) - 1)
                 weight = (cfg.ner_loss_weight if task == "ner" else cfg.tc_loss_weight) / cfg.grad_accum
                 step_fn = self._ner_micro_step if task == "ner" else self._tc_micro_step
-                loss, n_tok = step_fn(weight, sync)
-                total += loss / cfg.grad_accum
+                loss, n_tok = step_fn(self._next_batch(task), weight, sync)
+                total = total + loss / cfg.grad_accum
                 tokens += n_tok
             losses[task] = total
             if cfg.pcgrad and len(self.tasks) > 1:
@@ -352,19 +423,10 @@ class PretrainRecipe:
     def _sync_context(self, sync: bool):
         return contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model)
 
-    def _rank_slice(self, items: list) -> list:
-        acc = self.accelerator
-        per = len(items) // acc.num_processes
-        return items[acc.process_index * per : (acc.process_index + 1) * per]
-
-    def _ner_micro_step(self, weight: float, sync: bool) -> tuple[float, int]:
-        from mtpf.data.samplers import pad_batch
+    def _ner_micro_step(self, data: dict, weight: float, sync: bool) -> tuple[torch.Tensor, int]:
         from mtpf.losses import token_cross_entropy
 
-        idx = self._rank_slice(self.samplers["ner"].next_batch())
-        batch = pad_batch([self.ner_ids[i] for i in idx], self.tokenizer.pad_token_id,
-                          [self.ner_labels[i] for i in idx])
-        batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
+        batch = data["batch"]
         acc = self.accelerator
         with self._sync_context(sync), acc.autocast():
             logits = self.model("ner", **batch)
@@ -382,22 +444,19 @@ class PretrainRecipe:
                 to_backward = summed / total * acc.num_processes
                 loss = acc.reduce(summed.detach(), reduction="sum") / total
             acc.backward(to_backward * weight)
-        return loss.item(), int(batch["attention_mask"].sum())
+        return loss.detach(), data["tokens"]
 
-    def _tc_micro_step(self, weight: float, sync: bool) -> tuple[float, int]:
+    def _tc_micro_step(self, data: dict, weight: float, sync: bool) -> tuple[torch.Tensor, int]:
         from mtpf.losses import cached_info_nce_backward, info_nce
+        from mtpf.losses.cached_info_nce import _unsort
 
         cfg = self.cfg
-        source_name, idx = self.samplers["tc"].next_batch()
-        source = self.pair_sources[source_name]
-        idx = self._rank_slice(idx)
-        a_chunks, a_order, a_tok = self._chunks([source.anchors[i] for i in idx])
-        p_chunks, p_order, p_tok = self._chunks([source.positives[i] for i in idx])
 
         def embed(chunk):
             with self.accelerator.autocast():
                 return self.model("tc", **chunk).float()
 
+        a_chunks, p_chunks, a_order, p_order = data["a_chunks"], data["p_chunks"], data["a_order"], data["p_order"]
         if cfg.tc_mini_batch_size:
             no_sync = (lambda: self.accelerator.no_sync(self.model)) if sync else None
             with self._sync_context(sync):
@@ -405,28 +464,12 @@ class PretrainRecipe:
                                                 cfg.gather_negatives, loss_scale=weight, no_sync=no_sync,
                                                 anchor_order=a_order, positive_order=p_order)
         else:
-            from mtpf.losses.cached_info_nce import _unsort
-
             with self._sync_context(sync):
                 a = _unsort(torch.cat([embed(c) for c in a_chunks]), a_order)
                 p = _unsort(torch.cat([embed(c) for c in p_chunks]), p_order)
                 loss = info_nce(a, p, cfg.temperature, cfg.symmetric, cfg.gather_negatives)
                 self.accelerator.backward(loss * weight)
-        return float(loss.detach()), a_tok + p_tok
-
-    def _chunks(self, texts: list[str]):
-        """Tokenise, sort by length (less padding per chunk), cut into GradCache chunks."""
-        from mtpf.data.samplers import pad_batch
-
-        cfg = self.cfg
-        ids = self.tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        size = cfg.tc_mini_batch_size or len(ids)
-        chunks = []
-        for s in range(0, len(order), size):
-            b = pad_batch([ids[i] for i in order[s : s + size]], self.tokenizer.pad_token_id)
-            chunks.append({k: v.to(self.accelerator.device) for k, v in b.items()})
-        return chunks, torch.tensor(order, device=self.accelerator.device), sum(len(x) for x in ids)
+        return loss.detach(), data["tokens"]
 
     # ------------------------------------------------------------------------------------------- logs
     def _open_logs(self) -> None:
@@ -444,10 +487,14 @@ class PretrainRecipe:
 
     def _log(self, window: dict) -> dict:
         acc = self.accelerator
-        stats = torch.tensor([window["tokens"], window["time"]], dtype=torch.float64, device=acc.device)
-        losses = torch.tensor([sum(v) / max(len(v), 1) for v in window["losses"].values()], device=acc.device)
+        losses = torch.stack([torch.stack(v).float().mean() if v else torch.zeros((), device=acc.device)
+                              for v in window["losses"].values()]).to(acc.device)
+        losses.cpu()  # waits for the device, so the window's wall time below is honest
+        elapsed = time.perf_counter() - window["start"]
+        stats = torch.tensor([window["tokens"], elapsed], dtype=torch.float64, device=acc.device)
         stats = acc.reduce(stats, reduction="sum")
-        losses = acc.reduce(losses, reduction="mean")
+        losses = acc.reduce(losses, reduction="mean").tolist()
+        stats = stats.tolist()
         record = {
             "step": self.step,
             **{f"loss_{t}": float(v) for t, v in zip(window["losses"], losses)},
@@ -516,12 +563,14 @@ class PretrainRecipe:
         acc.wait_for_everyone()
         if not acc.is_main_process:
             return None
+        from mtpf.data.pairs import source_fingerprint
         from mtpf.pretrain.export import export_run
 
         model = acc.unwrap_model(self.model)
         return export_run(model, self.tokenizer, self.out, to_dict(self.cfg), self.data_files, self.adapter_specs,
                           extra={"steps": self.step, "num_processes": acc.num_processes,
-                                 "hub_data_fingerprints": self.hub_fingerprints,
+                                 "hub_data_fingerprints": {label: source_fingerprint(src) for label, src
+                                                           in self.hub_sources.items()},
                                  "tasks": self.tasks, "last_metrics": metrics or {}})
 
 
@@ -553,13 +602,6 @@ def _truncate_log(path: Path, step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(keep))
     os.replace(tmp, path)
-
-
-def _local_files(paths: list[str]) -> list[str]:
-    from mtpf.data.io import expand_paths
-
-    local = [p for p in paths if not str(p).startswith("hub:")]
-    return [str(p) for p in expand_paths(local, (".jsonl", ".jsonl.gz"))] if local else []
 
 
 def run(cfg: PretrainConfig) -> dict | None:

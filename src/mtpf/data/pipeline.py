@@ -1,0 +1,170 @@
+"""Input pipeline of pre-finetuning: batch k of each task built from the token caches in DataLoader workers.
+
+Each task's batches come from a ``torch.utils.data.DataLoader`` over ``BatchStream``, an IterableDataset
+whose worker w yields batches k = start + w, start + w + W, ... (the DataLoader hands them out in order).
+Batch k is a pure function of (seed, k) (see ``mtpf.data.samplers``), so the batches prefetched by workers
+never enter the checkpoint: a resumed run starts its loaders at k = steps done x micro-batches per step.
+Workers gather int ids from memory-mapped Arrow, pad to a multiple of 8 and, for the contrastive task,
+sort by length and cut GradCache chunks; the main process only copies pinned tensors to the device.
+"""
+from __future__ import annotations
+
+import torch
+
+from mtpf.data.io import DataError
+from mtpf.data.samplers import pad_batch
+
+PAD_MULTIPLE = 8
+
+
+def rank_slice(items: list, rank: int, world: int) -> list:
+    per = len(items) // world
+    return items[rank * per : (rank + 1) * per]
+
+
+def length_chunks(ids: list[list[int]], size: int | None, pad_id: int):
+    """Sort by length (less padding per chunk), cut into GradCache chunks, pad each; returns (chunks,
+    order, tokens): row k of the concatenated chunks is example ``order[k]``."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    size = size or len(ids)
+    chunks = [pad_batch([ids[i] for i in order[s : s + size]], pad_id, multiple_of=PAD_MULTIPLE)
+              for s in range(0, len(order), size)]
+    return chunks, torch.tensor(order), sum(len(x) for x in ids)
+
+
+class StreamWindows:
+    """Rows of a streaming source (``IterableDataset``, never downloaded whole): its j-th batch reads window
+    ``[j*S, (j+1)*S)`` of the buffer-shuffled stream (``S`` = batch + slack for in-batch duplicates), tokenised
+    in the worker. Windows are a pure function of j; reaching window j reads past the earlier ones (so a
+    resumed run or a worker skipping the others' windows costs a sequential read, not memory). At the end of
+    the stream the next epoch starts with another shuffle seed."""
+
+    def __init__(self, name, data, batch: int, seed: int, tokenizer, max_length: int, buffer_size: int = 10_000):
+        self.name, self.data, self.batch, self.seed = name, data, batch, seed
+        self.tokenizer, self.max_length, self.buffer_size = tokenizer, max_length, buffer_size
+        self.size = batch + max(8, batch // 4)
+        self._it, self._pos, self._epoch = None, 0, 0
+
+    def _restart(self, epoch: int) -> None:
+        self._it = iter(self.data.shuffle(seed=self.seed + epoch, buffer_size=self.buffer_size))
+        self._epoch = epoch
+
+    def _next_row(self) -> dict:
+        for _ in range(2):
+            row = next(self._it, None)
+            if row is not None:
+                self._pos += 1
+                return row
+            self._restart(self._epoch + 1)
+        raise DataError(self.name, None, "streaming pair source is empty")
+
+    def window(self, j: int) -> list[tuple[list[int], list[int]]]:
+        start = j * self.size
+        if self._it is None or self._pos > start:
+            self._restart(0)
+            self._pos = 0
+        while self._pos < start:
+            self._next_row()
+        rows = [self._next_row() for _ in range(self.size)]
+        texts = [(r["anchor"], r["positive"]) for r in rows
+                 if isinstance(r["anchor"], str) and isinstance(r["positive"], str)
+                 and r["anchor"].strip() and r["positive"].strip()]
+        if not texts:
+            return []
+        kw = {"truncation": True, "max_length": self.max_length}
+        a = self.tokenizer([t[0] for t in texts], **kw)["input_ids"]
+        p = self.tokenizer([t[1] for t in texts], **kw)["input_ids"]
+        return list(zip(a, p))
+
+
+class PairBatches:
+    """Contrastive batch k: sampler rows -> this process's slice -> (anchor, positive) chunk lists."""
+
+    def __init__(self, tokens: dict, sampler, mini_batch: int | None, pad_id: int, rank: int = 0, world: int = 1,
+                 streams: dict | None = None):
+        self.tokens, self.sampler = tokens, sampler  # tokens: source name -> Dataset {a_ids, p_ids}
+        self.mini_batch, self.pad_id, self.rank, self.world = mini_batch, pad_id, rank, world
+        self.streams = streams or {}  # source name -> StreamWindows
+        self._got: dict[int, tuple] = {}
+
+    def _stream_batch(self, name: str, j: int) -> list[int]:
+        chosen, seen = [], set()
+        for pos, (a, p) in enumerate(self.streams[name].window(j)):
+            ka, kp = tuple(a), tuple(p)
+            if ka in seen or kp in seen or ka == kp:
+                continue
+            seen.update((ka, kp))
+            self._got[pos] = (a, p)
+            chosen.append(pos)
+            if len(chosen) == self.sampler.batch_size:
+                return chosen
+        raise DataError(f"pair source {name}", None, f"cannot fill a batch of {self.sampler.batch_size} pairs "
+                        "without repeating a text; lower tc_batch_size or drop the source")
+
+    def _keys(self, name: str, rows):
+        got = self.tokens[name][rows.tolist()]
+        pairs = list(zip(got["a_ids"], got["p_ids"]))
+        self._got.update(zip(rows.tolist(), pairs))
+        # Deduplicate on token ids: equal texts give equal ids, and equal ids are the same model input.
+        return [(tuple(a), tuple(p)) for a, p in pairs]
+
+    def __call__(self, k: int) -> dict:
+        self._got = {}
+        si, j = self.sampler.plan(k)
+        if self.sampler.names[si] in self.streams:
+            name = self.sampler.names[si]
+            rows = self._stream_batch(name, j)
+        else:
+            name, rows = self.sampler.batch(k, self._keys)
+        mine = rank_slice(rows, self.rank, self.world)
+        a_chunks, a_order, a_tok = length_chunks([self._got[r][0] for r in mine], self.mini_batch, self.pad_id)
+        p_chunks, p_order, p_tok = length_chunks([self._got[r][1] for r in mine], self.mini_batch, self.pad_id)
+        self._got = {}
+        return {"k": k, "source": name, "rows": mine, "a_chunks": a_chunks, "a_order": a_order,
+                "p_chunks": p_chunks, "p_order": p_order, "tokens": a_tok + p_tok}
+
+
+class NerBatches:
+    """Token-CE batch k: length-bucketed rows -> this process's slice -> padded ids and labels."""
+
+    def __init__(self, data, sampler, pad_id: int, rank: int = 0, world: int = 1):
+        self.data, self.sampler, self.pad_id, self.rank, self.world = data, sampler, pad_id, rank, world
+
+    def __call__(self, k: int) -> dict:
+        rows = rank_slice(self.sampler.batch(k), self.rank, self.world)
+        got = self.data[rows]
+        batch = pad_batch(got["input_ids"], self.pad_id, got["labels"], multiple_of=PAD_MULTIPLE)
+        return {"k": k, "rows": rows, "batch": batch, "tokens": sum(len(x) for x in got["input_ids"])}
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    def __init__(self, make, start: int):
+        self.make, self.start = make, start
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, workers = (info.id, info.num_workers) if info else (0, 1)
+        k = self.start + wid
+        while True:
+            yield self.make(k)
+            k += workers
+
+
+def batch_loader(make, start: int, num_workers: int, pin_memory: bool):
+    # Its own generator: a DataLoader iterator draws a base seed, which must not advance the global RNG (the
+    # dropout stream that a resumed run restores from the checkpoint).
+    return torch.utils.data.DataLoader(
+        BatchStream(make, start), batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers else None, persistent_workers=False,
+        generator=torch.Generator().manual_seed(start))
+
+
+def to_device(obj, device):
+    """Nested dicts/lists of tensors to ``device``; non-blocking (the loader pinned them on CUDA)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_device(v, device) for v in obj]
+    return obj
