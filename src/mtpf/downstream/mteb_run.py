@@ -27,7 +27,8 @@ def sentence_transformer_path(ref: str) -> str:
     return ref  # a sentence-transformers or HF folder, or a hub name
 
 
-def run_mteb(models: list[tuple[str, str]], task_names: list[str], out: Path) -> dict:  # pragma: no cover - online
+def run_mteb(models: list[tuple[str, str]], task_names: list[str], out: Path,
+             device: str = "cpu") -> dict:  # pragma: no cover - online
     import mteb
     from sentence_transformers import SentenceTransformer
 
@@ -38,7 +39,7 @@ def run_mteb(models: list[tuple[str, str]], task_names: list[str], out: Path) ->
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
     for label, ref in models:
-        model = SentenceTransformer(sentence_transformer_path(ref), device="cpu")
+        model = SentenceTransformer(sentence_transformer_path(ref), device=device)
         cache = mteb.ResultCache(cache_path=str(out / _slug(label)))
         result = mteb.evaluate(model, tasks, cache=cache, overwrite_strategy="only-missing")
         summary[label] = {tr.task_name: tr.get_score() for tr in result.task_results}
