@@ -56,6 +56,8 @@ def main() -> None:
                           "--base", base, "--ner", *ev["ner"], "--output", str(out / "eval" / run_name),
                           "--cache-dir", str(out / "eval" / "cache"), "--save-apps",
                           "--fractions", ",".join(str(f) for f in run["fractions"]),
+                          # the paper recipe + these overrides = the loop the documented numbers came from
+                          "--recipe", "paper",
                           "--epochs-warmup", str(run["epochs_warmup"]), "--epochs", str(run["epochs"]),
                           "--batch-size", str(ev["batch_size"]), "--lr", str(ev["lr"]), "--head-lr", str(ev["head_lr"])]
             if run.get("tc", True):

@@ -242,6 +242,8 @@ def run_demo(out: str = "runs/demo", data_dir: str | None = None, ner: str | Non
 
 
 def add_parser(sub) -> None:
+    from mtpf.device import add_device_argument
+
     p = sub.add_parser("demo", help="run the whole pipeline offline on bundled sample data (a few minutes)",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo); re-runs resume")
@@ -251,7 +253,6 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=40, help="pre-finetuning steps (default 40)")
     p.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 ONNX exports")
-    p.add_argument("--device", default="auto", help="where labelling, evaluation and the runtime run: auto (CUDA "
-                                                   "when present, else CPU), cpu, cuda or cuda:N (default auto)")
+    add_device_argument(p, "labelling, evaluation and the runtime")
     p.set_defaults(func=lambda a: run_demo(a.out, a.data_dir, a.ner, a.cls, a.steps, a.fresh, not a.no_int8,
                                            a.device) and 0)

@@ -38,7 +38,7 @@ def resolve_device(spec: str | None = "auto"):
 
 
 def add_device_argument(parser, what: str = "models") -> None:
-    parser.add_argument("--device", default="auto", help=f"where the {what} run: {CHOICES_HELP} (default auto)")
+    parser.add_argument("--device", default="auto", help=f"device for {what}: {CHOICES_HELP} (default auto)")
 
 
 def bf16_supported(device) -> bool:

@@ -111,7 +111,7 @@ def add_parser(sub) -> None:
                        help="score labels that occur only in dev/test as misses instead of refusing the data")
         p.add_argument("--no-progress", action="store_true")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-        add_device_argument(p, "encoder")
+        add_device_argument(p, "the encoder")
         if mode == "ner":
             p.add_argument("--fraction", type=float, default=1.0, help="seeded random share of train sentences")
             _ner_args(p)
@@ -168,7 +168,7 @@ def add_parser(sub) -> None:
     p.add_argument("--base", default=None, help="label of the row the +/- are computed against")
     p.add_argument("--output", required=True, help="output folder (results.json, tables.md, tables.csv, chart.png)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of torch / ONNX Runtime")
-    add_device_argument(p, "runtime's backbone and apps")
+    add_device_argument(p, "the runtime (backbone and apps)")
     p.add_argument("--seed", type=int, default=42, help="MTEB task seed")
     p.add_argument("--no-progress", action="store_true")
     _tc_args(p)
