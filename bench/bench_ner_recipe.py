@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -75,8 +76,8 @@ def main() -> int:
                     continue
                 print(f"{name} | {size_label} | recipe {recipe} ...", flush=True)
                 t0 = time.perf_counter()
-                res = train_ner(model, dataset, NerConfig(recipe=recipe), fraction, args.seed, progress=True,
-                                device=device)
+                res = train_ner(model, dataset, NerConfig(recipe=recipe), fraction, args.seed,
+                                progress=sys.stderr.isatty(), device=device)
                 cell = {"dataset": name, "size": size, "size_label": size_label, "fraction": fraction,
                         "recipe": recipe, "n_train_sentences": res.n_train_sentences, "test": res.test,
                         "dev": res.dev, "dev_sentences": res.dev_sentences, "best_epoch": res.best_epoch,
@@ -98,7 +99,8 @@ def main() -> int:
 def table(cells: list[dict]) -> str:
     """Markdown: one row per (dataset, size), test F1 and minutes of each recipe, and default vs paper."""
     by = {(c["dataset"], c["size"], c["recipe"]): c for c in cells}
-    rows = sorted({(c["dataset"], c["size"], c["size_label"]) for c in cells}, key=lambda r: (r[0], float(r[1])))
+    fraction = {(c["dataset"], c["size"]): c["fraction"] for c in cells}
+    rows = sorted({(c["dataset"], c["size"], c["size_label"]) for c in cells}, key=lambda r: (r[0], fraction[r[:2]]))
     lines = ["| dataset | train | default F1 | default min | paper F1 | paper min | F1 diff | time ratio |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for ds, size, label in rows:

@@ -193,7 +193,8 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
             total = 0.0
             batches = bucket_batches(lengths, cfg.batch_size, rng)
             if world > 1:  # equal shares: DDP needs every process to take the same number of steps
-                batches = batches[: max(world, len(batches) - len(batches) % world)][rank::world]
+                batches = (batches * world)[:world] if len(batches) < world else batches
+                batches = batches[: len(batches) - len(batches) % world][rank::world]
             for b in batches:
                 batch = pad_pieces(train_enc, b, pad_id, acc.device)
                 with acc.autocast():
