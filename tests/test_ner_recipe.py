@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-NAMES = {"PER": "Obama Merkel Smith Jones Garcia".split(), "LOC": "Paris Berlin London Madrid Rome".split(),
-         "ORG": "Apple Google Intel Nokia Siemens".split()}
-FILL = "the a man woman visited bought said on Monday in new talks with from".split()
+NAMES = {"PER": ["Obama", "Merkel", "Smith", "Jones", "Garcia"], "LOC": ["Paris", "Berlin", "London", "Madrid", "Rome"],
+         "ORG": ["Apple", "Google", "Intel", "Nokia", "Siemens"]}
+FILL = ["the", "a", "man", "woman", "visited", "bought", "said", "on", "Monday", "in", "new", "talks", "with", "from"]
 
 
 def planted_ner(root: Path, sizes=(200, 100, 100), density=0.15, types=("PER", "LOC", "ORG"), seed=0) -> Path:
@@ -41,10 +41,10 @@ def tiny64(tmp_path_factory) -> str:
 def _old_planted(root: Path) -> Path:
     """The data the golden numbers below were computed on (3 types, 10 names each, 30 % entities)."""
     rng = random.Random(0)
-    names = {"PER": "Obama Merkel Smith Jones Garcia Miller Davis Wilson Taylor Brown".split(),
-             "LOC": "Paris Berlin London Madrid Rome Vienna Tokyo Cairo Lima Oslo".split(),
-             "ORG": "Apple Google Intel Nokia Siemens Fiat Sony Shell Boeing Nestle".split()}
-    fill = "the a man woman visited bought said on Monday in new talks with from city company and to".split()
+    names = {"PER": ["Obama", "Merkel", "Smith", "Jones", "Garcia", "Miller", "Davis", "Wilson", "Taylor", "Brown"],
+             "LOC": ["Paris", "Berlin", "London", "Madrid", "Rome", "Vienna", "Tokyo", "Cairo", "Lima", "Oslo"],
+             "ORG": ["Apple", "Google", "Intel", "Nokia", "Siemens", "Fiat", "Sony", "Shell", "Boeing", "Nestle"]}
+    fill = ["the", "a", "man", "woman", "visited", "bought", "said", "on", "Monday", "in", "new", "talks", "with", "from", "city", "company", "and", "to"]
     root.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", 200), ("dev", 80), ("test", 80)):
         with open(root / f"{split}.jsonl", "w") as fh:

@@ -278,10 +278,10 @@ def _evaluate_runtime(args) -> int:
     from pathlib import Path
 
     from mtpf.config import ConfigError
+    from mtpf.device import resolve_device
     from mtpf.downstream.runtime_eval import evaluate_runtime
     from mtpf.downstream.suite import read_cells
     from mtpf.downstream.tables import dataset_order, write_outputs
-    from mtpf.device import resolve_device
 
     _threads(args)
     device = resolve_device(args.device)
