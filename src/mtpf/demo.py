@@ -50,8 +50,8 @@ def _pick(folder: Path, preferred: str | None) -> Path:
 
 class Demo:
     def __init__(self, out: Path, data_dir: Path, ner_name: str | None, cls_name: str | None, steps: int,
-                 fresh: bool, export_int8: bool, console):
-        self.out, self.data = out, data_dir
+                 fresh: bool, export_int8: bool, console, device: str = "auto"):
+        self.out, self.data, self.device = out, data_dir, device
         self.ner_dir = _pick(data_dir / "ner", ner_name)
         self.cls_dir = _pick(data_dir / "cls", cls_name)
         self.steps, self.int8 = steps, export_int8
@@ -79,7 +79,8 @@ class Demo:
             self.console.print(f"already labelled: {out}")
         else:  # label_corpus resumes by finished shard
             label_corpus(LabelConfig(teacher="packaged", corpus=[str(self.data / "raw")], out=str(out), clusters=20,
-                                     fit_words=20_000, shard_sentences=5_000, seed=0), log=self.console.print)
+                                     fit_words=20_000, shard_sentences=5_000, seed=0, device=self.device),
+                        log=self.console.print)
             mark_done(out, required=("clusters.json",))
         self.done("label", t0)
         return out
@@ -119,7 +120,7 @@ class Demo:
         res = run_suite(SuiteConfig(
             models=[("Base model", "packaged"), ("MTPF-TPL", str(run_dir))], base="Base model",
             output=str(eval_dir), ner=[str(self.ner_dir)], cls=[str(self.cls_dir)], ner_cfg=ner_cfg,
-            tc_cfg=TCConfig(), save_apps=True))
+            tc_cfg=TCConfig(), save_apps=True, device=self.device))
         mark_done(eval_dir, required=("results.json", "tables.md"))
         self.done("evaluate", t0)
         return res
@@ -144,7 +145,7 @@ class Demo:
             shutil.copytree(self.out / "eval" / "apps" / app_folder_name("MTPF-TPL", self.ner_dir.name, 1.0, 42),
                             ner_app)
             adapt_tc(resolve(str(run_dir), "MTPF-TPL"), load_cls_dataset(str(self.cls_dir)), tc_app, TCConfig(),
-                     cache_dir=str(self.out / "eval" / "cache"), progress=False)
+                     cache_dir=str(self.out / "eval" / "cache"), progress=False, device=self.device)
             mark_done(folder, required=(f"{ner_app.name}/mtpf_app.json", f"{tc_app.name}/mtpf_app.json"))
         self.console.print(f"NER app: {ner_app}\nTC app:  {tc_app}")
         self.done("apps", t0)
@@ -178,10 +179,11 @@ class Demo:
 
     # 6 ------------------------------------------------------------------------------------------------
     def serve(self, run_dir: Path, apps: dict[str, Path]) -> dict:
+        from mtpf.device import device_kwargs
         from mtpf.runtime.core import Runtime
 
         t0 = self.stage(6, "runtime: one shared backbone, two registered apps")
-        runtime = Runtime(run_dir / "backbone")
+        runtime = Runtime(run_dir / "backbone", **device_kwargs(Runtime, self.device))
         try:
             runtime.register_app("news-ner", apps["ner"])
             runtime.register_app("assistant-intents", apps["tc"])
@@ -215,12 +217,16 @@ def _short_report(rep: dict) -> str:
 
 
 def run_demo(out: str = "runs/demo", data_dir: str | None = None, ner: str | None = None, cls: str | None = None,
-             steps: int = 40, fresh: bool = False, int8: bool = True) -> dict:
+             steps: int = 40, fresh: bool = False, int8: bool = True, device: str = "auto") -> dict:
     from rich.console import Console
+
+    from mtpf.device import resolve_device
+
+    device = str(resolve_device(device))  # a bad --device fails before any work
 
     console = Console(soft_wrap=True)
     data = Path(data_dir) if data_dir else SAMPLE_DATA
-    demo = Demo(Path(out), data, ner, cls, steps, fresh, int8, console)
+    demo = Demo(Path(out), data, ner, cls, steps, fresh, int8, console, device)
     console.print(f"[bold]mtpf demo[/]: data {data}{'  (bundled sample)' if not data_dir else ''}, "
                   f"NER set {demo.ner_dir.name}, TC set {demo.cls_dir.name}, output {out}")
     t_all = time.perf_counter()
@@ -263,6 +269,8 @@ def run_demo(out: str = "runs/demo", data_dir: str | None = None, ner: str | Non
 
 
 def add_parser(sub) -> None:
+    from mtpf.device import add_device_argument
+
     p = sub.add_parser("demo", help="run the whole pipeline offline on bundled sample data (a few minutes)",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo); re-runs resume")
@@ -272,6 +280,7 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=40, help="pre-finetuning steps (default 40)")
     p.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 ONNX exports")
+    add_device_argument(p, "labelling, evaluation and the runtime")
     p.set_defaults(func=_cli)
 
 
@@ -282,5 +291,5 @@ def _cli(args) -> int:
         if names and len(names) > 1:  # the demo runs one dataset per task: never drop one silently
             raise ConfigError(f"{flag} given {len(names)} times ({', '.join(names)}); the demo takes one")
     run_demo(args.out, args.data_dir, args.ner and args.ner[0], args.cls and args.cls[0], args.steps, args.fresh,
-             not args.no_int8)
+             not args.no_int8, args.device)
     return 0

@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from mtpf.device import CHOICES_HELP as DEVICE_HELP
+
 MODES = ("plot", "depth-sweep", "depth-plot", "measure")
 
 
@@ -45,6 +47,7 @@ def _measure_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
         help="adapters of a run folder to measure besides the backbone (repeat); 'all' (default) or 'none'",
     )
     p.add_argument("--threads", type=int, default=d(None), help="torch CPU threads")
+    p.add_argument("--device", default=d("auto"), help=f"where the model runs: {DEVICE_HELP} (default auto)")
     p.add_argument("--json", default=d(None), metavar="OUT", help="also write the results as JSON")
 
 
@@ -165,9 +168,11 @@ def _measure(args) -> int:
     import torch
 
     from mtpf.analysis.track import Tracker
+    from mtpf.device import autocast, resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     t0 = time.perf_counter()
     tracker = Tracker(
         args.ner_data or default_ner_data(),
@@ -179,8 +184,10 @@ def _measure(args) -> int:
         split=args.split,
     )
     model, tokenizer, adapters, desc = load_for_analysis(args.model, args.adapter)
+    model = model.to(device)
     t1 = time.perf_counter()
-    result = tracker.measure(model, tokenizer, adapters)
+    with autocast(device):  # bf16 on CUDA, as during pre-finetuning
+        result = tracker.measure(model, tokenizer, adapters)
     seconds = time.perf_counter() - t1
     info = tracker.info
     print(f"model: {desc}")
@@ -197,8 +204,8 @@ def _measure(args) -> int:
             f" {result['token_homogeneity' + sfx]:>18.4f}"
         )
     print(
-        f"\nmeasured in {seconds:.1f} s (setup {t1 - t0:.1f} s, {torch.get_num_threads()} CPU threads"
-        f"{', ' + str(next(model.parameters()).device) if torch.cuda.is_available() else ''})"
+        f"\nmeasured in {seconds:.1f} s (setup {t1 - t0:.1f} s, "
+        f"{device if device.type != 'cpu' else f'{torch.get_num_threads()} CPU threads'})"
     )
     if args.json:
         out = Path(args.json)
@@ -211,6 +218,7 @@ def _measure(args) -> int:
                     **result,
                     "data": info,
                     "seconds": round(seconds, 2),
+                    "device": str(device),
                 },
                 indent=2,
             )
@@ -309,6 +317,7 @@ def _sweep_parser():
     )
     p.add_argument("--data-dir", default=None, help="every ner/* and cls/* of this folder, for --evaluate")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--device", default="auto", help=f"where --evaluate runs: {DEVICE_HELP} (default auto)")
     p.set_defaults(run=_sweep)
     return p
 
@@ -330,8 +339,12 @@ def _sweep(args) -> int:
         root = Path(args.data_dir)
         ner = sorted(str(p) for p in (root / "ner").glob("*") if p.is_dir())
         cls = sorted(str(p) for p in (root / "cls").glob("*") if p.is_dir())
+    from mtpf.device import resolve_device
+
+    device = str(resolve_device(args.device))
     summary = depth_sweep(
-        config, parse_layers(args.layers), out, overrides, args.evaluate, ner, cls, plot=not args.no_plot
+        config, parse_layers(args.layers), out, overrides, args.evaluate, ner, cls, plot=not args.no_plot,
+        device=device,
     )
     _print_summary(summary)
     print(f"sweep folder: {out}" + (f"\nwrote {summary['figure']}" if "figure" in summary else ""))

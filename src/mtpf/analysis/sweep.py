@@ -51,7 +51,8 @@ def downstream_suite():
     return suite
 
 
-def evaluate_depth(run_dir: Path, ner: list[str], cls: list[str], progress: bool = True) -> dict | None:
+def evaluate_depth(run_dir: Path, ner: list[str], cls: list[str], progress: bool = True,
+                   device: str = "auto") -> dict | None:
     """``mtpf evaluate`` of one depth's run into ``run_dir/eval`` (resumable by the suite itself)."""
     suite = downstream_suite()
     if suite is None:
@@ -63,6 +64,7 @@ def evaluate_depth(run_dir: Path, ner: list[str], cls: list[str], progress: bool
         ner=list(ner),
         cls=list(cls),
         progress=progress,
+        device=device,
     )
     return suite.run_suite(cfg)
 
@@ -76,6 +78,7 @@ def depth_sweep(
     ner: list[str] | None = None,
     cls: list[str] | None = None,
     plot: bool = True,
+    device: str = "auto",
 ) -> dict:
     from mtpf.analysis.plots import depth_summary, plot_depth
     from mtpf.recipes.pretrain import run
@@ -96,7 +99,7 @@ def depth_sweep(
             print(f"layers={n}: pre-finetuning into {run_dir}")
             run(cfg)
         if evaluate:
-            evaluate_depth(run_dir, ner or [], cls or [], progress=cfg.progress)
+            evaluate_depth(run_dir, ner or [], cls or [], progress=cfg.progress, device=device)
     summary = depth_summary(out)
     (out / "depth_summary.json").write_text(json.dumps(summary, indent=2))
     if plot:

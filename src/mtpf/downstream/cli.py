@@ -4,19 +4,43 @@ from __future__ import annotations
 import argparse
 import json
 
+from mtpf.device import add_device_argument
+from mtpf.downstream.ner_config import RECIPES
+
 
 def _ner_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("NER adaptation (defaults = paper, Appendix A)")
-    g.add_argument("--epochs-warmup", type=int, default=10, help="stage 1: epochs training the head alone (10)")
-    g.add_argument("--epochs", type=int, default=30, help="stage 2: epochs training LoRA + head (30)")
+    g = p.add_argument_group("NER adaptation (recipe defaults; --recipe paper = Appendix A exactly)")
+    g.add_argument("--recipe", choices=sorted(RECIPES), default="default",
+                   help="default: separate head/LoRA learning rates, a minimum of optimizer steps per stage, "
+                        "early stopping on a dev subsample (works from 200 to 14k sentences); paper: 10 + 30 "
+                        "epochs, batch 64, lr 2e-5, whole dev every epoch. Flags below override the recipe")
+    g.add_argument("--epochs-warmup", type=int, default=None,
+                   help="stage 1: epochs training the head alone (default 3, at least --min-steps-warmup steps; "
+                        "paper 10)")
+    g.add_argument("--epochs", type=int, default=None,
+                   help="stage 2: epochs training LoRA + head (default up to 10, at least --min-steps steps, "
+                        "early stopping; paper 30)")
     g.add_argument("--quick", action="store_true",
                    help="quick run: 1 warm-up epoch + 2 LoRA epochs (overrides --epochs-warmup/--epochs)")
-    g.add_argument("--batch-size", type=int, default=64, help="sentences per batch (64)")
-    g.add_argument("--lr", type=float, default=2e-5, help="AdamW learning rate (2e-5)")
-    g.add_argument("--head-lr", type=float, default=None, help="learning rate of the head (default --lr)")
+    g.add_argument("--batch-size", type=int, default=None, help="sentences per batch (default 16; paper 64)")
+    g.add_argument("--lr", type=float, default=None, help="AdamW learning rate of LoRA (default 5e-4; paper 2e-5)")
+    g.add_argument("--head-lr", type=float, default=None,
+                   help="learning rate of the head (default 1e-3; paper: --lr)")
+    g.add_argument("--min-steps-warmup", type=int, default=None,
+                   help="stage 1 takes at least this many optimizer steps (default 300; paper 0)")
+    g.add_argument("--min-steps", type=int, default=None,
+                   help="stage 2 takes at least this many optimizer steps (default 400; paper 0)")
+    g.add_argument("--dev-sentences", type=int, default=None,
+                   help="model selection scores a seeded subsample of this many dev sentences; 0 = the whole dev "
+                        "split (default 1000; paper 0)")
+    g.add_argument("--eval-every", type=int, default=None,
+                   help="score dev every N epochs; 0 = auto, so scoring costs no more than the training it selects "
+                        "from (default 0; paper 1)")
+    g.add_argument("--patience", type=int, default=None,
+                   help="stop after N dev scorings without improvement; 0 = never (default 4; paper 0)")
     g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (0.01)")
-    g.add_argument("--scheduler", choices=["constant", "linear"], default="constant",
-                   help="learning-rate schedule within each stage (constant)")
+    g.add_argument("--scheduler", choices=["constant", "linear"], default=None,
+                   help="learning-rate schedule within each stage (default linear; paper constant)")
     g.add_argument("--lora-rank", type=int, default=32)
     g.add_argument("--lora-alpha", type=int, default=64)
     g.add_argument("--lora-dropout", type=float, default=0.0)
@@ -47,8 +71,10 @@ def _tc_args(p: argparse.ArgumentParser) -> None:
 def _ner_config(args):
     from mtpf.downstream.ner import QUICK, NerConfig
 
-    kw = dict(epochs_warmup=args.epochs_warmup, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-              head_lr=args.head_lr, weight_decay=args.weight_decay, scheduler=args.scheduler,
+    kw = dict(recipe=args.recipe, epochs_warmup=args.epochs_warmup, epochs=args.epochs, batch_size=args.batch_size,
+              lr=args.lr, head_lr=args.head_lr, weight_decay=args.weight_decay, scheduler=args.scheduler,
+              min_steps_warmup=args.min_steps_warmup, min_steps=args.min_steps, dev_sentences=args.dev_sentences,
+              eval_every=args.eval_every, patience=args.patience,
               lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
               lora_layers=args.lora_layers, lora_targets=[t.strip() for t in args.lora_targets.split(",") if t.strip()],
               init_from_ner_adapter=not args.no_adapter_init, select=args.select, max_length=args.ner_max_length)
@@ -86,6 +112,7 @@ def add_parser(sub) -> None:
                        help="score labels that occur only in dev/test as misses instead of refusing the data")
         p.add_argument("--no-progress", action="store_true")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+        add_device_argument(p, "the encoder")
         if mode == "ner":
             p.add_argument("--fraction", type=float, default=1.0, help="seeded random share of train sentences")
             _ner_args(p)
@@ -119,6 +146,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared CPU)")
+    add_device_argument(p, "NER adaptation and TC embeddings")
     p.add_argument("--mteb-tasks", default=None,
                    help="instead: run the official mteb package (online) on each model's sentence-transformers "
                         "export for these comma-separated MTEB task names, results in OUTPUT/mteb")
@@ -145,6 +173,7 @@ def add_parser(sub) -> None:
     p.add_argument("--base", default=None, help="label of the row the +/- are computed against")
     p.add_argument("--output", required=True, help="output folder (results.json, tables.md, tables.csv, chart.png)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of torch / ONNX Runtime")
+    add_device_argument(p, "the runtime (backbone and apps)")
     p.add_argument("--seed", type=int, default=42, help="MTEB task seed")
     p.add_argument("--no-progress", action="store_true")
     _tc_args(p)
@@ -161,10 +190,12 @@ def _threads(args) -> None:
 def _adapt(args) -> int:
     from mtpf.config import ConfigError
     from mtpf.stages import refuse_nonempty
+    from mtpf.device import resolve_device
 
     if getattr(args, "output", None):
         refuse_nonempty(args.output, args.overwrite)
     _threads(args)
+    device = resolve_device(args.device)
     from mtpf.downstream.models import resolve
 
     if args.mode == "ner":
@@ -175,7 +206,7 @@ def _adapt(args) -> int:
         dataset = load_ner_dataset(args.data, args.allow_unseen_labels)
         model = resolve(args.model)
         res = train_ner(model, dataset, cfg, args.fraction, args.seed, progress=not args.no_progress,
-                        keep_model=True)
+                        keep_model=True, device=device)
         save_ner_app(res, model, args.output, {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint,
                                                "fraction": args.fraction, "seed": args.seed,
                                                "config": cfg.to_dict()})
@@ -200,7 +231,7 @@ def _adapt(args) -> int:
         dataset = load_cls_dataset(args.data, args.allow_unseen_labels)
         model = resolve(args.model, normalize=cfg.normalize)
         meta = adapt_tc(model, dataset, args.output, cfg, args.seed, max_iter=max(args.max_iter, 1000),
-                        cache_dir=args.cache_dir, progress=not args.no_progress)
+                        cache_dir=args.cache_dir, progress=not args.no_progress, device=device)
         print(f"TC app adapter: {args.output}  ({len(meta['labels'])} labels, LoRA: {meta['has_lora']})")
         for split, m in meta["metrics"].items():
             print(f"  {split}: accuracy {100 * m['accuracy']:.2f}  macro-F1 {100 * m['f1']:.2f}")
@@ -235,14 +266,17 @@ def _evaluate(args) -> int:
     from pathlib import Path
 
     from mtpf.config import ConfigError
+    from mtpf.device import resolve_device
     from mtpf.downstream.models import parse_model_arg
 
     _threads(args)
+    device = resolve_device(args.device)
     models = [parse_model_arg(m) for m in (args.model or ["packaged"])]
     if args.mteb_tasks:
         from mtpf.downstream.mteb_run import run_mteb
 
-        run_mteb(models, [t.strip() for t in args.mteb_tasks.split(",") if t.strip()], Path(args.output) / "mteb")
+        run_mteb(models, [t.strip() for t in args.mteb_tasks.split(",") if t.strip()], Path(args.output) / "mteb",
+                 device=str(device))
         return 0
     ner, cls = list(args.ner), list(args.cls)
     if args.data_dir and not ner and not cls:
@@ -259,7 +293,7 @@ def _evaluate(args) -> int:
     cfg = SuiteConfig(models=models, output=args.output, ner=ner, cls=cls, fractions=_floats(args.fractions, "fractions"),
                       seeds=seeds, base=args.base, ner_cfg=_ner_config(args), tc_cfg=_tc_config(args),
                       cache_dir=args.cache_dir, allow_unseen_labels=args.allow_unseen_labels,
-                      save_apps=args.save_apps, progress=not args.no_progress)
+                      save_apps=args.save_apps, progress=not args.no_progress, device=str(device))
     info = run_suite(cfg)
     print(f"ran {info['ran']} cells, reused {info['skipped']}\n  {info['results']}\n  {info['tables_md']}\n"
           f"  {info['tables_csv']}\n  {info['chart']}")
@@ -271,11 +305,13 @@ def _evaluate_runtime(args) -> int:
     from pathlib import Path
 
     from mtpf.config import ConfigError
+    from mtpf.device import resolve_device
     from mtpf.downstream.runtime_eval import evaluate_runtime
     from mtpf.downstream.suite import read_cells
     from mtpf.downstream.tables import dataset_order, write_outputs
 
     _threads(args)
+    device = resolve_device(args.device)
     ner_apps = []
     for item in args.ner_app:
         if "=" not in item:
@@ -287,7 +323,7 @@ def _evaluate_runtime(args) -> int:
     results = evaluate_runtime(args.backbone, args.label, args.output, ner_apps=ner_apps, tc_app=args.tc_app,
                                cls=list(args.cls), backend=args.backend, int8=not args.fp32,
                                tc_cfg=_tc_config(args), seed=args.seed, num_threads=args.threads,
-                               onnx_dir=args.onnx_dir, progress=not args.no_progress)
+                               onnx_dir=args.onnx_dir, progress=not args.no_progress, device=str(device))
     cells, models = [], []
     for path in args.with_results:
         other, labels = read_cells(path)

@@ -35,6 +35,7 @@ def encode_texts(encoder, tokenizer, texts: list[str], max_length: int, batch_si
     import torch
 
     from mtpf.data.samplers import pad_batch
+    from mtpf.device import autocast
     from mtpf.encoder import mean_pool
 
     if not texts:
@@ -54,7 +55,8 @@ def encode_texts(encoder, tokenizer, texts: list[str], max_length: int, batch_si
         for b in batches:
             batch = pad_batch([ids[i] for i in b], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            hidden = encoder(**batch).last_hidden_state
+            with autocast(device):  # bf16 on CUDA, as pre-finetuning; pooling in fp32
+                hidden = encoder(**batch).last_hidden_state
             emb = mean_pool(hidden.float(), batch["attention_mask"])
             if normalize:
                 emb = torch.nn.functional.normalize(emb, p=2, dim=-1)

@@ -27,7 +27,8 @@ def sentence_transformer_path(ref: str) -> str:
     return ref  # a sentence-transformers or HF folder, or a hub name
 
 
-def run_mteb(models: list[tuple[str, str]], task_names: list[str], out: Path) -> dict:  # pragma: no cover - online
+def run_mteb(models: list[tuple[str, str]], task_names: list[str], out: Path,
+             device: str = "cpu") -> dict:  # pragma: no cover - online
     import mteb
     from sentence_transformers import SentenceTransformer
 
@@ -39,7 +40,7 @@ def run_mteb(models: list[tuple[str, str]], task_names: list[str], out: Path) ->
     summary = {}
     for label, ref in models:
         try:
-            model = SentenceTransformer(sentence_transformer_path(ref), device="cpu")
+            model = SentenceTransformer(sentence_transformer_path(ref), device=device)
             cache = mteb.ResultCache(cache_path=str(out / _slug(label)))
             result = mteb.evaluate(model, tasks, cache=cache, overwrite_strategy="only-missing")
         except Exception as exc:  # re-raised below unless it is a network failure

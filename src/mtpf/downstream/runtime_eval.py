@@ -59,14 +59,16 @@ def _truncated_words(runtime, app: str, sentences: list[list[str]]) -> int:
 def evaluate_runtime(backbone: str, label: str, output: str | Path, *, ner_apps: list[tuple[str, str]] = (),
                      tc_app: str | None = None, cls: list[str] = (), backend: str = "onnx", int8: bool = True,
                      tc_cfg: TCConfig | None = None, seed: int = 42, num_threads: int | None = None,
-                     onnx_dir: str | None = None, progress: bool = True) -> dict:
+                     onnx_dir: str | None = None, progress: bool = True, device: str = "auto") -> dict:
     """Evaluate app adapters served by a Runtime; cells go to ``OUTPUT/results.json`` (resumable by key).
 
     ``ner_apps``: (dataset folder or hub name, app adapter folder) pairs. ``tc_app``: a TC app adapter folder whose
-    embedding is scored on every ``cls`` dataset under the MTEB protocol.
+    embedding is scored on every ``cls`` dataset under the MTEB protocol. ``device``: where the runtime runs
+    (``Runtime(..., device=...)``: PyTorch on CUDA, ONNX Runtime's CUDA provider when installed).
     """
     from tqdm.auto import tqdm
 
+    from mtpf.device import device_kwargs
     from mtpf.downstream.data import load_cls_dataset, load_ner_dataset
     from mtpf.downstream.ner import seqeval_scores
     from mtpf.downstream.tc import evaluate_tc
@@ -103,7 +105,7 @@ def evaluate_runtime(backbone: str, label: str, output: str | Path, *, ner_apps:
     if not todo and not tc_todo:
         return results
     rt = Runtime(backbone, backend=backend, int8=int8, num_threads=num_threads, onnx_dir=onnx_dir,
-                 max_batch_size=64)
+                 max_batch_size=64, **device_kwargs(Runtime, device))
     try:
         for ref, ds, spec, app in tqdm(todo, desc=f"runtime NER ({label})", disable=not progress):
             t0 = time.perf_counter()

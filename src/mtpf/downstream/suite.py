@@ -36,6 +36,7 @@ class SuiteConfig:
     allow_unseen_labels: bool = False
     save_apps: bool = False
     progress: bool = True
+    device: str = "auto"  # where NER adapts and TC embeds (mtpf.device.resolve_device); not part of a cell's key
 
     def __post_init__(self):
         if not self.models:
@@ -177,7 +178,8 @@ def run_suite(cfg: SuiteConfig) -> dict:
             if key not in embedders:
                 from mtpf.downstream.tc import Embedder
 
-                embedders = {key: Embedder(cell.model, cfg.tc_cfg, cache_dir, progress=cfg.progress)}
+                embedders = {key: Embedder(cell.model, cfg.tc_cfg, cache_dir, progress=cfg.progress,
+                                           device=cfg.device)}
             record = _run_tc(cell, cfg, embedders[key])
         record.update({"key": cell.key, "task": cell.task, "model": cell.model.label, "model_ref": cell.model.ref,
                        "model_fingerprint": cell_model_fingerprint(cell, cfg),
@@ -217,7 +219,7 @@ def _run_ner(cell: Cell, cfg: SuiteConfig, out: Path) -> dict:
     from mtpf.downstream.ner import save_ner_app, train_ner
 
     res = train_ner(cell.model, cell.dataset, cfg.ner_cfg, cell.fraction, cell.seed, progress=cfg.progress,
-                    keep_model=cfg.save_apps)
+                    keep_model=cfg.save_apps, device=cfg.device)
     if cfg.save_apps:
         app = out / "apps" / app_folder_name(cell.model.label, cell.dataset.name, cell.fraction, cell.seed)
         save_ner_app(res, cell.model, app, {"dataset": cell.dataset.name, "fraction": cell.fraction,

@@ -157,10 +157,14 @@ def run_protocol(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarra
 
 
 class Embedder:
-    """Loads the model lazily (only when a text is not in the cache) and encodes with its tc adapter."""
+    """Loads the model lazily (only when a text is not in the cache) and encodes with its tc adapter, on
+    ``device`` (:func:`mtpf.device.resolve_device`; on CUDA in bf16 autocast and batches of at least 512)."""
 
-    def __init__(self, model_ref, cfg: TCConfig, cache_dir=None, progress: bool = False):
+    def __init__(self, model_ref, cfg: TCConfig, cache_dir=None, progress: bool = False, device="auto"):
+        from mtpf.device import resolve_device
+
         self.model_ref, self.cfg, self.cache_dir, self.progress = model_ref, cfg, cache_dir, progress
+        self.device = resolve_device(device)
         self._encoder = self._tokenizer = None
         self._max_length = None
 
@@ -170,7 +174,7 @@ class Embedder:
             from mtpf.encoder import load_tokenizer
 
             self._tokenizer = load_tokenizer(self.model_ref.backbone)
-            self._encoder = load_tc_encoder(self.model_ref, self.cfg.use_adapter)
+            self._encoder = load_tc_encoder(self.model_ref, self.cfg.use_adapter).to(self.device)
             self._max_length = max_length_for(self.model_ref, self._tokenizer, self._encoder.config,
                                               self.cfg.max_length)
 
@@ -179,8 +183,13 @@ class Embedder:
         return self.model_ref.fingerprint("tc" if self.cfg.use_adapter else None)
 
     def embed_config(self) -> str:
-        return json.dumps({"pool": "mean", "normalize": self.model_ref.normalize, "max_length": self.cfg.max_length,
-                           "adapter": self.cfg.use_adapter and "tc" in self.model_ref.adapters})
+        from mtpf.device import bf16_supported
+
+        conf = {"pool": "mean", "normalize": self.model_ref.normalize, "max_length": self.cfg.max_length,
+                "adapter": self.cfg.use_adapter and "tc" in self.model_ref.adapters}
+        if bf16_supported(self.device):  # bf16 embeddings are cached apart from fp32 ones
+            conf["precision"] = "bf16"
+        return json.dumps(conf)
 
     def cache(self, dataset_fp: str):
         from mtpf.downstream.embed import EmbeddingCache
@@ -191,7 +200,9 @@ class Embedder:
         from mtpf.downstream.embed import encode_texts
 
         self._load()
-        return encode_texts(self._encoder, self._tokenizer, texts, self._max_length, self.cfg.batch_size,
+        # a GPU wants large batches; length-sorting keeps their padding small
+        batch_size = self.cfg.batch_size if self.device.type == "cpu" else max(self.cfg.batch_size, 512)
+        return encode_texts(self._encoder, self._tokenizer, texts, self._max_length, batch_size,
                             self.model_ref.normalize, self.progress, desc=f"encode {self.model_ref.label}")
 
 
@@ -220,13 +231,13 @@ def evaluate_tc(embedder: Embedder, dataset, cfg: TCConfig, seed: int = 42) -> d
 
 # ----------------------------------------------------------------------------------------------- app adapter
 def adapt_tc(model_ref, dataset, output: str | os.PathLike, cfg: TCConfig, seed: int = 42, max_iter: int = 1000,
-             cache_dir=None, progress: bool = True) -> dict:
+             cache_dir=None, progress: bool = True, device="auto") -> dict:
     """Logistic regression on the embeddings of the whole train split -> an app adapter folder (docs/formats.md)."""
     import torch
     from safetensors.torch import save_file
     from sklearn.exceptions import ConvergenceWarning
 
-    embedder = Embedder(model_ref, cfg, cache_dir, progress)
+    embedder = Embedder(model_ref, cfg, cache_dir, progress, device)
     train = dataset.splits["train"]
     label_id = {name: i for i, name in enumerate(dataset.label_names)}
     cache = embedder.cache(dataset.fingerprint)

@@ -1,0 +1,274 @@
+"""The NER adaptation loop (paper Appendix A), through ``accelerate``: device, bf16 autocast on CUDA, and DDP when
+launched with several processes.
+
+* Stage 1: the encoder is frozen and only the linear head trains. The frozen encoder's outputs do not change,
+  so they are computed once (eval mode) and the head trains on them.
+* Stage 2: LoRA + head train together (the head keeps its own learning rate); the model is scored on dev every
+  ``eval_every`` epochs and the best-scoring state is kept (``select``); ``patience`` stops early.
+* The recipe (:mod:`mtpf.downstream.ner_config`) decides epochs, minimum steps, learning rates and how much dev
+  data model selection reads. With several processes each takes every N-th batch of the same seeded order.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtpf.config import ConfigError
+from mtpf.downstream.ner_config import NerConfig
+from mtpf.downstream.ner_data import IGNORE, EncodedNer, bucket_batches, encode_ner, pad_pieces
+from mtpf.downstream.ner_metrics import evaluate_split
+from mtpf.downstream.ner_model import NerModel, build_lora, init_from_adapter
+
+
+@dataclass
+class NerResult:
+    test: dict
+    dev: dict | None
+    selection: str
+    best_epoch: int
+    history: list
+    initialised_modules: list
+    n_train_sentences: int
+    n_windowed: dict
+    max_length: int
+    seconds: float
+    model: NerModel | None = None
+    labels: list | None = None
+    epochs: dict | None = None  # {"warmup": run, "lora": planned, "lora_run": run (early stopping)}
+    dev_sentences: int | None = None  # dev sentences model selection scored (a seeded subsample or all)
+    device: str | None = None
+
+    def record(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("model",)}
+
+
+def _optimizer(params_with_names, lr, weight_decay):
+    decay = [p for n, p in params_with_names if p.ndim >= 2]
+    no_decay = [p for n, p in params_with_names if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+def _scheduler(opt, kind: str, total: int):
+    if kind == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / max(1, total)))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+
+def _trainable_state(model: NerModel) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad or n.startswith("head.")}
+
+
+def _accelerator(device):
+    from accelerate import Accelerator
+
+    from mtpf.device import bf16_supported
+
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # accelerate puts a single process on the current CUDA device
+    return Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if bf16_supported(device) else "no")
+
+
+def _epochs(requested: int, min_steps: int, batches_per_epoch: int) -> int:
+    """``requested`` epochs, more when that is fewer than ``min_steps`` optimizer steps (small train sets)."""
+    if requested == 0:
+        return 0
+    return max(requested, math.ceil(min_steps / max(1, batches_per_epoch)))
+
+
+def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: int = 42, progress: bool = True,
+              keep_model: bool = False, device="auto") -> NerResult:
+    """Adapt ``model_ref`` to ``dataset`` (a :class:`~mtpf.downstream.data.NerDataset`) and score it."""
+    from tqdm.auto import tqdm
+
+    from mtpf.device import resolve_device
+    from mtpf.downstream.data import subsample
+    from mtpf.downstream.models import max_length_for
+    from mtpf.encoder import fingerprint_model, load_encoder, load_tokenizer
+
+    t0 = time.perf_counter()
+    acc = _accelerator(resolve_device(device))
+    progress = progress and acc.is_main_process
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    labels = dataset.labels
+    label_id = {t: i for i, t in enumerate(labels)}
+    tokenizer = load_tokenizer(model_ref.backbone)
+    encoder = load_encoder(model_ref.backbone)
+    if "backbone" not in model_ref._fingerprints:
+        model_ref._fingerprints["backbone"] = fingerprint_model(encoder)
+    backbone_fp = model_ref._fingerprints["backbone"]
+    max_length = max_length_for(model_ref, tokenizer, encoder.config, cfg.max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def tag_ids(tags):  # unseen test/dev tags (only when allowed) are scored but never trained on
+        return [[label_id.get(t, 0) for t in row] for row in tags]
+
+    train = dataset.splits["train"]
+    keep = subsample(len(train), fraction, seed)
+    train_enc = encode_ner(tokenizer, [train.tokens[i] for i in keep], tag_ids([train.tags[i] for i in keep]),
+                           max_length)
+    evals = {}
+    for split in ("dev", "test"):
+        if split in dataset.splits:
+            s = dataset.splits[split]
+            tokens, tags = s.tokens, s.tags
+            if split == "dev" and 0 < cfg.dev_sentences < len(s):  # a seeded subsample, its own generator
+                rows = np.sort(np.random.default_rng(seed + 2).choice(len(s), cfg.dev_sentences, replace=False))
+                tokens, tags = [s.tokens[i] for i in rows], [s.tags[i] for i in rows]
+            evals[split] = (encode_ner(tokenizer, tokens, tag_ids(tags), max_length), tags)
+    select = cfg.select
+    if select == "auto":
+        select = "dev" if "dev" in evals else "last"
+    if select == "dev" and "dev" not in evals:
+        raise ConfigError(f"{dataset.name}: select=dev but the dataset has no dev split")
+
+    peft_model, _targets = build_lora(encoder, cfg)
+    initialised = []
+    if cfg.init_from_ner_adapter and "ner" in model_ref.adapters:
+        initialised = init_from_adapter(peft_model, model_ref.adapters["ner"], cfg, backbone_fp)
+    torch.manual_seed(seed + 1)
+    model = NerModel(peft_model, len(labels)).to(acc.device)
+    for n, p in model.named_parameters():
+        p.requires_grad = n.startswith("head.") or "lora_" in n
+
+    history = []
+    head_lr = cfg.head_lr or cfg.lr
+    head_params = [(n, p) for n, p in model.named_parameters() if n.startswith("head.")]
+    world, rank = acc.num_processes, acc.process_index
+    # ---------------- stage 1: frozen encoder, head only (features computed once)
+    epochs_warmup = 0
+    if cfg.epochs_warmup:
+        feats, flabels, spans = _frozen_features(model, train_enc, pad_id, cfg.eval_batch_size, acc, progress)
+        opt = _optimizer(head_params, head_lr, cfg.weight_decay)
+        n_batches = math.ceil(len(train_enc.ids) / cfg.batch_size)
+        epochs_warmup = _epochs(cfg.epochs_warmup, cfg.min_steps_warmup, n_batches)
+        sched = _scheduler(opt, cfg.scheduler, epochs_warmup * n_batches)
+        bar = tqdm(range(epochs_warmup), desc="stage 1 (head)", unit="epoch", leave=False,
+                   disable=not progress, dynamic_ncols=True)
+        model.head.train()
+        for epoch in bar:  # every process trains the same head; DDP broadcasts rank 0's copy in stage 2
+            perm = rng.permutation(len(spans))
+            total = 0.0
+            for s in range(0, len(perm), cfg.batch_size):
+                rows = np.concatenate([np.arange(*spans[j]) for j in perm[s : s + cfg.batch_size]])
+                if len(rows) == 0:
+                    continue
+                loss = nn.functional.cross_entropy(model.head(feats[rows]), flabels[rows])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item()
+            history.append({"stage": 1, "epoch": epoch + 1, "loss": total / max(1, n_batches)})
+            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
+        del feats, flabels
+    # ---------------- stage 2: LoRA + head
+    best, best_epoch, best_state, epochs, epochs_run = -1.0, 0, None, 0, 0
+    if cfg.epochs:
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+        opt = _optimizer(trainable, cfg.lr, cfg.weight_decay)
+        for g in _optimizer(head_params, head_lr, cfg.weight_decay).param_groups:
+            opt.add_param_group(g)
+        n_batches = math.ceil(len(train_enc.ids) / cfg.batch_size)
+        epochs = _epochs(cfg.epochs, cfg.min_steps, n_batches)
+        sched = _scheduler(opt, cfg.scheduler, epochs * n_batches)
+        eval_every = cfg.eval_every
+        if not eval_every and "dev" in evals:
+            # dev forward passes (a third of a training step's cost each) at most half the cost of the training
+            # epochs they select from: every ceil(2 * dev / (3 * train)) epochs
+            eval_every = max(1, math.ceil(2 * len(evals["dev"][1]) / (3 * max(1, len(keep)))))
+        wrapped, opt = acc.prepare(model, opt)
+        lengths = [len(x) for x in train_enc.ids]
+        bar = tqdm(total=epochs * math.ceil(n_batches / world), desc="stage 2 (LoRA+head)", unit="batch",
+                   leave=False, disable=not progress, dynamic_ncols=True)
+        since_best = 0
+        for epoch in range(epochs):
+            wrapped.train()
+            total = 0.0
+            batches = bucket_batches(lengths, cfg.batch_size, rng)
+            if world > 1:  # equal shares: DDP needs every process to take the same number of steps
+                batches = (batches * world)[:world] if len(batches) < world else batches
+                batches = batches[: len(batches) - len(batches) % world][rank::world]
+            for b in batches:
+                batch = pad_pieces(train_enc, b, pad_id, acc.device)
+                with acc.autocast():
+                    logits = wrapped(batch["input_ids"], batch["attention_mask"])
+                loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
+                                                   ignore_index=IGNORE)
+                opt.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                if cfg.max_grad_norm:
+                    acc.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                total += loss.item()
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            epochs_run = epoch + 1
+            rec = {"stage": 2, "epoch": epoch + 1, "loss": total / max(1, n_batches)}
+            if select == "dev" and (epochs_run % eval_every == 0 or epochs_run == epochs):
+                dev_enc, dev_tags = evals["dev"]
+                rec["dev"] = evaluate_split(model, dev_enc, dev_tags, labels, pad_id, cfg.eval_batch_size)
+                since_best += 1
+                if rec["dev"]["f1"] > best:
+                    best, best_epoch, best_state, since_best = rec["dev"]["f1"], epochs_run, _trainable_state(model), 0
+            history.append(rec)
+            if cfg.patience and since_best >= cfg.patience and epochs_run * n_batches >= cfg.min_steps:
+                break  # early stopping, never below the stage's minimum of steps
+        bar.close()
+    if select == "dev" and best_state is not None:
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for n, v in best_state.items():
+                params[n].copy_(v)
+    else:
+        best_epoch = epochs_run or epochs_warmup
+    results = {}
+    for split, (enc, tags) in evals.items():
+        if split == "dev" and select == "dev" and best_state is not None:
+            results[split] = next(h["dev"] for h in history if h.get("epoch") == best_epoch and "dev" in h)
+            continue  # the selected epoch's dev score, already computed with these weights
+        results[split] = evaluate_split(model, enc, tags, labels, pad_id, cfg.eval_batch_size)
+    model.eval()
+    return NerResult(
+        test=results["test"], dev=results.get("dev"), selection=select if cfg.epochs else "last",
+        best_epoch=best_epoch, history=history, initialised_modules=initialised, n_train_sentences=len(keep),
+        n_windowed={"train": train_enc.n_windowed, **{s: e.n_windowed for s, (e, _) in evals.items()}},
+        max_length=max_length, seconds=time.perf_counter() - t0, model=model if keep_model else None,
+        labels=labels, epochs={"warmup": epochs_warmup, "lora": epochs, "lora_run": epochs_run},
+        dev_sentences=len(evals["dev"][1]) if "dev" in evals else None, device=str(acc.device))
+
+
+@torch.inference_mode()
+def _frozen_features(model: NerModel, enc: EncodedNer, pad_id: int, batch_size: int, acc, progress: bool = False):
+    """Hidden states (fp32) at the labelled positions of every piece (encoder in eval mode), and each piece's
+    rows, on the accelerator's device."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    per_piece: list = [None] * len(enc.ids)
+    order = sorted(range(len(enc.ids)), key=lambda i: len(enc.ids[i]))
+    starts = range(0, len(order), batch_size)
+    for s in tqdm(starts, desc="stage 1 (frozen encoder outputs)", unit="batch", leave=False,
+                  disable=not progress, dynamic_ncols=True):
+        b = order[s : s + batch_size]
+        batch = pad_pieces(enc, b, pad_id, acc.device)
+        with acc.autocast():
+            hidden = model.hidden(batch["input_ids"], batch["attention_mask"]).float()
+        for row, i in enumerate(b):
+            mask = batch["labels"][row] != IGNORE
+            per_piece[i] = (hidden[row][mask].clone(), batch["labels"][row][mask].clone())
+    spans, start = [], 0
+    for h, _ in per_piece:
+        spans.append((start, start + len(h)))
+        start += len(h)
+    feats = torch.cat([h for h, _ in per_piece]) if per_piece else torch.zeros(0, device=acc.device)
+    labels = (torch.cat([y for _, y in per_piece]) if per_piece
+              else torch.zeros(0, dtype=torch.long, device=acc.device))
+    return feats, labels, spans

@@ -1,0 +1,168 @@
+"""NER adaptation recipes: ``paper`` reproduces the loop as it was before the recipes existed (bit for bit on a tiny
+model), and the default recipe learns a planted signal from 200 sentences where the paper recipe does not."""
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+NAMES = {"PER": ["Obama", "Merkel", "Smith", "Jones", "Garcia"], "LOC": ["Paris", "Berlin", "London", "Madrid", "Rome"],
+         "ORG": ["Apple", "Google", "Intel", "Nokia", "Siemens"]}
+FILL = ["the", "a", "man", "woman", "visited", "bought", "said", "on", "Monday", "in", "new", "talks", "with", "from"]
+
+
+def planted_ner(root: Path, sizes=(200, 100, 100), density=0.15, types=("PER", "LOC", "ORG"), seed=0) -> Path:
+    """Sentences of filler words and single-word entities; each name always has the same type."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in zip(("train", "dev", "test"), sizes):
+        with open(root / f"{split}.jsonl", "w") as fh:
+            for _ in range(n):
+                tokens, tags = [], []
+                for _ in range(rng.randint(5, 12)):
+                    if rng.random() < density:
+                        typ = rng.choice(types)
+                        tokens.append(rng.choice(NAMES[typ]))
+                        tags.append(f"B-{typ}")
+                    else:
+                        tokens.append(rng.choice(FILL))
+                        tags.append("O")
+                fh.write(json.dumps({"tokens": tokens, "tags": tags}) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny64(tmp_path_factory) -> str:
+    from mtpf.testing import make_tiny_encoder
+
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny64"), "bert", hidden=64)
+
+
+def _old_planted(root: Path) -> Path:
+    """The data the golden numbers below were computed on (3 types, 10 names each, 30 % entities)."""
+    rng = random.Random(0)
+    names = {"PER": ["Obama", "Merkel", "Smith", "Jones", "Garcia", "Miller", "Davis", "Wilson", "Taylor", "Brown"],
+             "LOC": ["Paris", "Berlin", "London", "Madrid", "Rome", "Vienna", "Tokyo", "Cairo", "Lima", "Oslo"],
+             "ORG": ["Apple", "Google", "Intel", "Nokia", "Siemens", "Fiat", "Sony", "Shell", "Boeing", "Nestle"]}
+    fill = ["the", "a", "man", "woman", "visited", "bought", "said", "on", "Monday", "in", "new", "talks", "with", "from", "city", "company", "and", "to"]
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", 200), ("dev", 80), ("test", 80)):
+        with open(root / f"{split}.jsonl", "w") as fh:
+            for _ in range(n):
+                tokens, tags = [], []
+                for _ in range(rng.randint(4, 12)):
+                    if rng.random() < 0.3:
+                        typ = rng.choice(["PER", "LOC", "ORG"])
+                        tokens.append(rng.choice(names[typ]))
+                        tags.append(f"B-{typ}")
+                    else:
+                        tokens.append(rng.choice(fill))
+                        tags.append("O")
+                fh.write(json.dumps({"tokens": tokens, "tags": tags}) + "\n")
+    return root
+
+
+# Computed with the NER loop of commit d59b65f (src/mtpf/downstream/ner.py before the recipes and the split into
+# ner_*.py; its defaults were the paper's) on _old_planted + make_tiny_encoder(..., "bert"), seed 42, CPU fp32.
+GOLDEN_PAPER = {
+    "test_f1": 0.15978695073235685, "dev_f1": 0.16809116809116809, "best_epoch": 14,
+    "loss_first": [2.1042515635490417, 2.1139726042747498, 2.1001486778259277],
+    "loss_last": [2.0380367040634155, 2.0285483300685883, 2.048729747533798], "n_history": 40}
+GOLDEN_CUSTOM = {  # NerConfig(epochs_warmup=2, epochs=3, scheduler=linear, max_grad_norm=1, lr=head_lr=1e-3,
+    # batch_size=16), fraction 0.5, seed 7
+    "test_f1": 0.08988764044943821, "dev_f1": 0.14035087719298248, "best_epoch": 1,
+    "loss": [1.609066299029759, 1.536837203162057, 1.5099318878991264, 1.3772841351372855, 1.2754376786095756]}
+
+
+def test_paper_recipe_reproduces_the_previous_loop_exactly(tiny_bert, tmp_path, one_torch_thread):
+    from mtpf.downstream.data import load_ner_dataset
+    from mtpf.downstream.models import resolve
+    from mtpf.downstream.ner import NerConfig, train_ner
+
+    ds = load_ner_dataset(str(_old_planted(tmp_path / "data")))
+    model = resolve(tiny_bert)
+    cfg = NerConfig(recipe="paper")
+    assert (cfg.epochs_warmup, cfg.epochs, cfg.batch_size, cfg.lr, cfg.head_lr, cfg.scheduler) == (
+        10, 30, 64, 2e-5, None, "constant")
+    res = train_ner(model, ds, cfg, seed=42, progress=False, device="cpu")
+    losses = [h["loss"] for h in res.history]
+    assert len(losses) == GOLDEN_PAPER["n_history"]
+    assert losses[:3] == pytest.approx(GOLDEN_PAPER["loss_first"], rel=1e-5)
+    assert losses[-3:] == pytest.approx(GOLDEN_PAPER["loss_last"], rel=1e-5)
+    assert res.best_epoch == GOLDEN_PAPER["best_epoch"]
+    assert res.test["f1"] == pytest.approx(GOLDEN_PAPER["test_f1"], abs=1e-9)
+    assert res.dev["f1"] == pytest.approx(GOLDEN_PAPER["dev_f1"], abs=1e-9)
+    assert res.dev_sentences == 80  # the whole dev split, every epoch
+    assert all("dev" in h for h in res.history if h["stage"] == 2)
+
+    custom = NerConfig(recipe="paper", epochs_warmup=2, epochs=3, scheduler="linear", max_grad_norm=1.0,
+                       lr=1e-3, head_lr=1e-3, batch_size=16)
+    res = train_ner(model, ds, custom, fraction=0.5, seed=7, progress=False, device="cpu")
+    assert [h["loss"] for h in res.history] == pytest.approx(GOLDEN_CUSTOM["loss"], rel=1e-5)
+    assert res.best_epoch == GOLDEN_CUSTOM["best_epoch"]
+    assert res.test["f1"] == pytest.approx(GOLDEN_CUSTOM["test_f1"], abs=1e-9)
+    assert res.dev["f1"] == pytest.approx(GOLDEN_CUSTOM["dev_f1"], abs=1e-9)
+
+
+def test_default_recipe_beats_the_paper_recipe_on_200_sentences(tiny64, tmp_path, one_torch_thread):
+    from mtpf.downstream.data import load_ner_dataset
+    from mtpf.downstream.models import resolve
+    from mtpf.downstream.ner import NerConfig, train_ner
+
+    ds = load_ner_dataset(str(planted_ner(tmp_path / "data")))
+    assert len(ds.splits["train"]) == 200
+    model = resolve(tiny64)
+    paper = train_ner(model, ds, NerConfig(recipe="paper"), seed=42, progress=False, device="cpu")
+    default = train_ner(model, ds, NerConfig(), seed=42, progress=False, device="cpu")
+    assert default.test["f1"] > paper.test["f1"] + 0.3, (default.test, paper.test)
+    assert default.test["f1"] > 0.6
+    # the recipe's minimum of steps is what a 200-sentence train set needs: more epochs than asked for
+    n_batches = -(-200 // NerConfig().batch_size)
+    assert default.epochs["warmup"] * n_batches >= NerConfig().min_steps_warmup
+    assert default.epochs["lora"] * n_batches >= NerConfig().min_steps
+
+
+def test_model_selection_costs_no_more_than_training(tiny_bert, tmp_path, one_torch_thread):
+    """Default recipe: dev is a seeded subsample and is scored so rarely that its forward passes (about a third
+    of a training step each) cost no more than the training epochs they select from."""
+    from mtpf.downstream.data import load_ner_dataset
+    from mtpf.downstream.models import resolve
+    from mtpf.downstream.ner import NerConfig, train_ner
+
+    ds = load_ner_dataset(str(planted_ner(tmp_path / "data", sizes=(40, 400, 30))))
+    cfg = NerConfig(dev_sentences=150, min_steps=0, min_steps_warmup=0, epochs_warmup=1, epochs=12, patience=0)
+    res = train_ner(resolve(tiny_bert), ds, cfg, seed=3, progress=False, device="cpu")
+    assert res.dev_sentences == 150  # a subsample of the 400
+    scored = [h["epoch"] for h in res.history if h["stage"] == 2 and "dev" in h]
+    assert len(scored) < 12 and scored[-1] == 12  # not every epoch, but always the last one
+    assert (len(scored) - 1) * res.dev_sentences <= 3 * 40 * 12 / 2  # at most half the training's cost
+    again = train_ner(resolve(tiny_bert), ds, cfg, seed=3, progress=False, device="cpu")
+    assert again.test == res.test  # the subsample and the run are seeded
+
+
+def test_explicit_epochs_drop_the_recipe_minimum_and_quick_is_short():
+    from mtpf.config import ConfigError
+    from mtpf.downstream.ner import QUICK, RECIPES, NerConfig
+
+    assert NerConfig().min_steps == RECIPES["default"]["min_steps"] > 0
+    cfg = NerConfig(epochs=2)
+    assert cfg.min_steps == 0 and cfg.min_steps_warmup == RECIPES["default"]["min_steps_warmup"]
+    assert NerConfig(**QUICK).min_steps == NerConfig(**QUICK).min_steps_warmup == 0
+    assert NerConfig(recipe="paper", lr=1e-3).head_lr is None  # the head follows --lr, as in the paper
+    with pytest.raises(ConfigError, match="recipe"):
+        NerConfig(recipe="fast")
+    with pytest.raises(ConfigError, match="patience"):
+        NerConfig(patience=-1)
+
+
+def test_cli_recipe_flags(tmp_path):
+    import argparse
+
+    from mtpf.downstream.cli import _ner_args, _ner_config
+
+    p = argparse.ArgumentParser()
+    _ner_args(p)
+    cfg = _ner_config(p.parse_args(["--recipe", "paper"]))
+    assert (cfg.recipe, cfg.epochs, cfg.lr, cfg.batch_size, cfg.dev_sentences) == ("paper", 30, 2e-5, 64, 0)
+    cfg = _ner_config(p.parse_args(["--lr", "1e-4", "--patience", "0"]))
+    assert (cfg.recipe, cfg.lr, cfg.head_lr, cfg.patience) == ("default", 1e-4, 1e-3, 0)
