@@ -89,6 +89,16 @@ def cached_map(ds, fn, *, kind: str, name: str, files: list[str], label: str, to
                         remove_columns=ds.column_names,
                         features=features, num_proc=num_proc if num_proc and num_proc > 1 else None,
                         cache_file_name=str(tmp / "data.arrow"), new_fingerprint=key, desc=f"tokenising {name}")
+    except UnicodeDecodeError:
+        # Arrow's JSON reader keeps invalid UTF-8; it only fails here, without a line: rescan to name it.
+        from mtpf.data.io import iter_jsonl
+
+        for f in files:
+            if str(f).endswith((".jsonl", ".jsonl.gz")):
+                for _ in iter_jsonl(f):
+                    pass
+        raise DataError(label, None, "input is not UTF-8 text; re-save it as UTF-8") from None
+    else:
         names = sorted(Path(c["filename"]).name for c in mapped.cache_files)
         del mapped
         (tmp / "files.json").write_text(json.dumps(names))

@@ -63,7 +63,11 @@ def load_ner_app(app_dir: str | os.PathLike, backbone: str | None = None) -> tup
 
     app = Path(app_dir)
     meta = json.loads((app / "mtpf_app.json").read_text())
-    base = backbone or json.loads((app / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if backbone is None:
+        from mtpf.downstream.models import resolve_base_model
+
+        backbone = resolve_base_model(app)  # recorded relative to the app folder, or a hub id
+    base = backbone
     peft_model = PeftModel.from_pretrained(load_encoder(base), str(app))
     model = NerModel(peft_model, len(meta["labels"]))
     model.head.load_state_dict(load_file(str(app / "head.safetensors")))

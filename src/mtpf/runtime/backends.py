@@ -28,25 +28,11 @@ PLACEHOLDER = "__mtpf_placeholder__"
 
 
 def resolve_device(device: str | None) -> str:
-    """"auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N" -> a torch device string.
+    """"auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N" -> a torch device string (the one
+    resolver every command uses: ``mtpf.device``; its ConfigError is a ValueError)."""
+    from mtpf.device import resolve_device as resolve
 
-    Local to the runtime on purpose (a shared helper may replace it); unknown or unavailable devices raise a
-    ``ValueError`` with one clear line.
-    """
-    import torch
-
-    device = (device or "auto").strip().lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available (use --device cpu)")
-        if ":" in device and int(device[5:]) >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
-        return device
-    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return str(resolve(device))
 
 
 def _replay_module():
