@@ -189,28 +189,32 @@ def run_bare(args, model: str, pairs, steps: int) -> float:
 
 
 def read_pairs(data: Path, n: int):
+    """The first ``n`` pairs with no repeated text, NLI first, then the other ``pairs/*.jsonl[.gz]`` files
+    (batch 1024 needs more distinct pairs than one of the shared sources has)."""
+    from mtpf.data.io import iter_jsonl
+
+    files = sorted((data / "pairs").glob("*.jsonl*"), key=lambda f: (not f.name.startswith("nli"), f.name))
     pairs, seen = [], set()
-    with open(data / "pairs" / "nli_entailment_pairs.jsonl") as fh:
-        for line in fh:
-            r = json.loads(line)
+    for f in files:
+        for _, r in iter_jsonl(f):
             if r["anchor"] in seen or r["positive"] in seen:
                 continue
             seen.update((r["anchor"], r["positive"]))
             pairs.append((r["anchor"], r["positive"]))
             if len(pairs) == n:
-                break
+                return pairs
     return pairs
 
 
 def read_ner(data: Path, n: int):
+    from mtpf.data.io import iter_jsonl
+
     sentences, labels, tagset = [], [], {}
-    with open(data / "ner" / "conll2003" / "train.jsonl") as fh:
-        for line in fh:
-            r = json.loads(line)
-            sentences.append(r["tokens"])
-            labels.append([tagset.setdefault(t, len(tagset)) for t in r["tags"]])
-            if len(sentences) == n:
-                break
+    for _, r in iter_jsonl(next((data / "ner" / "conll2003").glob("train.jsonl*"))):
+        sentences.append(r["tokens"])
+        labels.append([tagset.setdefault(t, len(tagset)) for t in r["tags"]])
+        if len(sentences) == n:
+            break
     return sentences, labels
 
 
