@@ -1,13 +1,13 @@
 """NER apps that share the trunk: F1 of LoRA on all layers vs the last 2, 3, 4 layers, next to the serving cost.
 
     .venv/bin/python bench/bench_lora_layers.py [--model RUN_OR_packaged] [--layers all,2,3,4] \
-        [--datasets conll2003,mit_restaurant] [--fraction 0.25] [--epochs-warmup 2] [--epochs 6] [--device cpu]
+        [--datasets conll2003,mit_restaurant] [--fraction 0.1] [--recipe default] [--device cpu]
     .venv/bin/python bench/bench_lora_layers.py --serving-only      # cost columns only (random adapters)
 
-F1: ``mtpf adapt ner --lora-layers L`` per dataset and L, with ONE shortened recipe for every row (stated in
-the output and in bench/results/lora_layers.json): ``--fraction`` of the train sentences (seeded), ``--epochs-warmup``
-head-only epochs, ``--epochs`` LoRA + head epochs, everything else the paper defaults (rank 32, alpha 64 on
-query, key and MLP; batch 64; lr 2e-5; dev-F1 selection where a dev split exists). With a pre-finetuned run
+F1: ``mtpf adapt ner --lora-layers L`` per dataset and L, with ONE recipe for every row (stated in the output
+and in bench/results/lora_layers.json): ``--recipe`` (default: mtpf's default NER recipe) on ``--fraction`` of
+the train sentences (seeded), optionally with explicit ``--epochs-warmup``/``--epochs``; LoRA rank 32, alpha 64
+on query, key and MLP of the chosen layers. With a pre-finetuned run
 folder as ``--model``, its ``ner`` task-primary adapter initialises the LoRA of the last 2 layers. Test F1
 (seqeval, entity level) is read from each app's ``mtpf_app.json``. Apps are kept under ``--out``/apps and a
 finished cell is not trained again (re-run to resume). These runs are long (hours on 2 CPU cores at the
@@ -38,8 +38,11 @@ def adapt(model: str, data: Path, out: Path, layers: str, args) -> dict:
     if not meta_file.is_file():
         cmd = [sys.executable, "-m", "mtpf.cli", "adapt", "ner", "--model", model, "--data", str(data),
                "--output", str(out), "--lora-layers", layers, "--fraction", str(args.fraction),
-               "--epochs-warmup", str(args.epochs_warmup), "--epochs", str(args.epochs), "--seed", str(args.seed),
-               "--no-progress"]
+               "--recipe", args.recipe, "--seed", str(args.seed), "--no-progress"]
+        if args.epochs_warmup is not None:
+            cmd += ["--epochs-warmup", str(args.epochs_warmup)]
+        if args.epochs is not None:
+            cmd += ["--epochs", str(args.epochs)]
         if args.device != "cpu":
             cmd += ["--device", args.device]
         if args.threads:
@@ -53,11 +56,12 @@ def adapt(model: str, data: Path, out: Path, layers: str, args) -> dict:
 
 def test_texts(data: Path, n: int) -> list[str]:
     out = []
-    with open(data / "test.jsonl") as fh:
-        for line in fh:
-            out.append(" ".join(json.loads(line)["tokens"]))
-            if len(out) >= n:
-                break
+    from mtpf.data.io import iter_jsonl
+
+    for _, row in iter_jsonl(next(data.glob("test.jsonl*"))):
+        out.append(" ".join(row["tokens"]))
+        if len(out) >= n:
+            break
     return out
 
 
@@ -96,13 +100,15 @@ def main() -> int:
     ap.add_argument("--model", default="packaged", help="backbone: mtpf run folder, model folder or 'packaged'")
     ap.add_argument("--layers", default="all,2,3,4", help="comma list of --lora-layers values")
     ap.add_argument("--datasets", default="conll2003,mit_restaurant", help="folders under ../shared/data/ner")
-    ap.add_argument("--fraction", type=float, default=0.25, help="share of train sentences (shortened recipe)")
-    ap.add_argument("--epochs-warmup", type=int, default=2, help="head-only epochs (shortened recipe; paper 10)")
-    ap.add_argument("--epochs", type=int, default=6, help="LoRA + head epochs (shortened recipe; paper 30)")
+    ap.add_argument("--fraction", type=float, default=0.1, help="share of train sentences (seeded)")
+    ap.add_argument("--recipe", default="default", choices=["default", "paper"], help="mtpf adapt ner --recipe")
+    ap.add_argument("--epochs-warmup", type=int, default=None, help="head-only epochs (default: the recipe's)")
+    ap.add_argument("--epochs", type=int, default=None, help="LoRA + head epochs (default: the recipe's)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (training and serving)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--serving-only", action="store_true", help="skip the F1 runs (cost columns only)")
+    ap.add_argument("--f1-only", action="store_true", help="skip the serving cost (e.g. F1 on a GPU, cost on the CPU)")
     ap.add_argument("--texts", type=int, default=100, help="test sentences for the serving cost")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -120,8 +126,10 @@ def main() -> int:
     layer_list = [x.strip() for x in args.layers.split(",") if x.strip()]
     datasets = [x.strip() for x in args.datasets.split(",") if x.strip()]
     out = Path(args.out)
-    recipe = (f"mtpf adapt ner --fraction {args.fraction} --epochs-warmup {args.epochs_warmup} --epochs {args.epochs} "
-              f"--seed {args.seed} (rank 32, alpha 64, query/key/MLP, batch 64, lr 2e-5: paper defaults)")
+    epochs = "".join(f" --{k.replace('_', '-')} {v}" for k, v in (("epochs_warmup", args.epochs_warmup),
+                                                                     ("epochs", args.epochs)) if v is not None)
+    recipe = (f"mtpf adapt ner --recipe {args.recipe} --fraction {args.fraction}{epochs} --seed {args.seed} "
+              "(LoRA rank 32, alpha 64 on query, key and MLP of the chosen layers)")
     report = {"model": args.model, "recipe": recipe, "device": args.device, "started": time.strftime("%F %T"),
               "loadavg_start": os.getloadavg(), "f1": {}, "serving": {}}
     apps: dict[str, str] = {}
@@ -135,7 +143,7 @@ def main() -> int:
                 apps.setdefault(layers, str(app))
     texts = test_texts(DATA / "ner" / datasets[0], args.texts)
     with tempfile.TemporaryDirectory() as tmp:
-        for layers in layer_list:
+        for layers in ([] if args.f1_only else layer_list):
             print(f"== serving cost, LoRA on {layers} layer(s)", flush=True)
             report["serving"][layers] = serving_cost(backbone, apps.get(layers), layers, texts, args.rounds,
                                                      args.device, Path(tmp))
@@ -149,9 +157,10 @@ def main() -> int:
     print("|---" * (len(datasets) + 4) + "|")
     for layers in layer_list:
         f1 = [f"{100 * report['f1'][d][layers]:.2f}" if d in report["f1"] else "-" for d in datasets]
-        s = report["serving"][layers]
-        print(f"| {layers} | " + " | ".join(f1) + f" | {s['shared_layers']} | {s['alone_ms_per_text']:.2f} | "
-              f"{s['analyze8_ms_per_text_per_app']:.2f} |")
+        s = report["serving"].get(layers)
+        cost = (f"{s['shared_layers']} | {s['alone_ms_per_text']:.2f} | {s['analyze8_ms_per_text_per_app']:.2f}"
+                if s else "- | - | -")
+        print(f"| {layers} | " + " | ".join(f1) + f" | {cost} |")
     print(f"wrote {out / 'lora_layers.json'}")
     return 0
 

@@ -169,3 +169,28 @@ def test_tc_embeddings_on_cuda_match_cpu(inputs):
     cos = (ref * gpu).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(gpu, axis=1)
     assert cos.min() > 0.99
     assert "bf16" in gpu_embedder.embed_config() or not torch.cuda.is_bf16_supported()
+
+
+def test_accelerate_state_reset_api_exists():
+    """ner_train resets accelerate's process-wide state when a second adaptation asks for another device or
+    precision; that uses accelerate's private ``_reset_state``/``_shared_state``: fail loudly if they go."""
+    from accelerate.state import AcceleratorState
+
+    assert callable(getattr(AcceleratorState, "_reset_state", None))
+    assert isinstance(AcceleratorState._shared_state, dict)
+
+
+def test_second_adaptation_with_another_precision_gets_a_fresh_accelerator(monkeypatch):
+    """What failed on the GPU machine: a CUDA adaptation (bf16) then a CPU one (fp32) in the same process.
+    Mirrored on the CPU by letting the second call ask for bf16, then the third for fp32 again."""
+    import torch
+
+    import mtpf.device
+    from mtpf.downstream.ner_train import _accelerator
+
+    assert _accelerator(torch.device("cpu")).mixed_precision == "no"
+    monkeypatch.setattr(mtpf.device, "bf16_supported", lambda device: True)
+    assert _accelerator(torch.device("cpu")).mixed_precision == "bf16"
+    monkeypatch.undo()
+    acc = _accelerator(torch.device("cpu"))
+    assert acc.mixed_precision == "no" and acc.device.type == "cpu"

@@ -69,9 +69,19 @@ def _accelerator(device):
 
     from mtpf.device import bf16_supported
 
+    from accelerate.state import AcceleratorState, PartialState
+
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # accelerate puts a single process on the current CUDA device
-    return Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if bf16_supported(device) else "no")
+    precision = "bf16" if bf16_supported(device) else "no"
+    state = AcceleratorState._shared_state
+    if state and PartialState().num_processes == 1 and (
+            state.get("_mixed_precision", precision) != precision or PartialState().device.type != device.type):
+        # accelerate's state is a process-wide singleton that refuses another precision (and keeps the first
+        # device): a second adaptation on another device in the same process must start it afresh. Private
+        # API, checked by tests/test_device.py::test_accelerate_state_reset_api_exists (accelerate pinned < 2).
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=precision)
 
 
 def _epochs(requested: int, min_steps: int, batches_per_epoch: int) -> int:
