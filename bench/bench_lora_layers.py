@@ -71,15 +71,21 @@ def serving_cost(backbone: str, app_dir: str | None, layers: str, texts: list[st
     from mtpf.runtime import Runtime
     from mtpf.runtime.testing import make_app_adapter
 
-    if app_dir is None:  # random adapter of the same shape (r=32 / alpha 64 on query, key, MLP)
-        enc = load_encoder(backbone)
-        app_dir = make_app_adapter(tmp / f"ner-{layers}", backbone, "ner", rank=32, alpha=64,
-                                   layers=layers if layers == "all" else int(layers), lora_std=0.02, encoder=enc,
-                                   fingerprint=fingerprint_model(enc))
+    # 8 DIFFERENT adapters of this shape (r=32 / alpha 64 on query, key, MLP): identical ones would be loaded
+    # and run once (the runtime deduplicates adapters by content), which is not 8 apps' cost. The trained app
+    # (when there is one) is app0; the others are random adapters of the same shape.
+    enc = load_encoder(backbone)
+    fp = fingerprint_model(enc)
     names = [f"app{i}" for i in range(8)]
+    dirs = [app_dir] if app_dir else []
+    while len(dirs) < len(names):
+        dirs.append(make_app_adapter(tmp / f"ner-{layers}-{len(dirs)}", backbone, "ner", rank=32, alpha=64,
+                                     layers=layers if layers == "all" else int(layers), lora_std=0.02,
+                                     seed=len(dirs), encoder=enc, fingerprint=fp))
     with Runtime(backbone, device=device, max_batch_size=64) as rt:
-        for n in names:
-            rt.register_app(n, app_dir)
+        for n, d in zip(names, dirs):
+            rt.register_app(n, d)
+        assert rt.adapters_loaded == len(names), "the 8 apps must not share an adapter"
         rt.analyze(texts[:8])
         alone, together = [], []
         for _ in range(rounds):  # interleaved

@@ -188,10 +188,11 @@ class BatchRunner:
 
     def _forward(self, items: list[tuple[dict, object, np.ndarray | None]], start: int, stop: int | None):
         """``items``: (ids, adapter key, state entering ``start`` or None); returns each row's output [len, H]."""
-        # above the trunk on CPU, rows are cut per app (one adapter per forward): measured faster than mixing
-        # apps there (bench/bench_runtime.py analyze); elsewhere (a GPU, where one big forward beats several
-        # small ones) and for full-depth forwards the backend's mode decides
-        grouped = (start > 0 and self.group_upper) or getattr(self.backend, "mode", "grouped") == "grouped"
+        # On CPU, rows are ordered by adapter and cut per adapter once a chunk is half full (small groups still
+        # share a forward, mixed): 8 all-layer NER apps in one analyze cost 15.7 ms/text/app with every forward
+        # mixing apps vs ~7 alone (bench/bench_lora_layers.py --serving-only); elsewhere (a GPU, where one big
+        # forward beats several small ones) the backend's mode decides
+        grouped = self.group_upper or getattr(self.backend, "mode", "grouped") == "grouped"
         out: list = [None] * len(items)
         for chunk in chunk_order([(len(ids["input_ids"]), key) for ids, key, _ in items], self.forward_rows,
                                  grouped):
