@@ -136,6 +136,10 @@ def make_session(path: str | Path, num_threads: int | None = None, device: str =
     # no busy-waiting between runs: on a phone-sized (or shared) CPU a spinning pool steals the cores that the
     # batcher, the tokenizer and other sessions need
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # no per-session memory arena: the one-backbone layout runs 7 sessions, and 7 arenas of freed blocks cost
+    # ~2.6 MB of RSS (8 apps on int8: 1.32x -> 1.26x one int8 model); mixed-load throughput was unchanged
+    # (bench/bench_runtime.py, docs/benchmarks.md)
+    opts.enable_cpu_mem_arena = False
     return ort.InferenceSession(str(path), sess_options=opts, providers=session_providers(device))
 
 
