@@ -386,6 +386,7 @@ def test_serve_refuses_an_app_named_twice(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a hang guard, not a speed target
 def test_console_ctrl_c_in_pretrain_subprocess(tiny_bert, toy_data, tmp_path):
     """A real SIGINT (what Ctrl-C sends) to a training process: one line, exit 130, checkpoints kept."""
     import signal
@@ -396,13 +397,11 @@ def test_console_ctrl_c_in_pretrain_subprocess(tiny_bert, toy_data, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "mtpf.cli", "pretrain", *tiny_run_overrides(tiny_bert, toy_data, out, max_steps=5000)]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while not (out / "checkpoints" / "step-00000002").exists():
+    while not (out / "checkpoints" / "step-00000002").exists():  # no deadline: pytest-timeout catches a hang
         assert proc.poll() is None, proc.stderr.read()[-2000:]
-        assert time.time() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    err = proc.communicate(timeout=120)[1]
+    err = proc.communicate()[1]
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].endswith("resume=true to continue from the last one")
     assert not (out / "run.json").exists() and any((out / "checkpoints").glob("step-*"))

@@ -33,6 +33,7 @@ def _pretrain_cmd(args):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a hang guard, not a speed target
 def test_resume_after_kill_reaches_identical_weights(tiny_bert, toy_data, tmp_path):
     common = dict(strategy="mtpf-tpl", pcgrad="true", max_steps=40, save_every=5, log_every=5)
     ref = tmp_path / "uninterrupted"
@@ -41,10 +42,10 @@ def test_resume_after_kill_reaches_identical_weights(tiny_bert, toy_data, tmp_pa
     crashed = tmp_path / "crashed"
     proc = subprocess.Popen(_pretrain_cmd(tiny_run_overrides(tiny_bert, toy_data, crashed, **common)), env=ENV,
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    # no wall-clock deadline (a busy machine is slow, not wrong): the run either writes step 10 or ends;
+    # a hang is pytest-timeout's to report
     while not (crashed / "checkpoints" / "step-00000010").exists():
         assert proc.poll() is None, "run ended before it could be killed"
-        assert time.time() < deadline
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
