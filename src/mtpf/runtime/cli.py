@@ -7,6 +7,8 @@ import sys
 
 
 def add_parser(subparsers) -> None:
+    from mtpf.device import add_device_argument
+
     p = subparsers.add_parser(
         "serve", help="serve app adapters on one shared backbone over HTTP (127.0.0.1 by default)",
         description="Load one backbone, register app adapters (mtpf adapt output) and serve entity extraction, "
@@ -25,8 +27,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
-    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
-                   help="where the backbone runs (default: %(default)s = CUDA when available)")
+    add_device_argument(p, "the backbone (PyTorch; ONNX Runtime's CUDA provider when installed)")
     p.add_argument("--int8", action="store_true", help="ONNX backend: use the int8 (dynamic, per-channel) graphs")
     p.add_argument("--onnx-dir", help="ONNX backend: folder of the backbone export (mtpf export); default: temp")
     p.add_argument("--mode", choices=["mixed", "grouped"], default="mixed",
