@@ -87,3 +87,25 @@ def tiny_run_overrides(model: str, data: dict, out: Path, **extra) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def make_fake_tpl_run(tiny_bert: str, out) -> str:
+    """An mtpf-tpl-style run folder written by the engine's own exporter (``ner``/``tc`` adapters on the last
+    layer, small random LoRA B so the adapters change the output)."""
+    import torch
+
+    from mtpf.encoder import load_encoder, load_tokenizer
+    from mtpf.lora import LoraSpec, add_task_adapters
+    from mtpf.pretrain.export import export_run
+    from mtpf.pretrain.model import MultiTaskEncoder
+
+    torch.manual_seed(0)
+    specs = {"ner": LoraSpec(layers=1), "tc": LoraSpec(layers=1)}
+    enc = add_task_adapters(load_encoder(tiny_bert), specs, train_backbone=True)
+    with torch.no_grad():
+        for n, p in enc.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    export_run(MultiTaskEncoder(enc, 5, {"ner": "ner", "tc": "tc"}), load_tokenizer(tiny_bert), out,
+               {"strategy": "mtpf-tpl"}, [], {k: v.to_dict() for k, v in specs.items()})
+    return str(out)

@@ -49,23 +49,9 @@ def small_data(shared_data, tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def fake_run(tiny_bert, tmp_path_factory) -> str:
     """An mtpf-tpl-style run folder written by the engine's own exporter (adapters on the last layer)."""
-    from mtpf.encoder import load_encoder, load_tokenizer
-    from mtpf.lora import LoraSpec, add_task_adapters
-    from mtpf.pretrain.export import export_run
-    from mtpf.pretrain.model import MultiTaskEncoder
+    from conftest import make_fake_tpl_run
 
-    out = tmp_path_factory.mktemp("fake-run")
-    torch.manual_seed(0)
-    specs = {"ner": LoraSpec(layers=1), "tc": LoraSpec(layers=1)}
-    enc = add_task_adapters(load_encoder(tiny_bert), specs, train_backbone=True)
-    with torch.no_grad():
-        for n, p in enc.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.02)
-    model = MultiTaskEncoder(enc, 5, {"ner": "ner", "tc": "tc"})
-    export_run(model, load_tokenizer(tiny_bert), out, {"strategy": "mtpf-tpl"}, [],
-               {k: v.to_dict() for k, v in specs.items()})
-    return str(out)
+    return make_fake_tpl_run(tiny_bert, tmp_path_factory.mktemp("fake-run"))
 
 
 def test_run_folder_resolution(fake_run):

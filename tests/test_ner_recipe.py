@@ -11,7 +11,8 @@ NAMES = {"PER": ["Obama", "Merkel", "Smith", "Jones", "Garcia"], "LOC": ["Paris"
 FILL = ["the", "a", "man", "woman", "visited", "bought", "said", "on", "Monday", "in", "new", "talks", "with", "from"]
 
 
-def planted_ner(root: Path, sizes=(200, 100, 100), density=0.15, types=("PER", "LOC", "ORG"), seed=0) -> Path:
+def planted_ner(root: Path, sizes=(200, 100, 100), density=0.15, types=("PER", "LOC", "ORG"), seed=0,
+                names=NAMES, fill=FILL, min_len=5) -> Path:
     """Sentences of filler words and single-word entities; each name always has the same type."""
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -19,13 +20,13 @@ def planted_ner(root: Path, sizes=(200, 100, 100), density=0.15, types=("PER", "
         with open(root / f"{split}.jsonl", "w") as fh:
             for _ in range(n):
                 tokens, tags = [], []
-                for _ in range(rng.randint(5, 12)):
+                for _ in range(rng.randint(min_len, 12)):
                     if rng.random() < density:
                         typ = rng.choice(types)
-                        tokens.append(rng.choice(NAMES[typ]))
+                        tokens.append(rng.choice(names[typ]))
                         tags.append(f"B-{typ}")
                     else:
-                        tokens.append(rng.choice(FILL))
+                        tokens.append(rng.choice(fill))
                         tags.append("O")
                 fh.write(json.dumps({"tokens": tokens, "tags": tags}) + "\n")
     return root
@@ -40,26 +41,12 @@ def tiny64(tmp_path_factory) -> str:
 
 def _old_planted(root: Path) -> Path:
     """The data the golden numbers below were computed on (3 types, 10 names each, 30 % entities)."""
-    rng = random.Random(0)
     names = {"PER": ["Obama", "Merkel", "Smith", "Jones", "Garcia", "Miller", "Davis", "Wilson", "Taylor", "Brown"],
              "LOC": ["Paris", "Berlin", "London", "Madrid", "Rome", "Vienna", "Tokyo", "Cairo", "Lima", "Oslo"],
              "ORG": ["Apple", "Google", "Intel", "Nokia", "Siemens", "Fiat", "Sony", "Shell", "Boeing", "Nestle"]}
-    fill = ["the", "a", "man", "woman", "visited", "bought", "said", "on", "Monday", "in", "new", "talks", "with", "from", "city", "company", "and", "to"]
-    root.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", 200), ("dev", 80), ("test", 80)):
-        with open(root / f"{split}.jsonl", "w") as fh:
-            for _ in range(n):
-                tokens, tags = [], []
-                for _ in range(rng.randint(4, 12)):
-                    if rng.random() < 0.3:
-                        typ = rng.choice(["PER", "LOC", "ORG"])
-                        tokens.append(rng.choice(names[typ]))
-                        tags.append(f"B-{typ}")
-                    else:
-                        tokens.append(rng.choice(fill))
-                        tags.append("O")
-                fh.write(json.dumps({"tokens": tokens, "tags": tags}) + "\n")
-    return root
+    fill = ["the", "a", "man", "woman", "visited", "bought", "said", "on", "Monday", "in", "new", "talks", "with",
+            "from", "city", "company", "and", "to"]
+    return planted_ner(root, sizes=(200, 80, 80), density=0.3, names=names, fill=fill, min_len=4)
 
 
 # Computed with the NER loop of commit d59b65f (src/mtpf/downstream/ner.py before the recipes and the split into

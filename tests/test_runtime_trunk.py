@@ -397,22 +397,10 @@ def test_adapt_tc_apps_of_one_run_share_its_tc_adapter(tiny_bert, tmp_path):
     from mtpf.downstream.data import load_cls_dataset
     from mtpf.downstream.models import resolve
     from mtpf.downstream.tc import TCConfig, adapt_tc
-    from mtpf.encoder import load_encoder, load_tokenizer
-    from mtpf.lora import LoraSpec, add_task_adapters
-    from mtpf.pretrain.export import export_run
-    from mtpf.pretrain.model import MultiTaskEncoder
+    from conftest import make_fake_tpl_run
     from mtpf.runtime.core import lora_fingerprint
 
-    torch.manual_seed(0)
-    specs = {"ner": LoraSpec(layers=1), "tc": LoraSpec(layers=1)}
-    enc = add_task_adapters(load_encoder(tiny_bert), specs, train_backbone=True)
-    with torch.no_grad():
-        for n, p in enc.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.02)
-    run = tmp_path / "run"
-    export_run(MultiTaskEncoder(enc, 5, {"ner": "ner", "tc": "tc"}), load_tokenizer(tiny_bert), run,
-               {"strategy": "mtpf-tpl"}, [], {k: v.to_dict() for k, v in specs.items()})
+    run = make_fake_tpl_run(tiny_bert, tmp_path / "run")
     m = resolve(str(run), "run")
     outs = {}
     for name, labels in (("a", ["yes", "no"]), ("b", ["red", "green", "blue"])):
