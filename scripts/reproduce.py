@@ -4,12 +4,18 @@ label -> pretrain every model once per seed -> evaluate every (seed, model) cell
 (int8 ONNX backbone + one model's app adapters, first seed) -> Figure 3 curves (first seed).
 
     python scripts/reproduce.py configs/local/repro-scaled.yaml [--only label|pretrain|evaluate|runtime|figures]
-                                                                 [--seeds 42] [--commit-results]
+                                                                 [--seeds 42] [--models A,B] [--by-model]
+                                                                 [--commit-results]
 
 Seeds: ``seeds: [42, 43, 44]`` are replicate seeds. Replicate ``s`` pre-finetunes every model with ``seed=s`` and
 adapts/evaluates it with seed ``s`` (NER adaptation seed and MTEB task seed), so the tables' intervals cover both
 sources of variation and two models compared on seed ``s`` share everything but the method (paired differences).
 ``--seeds 42`` runs only that replicate now (finish one replicate per session; the tables fill seed by seed).
+
+Order: by default every model is pre-finetuned before any is evaluated. ``--by-model`` pre-finetunes and evaluates
+one model at a time (in the order of ``--models``, else the config's), so on a slow machine each finished model
+lands as results before the next one starts; a session that ends keeps whole models, not pre-finetuned weights
+that only the next session's disk may still hold.
 
 Resume: a run with ``run.json`` is not pre-finetuned again (an interrupted one resumes from its checkpoint); an
 evaluation unit — one NER dataset at one train share, or all TC datasets — whose cells are already in its
@@ -78,7 +84,7 @@ def unit_done(results: Path, task: str, datasets: list[str], fractions: list[flo
 
 
 class Repro:
-    def __init__(self, cfg: dict, out: Path, results_dir: Path, commit: bool, run=sh, seeds=None):
+    def __init__(self, cfg: dict, out: Path, results_dir: Path, commit: bool, run=sh, seeds=None, models=None):
         self.cfg, self.out, self.results_dir, self.commit, self.run = cfg, out, results_dir, commit, run
         self.all_seeds = [int(s) for s in cfg.get("seeds", [42])]
         self.first = self.all_seeds[0]  # the runtime row and Figure 3 use this seed's runs
@@ -92,6 +98,7 @@ class Repro:
             else:
                 self.models[label] = (None, [], str(spec))
         self.base = next(iter(self.models))
+        self.selected = list(models) if models else list(self.models)  # this invocation's models, in order
         self.timings_path = results_dir / "timings.json"
         self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
 
@@ -141,9 +148,10 @@ class Repro:
                                                 str(lab["fit_words"]), "--out", str(labels)])
             self.publish("labels")
 
-    def pretrain(self) -> None:
+    def pretrain(self, labels: list[str] | None = None) -> None:
         for seed in self.seeds:
-            for label, (conf, overrides, _) in self.models.items():
+            for label in labels or self.selected:
+                conf, overrides, _ = self.models[label]
                 if conf is None:
                     continue
                 run_dir = self.run_dir(label, seed)
@@ -164,11 +172,11 @@ class Repro:
                 (dst / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src / name, dst / name)
 
-    def evaluate(self) -> None:
+    def evaluate(self, labels: list[str] | None = None) -> None:
         ev = self.cfg["evaluate"]
         rt = self.cfg.get("runtime") or {}
         for seed in self.seeds:
-            for label in self.models:
+            for label in labels or self.selected:
                 out = self.eval_dir(label, seed)
                 results = out / "results.json"
                 base = MTPF + ["evaluate", "--model", f"{label}={self.ref(label, seed)}", "--output", str(out),
@@ -255,6 +263,9 @@ def main(argv: list[str] | None = None, run=sh) -> None:
                                           "else docs/results/<config name>)")
     ap.add_argument("--seeds", help="comma list: run only these of the config's seeds now (e.g. finish one "
                                     "replicate per session); the runtime row and Figure 3 need the first")
+    ap.add_argument("--models", help="comma list of the config's model labels: run only these now, in this order")
+    ap.add_argument("--by-model", action="store_true",
+                    help="pre-finetune and evaluate one model at a time (results land model by model)")
     ap.add_argument("--commit-results", action="store_true",
                     help="git-commit the results folder after every finished unit (for runs spanning sessions)")
     args = ap.parse_args(argv)
@@ -266,9 +277,19 @@ def main(argv: list[str] | None = None, run=sh) -> None:
     unknown = sorted(set(seeds or []) - {int(x) for x in cfg.get("seeds", [42])})
     if unknown:
         ap.error(f"{args.config}: --seeds {unknown} are not among the config's seeds {cfg.get('seeds', [42])}")
-    repro = Repro(cfg, Path(args.output or cfg["output"]), results_dir, args.commit_results, run, seeds)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    missing = [m for m in models or [] if m not in cfg["models"]]
+    if missing:
+        ap.error(f"{args.config}: --models {missing} are not among the config's models {list(cfg['models'])}")
+    repro = Repro(cfg, Path(args.output or cfg["output"]), results_dir, args.commit_results, run, seeds, models)
     repro.write_manifest()
     stages = ("label", "pretrain", "evaluate", "runtime", "figures")
+    if args.by_model and args.only is None:
+        repro.label()
+        for label in repro.selected:
+            repro.pretrain([label])
+            repro.evaluate([label])
+        stages = ("runtime", "figures")
     for stage in stages if args.only is None else (args.only,):
         if stage in ("runtime", "figures") and (repro.first not in repro.seeds or
                                                 (stage == "runtime" and not cfg.get("runtime"))):

@@ -225,3 +225,25 @@ def test_every_command_is_valid_for_the_mtpf_cli(tmp_path):
     rt = next(c for c in cmds if "evaluate-runtime" in c)
     assert sum(a == "--ner-app" for a in rt) == 2 * 3  # every NER dataset x share of the first seed
     assert (tmp_path / "results" / "runtime.json").is_file()
+
+
+def test_by_model_lands_each_model_before_the_next_starts(tmp_path, capsys):
+    events = []
+
+    class Logged(FakeMtpf):
+        def __call__(self, cmd):
+            args = cmd[len(repro.MTPF):]
+            if args[0] == "pretrain":
+                events.append(("pretrain", Path(next(a for a in args if a.startswith("output_dir="))).name))
+            elif args[0] == "evaluate":
+                events.append(("evaluate", args[args.index("--model") + 1].split("=", 1)[0]))
+            super().__call__(cmd)
+
+    _run(tmp_path, Logged(), "--seeds", "1", "--models", "TPL last 1 layer,Base model", "--by-model")
+    order = [e for i, e in enumerate(events) if i == 0 or events[i - 1] != e]
+    assert order == [("pretrain", repro.slug("TPL last 1 layer")), ("evaluate", "TPL last 1 layer"),
+                     ("evaluate", "Base model")]  # MTPF-TPL was not asked for; Base needs no pretraining
+    assert not (tmp_path / "work" / "runs" / "s1" / repro.slug("MTPF-TPL")).exists()
+    with pytest.raises(SystemExit) as exc:
+        _run(tmp_path, FakeMtpf(), "--models", "Nope")
+    assert exc.value.code == 2 and "not among the config's models" in capsys.readouterr().err
