@@ -18,7 +18,6 @@ from mtpf.data.io import DataError
 from mtpf.data.samplers import pad_batch
 
 
-
 def pad_multiple(device) -> int:
     """Padding granule of a batch for ``device``: 8 on CUDA (tensor-core shapes, fewer distinct shapes to
     warm), 1 elsewhere."""
