@@ -1,5 +1,5 @@
-"""Gradient equality: pre-tokenised, worker-fed batches (token cache -> DataLoader worker -> pad to a multiple
-of 8) give the loss and gradients of the previous path (tokenise inside the step, pad to the longest) on
+"""Gradient equality: pre-tokenised, worker-fed batches (token cache -> DataLoader worker -> pad to the longest
+row on the CPU, a multiple of 8 on CUDA) give the loss and gradients of the previous path (tokenise inside the step, pad to the longest) on
 the same examples, for tc, ner and mtpf-tpl."""
 import pytest
 import torch
@@ -53,9 +53,41 @@ def _reference_ner(recipe, sentences, labels):
     return loss.detach()
 
 
+def _assert_cpu_padding(batch):
+    """On the CPU a batch is padded to its longest row (no multiple-of-8 columns of pure padding)."""
+    assert batch["attention_mask"][:, -1].any()
+
+
+def test_budget_chunks_sorts_and_cuts_by_padded_tokens():
+    from mtpf.data.pipeline import budget_chunks
+
+    ids = [[1] * n for n in (5, 2, 9, 2, 3, 30)]
+    chunks, order = budget_chunks(ids, 10, 0)
+    assert order.tolist() == [1, 3, 4, 0, 2, 5]  # by length, stable
+    assert [tuple(c["input_ids"].shape) for c in chunks] == [(3, 3), (1, 5), (1, 9), (1, 30)]
+    assert [tuple(c["input_ids"].shape) for c in budget_chunks(ids, 100, 0)[0]] == [(5, 9), (1, 30)]
+    assert [tuple(c["input_ids"].shape) for c in budget_chunks(ids, 100, 0, multiple_of=8)[0]] == [(5, 16), (1, 32)]
+
+
+def test_pad_granule_follows_the_device():
+    from mtpf.data.pipeline import NerBatches, pad_multiple
+
+    assert pad_multiple("cpu") == 1 and pad_multiple(torch.device("cuda", 1)) == 8
+
+    class Rows:
+        def batch(self, k):
+            return [0, 1]
+
+    data = {"input_ids": [[5, 6, 7], [1]], "labels": [[1, 2, 3], [4]]}
+    view = type("View", (), {"__getitem__": lambda self, rows: {k: [v[r] for r in rows] for k, v in data.items()}})()
+    assert NerBatches(view, Rows(), 0, multiple_of=1)(0)["batch"]["input_ids"].shape == (2, 3)
+    assert NerBatches(view, Rows(), 0, multiple_of=8)(0)["batch"]["input_ids"].shape == (2, 8)
+
+
 @pytest.mark.parametrize("strategy,extra", [
     ("tc", {}),
-    ("tc", {"tc_mini_batch_size": "null", "tc_pad_chunk": 4}),  # uncached: length-sorted chunks in one graph
+    ("tc", {"tc_mini_batch_size": "null", "tc_pad_chunk": 48}),  # uncached: shared length-sorted chunks
+    ("tc", {"tc_mini_batch_size": "null", "tc_pad_chunk": 0}),  # uncached: one chunk per side (CUDA default)
     ("ner", {}),
     ("mtpf-tpl", {}),
 ])
@@ -73,13 +105,16 @@ def test_worker_fed_batches_give_the_previous_loss_and_gradients(tiny_bert_nodro
         for _ in range(2):
             data = recipe._next_batch(task)
             if task == "tc":
-                assert data["a_chunks"][0]["input_ids"].shape[1] % 8 == 0
+                _assert_cpu_padding((data.get("chunks") or data.get("a_chunks"))[0])
+                if "chunks" in data:
+                    assert len(data["chunks"]) > 1 and all(c["input_ids"].numel() <= 48 or len(c["input_ids"]) == 1
+                                                           for c in data["chunks"])
                 got_loss, _ = recipe._tc_micro_step(data, 1.0, True)
                 got = _grads(recipe.model)
                 pairs = recipe.pair_sources[data["source"]].data[data["rows"]]
                 want_loss = _reference_tc(recipe, pairs["anchor"], pairs["positive"])
             else:
-                assert data["batch"]["input_ids"].shape[1] % 8 == 0
+                _assert_cpu_padding(data["batch"])
                 got_loss, _ = recipe._ner_micro_step(data, 1.0, True)
                 got = _grads(recipe.model)
                 want_loss = _reference_ner(recipe, [sentences.tokens[i] for i in data["rows"]],

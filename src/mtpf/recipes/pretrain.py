@@ -73,10 +73,11 @@ class PretrainConfig:
     tc_mini_batch_size: int | None = field(default=64, metadata={
         "help": "GradCache chunk size (memory bound); null = no caching (whole batch in one graph)."})
     tc_pad_chunk: int | None = field(default=None, metadata={"help": (
-        "Without GradCache: embed the batch as length-sorted chunks of this many texts in one graph (less "
-        "padding, the same loss and gradients); 0 = one chunk; null = one chunk on CUDA (each chunk costs kernel "
-        "launches: on an H200 at batch 1024, chunks of 256 ran at 0.44x of the one-chunk bare loop), 32 on CPU "
-        "(where padding is the cost).")})
+        "Without GradCache: embed anchors and positives together, sorted by length, in chunks of at most this "
+        "many padded tokens, in one graph (less padding, the same loss and gradients); 0 = one chunk per side; "
+        "null = 0 on CUDA (each chunk costs kernel launches: on an H200 at batch 1024, chunks of 256 texts ran "
+        "at 0.44x of the one-chunk bare loop), 512 on CPU (where every padded position costs: batch 64 of "
+        "NLI pairs ran 1.26x -> see docs/benchmarks.md).")})
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature tau."})
     symmetric: bool = field(default=False, metadata={"help": "Also score positives against anchors."})
     gather_negatives: bool = field(default=True, metadata={"help": "Use other processes' pairs as negatives."})
@@ -234,7 +235,7 @@ class PretrainRecipe:
         index-space samplers and the per-task batch builders."""
         from mtpf.data.ner_pseudo import load_pseudo_label_dataset
         from mtpf.data.pairs import load_pair_sources
-        from mtpf.data.pipeline import NerBatches, PairBatches
+        from mtpf.data.pipeline import NerBatches, PairBatches, pad_multiple
         from mtpf.data.samplers import BucketBatchSampler, HierarchicalPairSampler
         from mtpf.data.token_cache import tokenize_pairs
 
@@ -257,12 +258,15 @@ class PretrainRecipe:
             self.ner_data = labelled.data
             import numpy as np
 
+            from mtpf.data import mapped_pages
+
             lengths = np.asarray(labelled.data.data.column("length"))
+            mapped_pages.release(labelled.data)
             try:
                 sampler = BucketBatchSampler(lengths, cfg.ner_batch_size, cfg.seed, cfg.bucket_factor)
             except ValueError as exc:
                 raise ConfigError(f"ner_data: {exc}; lower ner_batch_size") from None
-            self.batches["ner"] = NerBatches(labelled.data, sampler, pad, rank, world)
+            self.batches["ner"] = NerBatches(labelled.data, sampler, pad, rank, world, pad_multiple(acc.device))
         if "tc" in self.tasks:
             if not cfg.pairs:
                 raise ConfigError(f"strategy {cfg.strategy} trains TC but pairs is empty")
@@ -285,11 +289,12 @@ class PretrainRecipe:
                 if isinstance(exc, DataError):
                     raise
                 raise ConfigError(str(exc)) from None
-            chunk = cfg.tc_mini_batch_size or cfg.tc_pad_chunk
-            if chunk is None:
-                chunk = 0 if acc.device.type == "cuda" else 32
-            self.batches["tc"] = PairBatches(self.pair_tokens, sampler, chunk, pad, rank, world,
-                                             streams)
+            budget = None
+            if not cfg.tc_mini_batch_size:
+                budget = cfg.tc_pad_chunk if cfg.tc_pad_chunk is not None else (
+                    0 if acc.device.type == "cuda" else 512)
+            self.batches["tc"] = PairBatches(self.pair_tokens, sampler, cfg.tc_mini_batch_size, pad, rank, world,
+                                             streams, pad_multiple(acc.device), budget or None)
 
     def _build_model(self, encoder):
         from mtpf.lora import add_task_adapters
@@ -458,6 +463,13 @@ class PretrainRecipe:
             with self.accelerator.autocast():
                 return self.model("tc", **chunk).float()
 
+        if "chunks" in data:  # anchors and positives in shared length-sorted chunks (PairBatches)
+            with self._sync_context(sync):
+                e = _unsort(torch.cat([embed(c) for c in data["chunks"]]), data["order"])
+                n = data["n_anchor"]
+                loss = info_nce(e[:n], e[n:], cfg.temperature, cfg.symmetric, cfg.gather_negatives)
+                self.accelerator.backward(loss * weight)
+            return loss.detach(), data["tokens"]
         a_chunks, p_chunks, a_order, p_order = data["a_chunks"], data["p_chunks"], data["a_order"], data["p_order"]
         if cfg.tc_mini_batch_size:
             no_sync = (lambda: self.accelerator.no_sync(self.model)) if sync else None
