@@ -41,7 +41,7 @@ from pathlib import Path
 import yaml
 
 MTPF = [sys.executable, "-m", "mtpf.cli"]
-NER_KEYS = ("epochs_warmup", "epochs", "batch_size", "lr", "head_lr")  # run keys that are NerConfig fields
+NER_KEYS = ("recipe", "epochs_warmup", "epochs", "batch_size", "lr", "head_lr")  # run keys that are NerConfig fields
 
 
 def sh(cmd: list[str]) -> None:

@@ -53,9 +53,14 @@ def mapped_ranges(files: tuple[str, ...]) -> list[tuple[int, int]]:
 def release(*datasets) -> int:
     """Unmap the resident pages of these datasets' Arrow files from this process; returns bytes advised.
     Safe at any time: the mappings stay valid and re-fault on the next read."""
+    return release_files(tuple(sorted({f for ds in datasets for f in dataset_files(ds)})))
+
+
+def release_files(files: tuple[str, ...]) -> int:
+    """``release`` by file path: whatever Dataset object of this process maps them (e.g. the shard a
+    ``Dataset.map`` worker process re-opened)."""
     if not sys.platform.startswith("linux"):
         return 0
-    files = tuple(sorted({f for ds in datasets for f in dataset_files(ds)}))
     if not files:
         return 0
     advise, total = _madvise(), 0

@@ -82,10 +82,19 @@ def cached_map(ds, fn, *, kind: str, name: str, files: list[str], label: str, to
     tmp = folder.parent / f".tmp-{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    from mtpf.data import mapped_pages
+
+    source_files = mapped_pages.dataset_files(ds)
+
+    def fn_bounded(batch, idx):
+        out = fn(batch, idx)
+        mapped_pages.release_files(source_files)  # RSS bounded by the map batch, not the source's size
+        return out
+
     try:
         # Few, large record batches (map writes one per call of fn): opening an Arrow stream file walks every
         # batch header, and each page fault maps ~64 KB around it into RSS (1000-row batches: 40% of the file).
-        mapped = ds.map(fn, batched=True, batch_size=20_000, writer_batch_size=20_000, with_indices=True,
+        mapped = ds.map(fn_bounded, batched=True, batch_size=20_000, writer_batch_size=20_000, with_indices=True,
                         remove_columns=ds.column_names,
                         features=features, num_proc=num_proc if num_proc and num_proc > 1 else None,
                         cache_file_name=str(tmp / "data.arrow"), new_fingerprint=key, desc=f"tokenising {name}")

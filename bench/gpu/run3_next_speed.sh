@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Next device session, part 1 (~6 min): re-measure issue 9's GPU targets after the changes made without a GPU
+# (CUDA tc default = one padded chunk per side; CPU-only changes must not slow CUDA), and the CUDA tests
+# (test_ner_adaptation_on_cuda_matches_cpu_quality failed in run 2 and was fixed blind). Writes to $OUT.
+set -u
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+T0=$(date +%s)
+el() { echo "[+$(( $(date +%s) - T0 ))s] $*"; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD/src || exit 1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+mkdir -p ../shared && ln -sfn "$PWD/.gpu/data" ../shared/data
+el "bench_pretrain (tc vs MNRL and the bare loop; mtpf-tpl at 1024/256)"
+timeout 240 python3 bench/bench_pretrain.py --device cuda --random-init --tokenizer .gpu/minilm --data .gpu/data \
+  --batch-tc 1024 --pairs 16384 --batch-ner 256 --sentences 4096 --max-length 128 --tpl-steps 10 --skip cached \
+  --json $OUT/pretrain_gpu.json 2>&1 | grep -vE "it/s\]|examples/s|Loading weights|Computing widget" | tail -25
+el "bench_label"
+timeout 100 python3 bench/bench_label.py --device cuda --random-init --tokenizer .gpu/minilm --words 2000000 --no-before \
+  --json $OUT/label_gpu.json 2>&1 | grep -vE "it/s\]|Loading weights" | tail -12
+el "cuda tests"
+timeout 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_runtime_trunk.py tests/test_device.py tests/test_teacher_label.py -k "cuda or device" 2>&1 | tail -6
+el "done"
