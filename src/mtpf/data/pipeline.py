@@ -144,21 +144,16 @@ class PairBatches:
         else:
             name, rows = self.sampler.batch(k, self._keys)
         mine = rank_slice(rows, self.rank, self.world)
-        if self.chunk_tokens:
-            a, p = [self._got[r][0] for r in mine], [self._got[r][1] for r in mine]
-            chunks, order = budget_chunks(a + p, self.chunk_tokens, self.pad_id, self.multiple_of)
-            self._got = {}
-            if name in self.tokens:
-                mapped_pages.release(self.tokens[name])
-            return {"k": k, "source": name, "rows": mine, "chunks": chunks, "order": order, "n_anchor": len(a),
-                    "tokens": sum(len(x) for x in a + p)}
-        a_chunks, a_order, a_tok = length_chunks([self._got[r][0] for r in mine], self.mini_batch, self.pad_id,
-                                                 self.multiple_of)
-        p_chunks, p_order, p_tok = length_chunks([self._got[r][1] for r in mine], self.mini_batch, self.pad_id,
-                                                 self.multiple_of)
+        a, p = [self._got[r][0] for r in mine], [self._got[r][1] for r in mine]
         self._got = {}
         if name in self.tokens:
             mapped_pages.release(self.tokens[name])  # RSS bounded by the batch (see mtpf.data.mapped_pages)
+        if self.chunk_tokens:
+            chunks, order = budget_chunks(a + p, self.chunk_tokens, self.pad_id, self.multiple_of)
+            return {"k": k, "source": name, "rows": mine, "chunks": chunks, "order": order, "n_anchor": len(a),
+                    "tokens": sum(len(x) for x in a + p)}
+        a_chunks, a_order, a_tok = length_chunks(a, self.mini_batch, self.pad_id, self.multiple_of)
+        p_chunks, p_order, p_tok = length_chunks(p, self.mini_batch, self.pad_id, self.multiple_of)
         return {"k": k, "source": name, "rows": mine, "a_chunks": a_chunks, "a_order": a_order,
                 "p_chunks": p_chunks, "p_order": p_order, "tokens": a_tok + p_tok}
 
