@@ -24,6 +24,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 
@@ -290,6 +291,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="mtpf num_workers (default: the recipe's auto)")
     ap.add_argument("--skip", default="", help="comma list of: tc,cached,ner,bare,tpl")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--rounds", type=int, default=1, help="token CE: repeat the three runs side by side this many "
+                    "times and report medians (a shared CPU drifts by +-10 %% between 10-second passes)")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "pretrain.json"))
     ap.add_argument("--write-slice", metavar="DIR", help="only write the --pairs pairs (at least 2 x tpl-steps x "
                     "tpl-batch-tc) and --sentences sentences of --data into DIR (for --data on another machine)")
@@ -358,18 +361,30 @@ def main() -> None:
                           ({"tokens": s, "labels": l} for s, l in zip(sentences, labels)))
         if "ner" not in skip:
             ner_tokens = count_tokens(tok, [" ".join(s) for s in sentences], args.max_length)
-            hf = ner_tokens / run_hf_token_classification(args, model, sentences, labels, k, steps_ner)
-            ours = run_mtpf(args, model, "ner", {"ner_data": f"[{lab.parent}]", "ner_batch_size": args.batch_ner,
-                                                 "num_clusters": k, **workers}, tmp / "ner", steps_ner)
+            rounds = {"hf": [], "mtpf": [], "bare": []}
+            for r in range(args.rounds):  # each round runs all three side by side; medians over rounds
+                rounds["hf"].append(ner_tokens / run_hf_token_classification(args, model, sentences, labels, k,
+                                                                             steps_ner))
+                ours = run_mtpf(args, model, "ner", {"ner_data": f"[{lab.parent}]", "ner_batch_size": args.batch_ner,
+                                                     "num_clusters": k, **workers}, tmp / f"ner{r}", steps_ner)
+                rounds["mtpf"].append(ours["tokens_per_s"])
+                if "bare" not in skip:
+                    rounds["bare"].append(ner_tokens / run_bare_ner(args, model, sentences, labels, k, steps_ner))
+                print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {v[-1]:.0f}" for n, v in rounds.items() if v)
+                      + f" tokens/s; mtpf/hf {rounds['mtpf'][-1] / rounds['hf'][-1]:.2f}", flush=True)
+            hf, ours_tps = median(rounds["hf"]), median(rounds["mtpf"])
             rows += [("token CE", "HF Trainer + AutoModelForTokenClassification, group_by_length (baseline)", hf, hf),
-                     ("token CE", "mtpf ner (length-bucketed)", ours["tokens_per_s"], hf)]
-            results["token_ce"] = {"hf_trainer_group_by_length": hf, "mtpf_ner": ours}
-            if "bare" not in skip:
-                bare_ner = ner_tokens / run_bare_ner(args, model, sentences, labels, k, steps_ner)
+                     ("token CE", "mtpf ner (length-bucketed)", ours_tps, hf)]
+            results["token_ce"] = {"hf_trainer_group_by_length": hf, "mtpf_ner": {**ours, "tokens_per_s": ours_tps},
+                                   "rounds": rounds, "mtpf_vs_hf_per_round": [
+                                       m / h for m, h in zip(rounds["mtpf"], rounds["hf"])]}
+            results["token_ce"]["mtpf_vs_hf_median_of_rounds"] = median(results["token_ce"]["mtpf_vs_hf_per_round"])
+            if rounds["bare"]:
+                bare_ner = median(rounds["bare"])
                 rows.append(("token CE", "bare loop, globally length-sorted pre-padded batches (ceiling)",
                              bare_ner, hf))
                 results["token_ce"]["bare_loop"] = bare_ner
-                results["token_ce"]["mtpf_ner_vs_bare"] = ours["tokens_per_s"] / bare_ner
+                results["token_ce"]["mtpf_ner_vs_bare"] = ours_tps / bare_ner
         if "tpl" not in skip:
             many = read_pairs(data, 2 * args.tpl_steps * args.tpl_batch_tc)
             tsrc = write_jsonl(tmp / "tpl_pairs" / "nli.jsonl", ({"anchor": a, "positive": p} for a, p in many))

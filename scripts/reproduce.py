@@ -183,6 +183,8 @@ class Repro:
                                "--cache-dir", str(self.out / "eval" / "cache"), "--seeds", str(seed), "--no-progress",
                                *ev.get("args", [])]
                 for run_name, run in ev["runs"].items():
+                    if run.get("models") and label not in run["models"]:
+                        continue  # a run limited to some models (e.g. the data-scarce rows: Table 11's four)
                     # the NER recipe: the run's keys, else evaluate-level ones (batch_size, lr, head_lr)
                     rcfg = {k: run.get(k, ev.get(k)) for k in NER_KEYS if run.get(k, ev.get(k)) is not None}
                     flags = [a for k, v in rcfg.items() for a in (f"--{k.replace('_', '-')}", str(v))]

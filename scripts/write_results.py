@@ -73,7 +73,12 @@ def ner_recipes(cells: list[dict]) -> dict[str, str]:
     for c in cells:
         cfg = c.get("config") or {}
         if c["task"] == "ner" and "epochs" in cfg:
-            out[f"{100 * float(c['fraction']):g}%"] = f"{cfg['epochs_warmup']} head + {cfg['epochs']} LoRA epochs"
+            text = f"{cfg['epochs_warmup']} head + {cfg['epochs']} LoRA epochs"
+            if cfg.get("min_steps") or cfg.get("min_steps_warmup"):  # the default recipe's step minimums
+                text = (f"{cfg.get('recipe', 'default')} recipe: {cfg['epochs_warmup']} head + up to "
+                        f"{cfg['epochs']} LoRA epochs, at least {cfg.get('min_steps_warmup', 0)} + "
+                        f"{cfg.get('min_steps', 0)} steps")
+            out[f"{100 * float(c['fraction']):g}%"] = text
     return out
 
 
@@ -128,6 +133,7 @@ def tpl_section(cells, models, tpl: dict, order: dict, source: Path, figs: Path,
     if not settings or uniform not in models:
         return []
     agg = aggregate(cells)
+    measured = any(c["model"] in (uniform, *settings) for c in cells)
     rows = []
     for m in settings:
         ivs = [claim_interval(agg, Claim("", m, uniform, t, 0), order[t]) for t in ("ner", "tc")]
@@ -143,8 +149,11 @@ def tpl_section(cells, models, tpl: dict, order: dict, source: Path, figs: Path,
            "beats uniform TPL only if both intervals lie above 0:"), "",
            "| Setting | NER Δ | TC Δ | Beats uniform TPL on both families |", "|---|---:|---:|---|", *rows, ""]
     winners = [m for m, r in zip(settings, rows) if r.endswith("| yes |")]
-    out += [(f"Result: {'; '.join(winners) + ' beat' if winners else 'no setting beats'} uniform TPL on both "
-            "families."), ""]
+    if not measured:
+        out += ["Result: not measured yet (no cells of these models).", ""]
+    else:
+        out += [(f"Result: {'; '.join(winners) + ' beat' if winners else 'no setting beats'} uniform TPL on both "
+                "families."), ""]
     fig = figure4(cells, tpl, order, source, figs)
     if fig:
         out += [f"![Figure 4]({os.path.relpath(fig, doc.parent)})", "",
@@ -233,10 +242,16 @@ def main() -> None:
         out += [f"### {title}", "", table_markdown(summary), ""]
     recipes = ner_recipes(cells)
 
+    # runs limited to some models (reproduce.py's `models:`, e.g. Table 11's four): no empty rows for the others
+    runs = (manifest.get("config") or {}).get("evaluate", {}).get("runs", {})
+    limited = {f"{100 * float(f):g}%": set(r["models"]) for r in runs.values() if r.get("models")
+               for f in r["fractions"]}
+
     def tables(rows):
         out = build_tables(cells, rows, base, ner_order, tc_order)
         for t in out:
             if t.title.startswith("NER under data scarcity"):  # say which recipe each data portion used
+                t.rows[:] = [r for r in t.rows if r[0] not in limited or r[1] in limited[r[0]]]
                 for row in t.rows:
                     row[0] = f"{row[0]} ({recipes[row[0]]})" if row[0] in recipes else row[0]
         return out
@@ -280,6 +295,7 @@ def main() -> None:
     elif manifest:
         from mtpf.downstream.tables import bar_chart
 
+        figs.mkdir(parents=True, exist_ok=True)
         bar_chart(cells, models, figs / "chart.png", ner_order, tc_order)
     print(f"wrote {doc} ({len(cells)} cells, {len(models)} rows, seeds {seeds})")
 

@@ -153,3 +153,26 @@ def test_cli_recipe_flags(tmp_path):
     assert (cfg.recipe, cfg.epochs, cfg.lr, cfg.batch_size, cfg.dev_sentences) == ("paper", 30, 2e-5, 64, 0)
     cfg = _ner_config(p.parse_args(["--lr", "1e-4", "--patience", "0"]))
     assert (cfg.recipe, cfg.lr, cfg.head_lr, cfg.patience) == ("default", 1e-4, 1e-3, 0)
+
+
+def test_cpu_speedups_train_the_same_as_the_padded_loop(tiny_bert_nodropout, tmp_path, one_torch_thread):
+    """Padding-free stage-2 batches (mtpf.pretrain.cpu_speed) give the padded loop's losses and scores when
+    nothing is random (dropout off): the speed-up changes how the step is computed, not what it computes."""
+    from mtpf.downstream.data import load_ner_dataset
+    from mtpf.downstream.models import resolve
+    from mtpf.downstream.ner import NerConfig, train_ner
+
+    ds = load_ner_dataset(str(planted_ner(tmp_path / "data", sizes=(60, 30, 30))))
+    runs = {}
+    for speedups in (True, False):
+        cfg = NerConfig(epochs_warmup=1, epochs=3, min_steps=0, min_steps_warmup=0, cpu_speedups=speedups)
+        runs[speedups] = train_ner(resolve(tiny_bert_nodropout), ds, cfg, seed=5, progress=False, device="cpu",
+                                   keep_model=True)
+    fast, plain = runs[True], runs[False]
+    assert [h["loss"] for h in fast.history] == pytest.approx([h["loss"] for h in plain.history], rel=1e-4)
+    assert fast.test["f1"] == pytest.approx(plain.test["f1"], abs=1e-6)
+    from mtpf.pretrain.cpu_speed import FastDropout
+
+    assert any(isinstance(m, FastDropout) for m in fast.model.modules())
+    assert not any(isinstance(m, FastDropout) for m in plain.model.modules())
+    assert NerConfig(recipe="paper").cpu_speedups is False and NerConfig().cpu_speedups is False

@@ -170,3 +170,18 @@ def test_streaming_source_batches_are_deterministic_resumable_and_unique(tiny_be
     cfg = load_config(PretrainConfig, None, tiny_run_overrides(tiny_bert, toy_data, tmp_path / "run", strategy="tc"))
     cfg.pairs = [spec]
     assert run(cfg)["backbone"]
+
+
+def test_a_long_source_name_still_tokenises(tiny_bert, tmp_path):
+    """datasets refuses map fingerprints over 64 characters; the cache key of a source with a long file name
+    (the shared data's paraphrase_msrp_sts_pairs made it 65) must still work, and be reused."""
+    from mtpf.data.token_cache import _fingerprint, tokenize_pairs
+    from mtpf.encoder import load_tokenizer
+
+    path = _pairs_file(tmp_path).rename(tmp_path / "data" / "a_rather_long_paraphrase_source_name_pairs.jsonl")
+    tok = load_tokenizer(tiny_bert)
+    src = load_pair_sources([str(path)])[0]
+    assert tokenize_pairs(src, tok, 16).num_rows == 30
+    assert tokenize_pairs(load_pair_sources([str(path)])[0], tok, 16).num_rows == 30
+    assert _fingerprint("x" * 40) == "x" * 40 and len(_fingerprint("y" * 90)) == 64
+    assert _fingerprint("y" * 90) != _fingerprint("y" * 89 + "z")

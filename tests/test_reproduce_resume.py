@@ -247,3 +247,18 @@ def test_by_model_lands_each_model_before_the_next_starts(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         _run(tmp_path, FakeMtpf(), "--models", "Nope")
     assert exc.value.code == 2 and "not among the config's models" in capsys.readouterr().err
+
+
+def test_a_run_limited_to_some_models_skips_the_others(tmp_path):
+    fake = FakeMtpf()
+    cfg = json.loads(json.dumps(CONFIG))
+    cfg["evaluate"]["runs"]["low"]["models"] = ["Base model", "MTPF-TPL"]
+    cfg["output"] = str(tmp_path / "work")
+    path = tmp_path / "repro.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    repro.main([str(path), "--results-dir", str(tmp_path / "results")], run=fake)
+    keys = [k.split("|") for k in fake.computed]  # label, task, dataset, fraction, seed, config
+    low = {k[0] for k in keys if k[1] == "ner" and float(k[3]) < 1}
+    assert low == {"Base model", "MTPF-TPL"}
+    full = {k[0] for k in keys if k[1] == "ner" and float(k[3]) == 1}
+    assert full == {"Base model", "MTPF-TPL", "TPL last 1 layer"}

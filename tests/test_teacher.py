@@ -379,3 +379,33 @@ def test_prefetched_chunks_keep_order_and_raise_reader_errors_in_order():
         with pytest.raises(DataError, match="corpus.txt:7"):
             next(it)
     assert list(_prefetched(iter([[["x"]]]), None, None)) == [([["x"]], None)]
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_vectorised_windows_equal_the_per_sentence_layout(kind, request):
+    """Teacher.prepare lays out ordinary sentences with numpy over the whole chunk; every window (ids and word
+    index per token) equals what the per-sentence path (_window) builds, boundary pieces included, and the
+    sentences that need the per-sentence path (too long, a word without pieces) still take it."""
+    tok = request.getfixturevalue(kind)
+    enc = ContextFreeEncoder("roberta", tok.pad_token_id) if kind == "bpe" else ContextFreeEncoder()
+    teacher = Teacher(enc, tok, max_length=12)
+    sentences = [["Obama", "!", "zebra"], ["Kickbacks", "AWB", ".", "paid"], ["\u200b", "paid"], ["a"] * 14,
+                 ["3.5", "!", "Zürich"], ["didn't", "go"], ["x"]]
+    prep = teacher.prepare(sentences)
+    bounds = np.cumsum(prep.lens) - prep.lens
+    got = sorted((tuple(prep.ids[s:s + n]), tuple(prep.word_index[s:s + n])) for s, n in zip(bounds, prep.lens))
+    want, base, n_long = [], 0, 0
+    for words in sentences:
+        e = tok(words, is_split_into_words=True, add_special_tokens=False)
+        ids, wids = e["input_ids"], e.word_ids()
+        if len(ids) <= teacher.max_length - teacher.n_special:
+            full, windex, _ = teacher._window(ids, wids, base, [])
+            want.append((tuple(full), tuple(windex)))
+        else:
+            n_long += 1
+        base += len(words)
+    assert n_long >= 1 and teacher.stats.windowed_sentences == n_long
+    assert sorted(set(want) - set(got)) == [] and len(got) >= len(want) + 2 * n_long  # long ones: >= 2 windows
+    assert prep.n_words == sum(map(len, sentences))
+    if kind == "wordpiece":  # WordPiece gives the zero-width word no piece (byte-level BPE does)
+        assert list(prep.missing.values()) == [[7]]  # sentence 3 starts at word 3 + 4

@@ -89,3 +89,32 @@ def test_committed_single_seed_results_render_as_before(tmp_path, monkeypatch):
     assert "| Base model | **79.1** | 36.7 | 63.6 | 53.7 | 75.3 | 65.1 | 62.2 |" in text
     assert "±" not in text.split("### Paired differences")[0].split("one seed prints")[1]
     assert "| MTPF-TPL beats MTPF on TC | MTPF-TPL − MTPF | TC | + | +0.3 | 1 | one seed: no interval |" in text
+
+
+def test_partial_results_limited_runs_and_recipe_labels(tmp_path, monkeypatch):
+    """A reproduction under way: only the base model measured, data-scarce rows limited to some models, the
+    default recipe's cells labelled as such, and the TPL experiment reported as not measured (not as lost)."""
+    from mtpf.downstream.suite import _slug
+
+    root = tmp_path / "partial"
+    (root / "s42").mkdir(parents=True)
+    models = ["Base model", "PF for NER", "MTPF-TPL", "TPL last 1 layer"]
+    runs = {"full": {"fractions": [1.0]}, "low": {"fractions": [0.1], "models": ["Base model", "MTPF-TPL"]}}
+    tpl = {"uniform": "MTPF-TPL", "depth": {1: "TPL last 1 layer", 2: "MTPF-TPL"}, "asymmetric": []}
+    (root / "manifest.json").write_text(json.dumps({
+        "format": "mtpf-repro/1", "seeds": [42], "base": "Base model", "models": {m: _slug(m) for m in models},
+        "config": {"tpl_experiment": tpl, "evaluate": {"runs": runs}}}))
+    default = {"recipe": "default", "epochs_warmup": 3, "epochs": 10, "min_steps_warmup": 300, "min_steps": 400}
+    cells = [{"key": f"b{frac}", "task": "ner", "model": "Base model", "model_ref": "packaged",
+              "dataset": "conll2003", "fraction": frac, "seed": 42, "main_score": 0.8, "metrics": {"f1": 0.8},
+              "config": default if frac < 1 else {"epochs_warmup": 3, "epochs": 3}} for frac in (1.0, 0.1)]
+    (root / "s42" / "Base_model.json").write_text(json.dumps({"format": "mtpf-eval/1", "cells": cells,
+                                                              "models": [{"label": "Base model", "ref": "packaged"}]}))
+    doc = tmp_path / "results.md"
+    _write_results(monkeypatch, root, "--doc", doc)
+    text = doc.read_text()
+    low_rows = [line for line in text.splitlines() if line.startswith("| 10%")]
+    assert [r.split(" | ")[1] for r in low_rows] == ["Base model", "MTPF-TPL"]  # not PF for NER, not TPL 1
+    assert "default recipe: 3 head + up to 10 LoRA epochs, at least 300 + 400 steps" in low_rows[0]
+    assert any(line.startswith("| 100% (3 head + 3 LoRA epochs) | PF for NER |") for line in text.splitlines())
+    assert "Result: not measured yet" in text and "no setting beats" not in text

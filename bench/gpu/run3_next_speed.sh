@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Next device session, part 1 (~6 min): re-measure issue 9's GPU targets after the changes made without a GPU
+# Next device session, part 1 (~7 min): re-measure issue 9's GPU targets after the changes made without a GPU
 # (CUDA tc default = one padded chunk per side; CPU-only changes must not slow CUDA), and the CUDA tests
 # (test_ner_adaptation_on_cuda_matches_cpu_quality failed in run 2 and was fixed blind). Writes to $OUT.
 set -u
@@ -14,8 +14,16 @@ timeout 240 python3 bench/bench_pretrain.py --device cuda --random-init --tokeni
   --batch-tc 1024 --pairs 16384 --batch-ner 256 --sentences 4096 --max-length 128 --tpl-steps 10 --skip cached \
   --json $OUT/pretrain_gpu.json 2>&1 | grep -vE "it/s\]|examples/s|Loading weights|Computing widget" | tail -25
 el "bench_label"
-timeout 100 python3 bench/bench_label.py --device cuda --random-init --tokenizer .gpu/minilm --words 2000000 --no-before \
-  --json $OUT/label_gpu.json 2>&1 | grep -vE "it/s\]|Loading weights" | tail -12
+# Tokenizer parallelism as a user's `mtpf label` has it by default (run 1 exported TOKENIZERS_PARALLELISM=false for
+# the whole script, so its 175.6k words/s tokenised on one core: on this repo's 2-core CPU the host side alone,
+# with a 1-layer teacher, reaches ~150-170k words/s, the same as that GPU run). Then the host ceiling on the GPU
+# machine's CPU (1-layer 32-d teacher), with and without tokenizer parallelism.
+TOKENIZERS_PARALLELISM=true timeout 100 python3 bench/bench_label.py --device cuda --random-init --tokenizer .gpu/minilm \
+  --words 2000000 --no-before --json $OUT/label_gpu.json 2>&1 | grep -vE "it/s\]|Loading weights" | tail -12
+for p in true false; do
+  TOKENIZERS_PARALLELISM=$p timeout 60 python3 bench/bench_label.py --device cpu --host-ceiling --tokenizer .gpu/minilm \
+    --words 1000000 --no-before --json $OUT/label_host_ceiling_tp_$p.json 2>&1 | grep "^ours"
+done
 el "cuda tests"
 timeout 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_runtime_trunk.py tests/test_device.py tests/test_teacher_label.py -k "cuda or device" 2>&1 | tail -6
 el "done"

@@ -181,7 +181,8 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 def encoder_inputs(batch: dict) -> dict:
     """Only the keys an encoder's forward accepts (tokenizers add e.g. ``word_ids`` or ``labels``)."""
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "position_ids", "mtpf_pack")
+            if k in batch}
 
 
 def fingerprint_state_dict(state_dict: dict[str, torch.Tensor]) -> str:

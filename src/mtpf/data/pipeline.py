@@ -164,11 +164,17 @@ class NerBatches:
     def __init__(self, data, sampler, pad_id: int, rank: int = 0, world: int = 1, multiple_of: int = 8):
         self.data, self.sampler, self.pad_id, self.rank, self.world = data, sampler, pad_id, rank, world
         self.multiple_of = multiple_of
+        self.pack = False  # padding-free rows (mtpf.pretrain.cpu_speed), set when the model supports them
 
     def __call__(self, k: int) -> dict:
         rows = rank_slice(self.sampler.batch(k), self.rank, self.world)
         got = self.data[rows]
-        batch = pad_batch(got["input_ids"], self.pad_id, got["labels"], multiple_of=self.multiple_of)
+        if self.pack:
+            from mtpf.pretrain.cpu_speed import pack_batch
+
+            batch = pack_batch(got["input_ids"], got["labels"])
+        else:
+            batch = pad_batch(got["input_ids"], self.pad_id, got["labels"], multiple_of=self.multiple_of)
         mapped_pages.release(self.data)
         return {"k": k, "rows": rows, "batch": batch, "tokens": sum(len(x) for x in got["input_ids"])}
 

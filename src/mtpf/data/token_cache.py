@@ -18,6 +18,12 @@ from mtpf.data.io import DataError
 PAIR_COLUMNS = ("a_ids", "p_ids")
 
 
+def _fingerprint(key: str) -> str:
+    """``datasets`` refuses fingerprints over 64 characters (a source named paraphrase_msrp_sts_pairs made the
+    key 65): the key itself when it fits, else its first 31 characters and a hash of the whole."""
+    return key if len(key) <= 64 else f"{key[:31]}-{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of what decides the ids: the fast tokenizer's full JSON (vocab, normaliser, pre-tokeniser,
     post-processor) or, for slow tokenizers, the vocabulary and class."""
@@ -97,7 +103,8 @@ def cached_map(ds, fn, *, kind: str, name: str, files: list[str], label: str, to
         mapped = ds.map(fn_bounded, batched=True, batch_size=20_000, writer_batch_size=20_000, with_indices=True,
                         remove_columns=ds.column_names,
                         features=features, num_proc=num_proc if num_proc and num_proc > 1 else None,
-                        cache_file_name=str(tmp / "data.arrow"), new_fingerprint=key, desc=f"tokenising {name}")
+                        cache_file_name=str(tmp / "data.arrow"), new_fingerprint=_fingerprint(key),
+                        desc=f"tokenising {name}")
     except UnicodeDecodeError:
         # Arrow's JSON reader keeps invalid UTF-8; it only fails here, without a line: rescan to name it.
         from mtpf.data.io import iter_jsonl

@@ -93,9 +93,16 @@ def bucket_batches(lengths, batch_size: int, rng: np.random.Generator, window: i
     return batches
 
 
-def pad_pieces(enc: EncodedNer, pieces: list[int], pad_id: int, device=None) -> dict:
-    """Padded ``input_ids``/``attention_mask``/``labels`` of some pieces, on ``device``."""
+def pad_pieces(enc: EncodedNer, pieces: list[int], pad_id: int, device=None, pack: bool = False) -> dict:
+    """Padded ``input_ids``/``attention_mask``/``labels`` of some pieces, on ``device``; ``pack``: one
+    padding-free row instead (``mtpf.pretrain.cpu_speed.pack_batch``)."""
+    from mtpf.data.pipeline import to_device
     from mtpf.data.samplers import pad_batch
 
-    batch = pad_batch([enc.ids[i] for i in pieces], pad_id, [enc.labels[i] for i in pieces])
-    return batch if device is None else {k: v.to(device) for k, v in batch.items()}
+    if pack:
+        from mtpf.pretrain.cpu_speed import pack_batch
+
+        batch = pack_batch([enc.ids[i] for i in pieces], [enc.labels[i] for i in pieces])
+    else:
+        batch = pad_batch([enc.ids[i] for i in pieces], pad_id, [enc.labels[i] for i in pieces])
+    return batch if device is None else to_device(batch, device)

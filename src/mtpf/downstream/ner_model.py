@@ -22,11 +22,12 @@ class NerModel(nn.Module):
         self.encoder = encoder
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
 
-    def hidden(self, input_ids, attention_mask):
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def hidden(self, input_ids, attention_mask=None, **packed):
+        """``packed``: ``position_ids`` and ``mtpf_pack`` of a padding-free batch (mtpf.pretrain.cpu_speed)."""
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, **packed).last_hidden_state
 
-    def forward(self, input_ids, attention_mask):
-        return self.head(self.hidden(input_ids, attention_mask))
+    def forward(self, input_ids, attention_mask=None, **packed):
+        return self.head(self.hidden(input_ids, attention_mask, **packed))
 
 
 def build_lora(encoder: nn.Module, cfg: NerConfig):

@@ -193,6 +193,11 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
             # dev forward passes (a third of a training step's cost each) at most half the cost of the training
             # epochs they select from: every ceil(2 * dev / (3 * train)) epochs
             eval_every = max(1, math.ceil(2 * len(evals["dev"][1]) / (3 * max(1, len(keep)))))
+        pack = False
+        if cfg.cpu_speedups and acc.device.type == "cpu":
+            from mtpf.pretrain import cpu_speed
+
+            pack = cpu_speed.install(model.encoder)
         wrapped, opt = acc.prepare(model, opt)
         lengths = [len(x) for x in train_enc.ids]
         bar = tqdm(total=epochs * math.ceil(n_batches / world), desc="stage 2 (LoRA+head)", unit="batch",
@@ -206,10 +211,11 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
                 batches = (batches * world)[:world] if len(batches) < world else batches
                 batches = batches[: len(batches) - len(batches) % world][rank::world]
             for b in batches:
-                batch = pad_pieces(train_enc, b, pad_id, acc.device)
+                batch = pad_pieces(train_enc, b, pad_id, acc.device, pack=pack)
+                labels_b = batch.pop("labels")
                 with acc.autocast():
-                    logits = wrapped(batch["input_ids"], batch["attention_mask"])
-                loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
+                    logits = wrapped(**batch)
+                loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), labels_b.flatten(),
                                                    ignore_index=IGNORE)
                 opt.zero_grad(set_to_none=True)
                 acc.backward(loss)

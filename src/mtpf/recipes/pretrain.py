@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -102,6 +103,9 @@ class PretrainConfig:
         "help": "auto: bf16 on a CUDA device that supports it, fp32 otherwise (bf16 is ~17x slower on CPUs without AMX)."})
     max_length: int = field(default=128, metadata={"help": "Max tokens per text (longer NER sentences are windowed)."})
     bucket_factor: int = field(default=50, metadata={"help": "NER length bucketing window, in batches."})
+    cpu_speedups: bool = field(default=True, metadata={"help": (
+        "On a CPU device: padding-free NER batches (BERT-type encoders) and a faster dropout RNG, the same "
+        "training computed faster (mtpf/pretrain/cpu_speed.py). No effect on CUDA.")})
     num_workers: int | None = field(default=None, metadata={"help": (
         "DataLoader workers building padded batches from the token cache; null = 4 on CUDA, 0 (in-process) on CPU.")})
     tokenize_num_proc: int | None = field(default=None, metadata={"help": (
@@ -191,6 +195,12 @@ class PretrainRecipe:
         self._setup_data()
         encoder = load_encoder(cfg.model)
         self.model, self.adapter_specs = self._build_model(encoder)
+        if cfg.cpu_speedups and acc.device.type == "cpu":
+            from mtpf.pretrain import cpu_speed
+
+            packable = cpu_speed.install(self.model.encoder)
+            if "ner" in self.batches:
+                self.batches["ner"].pack = packable
         self.optimizer = self._build_optimizer()
         from transformers import get_scheduler
 
@@ -220,7 +230,9 @@ class PretrainRecipe:
         if cfg.resume and saved.is_file():
             before = json.loads(saved.read_text())
             now = to_dict(cfg)
-            changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+            defaults = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}  # keys added since
+            changed = sorted(k for k in now if k not in RESUMABLE_CHANGES
+                             and before.get(k, defaults.get(k)) != now[k])
             if changed:
                 raise ConfigError(f"resume=true but {saved} differs in {changed}; only "
                                   f"{sorted(RESUMABLE_CHANGES)} may change when resuming")
