@@ -199,8 +199,9 @@ def synthetic_corpus(path: Path, words: int, seed: int = 0) -> int:
     return n
 
 
-def random_minilm(out: Path, tokenizer: str | None = None) -> str:
-    """all-MiniLM-L6-v2's shape (6 layers, 384 hidden, 12 heads, 1536 FFN) with random weights + its tokenizer."""
+def random_bert(out: Path, tokenizer: str | None = None, hidden: int = 384, layers: int = 6, heads: int = 12) -> str:
+    """A random-weight BERT with ``tokenizer`` (default: the packaged MiniLM's). The defaults are
+    all-MiniLM-L6-v2's shape (6 layers, 384 hidden, 12 heads, 4 x 384 FFN)."""
     from transformers import AutoModel, AutoTokenizer, BertConfig
 
     if tokenizer is None:
@@ -208,23 +209,8 @@ def random_minilm(out: Path, tokenizer: str | None = None) -> str:
 
         tokenizer = packaged_model_path()
     tok = AutoTokenizer.from_pretrained(tokenizer)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                     intermediate_size=1536, max_position_embeddings=512)
-    AutoModel.from_config(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
-
-
-def tiny_teacher(out: Path, tokenizer: str | None = None) -> str:
-    from transformers import AutoModel, AutoTokenizer, BertConfig
-
-    if tokenizer is None:
-        from mtpf.encoder import packaged_model_path
-
-        tokenizer = packaged_model_path()
-    tok = AutoTokenizer.from_pretrained(tokenizer)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=4 * hidden, max_position_embeddings=512)
     AutoModel.from_config(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
@@ -245,10 +231,10 @@ def bench_label_run(args) -> dict:
         # the previous defaults are much slower: time them on a prefix-sized corpus of the same kind
         before_corpus = str(work / "corpus-before.txt.gz")
         synthetic_corpus(Path(before_corpus), min(args.words, args.before_words))
-    teacher = random_minilm(work / "minilm-l6-random", args.tokenizer) if args.random_init else args.teacher
+    teacher = random_bert(work / "minilm-l6-random", args.tokenizer) if args.random_init else args.teacher
     if args.host_ceiling:  # a 1-layer 32-d teacher with MiniLM's tokenizer: the model costs ~nothing, so the
         # words/s is what the host side (reading, splitting, tokenising, windows, JSON + gzip) can feed a device
-        teacher = tiny_teacher(work / "tiny-teacher", args.tokenizer)
+        teacher = random_bert(work / "tiny-teacher", args.tokenizer, hidden=32, layers=1, heads=2)
     runs = {"ours": {"chunk_words": 131_072} if args.host_ceiling else {}}
     if not args.no_before:
         runs["before"] = {"dtype": "float32", "chunk_words": 16_384, "batch_tokens": 8192}
