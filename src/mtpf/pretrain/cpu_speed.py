@@ -10,8 +10,10 @@ even for globally length-sorted batches, and ``bernoulli_`` 9 % of the step.
    projections, the MLP, LayerNorm, the head) runs on real tokens only; the attention function registered here
    (``mtpf_cpu``, through transformers' public ``AttentionInterface``) scatters Q/K/V into the padded
    ``[batch, heads, length, dim]`` layout for the attention itself and gathers the result back. Same logits,
-   loss and gradients as the padded batch (``tests/test_cpu_speed.py``). transformers' own padding-free path
-   (``DataCollatorWithFlattening``) needs flash-attention's varlen kernels, which have no CPU build.
+   loss and gradients as the padded batch (``tests/test_cpu_speed.py``). Why not transformers' own
+   padding-free path (``DataCollatorWithFlattening``): it relies on flash-attention's varlen kernels (no CPU
+   build) or, for decoders, on a block-diagonal mask built from ``position_ids``; transformers 5's
+   bidirectional (encoder) mask has no packed form, and a [tokens x tokens] mask would square the attention.
 2. **A faster dropout RNG** (``FastDropout``): the same Bernoulli(1 - p) keep mask, scaled by 1 / (1 - p),
    drawn from numpy's PCG64 (4 masks of 16 bits per 64-bit draw, ~7x faster here). Its seed is drawn from
    torch's generator, so ``torch.manual_seed``, the RNG state a checkpoint restores and GradCache's replay of a
