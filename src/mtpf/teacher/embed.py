@@ -128,7 +128,8 @@ class Teacher:
 
         Sentences that fit one window and give every word a piece (nearly all) are laid out with numpy over the
         whole chunk at once; the rest (long sentences, words without pieces) take the per-sentence path. The
-        per-token Python of the per-sentence path was a tenth of ``mtpf label``'s host time per word."""
+        per-token Python of the per-sentence path was ~7 % of ``mtpf label``'s time per word on a CPU, and more
+        of the host's share next to a GPU."""
         if self._backend is not None:
             encs = self._backend.encode_batch(sentences, is_pretokenized=True, add_special_tokens=False)
             ids_l = [e.ids for e in encs]
@@ -146,8 +147,11 @@ class Teacher:
         # pieces of a sentence's words come in word order, so the number of distinct word ids is the number of
         # changes; a None (no word) never occurs without special tokens, but would send the sentence the slow way
         fast = n_tok <= budget
-        flat_w = np.fromiter((-1 if w is None else w for w in itertools.chain.from_iterable(wids_l)), np.int64,
-                             count=int(n_tok.sum()))
+        try:
+            flat_w = np.fromiter(itertools.chain.from_iterable(wids_l), np.int64, count=int(n_tok.sum()))
+        except TypeError:  # a None among the word ids
+            flat_w = np.fromiter((-1 if w is None else w for w in itertools.chain.from_iterable(wids_l)), np.int64,
+                                 count=int(n_tok.sum()))
         starts = np.cumsum(n_tok) - n_tok
         new_word = np.ones(len(flat_w), dtype=bool)
         new_word[1:] = flat_w[1:] != flat_w[:-1]
@@ -161,7 +165,7 @@ class Teacher:
         fast &= ~np.isin(np.arange(len(sentences)), sent_of_tok[flat_w < 0])
         flat_ids = np.fromiter(itertools.chain.from_iterable(ids_l), np.int64, count=len(flat_w))
         take = fast[sent_of_tok]
-        ids_f, w_f, sent_f = flat_ids[take], flat_w[take] + bases[sent_of_tok[take]], sent_of_tok[take]
+        ids_f, w_f = flat_ids[take], flat_w[take] + bases[sent_of_tok[take]]
         if self._boundary_ids and len(ids_f):
             # Drop boundary pieces only where the word has another piece to stand for it: the first
             # min(boundary pieces, pieces - 1) boundary pieces of each word, in order.
