@@ -186,16 +186,29 @@ def _hub_name(ref: str) -> tuple[str, str | None]:
     return name, config or None
 
 
-def _hub_ner(ref: str):  # pragma: no cover - needs the network
+def _hub_load(ref: str):  # pragma: no cover - needs the network
+    """``datasets.load_dataset`` of a ``name[:config]`` reference, failing with one line."""
     name, config = _hub_name(ref)
     _check_hub(ref)
     try:
         from datasets import load_dataset
 
-        ds = load_dataset(name, config)
+        return load_dataset(name, config)
     except Exception as exc:
         raise DataError(ref, None, "not a local folder, and loading it from the hub failed: "
                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+
+
+def _hub_result(ref: str, ds, splits: dict):  # pragma: no cover - needs the network
+    """The splits read from hub dataset ``ds`` (train and test required) and its fingerprint."""
+    for s in ("train", "test"):
+        if s not in splits:
+            raise DataError(ref, None, f"hub dataset has no {s} split (has {list(ds)})")
+    return splits, _fingerprint_obj({s: getattr(ds[s], "_fingerprint", None) for s in ds} | {"ref": ref})
+
+
+def _hub_ner(ref: str):  # pragma: no cover - needs the network
+    ds = _hub_load(ref)
     splits = {}
     for hub_split, ours in _HUB_SPLITS.items():
         if hub_split not in ds:
@@ -211,10 +224,7 @@ def _hub_ner(ref: str):  # pragma: no cover - needs the network
         for i, tg in enumerate(tags):
             check_tags(f"{ref}[{hub_split}]", i + 1, tg)
         splits[ours] = NerSplit([list(t) for t in d[tok_col]], tags, f"{ref}[{hub_split}]")
-    for s in ("train", "test"):
-        if s not in splits:
-            raise DataError(ref, None, f"hub dataset has no {s} split (has {list(ds)})")
-    return splits, _fingerprint_obj({s: getattr(ds[s], "_fingerprint", None) for s in ds} | {"ref": ref})
+    return _hub_result(ref, ds, splits)
 
 
 def subsample(n: int, fraction: float, seed: int) -> list[int]:
@@ -270,15 +280,7 @@ def load_cls_dataset(ref: str, allow_unseen_labels: bool = False) -> ClsDataset:
 
 
 def _hub_cls(ref: str):  # pragma: no cover - needs the network
-    name, config = _hub_name(ref)
-    _check_hub(ref)
-    try:
-        from datasets import load_dataset
-
-        ds = load_dataset(name, config)
-    except Exception as exc:
-        raise DataError(ref, None, "not a local folder, and loading it from the hub failed: "
-                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+    ds = _hub_load(ref)
     splits = {}
     for hub_split, ours in _HUB_SPLITS.items():
         if hub_split not in ds:
@@ -289,7 +291,4 @@ def _hub_cls(ref: str):  # pragma: no cover - needs the network
         names = getattr(d.features["label"], "names", None)
         labels = [names[x] if names else str(x) for x in d["label"]]
         splits[ours] = ClsSplit(list(d["text"]), labels, f"{ref}[{hub_split}]")
-    for s in ("train", "test"):
-        if s not in splits:
-            raise DataError(ref, None, f"hub dataset has no {s} split (has {list(ds)})")
-    return splits, _fingerprint_obj({s: getattr(ds[s], "_fingerprint", None) for s in ds} | {"ref": ref})
+    return _hub_result(ref, ds, splits)
