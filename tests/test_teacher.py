@@ -409,3 +409,33 @@ def test_vectorised_windows_equal_the_per_sentence_layout(kind, request):
     assert prep.n_words == sum(map(len, sentences))
     if kind == "wordpiece":  # WordPiece gives the zero-width word no piece (byte-level BPE does)
         assert list(prep.missing.values()) == [[7]]  # sentence 3 starts at word 3 + 4
+
+
+def test_a_none_word_id_sends_only_its_sentence_the_slow_way(wordpiece):
+    """A None among the word ids (a piece of no word; not produced without special tokens, but a custom backend
+    may) takes prepare's fallback flattening: that sentence goes the per-sentence way, every other sentence's
+    windows are the same as without it."""
+    from types import SimpleNamespace
+
+    teacher = Teacher(ContextFreeEncoder(), wordpiece, max_length=12)
+    if teacher._backend is None:
+        pytest.skip("the tokenizer has no plain backend")
+    sentences = [["Obama", "!", "zebra"], ["didn't", "go"], ["x", "paid"]]
+    real = teacher._backend
+
+    class WithNone:
+        def encode_batch(self, *args, **kwargs):
+            encs = real.encode_batch(*args, **kwargs)
+            e = encs[1]
+            encs[1] = SimpleNamespace(ids=[*e.ids, wordpiece.unk_token_id], word_ids=[*e.word_ids, None])
+            return encs
+
+    def windows(prep):
+        bounds = np.cumsum(prep.lens) - prep.lens
+        return sorted((tuple(prep.ids[s:s + n]), tuple(prep.word_index[s:s + n])) for s, n in zip(bounds, prep.lens))
+
+    plain = windows(teacher.prepare(sentences))
+    teacher._backend = WithNone()
+    odd = windows(teacher.prepare(sentences))
+    other = [w for w in plain if not set(w[1]) & {3, 4}]  # sentence 1 holds words 3 and 4
+    assert len(other) == 2 and set(other) <= set(odd)
