@@ -18,9 +18,10 @@ machine each finished model lands as results before the next one starts; a sessi
 not pre-finetuned weights that only the next session's disk may still hold.
 
 Jobs: ``--by-model --jobs 2`` runs two (seed, model) units at once, each command with ``OMP_NUM_THREADS`` = cores /
-jobs (unless set). On a 2-core CPU two 1-thread trainings do ~18 % more work than one 2-thread one (MiniLM-L6
-forward + backward + AdamW at batch 32 x 48: 2,021 vs 1,712 tokens/s), and the single-threaded parts (data
-preparation, seqeval, logistic regression) no longer leave a core idle. Each unit then takes longer on its own:
+jobs (unless set). On a 2-core CPU two 1-thread trainings do ~13 % more work than one 2-thread one (MiniLM-L6
+forward + backward + AdamW at batch 32 x 48, ``bench/bench_cpu_jobs.py``: median ratio 1.13 over five rounds,
+1.00-1.23), and the single-threaded parts (data preparation, seqeval, logistic regression) no longer leave a core
+idle. Each unit then takes longer on its own:
 ``timings.json`` records the ``jobs`` a unit ran with. Units never share a run or evaluation folder; bookkeeping
 (timings, copies, commits) is serialised with a lock.
 
