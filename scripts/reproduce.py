@@ -254,7 +254,13 @@ class Repro:
             return
         with ThreadPoolExecutor(self.jobs) as pool:
             futures = [pool.submit(one, u) for u in units]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:  # Ctrl-C: the running commands get it too; start nothing after them
+                self.stop.set()
+                for f in futures:
+                    f.cancel()
+                raise
             failed = [f for f in futures if f in done and f.exception() is not None]
             if failed:
                 for f in futures:
