@@ -13,9 +13,16 @@ sources of variation and two models compared on seed ``s`` share everything but 
 ``--seeds 42`` runs only that replicate now (finish one replicate per session; the tables fill seed by seed).
 
 Order: by default every model is pre-finetuned before any is evaluated. ``--by-model`` pre-finetunes and evaluates
-one model at a time (in the order of ``--models``, else the config's), so on a slow machine each finished model
-lands as results before the next one starts; a session that ends keeps whole models, not pre-finetuned weights
-that only the next session's disk may still hold.
+one (seed, model) at a time, seed by seed, models in the order of ``--models`` (else the config's), so on a slow
+machine each finished model lands as results before the next one starts; a session that ends keeps whole models,
+not pre-finetuned weights that only the next session's disk may still hold.
+
+Jobs: ``--by-model --jobs 2`` runs two (seed, model) units at once, each command with ``OMP_NUM_THREADS`` = cores /
+jobs (unless set). On a 2-core CPU two 1-thread trainings do ~18 % more work than one 2-thread one (MiniLM-L6
+forward + backward + AdamW at batch 32 x 48: 2,021 vs 1,712 tokens/s), and the single-threaded parts (data
+preparation, seqeval, logistic regression) no longer leave a core idle. Each unit then takes longer on its own:
+``timings.json`` records the ``jobs`` a unit ran with. Units never share a run or evaluation folder; bookkeeping
+(timings, copies, commits) is serialised with a lock.
 
 Resume: a run with ``run.json`` is not pre-finetuned again (an interrupted one resumes from its checkpoint); an
 evaluation unit — one NER dataset at one train share, or all TC datasets — whose cells are already in its
@@ -35,7 +42,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import yaml
@@ -84,8 +93,12 @@ def unit_done(results: Path, task: str, datasets: list[str], fractions: list[flo
 
 
 class Repro:
-    def __init__(self, cfg: dict, out: Path, results_dir: Path, commit: bool, run=sh, seeds=None, models=None):
+    def __init__(self, cfg: dict, out: Path, results_dir: Path, commit: bool, run=sh, seeds=None, models=None,
+                 jobs: int = 1):
         self.cfg, self.out, self.results_dir, self.commit, self.run = cfg, out, results_dir, commit, run
+        self.jobs = jobs
+        self.lock = threading.RLock()  # timings, result copies and git commits of concurrent units
+        self.stop = threading.Event()  # set by a failed unit: no unit starts after it
         self.all_seeds = [int(s) for s in cfg.get("seeds", [42])]
         self.first = self.all_seeds[0]  # the runtime row and Figure 3 use this seed's runs
         self.seeds = [int(s) for s in seeds] if seeds else self.all_seeds  # this invocation's seeds
@@ -107,14 +120,19 @@ class Repro:
         """Run one unit and record its wall time and command (the caller copies its results, then publishes)."""
         t0 = time.perf_counter()
         self.run(cmd)
-        self.timings[name] = {"part": part, "seconds": round(time.perf_counter() - t0, 1),
-                              "command": " ".join(cmd[len(MTPF):] if cmd[:len(MTPF)] == MTPF else cmd),
-                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json(self.timings_path, self.timings)
+        with self.lock:
+            self.timings[name] = {"part": part, "seconds": round(time.perf_counter() - t0, 1),
+                                  "command": " ".join(cmd[len(MTPF):] if cmd[:len(MTPF)] == MTPF else cmd),
+                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": self.jobs}
+            write_json(self.timings_path, self.timings)
 
     def publish(self, message: str) -> None:
         if not self.commit:
             return
+        with self.lock:
+            self._commit(message)
+
+    def _commit(self, message: str) -> None:
         root = subprocess.run(["git", "-C", str(self.results_dir), "rev-parse", "--show-toplevel"],
                               capture_output=True, text=True, check=True).stdout.strip()
         rel = os.path.relpath(self.results_dir.resolve(), root)
@@ -148,8 +166,8 @@ class Repro:
                                                 str(lab["fit_words"]), "--out", str(labels)])
             self.publish("labels")
 
-    def pretrain(self, labels: list[str] | None = None) -> None:
-        for seed in self.seeds:
+    def pretrain(self, labels: list[str] | None = None, seeds: list[int] | None = None) -> None:
+        for seed in seeds or self.seeds:
             for label in labels or self.selected:
                 conf, overrides, _ = self.models[label]
                 if conf is None:
@@ -172,10 +190,10 @@ class Repro:
                 (dst / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src / name, dst / name)
 
-    def evaluate(self, labels: list[str] | None = None) -> None:
+    def evaluate(self, labels: list[str] | None = None, seeds: list[int] | None = None) -> None:
         ev = self.cfg["evaluate"]
         rt = self.cfg.get("runtime") or {}
-        for seed in self.seeds:
+        for seed in seeds or self.seeds:
             for label in labels or self.selected:
                 out = self.eval_dir(label, seed)
                 results = out / "results.json"
@@ -208,9 +226,40 @@ class Repro:
         src = self.eval_dir(label, seed) / "results.json"
         if src.is_file():
             dst = self.results_dir / f"s{seed}" / f"{slug(label)}.json"
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-            self.publish(f"s{seed} {label}")
+            with self.lock:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+                self.publish(f"s{seed} {label}")
+
+    def by_model(self) -> None:
+        """Pre-finetune and evaluate each (seed, model) unit in turn, ``jobs`` units at a time. The first failure
+        stops new units from starting; the running ones finish (their cells are recorded), then it is raised."""
+        units = [(seed, label) for seed in self.seeds for label in self.selected]
+
+        def one(unit):
+            if self.stop.is_set():
+                return
+            seed, label = unit
+            try:
+                self.pretrain([label], [seed])
+                self.evaluate([label], [seed])
+            except BaseException:
+                self.stop.set()
+                raise
+
+        if self.jobs <= 1:
+            for unit in units:
+                one(unit)
+            return
+        with ThreadPoolExecutor(self.jobs) as pool:
+            futures = [pool.submit(one, u) for u in units]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in futures if f in done and f.exception() is not None]
+            if failed:
+                for f in futures:
+                    f.cancel()
+                wait(futures)
+                raise failed[0].exception()
 
     def runtime(self) -> None:
         # The deployed path for one model (first seed): its NER apps from the suite (--save-apps) and a TC app,
@@ -268,6 +317,8 @@ def main(argv: list[str] | None = None, run=sh) -> None:
     ap.add_argument("--models", help="comma list of the config's model labels: run only these now, in this order")
     ap.add_argument("--by-model", action="store_true",
                     help="pre-finetune and evaluate one model at a time (results land model by model)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="with --by-model: (seed, model) units run at once, each with cores/jobs threads")
     ap.add_argument("--commit-results", action="store_true",
                     help="git-commit the results folder after every finished unit (for runs spanning sessions)")
     args = ap.parse_args(argv)
@@ -283,14 +334,19 @@ def main(argv: list[str] | None = None, run=sh) -> None:
     missing = [m for m in models or [] if m not in cfg["models"]]
     if missing:
         ap.error(f"{args.config}: --models {missing} are not among the config's models {list(cfg['models'])}")
-    repro = Repro(cfg, Path(args.output or cfg["output"]), results_dir, args.commit_results, run, seeds, models)
+    if args.jobs < 1 or (args.jobs > 1 and not (args.by_model and args.only is None)):
+        ap.error("--jobs N (N >= 1) runs whole (seed, model) units at once: use it with --by-model, without --only")
+    if args.jobs > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # torch's intra-op threads in every command
+            os.environ.setdefault(var, threads)
+    repro = Repro(cfg, Path(args.output or cfg["output"]), results_dir, args.commit_results, run, seeds, models,
+                  args.jobs)
     repro.write_manifest()
     stages = ("label", "pretrain", "evaluate", "runtime", "figures")
     if args.by_model and args.only is None:
         repro.label()
-        for label in repro.selected:
-            repro.pretrain([label])
-            repro.evaluate([label])
+        repro.by_model()
         stages = ("runtime", "figures")
     for stage in stages if args.only is None else (args.only,):
         if stage in ("runtime", "figures") and (repro.first not in repro.seeds or

@@ -209,6 +209,12 @@ def timings_section(source: Path) -> list[str]:
     total = sum(t["seconds"] for ts in parts.values() for t in ts) / 3600
     out.append(f"| total | {sum(map(len, parts.values()))} | {total:.2f} h | "
                "`scripts/reproduce.py` (every command: timings.json) |")
+    shared = [t for ts in parts.values() for t in ts if t.get("jobs", 1) > 1]
+    if shared:
+        jobs = sorted({t["jobs"] for t in shared})
+        out += ["", (f"{len(shared)} of these units ran {' or '.join(map(str, jobs))} at a time "
+                     "(`scripts/reproduce.py --jobs`, the cores split between them): their wall times overlap, so "
+                     "each is longer than the unit alone and the total is more than the elapsed time.")]
     return out + [""]
 
 

@@ -100,6 +100,34 @@ def test_token_cache_is_reused_and_invalidated_by_another_tokenizer(tiny_bert, t
     assert len([p for p in (path.parent / ".mtpf_cache").iterdir() if p.name.startswith("pairs-")]) == 3
 
 
+def test_a_cache_completed_meanwhile_by_another_process_is_used(tiny_bert, tmp_path):
+    """Two runs tokenising the same data at once: the second to finish finds the folder taken and reads it."""
+    import os
+    from pathlib import Path
+
+    from mtpf.data import token_cache
+    from mtpf.encoder import load_tokenizer
+
+    path = _pairs_file(tmp_path)
+    tok = load_tokenizer(tiny_bert)
+    real_replace, raced = os.replace, []
+
+    def replace_after_the_other_run(src, dst):
+        if not raced:  # the other run completes the same cache just before this one renames its copy
+            raced.append(dst)
+            real_replace(src, str(src) + ".other")
+            token_cache.tokenize_pairs(load_pair_sources([str(path)])[0], tok, 16)
+            real_replace(str(src) + ".other", src)
+        return real_replace(src, dst)
+
+    with mock.patch.object(token_cache.os, "replace", side_effect=replace_after_the_other_run):
+        out = token_cache.tokenize_pairs(load_pair_sources([str(path)])[0], tok, 16)
+    assert raced and out.num_rows == 30
+    assert out[4]["a_ids"] == tok("a cheap place 4", truncation=True, max_length=16)["input_ids"]
+    ours = [p.name for p in (path.parent / ".mtpf_cache").iterdir() if p.name.startswith(("pairs-", ".tmp"))]
+    assert ours == [Path(raced[0]).name]  # one cache, no temporary left
+
+
 def test_corrupt_cache_fails_with_what_to_delete(tiny_bert, tmp_path):
     from mtpf.data.token_cache import tokenize_pairs
     from mtpf.encoder import load_tokenizer

@@ -262,3 +262,91 @@ def test_a_run_limited_to_some_models_skips_the_others(tmp_path):
     assert low == {"Base model", "MTPF-TPL"}
     full = {k[0] for k in keys if k[1] == "ner" and float(k[3]) == 1}
     assert full == {"Base model", "MTPF-TPL", "TPL last 1 layer"}
+
+
+def _fresh_threads_env(monkeypatch):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # --jobs sets them with setdefault: start unset, restore
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+
+
+def test_jobs_run_units_two_at_a_time_and_compute_the_same_cells(tmp_path, monkeypatch):
+    import os
+    import threading
+
+    _fresh_threads_env(monkeypatch)
+    serial = FakeMtpf()
+    _run(tmp_path / "serial", serial, "--by-model")
+
+    lock, both = threading.Lock(), threading.Event()
+    state = {"in_flight": 0, "max": 0, "threads": set()}
+
+    class Concurrent(FakeMtpf):
+        def __call__(self, cmd):
+            with lock:
+                state["in_flight"] += 1
+                state["max"] = max(state["max"], state["in_flight"])
+                state["threads"].add(os.environ.get("OMP_NUM_THREADS"))
+                if state["in_flight"] == 2:
+                    both.set()
+            try:
+                if cmd[len(repro.MTPF)] == "pretrain":
+                    both.wait(timeout=30)  # a deadlock guard, not a timing: the other unit must start meanwhile
+                super().__call__(cmd)
+            finally:
+                with lock:
+                    state["in_flight"] -= 1
+
+    parallel = Concurrent()
+    _run(tmp_path / "parallel", parallel, "--by-model", "--jobs", "2")
+    assert state["max"] == 2  # two units were in flight at once, never more
+    assert state["threads"] == {str(max(1, (os.cpu_count() or 1) // 2))}
+    assert sorted(parallel.computed) == sorted(serial.computed)  # each cell once, the same cells
+    assert len(parallel.computed) == len(set(parallel.computed))
+    for name in ("s1/Base_model.json", "s2/TPL_last_1_layer.json"):
+        assert (json.loads((tmp_path / "parallel" / "results" / name).read_text())["cells"] ==
+                json.loads((tmp_path / "parallel" / "work" / "eval" / name.replace(".json", "") /
+                            "results.json").read_text())["cells"])
+    timings = json.loads((tmp_path / "parallel" / "results" / "timings.json").read_text())
+    units = [t for t in timings.values() if t["part"] in ("pretrain", "ner-full", "ner-low", "tc")]
+    assert len(units) == 2 * (2 + 3 * (2 * 3 + 1)) and {t["jobs"] for t in units} == {2}
+
+
+def test_a_failed_unit_stops_new_units_and_is_raised(tmp_path, monkeypatch):
+    _fresh_threads_env(monkeypatch)
+    made = []
+
+    class Captured(repro.Repro):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(repro, "Repro", Captured)
+
+    class Broken(FakeMtpf):
+        def __call__(self, cmd):
+            args = cmd[len(repro.MTPF):]
+            if args[0] == "pretrain" and "MTPF-TPL" in next(a for a in args if a.startswith("output_dir=")):
+                raise subprocess.CalledProcessError(1, cmd)
+            if args[0] == "evaluate" and "Base model=" in " ".join(args):
+                made[0].stop.wait(timeout=30)  # the Base unit is still running when MTPF-TPL fails beside it
+            super().__call__(cmd)
+
+    broken = Broken()
+    with pytest.raises(subprocess.CalledProcessError):
+        _run(tmp_path, broken, "--by-model", "--jobs", "2")
+    # units: s1 Base model (in flight beside s1 MTPF-TPL: finishes), s1 MTPF-TPL (fails), then none starts
+    assert broken.computed and {tuple(k.split("|")[0:5:4]) for k in broken.computed} == {("Base model", "1")}
+    assert len(broken.computed) == 2 * 3 + 2  # the whole Base unit
+    assert not (tmp_path / "work" / "runs" / "s1" / repro.slug("TPL last 1 layer")).exists()
+    assert not (tmp_path / "work" / "eval" / "s2").exists()
+    resumed = FakeMtpf()  # the rerun picks up where it stopped and recomputes nothing recorded
+    _run(tmp_path, resumed, "--by-model", "--jobs", "2")
+    assert not set(broken.computed) & set(resumed.computed)
+    assert len(broken.computed) + len(resumed.computed) == 2 * 3 * (2 * 3 + 2)
+
+
+def test_jobs_need_by_model(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _run(tmp_path, FakeMtpf(), "--jobs", "2")
+    assert exc.value.code == 2 and "--by-model" in capsys.readouterr().err

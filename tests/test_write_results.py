@@ -55,7 +55,8 @@ def _results_folder(root: Path) -> Path:
     (root / "timings.json").write_text(json.dumps({
         "pretrain s42 MTPF": {"part": "pretrain", "seconds": 1800.0, "command": "pretrain configs/local/mtpf.yaml"},
         "pretrain s43 MTPF": {"part": "pretrain", "seconds": 1800.0, "command": "pretrain configs/local/mtpf.yaml"},
-        "evaluate s42 MTPF TC": {"part": "tc", "seconds": 360.0, "command": "evaluate --cls x"}}))
+        "evaluate s42 MTPF TC": {"part": "tc", "seconds": 360.0, "command": "evaluate --cls x"},
+        "evaluate s43 MTPF TC": {"part": "tc", "seconds": 600.0, "command": "evaluate --cls x", "jobs": 2}}))
     return root
 
 
@@ -79,6 +80,7 @@ def test_results_folder_renders_intervals_claims_tpl_and_times(tmp_path, monkeyp
     assert "Result: TPL last 4 layers beat uniform TPL on both families." in text
     assert (source / "fig4.png").read_bytes()[:4] == b"\x89PNG" and "![Figure 4](repro-scaled/fig4.png)" in text
     assert "| pre-finetuning | 2 | 1.00 h | `mtpf pretrain configs/local/mtpf.yaml` |" in text
+    assert "1 of these units ran 2 at a time" in text
 
 
 def test_committed_single_seed_results_render_as_before(tmp_path, monkeypatch):

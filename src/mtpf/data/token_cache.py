@@ -118,7 +118,12 @@ def cached_map(ds, fn, *, kind: str, name: str, files: list[str], label: str, to
         names = sorted(Path(c["filename"]).name for c in mapped.cache_files)
         del mapped
         (tmp / "files.json").write_text(json.dumps(names))
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "files.json").is_file():
+                raise
+            # another process (a concurrent run on the same data) completed this cache first: read theirs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return cached_map(ds, fn, kind=kind, name=name, files=files, label=label, tokenizer=tokenizer,
