@@ -21,9 +21,8 @@ Jobs: ``--by-model --jobs 2`` runs two (seed, model) units at once, each command
 jobs (unless set). On a 2-core CPU two 1-thread trainings do ~13 % more work than one 2-thread one (MiniLM-L6
 forward + backward + AdamW at batch 32 x 48, ``bench/bench_cpu_jobs.py``: median ratio 1.13 over five rounds,
 1.00-1.23), and the single-threaded parts (data preparation, seqeval, logistic regression) no longer leave a core
-idle. Each unit then takes longer on its own:
-``timings.json`` records the ``jobs`` a unit ran with. Units never share a run or evaluation folder; bookkeeping
-(timings, copies, commits) is serialised with a lock.
+idle. Each unit then takes longer on its own: ``timings.json`` records the ``jobs`` a unit ran with. Units never
+share a run or evaluation folder; bookkeeping (timings, copies, commits) is serialised with a lock.
 
 Resume: a run with ``run.json`` is not pre-finetuned again (an interrupted one resumes from its checkpoint); an
 evaluation unit — one NER dataset at one train share, or all TC datasets — whose cells are already in its
@@ -255,18 +254,12 @@ class Repro:
         with ThreadPoolExecutor(self.jobs) as pool:
             futures = [pool.submit(one, u) for u in units]
             try:
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            except BaseException:  # Ctrl-C: the running commands get it too; start nothing after them
+                wait(futures, return_when=FIRST_EXCEPTION)
+            finally:  # all done, a unit failed, or Ctrl-C (the running commands get it too): start no more
                 self.stop.set()
-                for f in futures:
-                    f.cancel()
-                raise
-            failed = [f for f in futures if f in done and f.exception() is not None]
-            if failed:
-                for f in futures:
-                    f.cancel()
-                wait(futures)
-                raise failed[0].exception()
+        for f in futures:
+            if f.exception() is not None:
+                raise f.exception()
 
     def runtime(self) -> None:
         # The deployed path for one model (first seed): its NER apps from the suite (--save-apps) and a TC app,
