@@ -1,0 +1,104 @@
+"""No host synchronisation inside a pre-finetuning step (issue 9: "no host synchronisation per step").
+
+On a GPU, reading a device value on the host (``.item()``, ``float(t)``, ``if t < 0``) or an operator whose
+output size depends on the data (``nonzero``, boolean indexing, ``masked_select``, ``unique``) stalls the CPU
+until the GPU has caught up, so the next kernels cannot queue behind the running ones. These operators
+dispatch on the CPU too, so the CPU profiler counts them here. Not visible on a CPU: ``.tolist()``,
+``.numpy()`` and ``.cpu()`` of a CPU tensor (they dispatch nothing).
+
+The step runs with the CUDA code path's settings: batches from a DataLoader worker (batch preparation, which
+does read lengths, runs there on CPU tensors and never touches the device) and ``cpu_speedups=false`` (the
+CPU-only dropout RNG draws its seed on the host). Losses are read back only at log steps (out of reach here).
+
+transformers' BERT checks once per forward whether the attention mask has any padding
+(``masking_utils._ignore_bidirectional_mask_sdpa``: ``padding_mask.all()``), a read every HF encoder pays, the
+baselines included. The test measures that per-forward count on the bare encoder and allows exactly that many
+per forward of the step; everything else must be zero.
+"""
+import pytest
+import torch
+from conftest import tiny_run_overrides
+
+from mtpf.config import load_config
+from mtpf.recipes.pretrain import PretrainConfig, PretrainRecipe
+
+SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
+            "aten::unique_dim", "aten::unique_consecutive")
+
+
+def _inside_cpu_fused_adamw(event) -> bool:
+    """The CPU kernel of fused AdamW reads each parameter's step count on the host; the CUDA kernel reads it
+    on the device. A CPU artefact, not a read of the step's code: left out of the count."""
+    while event is not None:
+        if event.name == "aten::_fused_adamw_":
+            return True
+        event = event.cpu_parent
+    return False
+
+
+def _count(fn) -> dict[str, int]:
+    from collections import Counter
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return dict(Counter(e.name for e in prof.events() if e.name in SYNC_OPS and not _inside_cpu_fused_adamw(e)))
+
+
+def _backbone(recipe):
+    encoder = recipe.accelerator.unwrap_model(recipe.model).encoder
+    return encoder.get_base_model() if hasattr(encoder, "get_base_model") else encoder
+
+
+@pytest.mark.parametrize("strategy,extra", [
+    ("tc", {"tc_mini_batch_size": "null"}),     # uncached InfoNCE (the CUDA default)
+    ("tc", {"tc_mini_batch_size": 4}),          # GradCache chunks
+    ("ner", {}),
+    ("mtpf-tpl", {"tc_mini_batch_size": "null"}),
+    ("mtpf", {"pcgrad": "true", "tc_mini_batch_size": "null"}),
+], ids=["tc", "tc-gradcache", "ner", "mtpf-tpl", "mtpf-pcgrad"])
+def test_a_training_step_reads_nothing_back_from_the_device(tiny_bert, toy_data, tmp_path, strategy, extra):
+    cfg = load_config(PretrainConfig, None, tiny_run_overrides(
+        tiny_bert, toy_data, tmp_path / "run", strategy=strategy, num_workers=1, cpu_speedups="false",
+        max_steps=10, log_every=10**9, save_every=10**9, max_grad_norm=1.0, **extra))
+    recipe = PretrainRecipe(cfg)
+    recipe.setup()
+    recipe.model.train()
+    recipe.train_step()  # opens the loaders; the first step may build lazy state
+    backbone = _backbone(recipe)
+
+    ids = torch.tensor([[101, 7, 8, 102], [101, 9, 102, 0]])
+    with torch.no_grad():
+        per_forward = _count(lambda: backbone(input_ids=ids, attention_mask=(ids != 0).long()))
+    forwards = []
+    hook = backbone.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        reads = _count(lambda: [recipe.train_step() for _ in range(2)])
+    finally:
+        hook.remove()
+    assert forwards, "the step ran no forward through the backbone"
+    allowed = {k: v * len(forwards) for k, v in per_forward.items()}
+    assert reads == allowed, (f"{strategy}: host reads in train_step {reads}, transformers' own per forward "
+                              f"{per_forward} x {len(forwards)} forwards")
+
+
+def test_pcgrad_combination_reads_nothing_back():
+    from mtpf.pretrain.pcgrad import pcgrad_combine
+
+    g = [torch.tensor([1.0, 0.0, 2.0]), torch.tensor([-1.0, 1.0, 0.0]), torch.tensor([0.5, 0.5, -3.0])]
+    assert _count(lambda: pcgrad_combine(g, seed=0)) == {}
+
+
+def test_the_profiler_sees_a_host_read():
+    """The checks above can fail: ``.item()``, a tensor in an ``if`` and boolean indexing are all counted."""
+    x = torch.randn(8)
+
+    def reads():
+        x.sum().item()
+        if x.max() < 0:
+            pass
+        return x[x > 0]
+
+    counts = _count(reads)
+    assert counts["aten::_local_scalar_dense"] == 2 and counts["aten::nonzero"] == 1
