@@ -24,6 +24,9 @@ for p in true false; do
   TOKENIZERS_PARALLELISM=$p timeout 60 python3 bench/bench_label.py --device cpu --host-ceiling --tokenizer .gpu/minilm \
     --words 1000000 --no-before --json $OUT/label_host_ceiling_tp_$p.json 2>&1 | grep "^ours"
 done
+el "bench_step_ops on this machine's CPU (host seconds per step; docs/benchmarks.md, sixth session)"
+timeout 150 python3 bench/bench_step_ops.py --host-time --tokenizer .gpu/minilm --data .gpu/data --rounds 2 \
+  --time-steps 20 --json $OUT/step_ops_gpu_host.json 2>&1 | grep -vE "it/s\]|Loading weights" | tail -9
 el "cuda tests"
 timeout 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_runtime_trunk.py tests/test_device.py tests/test_teacher_label.py -k "cuda or device" 2>&1 | tail -6
 el "done"
