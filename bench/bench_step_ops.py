@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from bench_pretrain import make_model, read_ner, read_pairs, write_jsonl  # noqa: E402
+from bench_pretrain import make_model, read_ner, read_pairs, write_jsonl
 
 VIEWS = {"aten::view", "aten::_unsafe_view", "aten::reshape", "aten::_reshape_alias", "aten::as_strided",
          "aten::transpose", "aten::t", "aten::permute", "aten::expand", "aten::unsqueeze", "aten::squeeze",
@@ -207,8 +207,8 @@ def main() -> None:
                     times[n].append(host_seconds(step, args.time_steps))
                 print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1] * 1e3:.1f} ms" for n, v in times.items()),
                       flush=True)
-            for n in rows:
-                rows[n]["host_s"] = median(times[n])
+            for n, row in rows.items():
+                row["host_s"] = median(times[n])
     both = {k: rows["bare tc"][k] + rows["bare ner"][k] for k in rows["bare tc"]}
     ref = {"mtpf tc": rows["bare tc"], "mtpf ner": rows["bare ner"], "mtpf mtpf": both, "mtpf mtpf-tpl": both,
            "mtpf mtpf + pcgrad": both}

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from mtpf.config import ConfigError
-from mtpf.downstream.ner_config import NerConfig
 from mtpf.data.pipeline import to_device
+from mtpf.downstream.ner_config import NerConfig
 from mtpf.downstream.ner_data import IGNORE, EncodedNer, bucket_batches, encode_ner, pad_pieces
 from mtpf.downstream.ner_metrics import evaluate_split
 from mtpf.downstream.ner_model import NerModel, build_lora, init_from_adapter
