@@ -12,7 +12,7 @@ computes something is at least one kernel. Counted per step, as medians over ``-
              issuing the step (Python, autograd, dispatch). On a GPU a step cannot take less than that (the
              kernel launches come on top), whatever the GPU's speed; it is the floor behind the 0.08 s target.
 mtpf runs with the CUDA path's settings (``tc_pad_chunk=0``: one padded chunk per side, ``cpu_speedups=false``,
-batches from a DataLoader worker); the bare loops are bench_pretrain.py's ceilings (pre-tokenised, pre-padded
+batches from a DataLoader worker; the 2-D mask except in the "4-D mask" row, the CUDA default); the bare loops are bench_pretrain.py's ceilings (pre-tokenised, pre-padded
 batches, fused AdamW). Counts do not depend on the batch size, only on the graph.
 
     python bench/bench_step_ops.py --host-time --json bench/results/step_ops.json
@@ -195,6 +195,9 @@ def main() -> None:
                 "bare ner": bare_ner_step(m, sentences, labels, k, batch_ner),
                 **{f"mtpf {st}": mtpf_step(m, st, c, tmp / f"{tag}-{st}") for st in ("tc", "ner", "mtpf", "mtpf-tpl")},
                 "mtpf mtpf + pcgrad": mtpf_step(m, "mtpf", {**c, "pcgrad": "true"}, tmp / f"{tag}-pc"),
+                # the CUDA default: a ready 4-D mask, no host read per forward
+                "mtpf mtpf-tpl, 4-D mask": mtpf_step(m, "mtpf-tpl", {**c, "full_attention_mask": "true"},
+                                                     tmp / f"{tag}-tpl4d"),
             }
 
         for name, step in steps_for(model, "ops", args.batch_tc, args.batch_ner).items():
@@ -211,14 +214,14 @@ def main() -> None:
                 row["host_s"] = median(times[n])
     both = {k: rows["bare tc"][k] + rows["bare ner"][k] for k in rows["bare tc"]}
     ref = {"mtpf tc": rows["bare tc"], "mtpf ner": rows["bare ner"], "mtpf mtpf": both, "mtpf mtpf-tpl": both,
-           "mtpf mtpf + pcgrad": both}
-    print(f"{'step':22} {'all ops':>8} {'compute':>8} {'reads':>6} {'host ms':>8}   compute / host vs bare")
+           "mtpf mtpf + pcgrad": both, "mtpf mtpf-tpl, 4-D mask": both}
+    print(f"{'step':26} {'all ops':>8} {'compute':>8} {'reads':>6} {'host ms':>8}   compute / host vs bare")
     for name, r in rows.items():
         vs = f"{r['compute'] / ref[name]['compute']:.2f}x" if name in ref else ""
         if name in ref and "host_s" in r:
             vs += f" / {r['host_s'] / ref[name]['host_s']:.2f}x"
         host = f"{r['host_s'] * 1e3:8.1f}" if "host_s" in r else f"{'':8}"
-        print(f"{name:22} {r['all']:8.0f} {r['compute']:8.0f} {r['host_reads']:6.0f} {host}   {vs}")
+        print(f"{name:26} {r['all']:8.0f} {r['compute']:8.0f} {r['host_reads']:6.0f} {host}   {vs}")
     out = {"rows": rows, "bare_tc_plus_ner": both, "compute_vs_bare": {
         n: rows[n]["compute"] / ref[n]["compute"] for n in ref}, "torch": torch.__version__,
         "machine": os.uname().machine, "cpu_count": os.cpu_count(), "args": vars(args)}

@@ -58,8 +58,13 @@ def _backbone(recipe):
     ("ner", {}),
     ("mtpf-tpl", {"tc_mini_batch_size": "null"}),
     ("mtpf", {"pcgrad": "true", "tc_mini_batch_size": "null"}),
-], ids=["tc", "tc-gradcache", "ner", "mtpf-tpl", "mtpf-pcgrad"])
+    # full_attention_mask (on by default on CUDA): not even transformers' per-forward read is left
+    ("tc", {"tc_mini_batch_size": "null", "full_attention_mask": "true"}),
+    ("ner", {"full_attention_mask": "true"}),
+    ("mtpf-tpl", {"tc_mini_batch_size": "null", "full_attention_mask": "true"}),
+], ids=["tc", "tc-gradcache", "ner", "mtpf-tpl", "mtpf-pcgrad", "tc-4d", "ner-4d", "mtpf-tpl-4d"])
 def test_a_training_step_reads_nothing_back_from_the_device(tiny_bert, toy_data, tmp_path, strategy, extra):
+    extra = {"full_attention_mask": "false", **extra}
     cfg = load_config(PretrainConfig, None, tiny_run_overrides(
         tiny_bert, toy_data, tmp_path / "run", strategy=strategy, num_workers=1, cpu_speedups="false",
         max_steps=10, log_every=10**9, save_every=10**9, max_grad_norm=1.0, **extra))
@@ -79,6 +84,10 @@ def test_a_training_step_reads_nothing_back_from_the_device(tiny_bert, toy_data,
     finally:
         hook.remove()
     assert forwards, "the step ran no forward through the backbone"
+    if cfg.full_attention_mask:
+        assert recipe.model.full_mask and reads == {}, f"{strategy}: host reads with a 4-D mask: {reads}"
+        return
+    assert per_forward, "transformers no longer reads the mask per forward: drop the allowance below"
     allowed = {k: v * len(forwards) for k, v in per_forward.items()}
     assert reads == allowed, (f"{strategy}: host reads in train_step {reads}, transformers' own per forward "
                               f"{per_forward} x {len(forwards)} forwards")
@@ -149,3 +158,52 @@ def test_ner_adaptation_steps_read_nothing_back_from_the_device(tiny_bert, tmp_p
         forwards = 0 if region == "mtpf.ner.head_step" else n
         allowed = {k: v * forwards for k, v in per_forward.items() if forwards}
         assert _reads_in(prof, region) == allowed, region
+
+
+@pytest.mark.parametrize("strategy", ["tc", "ner", "mtpf-tpl"])
+def test_full_attention_mask_trains_the_same(tiny_bert_nodropout, toy_data, tmp_path, strategy):
+    """The 4-D mask is the attention transformers builds itself: same losses and weights after two steps."""
+    runs = {}
+    for full in ("false", "true"):
+        cfg = load_config(PretrainConfig, None, tiny_run_overrides(
+            tiny_bert_nodropout, toy_data, tmp_path / full, strategy=strategy, full_attention_mask=full,
+            tc_mini_batch_size="null", cpu_speedups="false", max_steps=10, log_every=10**9, save_every=10**9))
+        recipe = PretrainRecipe(cfg)
+        recipe.setup()
+        recipe.model.train()
+        assert recipe.model.full_mask == (full == "true")
+        losses = [float(v) for _ in range(2) for _, v in sorted(recipe.train_step()[0].items())]
+        runs[full] = losses, {n: p.detach().clone() for n, p in recipe.model.named_parameters()}
+    (want_losses, want), (got_losses, got) = runs["false"], runs["true"]
+    assert got_losses == pytest.approx(want_losses, rel=1e-5)
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_an_encoder_that_reads_the_mask_its_own_way_keeps_the_2d_mask(tiny_bert):
+    from mtpf.encoder import accepts_full_attention_mask, load_encoder
+
+    bert = load_encoder(tiny_bert)
+    assert accepts_full_attention_mask(bert)
+
+    class Rejects(torch.nn.Module):  # e.g. older model code: get_extended_attention_mask raises on 4-D masks
+        def __init__(self):
+            super().__init__()
+            self.inner, self.config = bert, bert.config
+
+        def forward(self, input_ids, attention_mask):
+            if attention_mask.dim() != 2:
+                raise ValueError("Wrong shape for attention_mask")
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    class Ignores(Rejects):  # takes it but attends everywhere: a different output
+        def forward(self, input_ids, attention_mask):
+            if attention_mask.dim() != 2:
+                attention_mask = torch.ones_like(input_ids)
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    assert not accepts_full_attention_mask(Rejects())
+    assert not accepts_full_attention_mask(Ignores())
+    bert.train()  # the check restores the mode it found
+    accepts_full_attention_mask(bert)
+    assert bert.training
