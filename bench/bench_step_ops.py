@@ -12,8 +12,9 @@ computes something is at least one kernel. Counted per step, as medians over ``-
              issuing the step (Python, autograd, dispatch). On a GPU a step cannot take less than that (the
              kernel launches come on top), whatever the GPU's speed; it is the floor behind the 0.08 s target.
 mtpf runs with the CUDA path's settings (``tc_pad_chunk=0``: one padded chunk per side, ``cpu_speedups=false``,
-batches from a DataLoader worker; the 2-D mask except in the "4-D mask" row, the CUDA default); the bare loops are bench_pretrain.py's ceilings (pre-tokenised, pre-padded
-batches, fused AdamW). Counts do not depend on the batch size, only on the graph.
+batches from a DataLoader worker), with the 2-D mask except in the "4-D mask" row (the CUDA default). The bare
+loops are bench_pretrain.py's ceilings (pre-tokenised, pre-padded batches, fused AdamW). Counts do not depend
+on the batch size, only on the graph.
 
     python bench/bench_step_ops.py --host-time --json bench/results/step_ops.json
 """
