@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Next device session, part 1 (~7 min): re-measure issue 9's GPU targets after the changes made without a GPU
+# Next device session, part 1 (~8 min): re-measure issue 9's GPU targets after the changes made without a GPU
 # (CUDA tc default = one padded chunk per side; CPU-only changes must not slow CUDA), and the CUDA tests
 # (test_ner_adaptation_on_cuda_matches_cpu_quality failed in run 2 and was fixed blind). Writes to $OUT.
 set -u
@@ -10,8 +10,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 mkdir -p ../shared && ln -sfn "$PWD/.gpu/data" ../shared/data
 el "bench_pretrain (tc vs MNRL and the bare loop; mtpf-tpl at 1024/256)"
-timeout 240 python3 bench/bench_pretrain.py --device cuda --random-init --tokenizer .gpu/minilm --data .gpu/data \
-  --batch-tc 1024 --pairs 16384 --batch-ner 256 --sentences 4096 --max-length 128 --tpl-steps 10 --skip cached \
+timeout 300 python3 bench/bench_pretrain.py --device cuda --random-init --tokenizer .gpu/minilm --data .gpu/data \
+  --batch-tc 1024 --pairs 16384 --batch-ner 256 --sentences 4096 --max-length 128 --tpl-steps 10 --tpl-mask-ab --skip cached \
   --json $OUT/pretrain_gpu.json 2>&1 | grep -vE "it/s\]|examples/s|Loading weights|Computing widget" | tail -25
 el "bench_label"
 # Tokenizer parallelism as a user's `mtpf label` has it by default (run 1 exported TOKENIZERS_PARALLELISM=false for
