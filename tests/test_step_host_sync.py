@@ -207,3 +207,25 @@ def test_an_encoder_that_reads_the_mask_its_own_way_keeps_the_2d_mask(tiny_bert)
     bert.train()  # the check restores the mode it found
     accepts_full_attention_mask(bert)
     assert bert.training
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("strategy", ["tc", "mtpf-tpl"])
+def test_cuda_steps_never_synchronise(tiny_bert, toy_data, tmp_path, strategy):
+    """On a GPU, CUDA's own sync detector (``set_sync_debug_mode("error")``) also catches what the CPU
+    profiler cannot see (``.tolist()``, ``.cpu()``, blocking copies): none inside a step at the defaults."""
+    cfg = load_config(PretrainConfig, None, tiny_run_overrides(
+        tiny_bert, toy_data, tmp_path / "run", strategy=strategy, tc_mini_batch_size="null",
+        max_steps=10, log_every=10**9, save_every=10**9))
+    recipe = PretrainRecipe(cfg)
+    recipe.setup()
+    recipe.model.train()
+    recipe.train_step()
+    assert recipe.model.full_mask
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            recipe.train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
