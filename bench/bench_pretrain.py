@@ -43,13 +43,19 @@ def make_model(args, out: Path) -> str:
     the packaged weights; the tokenizer comes from --tokenizer."""
     if not args.random_init:
         return "packaged"
+    return random_minilm(args.tokenizer, out)
+
+
+def random_minilm(tokenizer: str, out: Path, hidden: int = 384, intermediate: int = 1536) -> str:
+    """A random BERT with MiniLM-L6's graph (6 layers, 12 heads, the tokenizer's vocabulary) saved to ``out``;
+    ``hidden``/``intermediate`` change only its width."""
     from transformers import AutoModel, AutoTokenizer, BertConfig
 
     from mtpf.encoder import resolve_model
 
-    tok = AutoTokenizer.from_pretrained(resolve_model(args.tokenizer))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                     intermediate_size=1536, max_position_embeddings=512)
+    tok = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=6, num_attention_heads=12,
+                     intermediate_size=intermediate, max_position_embeddings=512)
     torch.manual_seed(0)
     AutoModel.from_config(cfg).save_pretrained(out)
     tok.save_pretrained(out)

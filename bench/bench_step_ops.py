@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from bench_pretrain import make_model, read_ner, read_pairs, write_jsonl
+from bench_pretrain import make_model, random_minilm, read_ner, read_pairs, write_jsonl
 
 VIEWS = {"aten::view", "aten::_unsafe_view", "aten::reshape", "aten::_reshape_alias", "aten::as_strided",
          "aten::transpose", "aten::t", "aten::permute", "aten::expand", "aten::unsqueeze", "aten::squeeze",
@@ -87,17 +87,7 @@ def host_seconds(step, steps: int) -> float:
 
 def narrow_model(args, out: Path) -> str:
     """MiniLM-L6's graph (6 layers, 12 heads, its vocabulary) at width 24: the same operators, ~no arithmetic."""
-    from transformers import AutoModel, BertConfig
-
-    from mtpf.encoder import load_tokenizer
-
-    tok = load_tokenizer(args.tokenizer)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=24, num_hidden_layers=6, num_attention_heads=12,
-                     intermediate_size=32, max_position_embeddings=512)
-    torch.manual_seed(0)
-    AutoModel.from_config(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return random_minilm(args.tokenizer, out, hidden=24, intermediate=32)
 
 
 def mtpf_step(model: str, strategy: str, overrides: dict, out: Path):
