@@ -43,13 +43,19 @@ def make_model(args, out: Path) -> str:
     the packaged weights; the tokenizer comes from --tokenizer."""
     if not args.random_init:
         return "packaged"
+    return random_minilm(args.tokenizer, out)
+
+
+def random_minilm(tokenizer: str, out: Path, hidden: int = 384, intermediate: int = 1536) -> str:
+    """A random BERT with MiniLM-L6's graph (6 layers, 12 heads, the tokenizer's vocabulary) saved to ``out``;
+    ``hidden``/``intermediate`` change only its width."""
     from transformers import AutoModel, AutoTokenizer, BertConfig
 
     from mtpf.encoder import resolve_model
 
-    tok = AutoTokenizer.from_pretrained(resolve_model(args.tokenizer))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                     intermediate_size=1536, max_position_embeddings=512)
+    tok = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=6, num_attention_heads=12,
+                     intermediate_size=intermediate, max_position_embeddings=512)
     torch.manual_seed(0)
     AutoModel.from_config(cfg).save_pretrained(out)
     tok.save_pretrained(out)
@@ -288,6 +294,7 @@ def main() -> None:
     ap.add_argument("--tpl-batch-tc", type=int, default=1024)
     ap.add_argument("--tpl-batch-ner", type=int, default=256)
     ap.add_argument("--tpl-steps", type=int, default=5, help="timed mtpf-tpl steps (after as many warm-up steps)")
+    ap.add_argument("--tpl-mask-ab", action="store_true", help="also time mtpf-tpl with full_attention_mask=false")
     ap.add_argument("--workers", type=int, default=None, help="mtpf num_workers (default: the recipe's auto)")
     ap.add_argument("--skip", default="", help="comma list of: tc,cached,ner,bare,tpl")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -393,6 +400,13 @@ def main() -> None:
                 args.tpl_batch_tc, "ner_batch_size": min(args.tpl_batch_ner, len(sentences)),
                 "tc_mini_batch_size": "null", **workers}, tmp / "tpl", args.tpl_steps)
             results["mtpf_tpl"] = {"batch_tc": args.tpl_batch_tc, "batch_ner": args.tpl_batch_ner, **tpl}
+            if args.tpl_mask_ab:  # the same steps with the 2-D mask (one host read per forward), side by side
+                tpl2d = run_mtpf(args, model, "mtpf-tpl", {
+                    "pairs": f"[{tsrc}]", "ner_data": f"[{lab.parent}]", "num_clusters": k, "tc_batch_size":
+                    args.tpl_batch_tc, "ner_batch_size": min(args.tpl_batch_ner, len(sentences)),
+                    "tc_mini_batch_size": "null", "full_attention_mask": "false", **workers}, tmp / "tpl2d",
+                    args.tpl_steps)
+                results["mtpf_tpl_2d_mask"] = tpl2d
 
     print(f"\ndevice {args.device} {results['gpu'] or ''}, threads {args.threads}")
     print(f"{'step':12} {'implementation':72} {'tokens/s':>10} {'vs base':>8}")
@@ -402,6 +416,8 @@ def main() -> None:
         print(f"mtpf tc / bare loop: {results['mtpf_tc_vs_bare']:.2f}")
     if "mtpf_tpl" in results:
         print(f"mtpf-tpl at batches {args.tpl_batch_tc}/{args.tpl_batch_ner}: {results['mtpf_tpl']['s_per_step']:.3f} s/step")
+    if "mtpf_tpl_2d_mask" in results:
+        print(f"mtpf-tpl with the 2-D mask: {results['mtpf_tpl_2d_mask']['s_per_step']:.3f} s/step")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -185,6 +185,47 @@ def encoder_inputs(batch: dict) -> dict:
             if k in batch}
 
 
+def full_attention_mask(config, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The 4-D mask an encoder would build from a 2-D padding mask, built without reading the mask on the host.
+
+    transformers' encoders first ask whether a batch has any padding (``padding_mask.all()`` in
+    ``masking_utils``, to skip the mask and let SDPA pick its flash kernel). On a GPU that read waits for every
+    queued kernel, once per forward, and the GPU then idles while the host issues the next ones. A 4-D mask is
+    taken as is, so this builds it with transformers' own ``create_bidirectional_mask`` (the form the model's
+    attention implementation expects), only with ``allow_is_bidirectional_skip=False``. ``inputs_embeds`` is
+    read for its batch size, length, dtype and device only (documented), so an empty-width tensor stands in."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    b, length = attention_mask.shape
+    embeds = torch.empty((b, length, 0), dtype=dtype, device=attention_mask.device)
+    return create_bidirectional_mask(config=config, inputs_embeds=embeds, attention_mask=attention_mask,
+                                     allow_is_bidirectional_skip=False)
+
+
+def accepts_full_attention_mask(backbone: nn.Module) -> bool:
+    """Whether ``backbone`` takes ``full_attention_mask``'s 4-D mask and computes what its own mask gives
+    (encoders whose code builds masks another way may reject a 4-D mask or read it differently)."""
+    ids = torch.tensor([[101, 2023, 2003, 1037, 102], [101, 2023, 102, 0, 0]]).clamp(
+        max=backbone.config.vocab_size - 1)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            device = next(backbone.parameters()).device
+            ids, mask = ids.to(device), mask.to(device)
+            dtype = next(backbone.parameters()).dtype
+            want = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+            got = backbone(input_ids=ids, attention_mask=full_attention_mask(backbone.config, mask, dtype)
+                           ).last_hidden_state
+        real = mask.bool()
+        return bool(torch.allclose(got[real].float(), want[real].float(), atol=1e-4, rtol=1e-4))
+    except Exception:  # any model code that cannot take it: keep the 2-D mask
+        return False
+    finally:
+        backbone.train(training)
+
+
 def fingerprint_state_dict(state_dict: dict[str, torch.Tensor]) -> str:
     """sha256 over parameter names, shapes and values, in name order: equal weights <=> equal fingerprint."""
     h = hashlib.sha256()

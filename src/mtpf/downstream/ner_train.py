@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mtpf.config import ConfigError
+from mtpf.data.pipeline import to_device
 from mtpf.downstream.ner_config import NerConfig
 from mtpf.downstream.ner_data import IGNORE, EncodedNer, bucket_batches, encode_ner, pad_pieces
 from mtpf.downstream.ner_metrics import evaluate_split
@@ -164,18 +165,20 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
         model.head.train()
         for epoch in bar:  # every process trains the same head; DDP broadcasts rank 0's copy in stage 2
             perm = rng.permutation(len(spans))
-            total = 0.0
+            total = torch.zeros((), dtype=torch.float64, device=acc.device)  # read once per epoch, not per step
             for s in range(0, len(perm), cfg.batch_size):
                 rows = np.concatenate([np.arange(*spans[j]) for j in perm[s : s + cfg.batch_size]])
                 if len(rows) == 0:
                     continue
-                loss = nn.functional.cross_entropy(model.head(feats[rows]), flabels[rows])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item()
-            history.append({"stage": 1, "epoch": epoch + 1, "loss": total / max(1, n_batches)})
+                with torch.profiler.record_function("mtpf.ner.head_step"):
+                    rows = torch.from_numpy(rows).to(acc.device, non_blocking=True)
+                    loss = nn.functional.cross_entropy(model.head(feats[rows]), flabels[rows])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    total += loss.detach()
+            history.append({"stage": 1, "epoch": epoch + 1, "loss": total.item() / max(1, n_batches)})
             bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
         del feats, flabels
     # ---------------- stage 2: LoRA + head
@@ -205,29 +208,32 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
         since_best = 0
         for epoch in range(epochs):
             wrapped.train()
-            total = 0.0
+            total = torch.zeros((), dtype=torch.float64, device=acc.device)  # read at log points only
             batches = bucket_batches(lengths, cfg.batch_size, rng)
             if world > 1:  # equal shares: DDP needs every process to take the same number of steps
                 batches = (batches * world)[:world] if len(batches) < world else batches
                 batches = batches[: len(batches) - len(batches) % world][rank::world]
-            for b in batches:
-                batch = pad_pieces(train_enc, b, pad_id, acc.device, pack=pack)
-                labels_b = batch.pop("labels")
-                with acc.autocast():
-                    logits = wrapped(**batch)
-                loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), labels_b.flatten(),
-                                                   ignore_index=IGNORE)
-                opt.zero_grad(set_to_none=True)
-                acc.backward(loss)
-                if cfg.max_grad_norm:
-                    acc.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.max_grad_norm)
-                opt.step()
-                sched.step()
-                total += loss.item()
+            for k, b in enumerate(batches):
+                with torch.profiler.record_function("mtpf.ner.train_step"):
+                    batch = pad_pieces(train_enc, b, pad_id, acc.device, pack=pack)
+                    labels_b = batch.pop("labels")
+                    with acc.autocast():
+                        logits = wrapped(**batch)
+                    loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), labels_b.flatten(),
+                                                       ignore_index=IGNORE)
+                    opt.zero_grad(set_to_none=True)
+                    acc.backward(loss)
+                    if cfg.max_grad_norm:
+                        acc.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.max_grad_norm)
+                    opt.step()
+                    sched.step()
+                    total += loss.detach()
                 bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+                if progress and (k + 1) % 50 == 0:  # a device read: every 50 steps, not every step
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
             epochs_run = epoch + 1
-            rec = {"stage": 2, "epoch": epoch + 1, "loss": total / max(1, n_batches)}
+            rec = {"stage": 2, "epoch": epoch + 1, "loss": total.item() / max(1, n_batches)}
+            bar.set_postfix(epoch=epoch + 1, loss=f"{rec['loss']:.3f}")
             if select == "dev" and (epochs_run % eval_every == 0 or epochs_run == epochs):
                 dev_enc, dev_tags = evals["dev"]
                 rec["dev"] = evaluate_split(model, dev_enc, dev_tags, labels, pad_id, cfg.eval_batch_size)
@@ -268,23 +274,37 @@ def _frozen_features(model: NerModel, enc: EncodedNer, pad_id: int, batch_size: 
     from tqdm.auto import tqdm
 
     model.eval()
-    per_piece: list = [None] * len(enc.ids)
     order = sorted(range(len(enc.ids)), key=lambda i: len(enc.ids[i]))
+    # Labelled positions are found on the host (labels are CPU tensors before the copy) and gathered on the
+    # device with one index per batch: no device read per sentence (a boolean index on a CUDA tensor is one).
+    chunks, counts = [], torch.zeros(len(enc.ids), dtype=torch.long)
+    labels = []
     starts = range(0, len(order), batch_size)
     for s in tqdm(starts, desc="stage 1 (frozen encoder outputs)", unit="batch", leave=False,
                   disable=not progress, dynamic_ncols=True):
         b = order[s : s + batch_size]
-        batch = pad_pieces(enc, b, pad_id, acc.device)
-        with acc.autocast():
-            hidden = model.hidden(batch["input_ids"], batch["attention_mask"]).float()
-        for row, i in enumerate(b):
-            mask = batch["labels"][row] != IGNORE
-            per_piece[i] = (hidden[row][mask].clone(), batch["labels"][row][mask].clone())
-    spans, start = [], 0
-    for h, _ in per_piece:
-        spans.append((start, start + len(h)))
-        start += len(h)
-    feats = torch.cat([h for h, _ in per_piece]) if per_piece else torch.zeros(0, device=acc.device)
-    labels = (torch.cat([y for _, y in per_piece]) if per_piece
-              else torch.zeros(0, dtype=torch.long, device=acc.device))
+        cpu = pad_pieces(enc, b, pad_id)  # host side
+        mask = cpu["labels"] != IGNORE
+        flat = mask.flatten().nonzero().squeeze(1)  # row-major: piece by piece, position by position
+        labels.append(cpu["labels"].flatten()[flat])
+        counts[torch.tensor(b)] = mask.sum(1)
+        with torch.profiler.record_function("mtpf.ner.features"):  # device side
+            batch = to_device(cpu, acc.device)
+            with acc.autocast():
+                hidden = model.hidden(batch["input_ids"], batch["attention_mask"]).float()
+            chunks.append(hidden.flatten(0, 1).index_select(0, flat.to(acc.device, non_blocking=True)))
+    # rows are in length order; put them back in piece order (one gather on the device): piece i's rows start
+    # at sorted_start[i] in the length-ordered rows and at piece_start[i] in piece order
+    n = counts.numpy()
+    sorted_start = np.zeros(len(n), dtype=np.int64)
+    sorted_start[order] = np.cumsum(n[order]) - n[order]
+    piece_start = np.cumsum(n) - n
+    index = torch.from_numpy(np.repeat(sorted_start - piece_start, n) + np.arange(int(n.sum())))
+    spans = [(int(a), int(a + c)) for a, c in zip(piece_start, n)]
+    if chunks:
+        feats = torch.cat(chunks).index_select(0, index.to(acc.device, non_blocking=True))
+        labels = torch.cat(labels)[index].to(acc.device, non_blocking=True)
+    else:
+        feats = torch.zeros(0, device=acc.device)
+        labels = torch.zeros(0, dtype=torch.long, device=acc.device)
     return feats, labels, spans

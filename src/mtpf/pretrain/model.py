@@ -10,7 +10,7 @@ import contextlib
 import torch
 from torch import nn
 
-from mtpf.encoder import encoder_inputs, mean_pool
+from mtpf.encoder import encoder_inputs, full_attention_mask, mean_pool
 from mtpf.lora import active_adapter
 
 
@@ -21,6 +21,7 @@ class MultiTaskEncoder(nn.Module):
         self.adapters = adapters  # task -> adapter name active for that task (None: plain backbone)
         hidden = encoder.config.hidden_size if hasattr(encoder.config, "hidden_size") else encoder.config.dim
         self.ner_head = nn.Linear(hidden, num_clusters) if num_clusters else None
+        self.full_mask = False  # set by the recipe (PretrainConfig.full_attention_mask)
 
     def _adapter_context(self, task: str):
         if not hasattr(self.encoder, "peft_config"):
@@ -29,8 +30,13 @@ class MultiTaskEncoder(nn.Module):
 
     def forward(self, task: str, **batch) -> torch.Tensor:
         """``ner`` -> per-token cluster logits; ``tc`` -> mean-pooled sentence embeddings."""
+        inputs = encoder_inputs(batch)
+        if self.full_mask and "mtpf_pack" not in inputs and inputs.get("attention_mask") is not None:
+            # a ready 4-D mask: no host read of the mask per forward (mtpf.encoder.full_attention_mask)
+            inputs["attention_mask"] = full_attention_mask(self.encoder.config, inputs["attention_mask"],
+                                                           self.encoder.dtype)
         with self._adapter_context(task):
-            hidden = self.encoder(**encoder_inputs(batch)).last_hidden_state
+            hidden = self.encoder(**inputs).last_hidden_state
         if task == "ner":
             return self.ner_head(hidden)
         if task == "tc":

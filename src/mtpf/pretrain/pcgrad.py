@@ -24,9 +24,10 @@ def pcgrad_combine(grads: list[torch.Tensor], seed: int | None = None) -> torch.
         others = [grads[j] for j in range(len(grads)) if j != i]
         rng.shuffle(others)
         for other in others:
-            dot = torch.dot(g, other)
-            if dot < 0:
-                g -= dot / other.pow(2).sum().clamp_min(1e-20) * other
+            # Projected only when the dot product is negative; clamp(max=0) makes that choice on the device
+            # (a Python ``if dot < 0`` would wait for the GPU on every step). A zero coefficient leaves g as is.
+            dot = torch.dot(g, other).clamp(max=0)
+            g -= dot / other.pow(2).sum().clamp_min(1e-20) * other
         projected.append(g)
     return torch.stack(projected).sum(0)
 

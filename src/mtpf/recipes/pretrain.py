@@ -34,7 +34,7 @@ from mtpf.lora import LoraSpec
 STRATEGIES = ("ner", "tc", "mtpf", "mtpf-tpl", "pf-lora")
 # Keys that may change between a run and its resumption.
 RESUMABLE_CHANGES = {"resume", "max_steps", "log_every", "save_every", "keep_checkpoints", "progress", "num_workers",
-                     "tokenize_num_proc"}
+                     "tokenize_num_proc", "full_attention_mask"}
 
 
 @dataclass
@@ -106,6 +106,10 @@ class PretrainConfig:
     cpu_speedups: bool = field(default=True, metadata={"help": (
         "On a CPU device: padding-free NER batches (BERT-type encoders) and a faster dropout RNG, the same "
         "training computed faster (mtpf/pretrain/cpu_speed.py). No effect on CUDA.")})
+    full_attention_mask: bool | None = field(default=None, metadata={"help": (
+        "Give the encoder a ready 4-D attention mask instead of the 2-D one, so that transformers does not read "
+        "the mask on the host once per forward (a GPU sync that drains the kernel queue); the same attention. "
+        "null = on CUDA, for encoders that pass a check at setup (mtpf.encoder.accepts_full_attention_mask).")})
     num_workers: int | None = field(default=None, metadata={"help": (
         "DataLoader workers building padded batches from the token cache; null = 4 on CUDA, 0 (in-process) on CPU.")})
     tokenize_num_proc: int | None = field(default=None, metadata={"help": (
@@ -195,6 +199,15 @@ class PretrainRecipe:
         self._setup_data()
         encoder = load_encoder(cfg.model)
         self.model, self.adapter_specs = self._build_model(encoder)
+        if cfg.full_attention_mask or (cfg.full_attention_mask is None and acc.device.type == "cuda"):
+            from mtpf.encoder import accepts_full_attention_mask
+
+            encoder = self.model.encoder
+            backbone = encoder.get_base_model() if hasattr(encoder, "get_base_model") else encoder
+            self.model.full_mask = accepts_full_attention_mask(backbone)
+            if cfg.full_attention_mask and not self.model.full_mask:
+                raise ConfigError(f"full_attention_mask=true: {type(backbone).__name__} does not take a 4-D "
+                                  "attention mask; set full_attention_mask=null")
         if cfg.cpu_speedups and acc.device.type == "cpu":
             from mtpf.pretrain import cpu_speed
 
