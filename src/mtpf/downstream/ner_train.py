@@ -277,8 +277,7 @@ def _frozen_features(model: NerModel, enc: EncodedNer, pad_id: int, batch_size: 
     order = sorted(range(len(enc.ids)), key=lambda i: len(enc.ids[i]))
     # Labelled positions are found on the host (labels are CPU tensors before the copy) and gathered on the
     # device with one index per batch: no device read per sentence (a boolean index on a CUDA tensor is one).
-    chunks, counts = [], torch.zeros(len(enc.ids), dtype=torch.long)
-    labels = []
+    chunks, label_chunks, counts = [], [], torch.zeros(len(enc.ids), dtype=torch.long)
     starts = range(0, len(order), batch_size)
     for s in tqdm(starts, desc="stage 1 (frozen encoder outputs)", unit="batch", leave=False,
                   disable=not progress, dynamic_ncols=True):
@@ -286,7 +285,7 @@ def _frozen_features(model: NerModel, enc: EncodedNer, pad_id: int, batch_size: 
         cpu = pad_pieces(enc, b, pad_id)  # host side
         mask = cpu["labels"] != IGNORE
         flat = mask.flatten().nonzero().squeeze(1)  # row-major: piece by piece, position by position
-        labels.append(cpu["labels"].flatten()[flat])
+        label_chunks.append(cpu["labels"].flatten()[flat])
         counts[torch.tensor(b)] = mask.sum(1)
         with torch.profiler.record_function("mtpf.ner.features"):  # device side
             batch = to_device(cpu, acc.device)
@@ -303,7 +302,7 @@ def _frozen_features(model: NerModel, enc: EncodedNer, pad_id: int, batch_size: 
     spans = [(int(a), int(a + c)) for a, c in zip(piece_start, n)]
     if chunks:
         feats = torch.cat(chunks).index_select(0, index.to(acc.device, non_blocking=True))
-        labels = torch.cat(labels)[index].to(acc.device, non_blocking=True)
+        labels = torch.cat(label_chunks)[index].to(acc.device, non_blocking=True)
     else:
         feats = torch.zeros(0, device=acc.device)
         labels = torch.zeros(0, dtype=torch.long, device=acc.device)
