@@ -310,10 +310,10 @@ def main() -> None:
             if src.is_file():
                 shutil.copy2(src, figs / name)
     elif manifest:
-        from mtpf.downstream.tables import bar_chart
+        from mtpf.downstream.tables import score_chart
 
         figs.mkdir(parents=True, exist_ok=True)
-        bar_chart(cells, models, figs / "chart.png", ner_order, tc_order)
+        score_chart(cells, models, figs / "chart.png", ner_order, tc_order)
     print(f"wrote {doc} ({len(cells)} cells, {len(models)} rows, seeds {seeds})")
 
 

@@ -81,6 +81,8 @@ def test_results_folder_renders_intervals_claims_tpl_and_times(tmp_path, monkeyp
     assert (source / "fig4.png").read_bytes()[:4] == b"\x89PNG" and "![Figure 4](repro-scaled/fig4.png)" in text
     assert "| pre-finetuning | 2 | 1.00 h | `mtpf pretrain configs/local/mtpf.yaml` |" in text
     assert "1 of these units ran 2 at a time" in text
+    png = (source / "chart.png").read_bytes()  # every dataset and model, and still a page wide (PNG IHDR width)
+    assert png[:4] == b"\x89PNG" and int.from_bytes(png[16:20], "big") <= 16 * 120
 
 
 def test_committed_single_seed_results_render_as_before(tmp_path, monkeypatch):

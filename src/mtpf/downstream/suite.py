@@ -1,5 +1,5 @@
 """``mtpf evaluate``: every (model, dataset, fraction, seed) cell, resumable, written as results.json, tables in the
-paper's layout (tables.md, tables.csv) and a bar chart (chart.png).
+paper's layout (tables.md, tables.csv) and a chart (chart.png).
 
 A cell is identified by a key hashed from its task, the model fingerprint (backbone + the adapter the task uses),
 the dataset fingerprint, the fraction, the seed and the task's config: a cell whose key is already in

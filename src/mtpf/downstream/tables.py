@@ -299,7 +299,11 @@ def write_csv(tables: list[Table], path: Path) -> None:
             w.writerows(t.rows)
 
 
-def bar_chart(cells: list[dict], models: list[str], path: Path, ner_order=None, tc_order=None) -> None:
+def score_chart(cells: list[dict], models: list[str], path: Path, ner_order=None, tc_order=None) -> None:
+    """One panel per train share (full train: every dataset; then each data-scarce share): each model's mean as a
+    point with its 95 % interval over seeds as an error bar. Points, not bars, so the y axis can zoom in on the
+    range the scores span (differences of a point are invisible on a 0-100 bar); a panel shows only the models
+    measured in it, and the figure stays readable with a dozen models."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,29 +315,36 @@ def bar_chart(cells: list[dict], models: list[str], path: Path, ner_order=None, 
     ner_ds = ner_order or sorted({c["dataset"] for c in cells if c["task"] == "ner"})
     tc_ds = tc_order or sorted({c["dataset"] for c in cells if c["task"] == "tc"})
     full = [(abbrev(d), "ner", d, 1.0) for d in ner_ds] + [(abbrev(d), "tc", d, 1.0) for d in tc_ds]
-    full = [x for x in full if any((m, x[1], x[2], x[3]) in agg for m in models)]
-    if full:
-        groups.append(("NER F1 / TC accuracy (%)", full))
+    groups.append(("NER F1 / TC accuracy (%), full train", full))
     for f in sorted({float(c["fraction"]) for c in cells if c["task"] == "ner" and c["fraction"] < 1}, reverse=True):
         groups.append((f"NER F1 (%), {100 * f:g}% of train", [(abbrev(d), "ner", d, f) for d in ner_ds]))
+    groups = [(title, [x for x in items if any((m, *x[1:]) in agg for m in models)]) for title, items in groups]
+    groups = [g for g in groups if g[1]]
     if not groups:
         return
-    fig, axes = plt.subplots(len(groups), 1, figsize=(max(6, 1.2 * max(len(g[1]) for g in groups) * max(1, len(models)) / 2 + 3),
-                                                      3.6 * len(groups)), squeeze=False)
-    width = 0.8 / max(1, len(models))
+    palette = [plt.get_cmap("tab20")(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]  # 10 distinct hues first
+    colors = {m: palette[i % 20] for i, m in enumerate(models)}
+    width = max(len(items) for _, items in groups)
+    fig, axes = plt.subplots(len(groups), 1, figsize=(min(16, 3 + 1.3 * width), 3.2 * len(groups)), squeeze=False)
     for ax, (title, items) in zip(axes[:, 0], groups):
-        x = np.arange(len(items))
-        for j, m in enumerate(models):
-            vals = [agg.get((m, t, d, f), {}).get("mean", np.nan) for _, t, d, f in items]
-            errs = [agg.get((m, t, d, f), {}).get("half") or 0.0 for _, t, d, f in items]
-            ax.bar(x + (j - (len(models) - 1) / 2) * width, vals, width, yerr=errs, label=m, capsize=2)
-        ax.set_xticks(x)
-        ax.set_xticklabels([lab for lab, *_ in items], rotation=30, ha="right")
+        present = [m for m in models if any((m, *x[1:]) in agg for x in items)]
+        step = 0.8 / max(1, len(present))
+        for j, m in enumerate(present):
+            x = np.arange(len(items)) + (j - (len(present) - 1) / 2) * step
+            vals = [agg.get((m, *x_[1:]), {}).get("mean", np.nan) for x_ in items]
+            errs = [agg.get((m, *x_[1:]), {}).get("half") or 0.0 for x_ in items]
+            ax.errorbar(x, vals, yerr=errs, fmt="o", ms=4, capsize=2, color=colors[m], label=m)
+        ax.set_xticks(np.arange(len(items)))
+        ax.set_xticklabels([lab for lab, *_ in items])
+        for k in range(1, len(items)):
+            ax.axvline(k - 0.5, color="0.85", lw=0.8)
         ax.set_title(title)
-        ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(fontsize="small", ncols=min(4, len(models)))
-    fig.tight_layout()
+    found = {m: h for ax in axes[:, 0] for h, m in zip(*ax.get_legend_handles_labels())}
+    handles = {m: found[m] for m in models if m in found}
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncols=min(4, len(handles)),
+               fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(handles) - 1) // 4), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -342,5 +353,5 @@ def write_outputs(cells: list[dict], models: list[str], base: str, out: Path, ne
     tables = build_tables(cells, models, base, ner_order, tc_order)
     (out / "tables.md").write_text(to_markdown(tables))
     write_csv(tables, out / "tables.csv")
-    bar_chart(cells, models, out / "chart.png", ner_order, tc_order)
+    score_chart(cells, models, out / "chart.png", ner_order, tc_order)
     return {"tables_md": str(out / "tables.md"), "tables_csv": str(out / "tables.csv"), "chart": str(out / "chart.png")}
