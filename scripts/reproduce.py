@@ -5,7 +5,7 @@ label -> pretrain every model once per seed -> evaluate every (seed, model) cell
 
     python scripts/reproduce.py configs/local/repro-scaled.yaml [--only label|pretrain|evaluate|runtime|figures]
                                                                  [--seeds 42] [--models A,B] [--by-model]
-                                                                 [--commit-results]
+                                                                 [--commit-results] [--status]
 
 Seeds: ``seeds: [42, 43, 44]`` are replicate seeds. Replicate ``s`` pre-finetunes every model with ``seed=s`` and
 adapts/evaluates it with seed ``s`` (NER adaptation seed and MTEB task seed), so the tables' intervals cover both
@@ -27,7 +27,9 @@ share a run or evaluation folder; bookkeeping (timings, copies, commits) is seri
 Resume: a run with ``run.json`` is not pre-finetuned again (an interrupted one resumes from its checkpoint); an
 evaluation unit — one NER dataset at one train share, or all TC datasets — whose cells are already in its
 ``results.json`` is not started (the suite itself also skips recorded cells by key and writes results.json
-atomically after every cell). A run killed at any point recomputes nothing already recorded.
+atomically after every cell). A run killed at any point recomputes nothing already recorded. ``--status`` (with
+the flags of the run) prints what is left, seed by seed and model by model, and the wall time it should take at
+``--jobs`` from the recorded ``timings.json``, without running or writing anything.
 
 Results: after every finished unit its results.json, the pre-finetuning logs and ``timings.json`` (wall time and
 command of every unit) are copied to ``results_dir`` (default ``docs/results/<config name>``);
@@ -92,6 +94,33 @@ def unit_done(results: Path, task: str, datasets: list[str], fractions: list[flo
     return all((Path(d).name, float(f)) in have for d in datasets for f in fractions)
 
 
+def _count(units: list[tuple[str, str]]) -> list[str]:
+    pre = sum(part == "pretrain" for _, part in units)
+    ev = len(units) - pre
+    return ([f"{pre} pre-finetuning{'s' * (pre != 1)}"] if pre else []) + (
+        [f"{ev} evaluation unit{'s' * (ev != 1)}"] if ev else [])
+
+
+def estimate(name: str, part: str, timings: dict, jobs: int) -> float | None:
+    """Seconds a planned unit should take: the same unit at another seed, else a unit of the same part on the same
+    dataset and share (NER) or the same part (TC, pre-finetuning), preferring units run with the same ``jobs``."""
+    def key(n):  # "evaluate s42 MTPF NER conll2003 @1 (full)" -> ("evaluate", "MTPF NER conll2003 @1 (full)")
+        verb, _, rest = n.partition(" ")
+        return verb, rest.partition(" ")[2] if rest.startswith("s") and rest[1:2].isdigit() else rest
+
+    def tail(n):
+        rest = key(n)[1]
+        return rest.rsplit(" NER ", 1)[1] if " NER " in rest else None
+
+    for same in (lambda n, t: key(n) == key(name),
+                 lambda n, t: t["part"] == part and tail(n) == tail(name)):
+        found = [t for n, t in timings.items() if same(n, t)]
+        pick = [t for t in found if t.get("jobs", 1) == jobs] or found
+        if pick:
+            return float(sorted(t["seconds"] for t in pick)[len(pick) // 2])
+    return None
+
+
 class Repro:
     def __init__(self, cfg: dict, out: Path, results_dir: Path, commit: bool, run=sh, seeds=None, models=None,
                  jobs: int = 1):
@@ -114,10 +143,14 @@ class Repro:
         self.selected = list(models) if models else list(self.models)  # this invocation's models, in order
         self.timings_path = results_dir / "timings.json"
         self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
+        self.planned: list[tuple[str, str]] | None = None  # --status: units are listed, not run, nothing is written
 
     # ------------------------------------------------------------------ bookkeeping
     def step(self, name: str, part: str, cmd: list[str]) -> None:
         """Run one unit and record its wall time and command (the caller copies its results, then publishes)."""
+        if self.planned is not None:
+            self.planned.append((name, part))
+            return
         t0 = time.perf_counter()
         self.run(cmd)
         with self.lock:
@@ -127,7 +160,7 @@ class Repro:
             write_json(self.timings_path, self.timings)
 
     def publish(self, message: str) -> None:
-        if not self.commit:
+        if not self.commit or self.planned is not None:
             return
         with self.lock:
             self._commit(message)
@@ -184,6 +217,8 @@ class Repro:
 
     def copy_logs(self, label: str, seed: int) -> None:
         """Pre-finetuning curves and config (small files) next to the results, for Figures 3 and 4."""
+        if self.planned is not None:
+            return
         src, dst = self.run_dir(label, seed), self.results_dir / f"s{seed}" / "pretrain" / slug(label)
         for name in ("config.json", "run.json", "logs/metrics.jsonl", "logs/analysis.jsonl"):
             if (src / name).is_file():
@@ -224,7 +259,7 @@ class Repro:
 
     def copy_results(self, label: str, seed: int) -> None:
         src = self.eval_dir(label, seed) / "results.json"
-        if src.is_file():
+        if src.is_file() and self.planned is None:
             dst = self.results_dir / f"s{seed}" / f"{slug(label)}.json"
             with self.lock:
                 dst.parent.mkdir(parents=True, exist_ok=True)
@@ -261,6 +296,43 @@ class Repro:
             if f.exception() is not None:
                 raise f.exception()
 
+    def status(self) -> str:
+        """What is left to run (every stage's units, by seed and model) and how long it should take, estimated
+        from ``timings.json``; runs nothing and writes nothing."""
+        self.planned = []
+        self.label()
+        left = {}  # (seed, label) -> units
+        for seed in self.seeds:
+            for label in self.selected:
+                before = len(self.planned)
+                self.pretrain([label], [seed])
+                self.evaluate([label], [seed])
+                left[seed, label] = self.planned[before:]
+        if self.first in self.seeds:
+            if self.cfg.get("runtime"):
+                self.runtime()
+            self.figures()
+        lines = []
+        for seed in self.seeds:
+            todo = [(label, units) for (s, label), units in left.items() if s == seed and units]
+            if len(todo) == len(self.selected):  # nothing of this seed yet: the totals say enough
+                parts = [", ".join(_count([u for _, units in todo for u in units]))]
+            else:
+                parts = [f"{label} ({', '.join(_count(units))})" for label, units in todo]
+            lines.append(f"seed {seed}: {len(self.selected) - len(todo)} of {len(self.selected)} models complete"
+                         + (f"; left: {'; '.join(parts)}" if todo else ""))
+        if not self.planned:
+            return "\n".join(lines + ["nothing left to run"])
+        est = [estimate(name, part, self.timings, self.jobs) for name, part in self.planned]
+        hours = sum(e for e in est if e is not None) / 3600
+        unknown = sum(e is None for e in est)
+        lines.append(f"left: {len(self.planned)} units, about {hours:.1f} unit-hours = {hours / self.jobs:.1f} h of "
+                     f"wall time at --jobs {self.jobs}" + (f" ({unknown} units with no timing to go by)" if unknown
+                                                           else "")
+                     + "; each unit's time is its recorded time at another seed, else that of the same dataset and "
+                     "share (or part), preferring units that ran with the same --jobs")
+        return "\n".join(lines)
+
     def runtime(self) -> None:
         # The deployed path for one model (first seed): its NER apps from the suite (--save-apps) and a TC app,
         # served by the runtime on the int8 ONNX backbone, scored with the suite's protocols.
@@ -285,6 +357,8 @@ class Repro:
                 for frac in run["fractions"]:
                     cmd += ["--ner-app", f"{ds}={apps / app_folder_name(rt['model'], Path(ds).name, frac, seed)}"]
         self.step("runtime", "runtime", cmd)
+        if self.planned is not None:
+            return
         shutil.copy2(out / "results.json", self.results_dir / "runtime.json")
         self.publish("runtime")
 
@@ -319,6 +393,8 @@ def main(argv: list[str] | None = None, run=sh) -> None:
                     help="pre-finetune and evaluate one model at a time (results land model by model)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="with --by-model: (seed, model) units run at once, each with cores/jobs threads")
+    ap.add_argument("--status", action="store_true",
+                    help="print what is left to run and an estimate of its wall time (from timings.json); run nothing")
     ap.add_argument("--commit-results", action="store_true",
                     help="git-commit the results folder after every finished unit (for runs spanning sessions)")
     args = ap.parse_args(argv)
@@ -342,6 +418,9 @@ def main(argv: list[str] | None = None, run=sh) -> None:
             os.environ.setdefault(var, threads)
     repro = Repro(cfg, Path(args.output or cfg["output"]), results_dir, args.commit_results, run, seeds, models,
                   args.jobs)
+    if args.status:
+        print(repro.status())
+        return
     repro.write_manifest()
     stages = ("label", "pretrain", "evaluate", "runtime", "figures")
     if args.by_model and args.only is None:

@@ -350,3 +350,39 @@ def test_jobs_need_by_model(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         _run(tmp_path, FakeMtpf(), "--jobs", "2")
     assert exc.value.code == 2 and "--by-model" in capsys.readouterr().err
+
+
+def test_status_lists_what_a_resumed_run_would_run_and_writes_nothing(tmp_path, capsys):
+    with pytest.raises(Killed):
+        _run(tmp_path, FakeMtpf(kill_after=13))
+    capsys.readouterr()
+
+    def snapshot():
+        return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")
+                if p.is_file() and p.name != "repro.yaml"}  # _run writes the config it passes
+
+    before, calls = snapshot(), []
+    _run(tmp_path, calls.append, "--status")
+    status = capsys.readouterr().out
+    assert calls == [] and snapshot() == before  # runs nothing, writes nothing
+    resumed, started = FakeMtpf(), []
+    _run(tmp_path, lambda cmd: (started.append(cmd), resumed(cmd)))
+    assert f"left: {len(started)} units," in status  # exactly the units the resumed run starts
+    assert "seed 2: 0 of 3 models complete; left: 21 evaluation units\n" in status  # 3 x (2 x 3 NER + TC)
+    capsys.readouterr()
+    _run(tmp_path, FakeMtpf(), "--status")
+    assert "nothing left to run" in capsys.readouterr().out
+
+
+def test_status_estimates_each_unit_from_recorded_timings():
+    t = {"pretrain s1 A": {"part": "pretrain", "seconds": 100.0, "jobs": 1},
+         "pretrain s1 B": {"part": "pretrain", "seconds": 300.0, "jobs": 2},
+         "evaluate s1 A NER conll @1 (full)": {"part": "ner-full", "seconds": 50.0, "jobs": 1},
+         "evaluate s1 B NER mit @1 (full)": {"part": "ner-full", "seconds": 9.0, "jobs": 1},
+         "evaluate s1 A TC": {"part": "tc", "seconds": 20.0, "jobs": 1}}
+    assert repro.estimate("pretrain s2 A", "pretrain", t, 2) == 100.0  # the same unit at another seed first
+    assert repro.estimate("pretrain s2 C", "pretrain", t, 2) == 300.0  # else its part, same --jobs preferred
+    assert repro.estimate("pretrain s2 C", "pretrain", t, 1) == 100.0
+    assert repro.estimate("evaluate s2 C NER conll @1 (full)", "ner-full", t, 1) == 50.0  # same dataset, share
+    assert repro.estimate("evaluate s2 C TC", "tc", t, 1) == 20.0
+    assert repro.estimate("evaluate s2 C NER conll @0.1 (low)", "ner-low", t, 1) is None
