@@ -67,10 +67,9 @@ def _trainable_state(model: NerModel) -> dict:
 
 def _accelerator(device):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
 
     from mtpf.device import bf16_supported
-
-    from accelerate.state import AcceleratorState, PartialState
 
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # accelerate puts a single process on the current CUDA device

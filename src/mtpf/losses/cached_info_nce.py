@@ -12,7 +12,7 @@ This needs control of the backward pass, so it is a function that *does* the bac
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
