@@ -176,6 +176,8 @@ def run_serve(args: argparse.Namespace) -> int:
         given = _pairs(args.api_key, "--api-key")
     except ValueError as exc:
         return fail(str(exc))
+    if ADMIN in apps:
+        return fail(f"--app {ADMIN}=...: that name is reserved for the admin key; pick another app name")
     if args.max_queued_texts < args.max_texts:
         return fail(f"--max-queued-texts ({args.max_queued_texts}) must be at least --max-texts ({args.max_texts})")
     try:
