@@ -29,6 +29,8 @@ def test_unknown_strategy_and_bad_types(tmp_path):
         load_config(PretrainConfig, None, ["strategy=mtl"])
     with pytest.raises(ConfigError, match="max_steps must be an integer"):
         load_config(PretrainConfig, None, ["max_steps=ten"])
+    with pytest.raises(ConfigError, match="keep_checkpoints must be >= 1"):  # 0 would have kept them all
+        load_config(PretrainConfig, None, ["keep_checkpoints=0"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("strategy: tc\n  lr: [\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml:\d+: invalid YAML"):
