@@ -84,6 +84,15 @@ def _accelerator(device):
     return Accelerator(cpu=device.type == "cpu", mixed_precision=precision)
 
 
+def _process_share(batches: list, world: int, rank: int) -> list:
+    """This process's batches of an epoch: equal shares, since DDP needs every process to take the same number
+    of steps (fewer batches than processes: each takes one, repeating)."""
+    if world == 1:
+        return batches
+    batches = (batches * world)[:world] if len(batches) < world else batches
+    return batches[: len(batches) - len(batches) % world][rank::world]
+
+
 def _epochs(requested: int, min_steps: int, batches_per_epoch: int) -> int:
     """``requested`` epochs, more when that is fewer than ``min_steps`` optimizer steps (small train sets)."""
     if requested == 0:
@@ -187,7 +196,9 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
         opt = _optimizer(trainable, cfg.lr, cfg.weight_decay)
         for g in _optimizer(head_params, head_lr, cfg.weight_decay).param_groups:
             opt.add_param_group(g)
-        n_batches = math.ceil(len(train_enc.ids) / cfg.batch_size)
+        # optimizer steps per epoch of this process (DDP: its share): the schedule, the minimum of steps and the
+        # mean loss all count those
+        n_batches = len(_process_share(list(range(math.ceil(len(train_enc.ids) / cfg.batch_size))), world, 0))
         epochs = _epochs(cfg.epochs, cfg.min_steps, n_batches)
         sched = _scheduler(opt, cfg.scheduler, epochs * n_batches)
         eval_every = cfg.eval_every
@@ -202,16 +213,13 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
             pack = cpu_speed.install(model.encoder)
         wrapped, opt = acc.prepare(model, opt)
         lengths = [len(x) for x in train_enc.ids]
-        bar = tqdm(total=epochs * math.ceil(n_batches / world), desc="stage 2 (LoRA+head)", unit="batch",
+        bar = tqdm(total=epochs * n_batches, desc="stage 2 (LoRA+head)", unit="batch",
                    leave=False, disable=not progress, dynamic_ncols=True)
         since_best = 0
         for epoch in range(epochs):
             wrapped.train()
             total = torch.zeros((), dtype=torch.float64, device=acc.device)  # read at log points only
-            batches = bucket_batches(lengths, cfg.batch_size, rng)
-            if world > 1:  # equal shares: DDP needs every process to take the same number of steps
-                batches = (batches * world)[:world] if len(batches) < world else batches
-                batches = batches[: len(batches) - len(batches) % world][rank::world]
+            batches = _process_share(bucket_batches(lengths, cfg.batch_size, rng), world, rank)
             for k, b in enumerate(batches):
                 with torch.profiler.record_function("mtpf.ner.train_step"):
                     batch = pad_pieces(train_enc, b, pad_id, acc.device, pack=pack)

@@ -51,6 +51,7 @@ def aggregate(cells: list[dict]) -> dict:
         groups[(c["model"], c["task"], c["dataset"], float(c["fraction"]))].append(c)
     out = {}
     for key, cs in groups.items():
+        cs = list({c.get("seed", 42): c for c in cs}.values())  # one cell per seed (the last given): n = seeds
         scores = [100 * c["main_score"] for c in cs]
         iv = interval(scores)
         entry = {"mean": iv.mean, "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
@@ -153,7 +154,7 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
         tables.append(Table("TC sub-tasks: accuracy (MTEB protocol)", ["Model"] + [abbrev(d) for d in tc_ds] +
                             ["Avg."], rows))
     # ---------------- data scarcity (Table 11)
-    if ner_ds and (len(fractions) > 1 or fractions[0] < 1):
+    if ner_ds and fractions and (len(fractions) > 1 or fractions[0] < 1):
         rows = []
         for f in fractions:
             for m in models:
