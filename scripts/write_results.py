@@ -179,10 +179,12 @@ def figure4(cells, tpl: dict, order: dict, source: Path, figs: Path) -> Path | N
     from mtpf.analysis.plots import plot_depth
 
     depth = {int(n): m for n, m in (tpl.get("depth") or {}).items()}
-    seeds = sorted(source.glob("s*/pretrain"))
+    manifest = json.loads((source / "manifest.json").read_text())
+    seeds = [source / f"s{s}" / "pretrain" for s in manifest.get("seeds", [])]  # the config's order: first = first
+    seeds = [d for d in seeds if d.is_dir()]
     if not depth or not seeds:
         return None
-    agg, manifest = aggregate(cells), json.loads((source / "manifest.json").read_text())
+    agg = aggregate(cells)
     with tempfile.TemporaryDirectory() as tmp:
         downstream = {}
         for n, m in depth.items():

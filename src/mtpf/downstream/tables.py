@@ -71,11 +71,26 @@ def _fmt(v: float | None, half: float | None = None) -> str:
     return f"{v:.1f}" if half is None else f"{v:.1f} ± {half:.1f}"
 
 
-def _delta(v: float | None, base: float | None, is_base: bool, half: float | None = None) -> str:
-    """``60.8+1.7`` with one seed, ``60.8 ± 0.4 (+1.7)`` with an interval."""
-    if v is None or is_base or base is None:
+def _delta(v: float | None, delta: float | None, is_base: bool, half: float | None = None) -> str:
+    """``60.8+1.7`` with one seed, ``60.8 ± 0.4 (+1.7)`` with an interval (``delta``: the difference to the base)."""
+    if v is None or is_base or delta is None:
         return _fmt(v, half)
-    return f"{v:.1f}{v - base:+.1f}" if half is None else f"{_fmt(v, half)} ({v - base:+.1f})"
+    return f"{v:.1f}{delta:+.1f}" if half is None else f"{_fmt(v, half)} ({delta:+.1f})"
+
+
+def _seed_mean(by_seed: dict, fallback: float | None) -> float | None:
+    """A family's score: the mean over the seeds complete on all its datasets (the seeds its interval uses), so a
+    seed still running on one dataset does not pull the mean and not the interval; else ``fallback``."""
+    return statistics.fmean(by_seed.values()) if by_seed else fallback
+
+
+def _paired_delta(by_seed: dict, base_by_seed: dict, v: float | None, base: float | None) -> float | None:
+    """Difference to the base over the seeds both have (paired, as the claims table); unpaired only when they
+    share no complete seed."""
+    common = set(by_seed) & set(base_by_seed)
+    if common:
+        return statistics.fmean(by_seed[s] - base_by_seed[s] for s in common)
+    return None if v is None or base is None else v - base
 
 
 def family_by_seed(agg: dict, model: str, task: str, datasets: list[str], frac: float = 1.0) -> dict:
@@ -113,17 +128,33 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
 
     tables = []
     # ---------------- summary (Tables 1-3)
-    ner_avg = {m: _mean_or_none([get(m, "ner", d) for d in ner_ds]) if ner_ds else None for m in models}
-    tc_avg = {m: _mean_or_none([get(m, "tc", d) for d in tc_ds]) if tc_ds else None for m in models}
+    every = [m for m in dict.fromkeys([*models, base])]
+    fam = {(m, t): family_by_seed(agg, m, t, ds) for m in every for t, ds in (("ner", ner_ds), ("tc", tc_ds))}
+    ner_avg = {m: _seed_mean(fam[m, "ner"], _mean_or_none([get(m, "ner", d) for d in ner_ds])) if ner_ds else None
+               for m in every}
+    tc_avg = {m: _seed_mean(fam[m, "tc"], _mean_or_none([get(m, "tc", d) for d in tc_ds])) if tc_ds else None
+              for m in every}
+
+    def overall_by_seed(m):  # per seed, the mean of the family averages
+        fams = [fam[m, t] for t, ds in (("ner", ner_ds), ("tc", tc_ds)) if ds]
+        seeds = set.intersection(*(set(f) for f in fams)) if fams and all(fams) else set()
+        return {s: statistics.fmean(f[s] for f in fams) for s in sorted(seeds)}
 
     def overall(m):
         parts = [x for x, ds in ((ner_avg[m], ner_ds), (tc_avg[m], tc_ds)) if ds]
-        return _mean_or_none(parts)
+        return _seed_mean(overall_by_seed(m), _mean_or_none(parts))
 
     def overall_half(m):  # interval of the per-seed mean of the family averages
-        fams = [family_by_seed(agg, m, t, ds) for t, ds in (("ner", ner_ds), ("tc", tc_ds)) if ds]
-        seeds = set.intersection(*(set(f) for f in fams)) if fams and all(fams) else set()
-        return interval([statistics.fmean(f[s] for f in fams) for s in seeds]).half if seeds else None
+        seeds = overall_by_seed(m)
+        return interval(seeds.values()).half if seeds else None
+
+    def delta(m, task):
+        if base not in models:
+            return None
+        if task == "all":
+            return _paired_delta(overall_by_seed(m), overall_by_seed(base), overall(m), overall(base))
+        avg = ner_avg if task == "ner" else tc_avg
+        return _paired_delta(fam[m, task], fam[base, task], avg[m], avg[base])
 
     header = ["Model"]
     if ner_ds:
@@ -135,10 +166,10 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
     for m in models:
         row = [m]
         if ner_ds:
-            row.append(_delta(ner_avg[m], ner_avg.get(base), m == base, _family_half(agg, m, "ner", ner_ds)))
+            row.append(_delta(ner_avg[m], delta(m, "ner"), m == base, _family_half(agg, m, "ner", ner_ds)))
         if tc_ds:
-            row.append(_delta(tc_avg[m], tc_avg.get(base), m == base, _family_half(agg, m, "tc", tc_ds)))
-        row.append(_delta(overall(m), overall(base) if base in models else None, m == base, overall_half(m)))
+            row.append(_delta(tc_avg[m], delta(m, "tc"), m == base, _family_half(agg, m, "tc", tc_ds)))
+        row.append(_delta(overall(m), delta(m, "all"), m == base, overall_half(m)))
         rows.append(row)
     tables.append(Table("Summary: NER = average test F1, TC = average accuracy (MTEB protocol); "
                         f"+/- against '{base}'", header, rows))
