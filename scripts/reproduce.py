@@ -256,8 +256,9 @@ class Repro:
                     continue  # every cell of it is recorded (a fresh work folder beside committed results)
                 if not (run_dir / "run.json").is_file():
                     resume = "true" if (run_dir / "checkpoints").is_dir() else "false"
+                    ner_data = json.dumps([str(self.out / "labels")])  # a JSON list: any path stays one entry
                     self.step(f"pretrain s{seed} {label}", "pretrain",
-                              MTPF + ["pretrain", conf, f"output_dir={run_dir}", f"ner_data=[{self.out / 'labels'}]",
+                              MTPF + ["pretrain", conf, f"output_dir={run_dir}", f"ner_data={ner_data}",
                                       f"resume={resume}", f"seed={seed}", *self.cfg.get("pretrain_overrides", []),
                                       *overrides])
                 self.copy_logs(label, seed)
