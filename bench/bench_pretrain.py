@@ -123,7 +123,11 @@ def loader_workers(args) -> int:
 
 def run_st(args, model: str, pairs, mini_batch: int | None, steps: int) -> float:
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
     from sentence_transformers.models import Pooling, Transformer
 
@@ -166,9 +170,8 @@ def _trainer_with_window(window: int):
         def _get_train_sampler(self, train_dataset=None):
             default = super()._get_train_sampler(train_dataset)
             if not isinstance(default, LengthGroupedSampler):
-                raise RuntimeError("this transformers release no longer groups by length in _get_train_sampler")
-            sampler = WindowSampler(default.batch_size, lengths=default.lengths, generator=default.generator)
-            return sampler
+                raise TypeError("this transformers release no longer groups by length in _get_train_sampler")
+            return WindowSampler(default.batch_size, lengths=default.lengths, generator=default.generator)
 
     return WindowTrainer
 
@@ -177,8 +180,13 @@ def run_hf_token_classification(args, model: str, sentences, labels, num_labels,
                                 window: int | None = None) -> float:
     """``window``: length-group within mega-batches of that many batches (None: transformers' own choice)."""
     from datasets import Dataset
-    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+        TrainingArguments,
+    )
 
     from mtpf.data.ner_pseudo import align_first_subtoken
     from mtpf.encoder import resolve_model
