@@ -45,6 +45,15 @@ VIEWS = {"aten::view", "aten::_unsafe_view", "aten::reshape", "aten::_reshape_al
 READS = ("aten::_local_scalar_dense", "aten::nonzero")
 
 
+def under_optimizer(e) -> bool:
+    """Inside ``Optimizer.step`` (AdamW's host reads of its step count do not sync a GPU)."""
+    while e is not None:
+        if e.name.startswith("Optimizer.step"):
+            return True
+        e = e.cpu_parent
+    return False
+
+
 def count(step, steps: int) -> dict:
     """Median per-step counts of ``steps`` calls of ``step`` (after one warm-up call)."""
     from torch.profiler import ProfilerActivity, profile
@@ -55,14 +64,6 @@ def count(step, steps: int) -> dict:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()
         events = [e for e in prof.events() if e.name.startswith("aten::")]
-
-        def under_optimizer(e):
-            while e is not None:
-                if e.name.startswith("Optimizer.step"):
-                    return True
-                e = e.cpu_parent
-            return False
-
         per.append({
             "all": len(events),
             "compute": sum(1 for e in events if not e.cpu_children and e.name not in VIEWS),

@@ -26,25 +26,35 @@ SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select",
             "aten::unique_dim", "aten::unique_consecutive")
 
 
-def _inside_optimizer_step(event) -> bool:
-    """torch's AdamW reads its step count on the host in two places that do not sync a GPU: the CPU kernel of
-    fused AdamW (the CUDA kernel reads it on the device), and foreach/single-tensor AdamW, whose step counts
-    are CPU tensors unless ``capturable``. Reads under ``Optimizer.step`` are left out of the count."""
+def _under(event, matches) -> bool:
+    """Whether ``event`` or one of its enclosing profiler events has a name that ``matches``."""
     while event is not None:
-        if event.name.startswith("Optimizer.step"):
+        if matches(event.name):
             return True
         event = event.cpu_parent
     return False
 
 
-def _count(fn) -> dict[str, int]:
+def _sync_reads(events, region: str | None = None) -> dict[str, int]:
+    """The sync ops among ``events`` (only those inside profiler region ``region``, if given).
+
+    torch's AdamW reads its step count on the host in two places that do not sync a GPU: the CPU kernel of
+    fused AdamW (the CUDA kernel reads it on the device), and foreach/single-tensor AdamW, whose step counts
+    are CPU tensors unless ``capturable``. Reads under ``Optimizer.step`` are left out of the count."""
     from collections import Counter
 
+    return dict(Counter(
+        e.name for e in events
+        if e.name in SYNC_OPS and not _under(e, lambda n: n.startswith("Optimizer.step"))
+        and (region is None or _under(e, lambda n: n == region))))
+
+
+def _count(fn) -> dict[str, int]:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    return dict(Counter(e.name for e in prof.events() if e.name in SYNC_OPS and not _inside_optimizer_step(e)))
+    return _sync_reads(prof.events())
 
 
 def _backbone(recipe):
@@ -118,20 +128,6 @@ def _regions(prof, name: str) -> int:
     return sum(1 for e in prof.events() if e.name == name)
 
 
-def _reads_in(prof, region: str) -> dict[str, int]:
-    from collections import Counter
-
-    def inside(e):
-        while e is not None:
-            if e.name == region:
-                return True
-            e = e.cpu_parent
-        return False
-
-    return dict(Counter(e.name for e in prof.events()
-                        if e.name in SYNC_OPS and inside(e) and not _inside_optimizer_step(e)))
-
-
 def test_ner_adaptation_steps_read_nothing_back_from_the_device(tiny_bert, tmp_path):
     """``mtpf adapt ner``: the frozen-feature pass, the head warm-up steps and the LoRA steps (profiler regions
     ``mtpf.ner.*``) read no device value, apart from transformers' mask check once per forward."""
@@ -157,7 +153,7 @@ def test_ner_adaptation_steps_read_nothing_back_from_the_device(tiny_bert, tmp_p
         assert n > 0, f"no {region} region ran"
         forwards = 0 if region == "mtpf.ner.head_step" else n
         allowed = {k: v * forwards for k, v in per_forward.items() if forwards}
-        assert _reads_in(prof, region) == allowed, region
+        assert _sync_reads(prof.events(), region) == allowed, region
 
 
 @pytest.mark.parametrize("strategy", ["tc", "ner", "mtpf-tpl"])
