@@ -5,7 +5,7 @@ label -> pretrain every model once per seed -> evaluate every (seed, model) cell
 
     python scripts/reproduce.py configs/local/repro-scaled.yaml [--only label|pretrain|evaluate|runtime|figures]
                                                                  [--seeds 42] [--models A,B] [--by-model]
-                                                                 [--commit-results]
+                                                                 [--commit-results] [--status]
 
 Seeds: ``seeds: [42, 43, 44]`` are replicate seeds. Replicate ``s`` pre-finetunes every model with ``seed=s`` and
 adapts/evaluates it with seed ``s`` (NER adaptation seed and MTEB task seed), so the tables' intervals cover both
@@ -27,7 +27,13 @@ share a run or evaluation folder; bookkeeping (timings, copies, commits) is seri
 Resume: a run with ``run.json`` is not pre-finetuned again (an interrupted one resumes from its checkpoint); an
 evaluation unit — one NER dataset at one train share, or all TC datasets — whose cells are already in its
 ``results.json`` is not started (the suite itself also skips recorded cells by key and writes results.json
-atomically after every cell). A run killed at any point recomputes nothing already recorded.
+atomically after every cell). A unit counts as done only if its cells were made with exactly the config its
+command builds (recipe defaults resolved, ``args:`` flags included). A run killed at any point recomputes nothing
+already recorded, and a fresh work folder (another machine, a wiped disk) starts from the committed
+``results_dir``: recorded units are not evaluated again, and a model none of whose units is left is not
+pre-finetuned again. ``--status`` (with
+the flags of the run) prints what is left, seed by seed and model by model, and the wall time it should take at
+``--jobs`` from the recorded ``timings.json``, without running or writing anything.
 
 Results: after every finished unit its results.json, the pre-finetuning logs and ``timings.json`` (wall time and
 command of every unit) are copied to ``results_dir`` (default ``docs/results/<config name>``);
@@ -37,6 +43,7 @@ ends loses at most the cell in flight. ``scripts/write_results.py results_dir`` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -71,6 +78,14 @@ def write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def copy_atomic(src: Path, dst: Path) -> None:
+    """A killed copy leaves the old file (or none), never a torn one that a later session would commit."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
 def recorded(results: Path) -> list[dict]:
     try:
         return json.loads(results.read_text()).get("cells", [])
@@ -79,17 +94,68 @@ def recorded(results: Path) -> list[dict]:
 
 
 def unit_done(results: Path, task: str, datasets: list[str], fractions: list[float], seed: int,
-              ner_cfg: dict | None = None) -> bool:
-    """Every (dataset, fraction) of this unit has a cell at this seed (and, for NER, with this recipe)."""
+              config: dict | None = None) -> bool:
+    """Every (dataset, fraction) of this unit has a cell at this seed, made with exactly ``config`` (the NER or TC
+    config the unit's command builds, :func:`expected_config`) when given."""
     have = set()
     for c in recorded(results):
         if c.get("task") != task or int(c.get("seed", -1)) != seed:
             continue
-        conf = c.get("config") or {}
-        if ner_cfg and any(k in conf and conf[k] != v for k, v in ner_cfg.items()):
+        if config is not None and not same_config(c.get("config") or {}, config):
             continue
         have.add((c["dataset"], float(c["fraction"])))
     return all((Path(d).name, float(f)) in have for d in datasets for f in fractions)
+
+
+def same_config(stored: dict, expected: dict) -> bool:
+    """``stored`` (a cell's config) equals ``expected``; a field added to the config since the cell ran counts as
+    equal when it is at its default (the default is what that cell ran with: e.g. NerConfig.cpu_speedups)."""
+    defaults = expected.get("__defaults__", {})
+    return all((stored[k] == v) if k in stored else (k in defaults and defaults[k] == v)
+               for k, v in expected.items() if k != "__defaults__")
+
+
+def expected_config(evaluate_args: list[str], task: str) -> dict:
+    """The NER or TC config that ``mtpf evaluate EVALUATE_ARGS`` builds and stores in each cell: the recipe
+    defaults resolved, flags from ``args:`` included, so a unit made with another recipe is never taken as done."""
+    from mtpf.cli import build_parser
+    from mtpf.downstream.cli import _ner_config, _tc_config
+
+    from mtpf.downstream.ner import NerConfig
+    from mtpf.downstream.tc import TCConfig
+
+    args = build_parser().parse_args(["evaluate", *evaluate_args])
+    cfg = _ner_config(args) if task == "ner" else _tc_config(args)
+    defaults = {f.name: f.default for f in dataclasses.fields(NerConfig if task == "ner" else TCConfig)
+                if f.default is not dataclasses.MISSING}
+    return json.loads(json.dumps({**cfg.to_dict(), "__defaults__": defaults}))
+
+
+def _count(units: list[tuple[str, str]]) -> list[str]:
+    pre = sum(part == "pretrain" for _, part in units)
+    ev = len(units) - pre
+    return ([f"{pre} pre-finetuning{'s' * (pre != 1)}"] if pre else []) + (
+        [f"{ev} evaluation unit{'s' * (ev != 1)}"] if ev else [])
+
+
+def estimate(name: str, part: str, timings: dict, jobs: int) -> float | None:
+    """Seconds a planned unit should take: the same unit at another seed, else a unit of the same part on the same
+    dataset and share (NER) or the same part (TC, pre-finetuning), preferring units run with the same ``jobs``."""
+    def key(n):  # "evaluate s42 MTPF NER conll2003 @1 (full)" -> ("evaluate", "MTPF NER conll2003 @1 (full)")
+        verb, _, rest = n.partition(" ")
+        return verb, rest.partition(" ")[2] if rest.startswith("s") and rest[1:2].isdigit() else rest
+
+    def tail(n):
+        rest = key(n)[1]
+        return rest.rsplit(" NER ", 1)[1] if " NER " in rest else None
+
+    for same in (lambda n, t: key(n) == key(name),
+                 lambda n, t: t["part"] == part and tail(n) == tail(name)):
+        found = [t for n, t in timings.items() if same(n, t)]
+        pick = [t for t in found if t.get("jobs", 1) == jobs] or found
+        if pick:
+            return float(sorted(t["seconds"] for t in pick)[len(pick) // 2])
+    return None
 
 
 class Repro:
@@ -114,10 +180,23 @@ class Repro:
         self.selected = list(models) if models else list(self.models)  # this invocation's models, in order
         self.timings_path = results_dir / "timings.json"
         self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
+        self._local = threading.local()  # `planned`, per thread: a unit's check must not plan another's steps
+
+    @property
+    def planned(self) -> list[tuple[str, str]] | None:
+        """Not None: units are listed here (``--status``, ``needs_weights``), not run, and nothing is written."""
+        return getattr(self._local, "planned", None)
+
+    @planned.setter
+    def planned(self, value: list[tuple[str, str]] | None) -> None:
+        self._local.planned = value
 
     # ------------------------------------------------------------------ bookkeeping
     def step(self, name: str, part: str, cmd: list[str]) -> None:
         """Run one unit and record its wall time and command (the caller copies its results, then publishes)."""
+        if self.planned is not None:
+            self.planned.append((name, part))
+            return
         t0 = time.perf_counter()
         self.run(cmd)
         with self.lock:
@@ -127,7 +206,7 @@ class Repro:
             write_json(self.timings_path, self.timings)
 
     def publish(self, message: str) -> None:
-        if not self.commit:
+        if not self.commit or self.planned is not None:
             return
         with self.lock:
             self._commit(message)
@@ -160,7 +239,7 @@ class Repro:
     # ------------------------------------------------------------------ stages
     def label(self) -> None:
         lab, labels = self.cfg["labels"], self.out / "labels"
-        if not (labels / "clusters.json").is_file():
+        if not (labels / "clusters.json").is_file() and self.to_pretrain():
             self.step("label", "label", MTPF + ["label", "--teacher", lab["teacher"], "--corpus", *lab["corpus"],
                                                 "--clusters", str(lab["clusters"]), "--fit-words",
                                                 str(lab["fit_words"]), "--out", str(labels)])
@@ -173,22 +252,59 @@ class Repro:
                 if conf is None:
                     continue
                 run_dir = self.run_dir(label, seed)
+                if not (run_dir / "run.json").is_file() and not self.needs_weights(label, seed):
+                    continue  # every cell of it is recorded (a fresh work folder beside committed results)
                 if not (run_dir / "run.json").is_file():
                     resume = "true" if (run_dir / "checkpoints").is_dir() else "false"
+                    ner_data = json.dumps([str(self.out / "labels")])  # a JSON list: any path stays one entry
                     self.step(f"pretrain s{seed} {label}", "pretrain",
-                              MTPF + ["pretrain", conf, f"output_dir={run_dir}", f"ner_data=[{self.out / 'labels'}]",
+                              MTPF + ["pretrain", conf, f"output_dir={run_dir}", f"ner_data={ner_data}",
                                       f"resume={resume}", f"seed={seed}", *self.cfg.get("pretrain_overrides", []),
                                       *overrides])
                 self.copy_logs(label, seed)
                 self.publish(f"pretrain s{seed} {label}")
 
+    def to_pretrain(self) -> list[tuple[int, str]]:
+        """(seed, model) units of this invocation that will pre-finetune (the teacher labels are only for them)."""
+        return [(s, m) for s in self.seeds for m in self.selected if self.models[m][0] is not None
+                and not (self.run_dir(m, s) / "run.json").is_file() and self.needs_weights(m, s)]
+
+    def needs_weights(self, label: str, seed: int) -> bool:
+        """Some evaluation unit of (label, seed) is not recorded yet, or the runtime row will serve its apps."""
+        rt = self.cfg.get("runtime") or {}
+        if rt.get("model") == label and seed == self.first and not self.runtime_done():
+            return True
+        saved, self.planned = self.planned, []
+        try:
+            self.evaluate([label], [seed])
+            return bool(self.planned)
+        finally:
+            self.planned = saved
+
+    def runtime_done(self) -> bool:
+        out = self.out / "eval" / "runtime" / "results.json"
+        out = out if out.is_file() else self.results_dir / "runtime.json"  # a fresh work folder: the committed row
+        return out.is_file() and unit_done(out, "tc", self.cfg["evaluate"]["cls"], [1.0], self.first)
+
+    def results_file(self, label: str, seed: int) -> Path:
+        """The unit's results.json in the work folder; a fresh work folder (another machine, a wiped disk) starts
+        from the committed copy in results_dir, so nothing recorded there is computed again."""
+        work = self.eval_dir(label, seed) / "results.json"
+        committed = self.results_dir / f"s{seed}" / f"{slug(label)}.json"
+        if not work.is_file() and committed.is_file():
+            if self.planned is not None:
+                return committed  # --status reads, never writes
+            copy_atomic(committed, work)
+        return work
+
     def copy_logs(self, label: str, seed: int) -> None:
         """Pre-finetuning curves and config (small files) next to the results, for Figures 3 and 4."""
+        if self.planned is not None:
+            return
         src, dst = self.run_dir(label, seed), self.results_dir / f"s{seed}" / "pretrain" / slug(label)
-        for name in ("config.json", "run.json", "logs/metrics.jsonl", "logs/analysis.jsonl"):
+        for name in ("pretrain_config.json", "run.json", "logs/metrics.jsonl", "logs/analysis.jsonl"):
             if (src / name).is_file():
-                (dst / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src / name, dst / name)
+                copy_atomic(src / name, dst / name)
 
     def evaluate(self, labels: list[str] | None = None, seeds: list[int] | None = None) -> None:
         ev = self.cfg["evaluate"]
@@ -196,7 +312,7 @@ class Repro:
         for seed in seeds or self.seeds:
             for label in labels or self.selected:
                 out = self.eval_dir(label, seed)
-                results = out / "results.json"
+                results = self.results_file(label, seed)
                 base = MTPF + ["evaluate", "--model", f"{label}={self.ref(label, seed)}", "--output", str(out),
                                "--cache-dir", str(self.out / "eval" / "cache"), "--seeds", str(seed), "--no-progress",
                                *ev.get("args", [])]
@@ -211,24 +327,26 @@ class Repro:
                         flags.append("--save-apps")  # the runtime row serves these NER apps
                     for ds in ev["ner"]:
                         for frac in run["fractions"]:
-                            if unit_done(results, "ner", [ds], [frac], seed, rcfg):
+                            cmd = base + flags + ["--ner", ds, "--fractions", str(frac)]
+                            if unit_done(results, "ner", [ds], [frac], seed,
+                                         expected_config(cmd[len(MTPF) + 1:], "ner")):
                                 continue
                             self.step(f"evaluate s{seed} {label} NER {Path(ds).name} @{frac:g} ({run_name})",
-                                      "ner-full" if float(frac) == 1 else "ner-low",
-                                      base + flags + ["--ner", ds, "--fractions", str(frac)])
+                                      "ner-full" if float(frac) == 1 else "ner-low", cmd)
                             self.copy_results(label, seed)
-                if ev.get("cls") and not unit_done(results, "tc", ev["cls"], [1.0], seed):
-                    self.step(f"evaluate s{seed} {label} TC", "tc", base + ["--cls", *ev["cls"]])
+                cmd = base + ["--cls", *ev.get("cls", [])]
+                if ev.get("cls") and not unit_done(results, "tc", ev["cls"], [1.0], seed,
+                                                   expected_config(cmd[len(MTPF) + 1:], "tc")):
+                    self.step(f"evaluate s{seed} {label} TC", "tc", cmd)
                     self.copy_results(label, seed)
                 self.copy_results(label, seed)
 
     def copy_results(self, label: str, seed: int) -> None:
         src = self.eval_dir(label, seed) / "results.json"
-        if src.is_file():
+        if src.is_file() and self.planned is None:
             dst = self.results_dir / f"s{seed}" / f"{slug(label)}.json"
             with self.lock:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dst)
+                copy_atomic(src, dst)
                 self.publish(f"s{seed} {label}")
 
     def by_model(self) -> None:
@@ -261,6 +379,43 @@ class Repro:
             if f.exception() is not None:
                 raise f.exception()
 
+    def status(self) -> str:
+        """What is left to run (every stage's units, by seed and model) and how long it should take, estimated
+        from ``timings.json``; runs nothing and writes nothing."""
+        self.planned = []
+        self.label()
+        left = {}  # (seed, label) -> units
+        for seed in self.seeds:
+            for label in self.selected:
+                before = len(self.planned)
+                self.pretrain([label], [seed])
+                self.evaluate([label], [seed])
+                left[seed, label] = self.planned[before:]
+        if self.first in self.seeds:
+            if self.cfg.get("runtime"):
+                self.runtime()
+            self.figures()
+        lines = []
+        for seed in self.seeds:
+            todo = [(label, units) for (s, label), units in left.items() if s == seed and units]
+            if len(todo) == len(self.selected):  # nothing of this seed yet: the totals say enough
+                parts = [", ".join(_count([u for _, units in todo for u in units]))]
+            else:
+                parts = [f"{label} ({', '.join(_count(units))})" for label, units in todo]
+            lines.append(f"seed {seed}: {len(self.selected) - len(todo)} of {len(self.selected)} models complete"
+                         + (f"; left: {'; '.join(parts)}" if todo else ""))
+        if not self.planned:
+            return "\n".join(lines + ["nothing left to run"])
+        est = [estimate(name, part, self.timings, self.jobs) for name, part in self.planned]
+        hours = sum(e for e in est if e is not None) / 3600
+        unknown = sum(e is None for e in est)
+        lines.append(f"left: {len(self.planned)} units, about {hours:.1f} unit-hours = {hours / self.jobs:.1f} h of "
+                     f"wall time at --jobs {self.jobs}" + (f" ({unknown} units with no timing to go by)" if unknown
+                                                           else "")
+                     + "; each unit's time is its recorded time at another seed, else that of the same dataset and "
+                     "share (or part), preferring units that ran with the same --jobs")
+        return "\n".join(lines)
+
     def runtime(self) -> None:
         # The deployed path for one model (first seed): its NER apps from the suite (--save-apps) and a TC app,
         # served by the runtime on the int8 ONNX backbone, scored with the suite's protocols.
@@ -268,7 +423,7 @@ class Repro:
 
         rt, ev, seed = self.cfg["runtime"], self.cfg["evaluate"], self.first
         run_dir, out = self.ref(rt["model"], seed), self.out / "eval" / "runtime"
-        if (out / "results.json").is_file() and unit_done(out / "results.json", "tc", ev["cls"], [1.0], seed):
+        if self.runtime_done():
             return
         tc_app = self.out / "apps" / f"{slug(rt['model'])}-tc-{Path(rt['tc_app_data']).name}"
         if not (tc_app / "mtpf_app.json").is_file():
@@ -285,7 +440,9 @@ class Repro:
                 for frac in run["fractions"]:
                     cmd += ["--ner-app", f"{ds}={apps / app_folder_name(rt['model'], Path(ds).name, frac, seed)}"]
         self.step("runtime", "runtime", cmd)
-        shutil.copy2(out / "results.json", self.results_dir / "runtime.json")
+        if self.planned is not None:
+            return
+        copy_atomic(out / "results.json", self.results_dir / "runtime.json")
         self.publish("runtime")
 
     def figures(self) -> None:
@@ -319,6 +476,8 @@ def main(argv: list[str] | None = None, run=sh) -> None:
                     help="pre-finetune and evaluate one model at a time (results land model by model)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="with --by-model: (seed, model) units run at once, each with cores/jobs threads")
+    ap.add_argument("--status", action="store_true",
+                    help="print what is left to run and an estimate of its wall time (from timings.json); run nothing")
     ap.add_argument("--commit-results", action="store_true",
                     help="git-commit the results folder after every finished unit (for runs spanning sessions)")
     args = ap.parse_args(argv)
@@ -342,6 +501,9 @@ def main(argv: list[str] | None = None, run=sh) -> None:
             os.environ.setdefault(var, threads)
     repro = Repro(cfg, Path(args.output or cfg["output"]), results_dir, args.commit_results, run, seeds, models,
                   args.jobs)
+    if args.status:
+        print(repro.status())
+        return
     repro.write_manifest()
     stages = ("label", "pretrain", "evaluate", "runtime", "figures")
     if args.by_model and args.only is None:

@@ -133,14 +133,18 @@ def tpl_section(cells, models, tpl: dict, order: dict, source: Path, figs: Path,
     if not settings or uniform not in models:
         return []
     agg = aggregate(cells)
-    measured = any(c["model"] in (uniform, *settings) for c in cells)
-    rows = []
+    rows, verdicts = [], []
     for m in settings:
         ivs = [claim_interval(agg, Claim("", m, uniform, t, 0), order[t]) for t in ("ner", "tc")]
         fmt = ["—" if iv is None else iv.format(signed=True) for iv in ivs]
-        both = all(iv is not None and iv.excludes_zero() and iv.mean > 0 for iv in ivs)
-        decided = all(iv is not None and iv.half is not None for iv in ivs)
-        rows.append(f"| {m} | {fmt[0]} | {fmt[1]} | {'yes' if both else 'no' if decided else 'undecided (one seed)'} |")
+        if any(iv is None for iv in ivs):
+            v = "not measured"
+        elif any(iv.half is None for iv in ivs):
+            v = "undecided (one seed)"
+        else:
+            v = "yes" if all(iv.excludes_zero() and iv.mean > 0 for iv in ivs) else "no"
+        verdicts.append(v)
+        rows.append(f"| {m} | {fmt[0]} | {fmt[1]} | {v} |")
     out = ["### The per-task TPL experiment (beyond the paper): each setting minus uniform TPL", "",
            table_markdown(build_tables([c for c in cells if float(c["fraction"]) == 1.0],
                                        [BASE, uniform, *settings] if BASE in models else [uniform, *settings],
@@ -148,12 +152,19 @@ def tpl_section(cells, models, tpl: dict, order: dict, source: Path, figs: Path,
            (f"Paired differences against `{uniform}` (percentage points, 95 % interval over seeds); a setting "
            "beats uniform TPL only if both intervals lie above 0:"), "",
            "| Setting | NER Δ | TC Δ | Beats uniform TPL on both families |", "|---|---:|---:|---|", *rows, ""]
-    winners = [m for m, r in zip(settings, rows) if r.endswith("| yes |")]
-    if not measured:
-        out += ["Result: not measured yet (no cells of these models).", ""]
-    else:
-        out += [(f"Result: {'; '.join(winners) + ' beat' if winners else 'no setting beats'} uniform TPL on both "
-                "families."), ""]
+    winners = [m for m, v in zip(settings, verdicts) if v == "yes"]
+    open_ = [m for m, v in zip(settings, verdicts) if v not in ("yes", "no")]
+    if all(v == "not measured" for v in verdicts):
+        result = "not measured yet (no cells of these settings next to uniform TPL's)."
+    elif winners:
+        result = f"{'; '.join(winners)} beat{'s' if len(winners) == 1 else ''} uniform TPL on both families."
+    elif not open_:
+        result = "no setting beats uniform TPL on both families."
+    else:  # say nothing the intervals do not show yet
+        result = (f"not decided yet: {len(open_)} of {len(settings)} settings have no interval on both families "
+                  "(they need paired cells at two or more seeds)"
+                  + ("; none of the others beats uniform TPL." if len(open_) < len(settings) else "."))
+    out += [f"Result: {result}", ""]
     fig = figure4(cells, tpl, order, source, figs)
     if fig:
         out += [f"![Figure 4]({os.path.relpath(fig, doc.parent)})", "",
@@ -168,10 +179,12 @@ def figure4(cells, tpl: dict, order: dict, source: Path, figs: Path) -> Path | N
     from mtpf.analysis.plots import plot_depth
 
     depth = {int(n): m for n, m in (tpl.get("depth") or {}).items()}
-    seeds = sorted(source.glob("s*/pretrain"))
+    manifest = json.loads((source / "manifest.json").read_text())
+    seeds = [source / f"s{s}" / "pretrain" for s in manifest.get("seeds", [])]  # the config's order: first = first
+    seeds = [d for d in seeds if d.is_dir()]
     if not depth or not seeds:
         return None
-    agg, manifest = aggregate(cells), json.loads((source / "manifest.json").read_text())
+    agg = aggregate(cells)
     with tempfile.TemporaryDirectory() as tmp:
         downstream = {}
         for n, m in depth.items():
@@ -299,10 +312,10 @@ def main() -> None:
             if src.is_file():
                 shutil.copy2(src, figs / name)
     elif manifest:
-        from mtpf.downstream.tables import bar_chart
+        from mtpf.downstream.tables import score_chart
 
         figs.mkdir(parents=True, exist_ok=True)
-        bar_chart(cells, models, figs / "chart.png", ner_order, tc_order)
+        score_chart(cells, models, figs / "chart.png", ner_order, tc_order)
     print(f"wrote {doc} ({len(cells)} cells, {len(models)} rows, seeds {seeds})")
 
 

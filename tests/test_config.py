@@ -29,7 +29,30 @@ def test_unknown_strategy_and_bad_types(tmp_path):
         load_config(PretrainConfig, None, ["strategy=mtl"])
     with pytest.raises(ConfigError, match="max_steps must be an integer"):
         load_config(PretrainConfig, None, ["max_steps=ten"])
+    with pytest.raises(ConfigError, match="keep_checkpoints must be >= 1"):  # 0 would have kept them all
+        load_config(PretrainConfig, None, ["keep_checkpoints=0"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("strategy: tc\n  lr: [\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml:\d+: invalid YAML"):
         load_config(PretrainConfig, bad)
+
+
+def test_overrides_keep_what_was_typed_for_strings(tmp_path):
+    """YAML 1.1 would turn these into a boolean, an octal number, a truncated path; a string field gets the text."""
+    cfg = load_config(PretrainConfig, None, ["mixed_precision=no", "model=0123", "output_dir=runs/a #1",
+                                             "tc_mini_batch_size=null", "lr=1e-4", "pcgrad=true", "max_steps=7"])
+    assert (cfg.mixed_precision, cfg.model, cfg.output_dir) == ("no", "0123", "runs/a #1")
+    assert cfg.tc_mini_batch_size is None and cfg.lr == 1e-4 and cfg.pcgrad is True and cfg.max_steps == 7
+    conf = tmp_path / "c.yaml"
+    conf.write_text("mixed_precision: no\n")  # unquoted in a file: a boolean to YAML, the choice "no" here
+    assert load_config(PretrainConfig, conf).mixed_precision == "no"
+    with pytest.raises(ConfigError, match=r"override 'lr=\[1': invalid value"):
+        load_config(PretrainConfig, None, ["lr=[1"])
+
+
+def test_a_broken_override_is_one_line_and_exit_2(capsys):
+    from mtpf.cli import main
+
+    assert main(["pretrain", "output_dir=@x"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid value" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

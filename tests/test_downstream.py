@@ -168,6 +168,18 @@ def test_samples_per_label_defaults():
         TCConfig(samples_per_label="zero")
 
 
+def test_samples_per_label_defaults_match_every_english_mteb_classification_task():
+    """`auto` must give each MTEB task mteb's own samples_per_label, or its score is not MTEB's."""
+    mteb = pytest.importorskip("mteb")
+    from mtpf.downstream.tc import default_samples_per_label
+
+    tasks = mteb.get_tasks(task_types=["Classification"], languages=["eng"], exclude_superseded=False)
+    assert len(tasks) > 50
+    wrong = {t.metadata.name: (t.samples_per_label, default_samples_per_label(t.metadata.name)) for t in tasks
+             if t.samples_per_label != default_samples_per_label(t.metadata.name)}
+    assert wrong == {}  # name: (mteb's, ours)
+
+
 # ----------------------------------------------------------------------------------------------- seqeval
 def test_seqeval_f1_equals_hand_computed_value():
     from mtpf.downstream.ner import seqeval_scores

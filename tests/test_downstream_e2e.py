@@ -273,6 +273,19 @@ def test_runtime_row_scores_what_the_suite_scores(fake_run, small_data, tmp_path
     after = json.loads((tmp_path / "rt-torch" / "results.json").read_text())["cells"]
     assert [c["key"] for c in after] == [c["key"] for c in before]
     assert "runtime torch" in (tmp_path / "rt-torch" / "tables.md").read_text()
+    # a new --label renames the row (its cells are reused, not shown as "—"); an app changed in place (retrained
+    # with --overwrite) is scored again: cells are keyed by the app's content, not its folder
+    app_json = tmp_path / "ner" / "mtpf_app.json"
+    app_json.write_text(app_json.read_text() + "\n")
+    rc = main(["evaluate-runtime", "--backbone", m.backbone, "--label", "int8 later", "--backend", "torch",
+               "--ner-app", f"{small_data['ner']}={tmp_path / 'ner'}", "--tc-app", str(tmp_path / "tc"),
+               "--cls", small_data["cls"], "--output", str(tmp_path / "rt-torch"), "--no-progress"])
+    assert rc == 0
+    cells = json.loads((tmp_path / "rt-torch" / "results.json").read_text())["cells"]
+    assert len(cells) == 3 and [c["model"] for c in cells if c["task"] == "tc"] == ["int8 later"]
+    rows = [line for line in (tmp_path / "rt-torch" / "tables.md").read_text().splitlines()
+            if line.startswith("| int8 later |")]
+    assert rows and "—" not in rows[0]
 
 
 def test_tag_words_keeps_the_given_words(fake_run, small_data, tmp_path):

@@ -108,6 +108,19 @@ def test_tc_app_exports_to_sentence_transformers_with_a_usable_head(demo, tmp_pa
         (out / "README.md").read_text()
 
 
+def test_hf_export_never_replaces_a_folder_silently(tmp_path, capsys, demo):
+    _, apps = demo
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.txt").write_text("keep me")
+    assert cli_main(["export", apps["tc0"], "--hf", "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err and (out / "thesis.txt").read_text() == "keep me"
+    assert cli_main(["export", apps["tc0"], "--hf", "--onnx", "--out", str(tmp_path / "both")]) == 2
+    assert "two commands" in capsys.readouterr().err and not (tmp_path / "both").exists()
+    assert cli_main(["export", apps["tc0"], "--hf", "--out", str(out), "--overwrite"]) == 0
+    assert (out / "modules.json").is_file() and not (out / "thesis.txt").exists()
+
+
 def test_hf_export_refuses_a_run_folder_with_one_line(tmp_path, capsys, demo):
     backbone, _ = demo
     assert cli_main(["export", backbone, "--hf"]) == 2

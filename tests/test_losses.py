@@ -96,6 +96,12 @@ def test_gradcache_with_length_sorted_chunks_restores_pair_order():
                                    anchor_order=order, positive_order=order)
     assert out.item() == pytest.approx(loss.item(), rel=1e-6)
     torch.testing.assert_close(lin.weight.grad, ref)
+    # a loss weight scales the gradient only; weight 0 (an ablation) still reports the loss, not 0/0
+    lin.zero_grad()
+    out = cached_info_nce_backward(lambda c: lin(c["x"]), chunks_a, chunks_p, 0.05, loss_scale=0.0,
+                                   anchor_order=order, positive_order=order)
+    assert out.item() == pytest.approx(loss.item(), rel=1e-6)
+    assert torch.count_nonzero(lin.weight.grad) == 0
 
 
 def test_pcgrad_hand_computed():

@@ -176,3 +176,16 @@ def test_cpu_speedups_train_the_same_as_the_padded_loop(tiny_bert_nodropout, tmp
     assert any(isinstance(m, FastDropout) for m in fast.model.modules())
     assert not any(isinstance(m, FastDropout) for m in plain.model.modules())
     assert NerConfig(recipe="paper").cpu_speedups is False and NerConfig().cpu_speedups is False
+
+
+def test_each_process_counts_its_own_share_of_steps():
+    """Under DDP a process takes its share of an epoch's batches: the schedule length, the minimum of steps and
+    the mean loss count that share, or the linear decay would stop at 1 - 1/world of the way down."""
+    from mtpf.downstream.ner_train import _process_share
+
+    batches = [[i] for i in range(7)]
+    assert _process_share(batches, 1, 0) is batches
+    shares = [_process_share(batches, 2, r) for r in range(2)]
+    assert [len(s) for s in shares] == [3, 3]  # equal steps; the odd batch is left out of this epoch
+    assert not {b[0] for b in shares[0]} & {b[0] for b in shares[1]}
+    assert [len(_process_share(batches[:1], 3, r)) for r in range(3)] == [1, 1, 1]  # fewer batches than processes

@@ -5,7 +5,7 @@ from unittest import mock
 import pytest
 
 from mtpf.data.io import DataError
-from mtpf.data.pairs import PairSourceSpec, load_pair_sources, open_pair_source, parse_pair_spec
+from mtpf.data.pairs import PairSourceSpec, expand_specs, load_pair_sources, open_pair_source, parse_pair_spec
 
 
 def _rows(n=40):
@@ -41,6 +41,10 @@ def test_local_jsonl_parquet_and_saved_arrow_with_named_columns(tmp_path):
     for name in ("one", "two"):
         (folder / f"{name}.jsonl").write_text(json.dumps({"anchor": "x", "positive": "y"}) + "\n")
     assert [s.name for s in load_pair_sources([str(folder)])] == ["one", "two"]
+    # a folder mapping passes streaming on to each file; rows: (one source's size) cannot apply to a folder
+    assert [s.streaming for s in expand_specs([{"path": str(folder), "streaming": True}])] == [True, True]
+    with pytest.raises(DataError, match="a folder becomes one source per file"):
+        expand_specs([{"path": str(folder), "streaming": True, "rows": 10}])
 
 
 def test_file_without_the_expected_columns_fails_with_one_line(tmp_path):
@@ -98,6 +102,21 @@ def test_token_cache_is_reused_and_invalidated_by_another_tokenizer(tiny_bert, t
     tokenize_pairs(src, other, 16)  # another tokenizer: another cache entry
     tokenize_pairs(src, tok, 8)  # another max_length too
     assert len([p for p in (path.parent / ".mtpf_cache").iterdir() if p.name.startswith("pairs-")]) == 3
+
+
+def test_token_cache_follows_the_columns_mapping(tiny_bert, tmp_path):
+    """The same file read with another `columns:` pair is another source: its cache must not be reused."""
+    from mtpf.data.token_cache import tokenize_pairs
+    from mtpf.encoder import load_tokenizer
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps({"q": f"query {i}", "good": f"good answer {i}", "other": f"zebra {i}"}) + "\n"
+                            for i in range(20)))
+    tok = load_tokenizer(tiny_bert)
+    good = tokenize_pairs(load_pair_sources([{"path": str(path), "columns": ["q", "good"]}])[0], tok, 16)
+    other = tokenize_pairs(load_pair_sources([{"path": str(path), "columns": ["q", "other"]}])[0], tok, 16)
+    assert good[3]["p_ids"] == tok("good answer 3", truncation=True, max_length=16)["input_ids"]
+    assert other[3]["p_ids"] == tok("zebra 3", truncation=True, max_length=16)["input_ids"]
 
 
 def test_a_cache_completed_meanwhile_by_another_process_is_used(tiny_bert, tmp_path):
@@ -192,6 +211,13 @@ def test_streaming_source_batches_are_deterministic_resumable_and_unique(tiny_be
     resumed = make()(4)
     assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(resumed["a_chunks"], seq[4]["a_chunks"]))
     assert not torch.equal(seq[0]["a_chunks"][0]["input_ids"], seq[1]["a_chunks"][0]["input_ids"])
+    # DataLoader workers (4 by default on CUDA) read the same windows, though the source is a single file
+    from mtpf.data.pipeline import batch_loader
+
+    fed = iter(batch_loader(make(), 0, 2, False))
+    for k in range(4):
+        got = next(fed)
+        assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(got["a_chunks"], seq[k]["a_chunks"]))
     with pytest.raises(DataError, match="streaming source of unknown size; give rows"):
         len(load_pair_sources([{"path": str(path), "streaming": True}])[0])
     # the recipe trains on it (no token cache for a stream: tokenised in the step's worker)

@@ -25,6 +25,10 @@ class Killed(Exception):
     pass
 
 
+def _stored(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "__defaults__"}
+
+
 class FakeMtpf:
     """Stands in for the mtpf CLI: writes what each command would, one cell at a time, skipping recorded cells
     like the suite does; ``kill_after`` cells it dies mid-unit."""
@@ -82,14 +86,14 @@ class FakeMtpf:
         seed = int(opt("--seeds"))
         path = out / "results.json"
         results = json.loads(path.read_text()) if path.is_file() else {"format": "mtpf-eval/1", "cells": []}
-        if "--ner" in args:
-            config = {"epochs_warmup": int(opt("--epochs-warmup")), "epochs": int(opt("--epochs"))}
+        if "--ner" in args:  # the config the real suite stores: what the flags build
+            config = _stored(repro.expected_config(args[1:], "ner"))
             todo = [("ner", Path(d).name, float(f), config) for d in many("--ner")
                     for f in opt("--fractions").split(",")]
         else:
-            todo = [("tc", Path(d).name, 1.0, {}) for d in many("--cls")]
+            todo = [("tc", Path(d).name, 1.0, _stored(repro.expected_config(args[1:], "tc"))) for d in many("--cls")]
         for task, ds, frac, config in todo:
-            key = f"{label}|{task}|{ds}|{frac}|{seed}|{sorted(config.items())}"
+            key = f"{label}|{task}|{ds}|{frac}|{seed}|{json.dumps(config, sort_keys=True)}"
             if any(c["key"] == key for c in results["cells"]):
                 continue
             if self.kill_after is not None and len(self.computed) == self.kill_after:
@@ -350,3 +354,76 @@ def test_jobs_need_by_model(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         _run(tmp_path, FakeMtpf(), "--jobs", "2")
     assert exc.value.code == 2 and "--by-model" in capsys.readouterr().err
+
+
+def test_status_lists_what_a_resumed_run_would_run_and_writes_nothing(tmp_path, capsys):
+    with pytest.raises(Killed):
+        _run(tmp_path, FakeMtpf(kill_after=13))
+    capsys.readouterr()
+
+    def snapshot():
+        return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")
+                if p.is_file() and p.name != "repro.yaml"}  # _run writes the config it passes
+
+    before, calls = snapshot(), []
+    _run(tmp_path, calls.append, "--status")
+    status = capsys.readouterr().out
+    assert calls == [] and snapshot() == before  # runs nothing, writes nothing
+    resumed, started = FakeMtpf(), []
+    _run(tmp_path, lambda cmd: (started.append(cmd), resumed(cmd)))
+    assert f"left: {len(started)} units," in status  # exactly the units the resumed run starts
+    assert "seed 2: 0 of 3 models complete; left: 21 evaluation units\n" in status  # 3 x (2 x 3 NER + TC)
+    capsys.readouterr()
+    _run(tmp_path, FakeMtpf(), "--status")
+    assert "nothing left to run" in capsys.readouterr().out
+
+
+def test_status_estimates_each_unit_from_recorded_timings():
+    t = {"pretrain s1 A": {"part": "pretrain", "seconds": 100.0, "jobs": 1},
+         "pretrain s1 B": {"part": "pretrain", "seconds": 300.0, "jobs": 2},
+         "evaluate s1 A NER conll @1 (full)": {"part": "ner-full", "seconds": 50.0, "jobs": 1},
+         "evaluate s1 B NER mit @1 (full)": {"part": "ner-full", "seconds": 9.0, "jobs": 1},
+         "evaluate s1 A TC": {"part": "tc", "seconds": 20.0, "jobs": 1}}
+    assert repro.estimate("pretrain s2 A", "pretrain", t, 2) == 100.0  # the same unit at another seed first
+    assert repro.estimate("pretrain s2 C", "pretrain", t, 2) == 300.0  # else its part, same --jobs preferred
+    assert repro.estimate("pretrain s2 C", "pretrain", t, 1) == 100.0
+    assert repro.estimate("evaluate s2 C NER conll @1 (full)", "ner-full", t, 1) == 50.0  # same dataset, share
+    assert repro.estimate("evaluate s2 C TC", "tc", t, 1) == 20.0
+    assert repro.estimate("evaluate s2 C NER conll @0.1 (low)", "ner-low", t, 1) is None
+
+
+def test_a_unit_made_with_another_recipe_is_not_taken_as_done(tmp_path):
+    """unit_done compares the whole config the unit's command builds: explicit epochs vs the recipe's own
+    defaults, or a recipe given through `args:`, are other cells; a field added since (at its default) is not."""
+    results = tmp_path / "results.json"
+    cmd = ["--model", "M=packaged", "--output", "o", "--seeds", "1", "--recipe", "default", "--ner", "d/conll2003",
+           "--fractions", "0.1"]
+    want = repro.expected_config(cmd, "ner")
+
+    def store(config):
+        results.write_text(json.dumps({"cells": [{"task": "ner", "seed": 1, "dataset": "conll2003", "fraction": 0.1,
+                                                  "config": config}]}))
+        return repro.unit_done(results, "ner", ["d/conll2003"], [0.1], 1, want)
+
+    assert store(_stored(want))
+    assert not store({**_stored(want), "epochs_warmup": 10, "epochs": 5})  # the fixed epochs used at first
+    assert not store(_stored(repro.expected_config([*cmd, "--recipe", "paper"], "ner")))  # a recipe from args:
+    older = {k: v for k, v in _stored(want).items() if k != "cpu_speedups"}  # before the field existed
+    assert store(older)
+    assert not store({k: v for k, v in _stored(want).items() if k != "epochs"})  # a missing non-default field
+
+
+def test_a_fresh_work_folder_recomputes_nothing_committed(tmp_path):
+    """Another machine or a wiped disk: the work folder (runs, weights, eval folders) is gone, the committed results
+    folder is not. Nothing recorded there is labelled, pre-finetuned or evaluated again."""
+    import shutil
+
+    _run(tmp_path, FakeMtpf(), "--seeds", "1")
+    shutil.rmtree(tmp_path / "work")
+    calls = []
+    _run(tmp_path, lambda cmd: calls.append(cmd), "--seeds", "1")
+    assert calls == []
+    rest = FakeMtpf()
+    _run(tmp_path, rest)  # seed 2 still runs in full, labels first
+    assert rest.computed and all(k.split("|")[4] == "2" for k in rest.computed)
+    assert (tmp_path / "work" / "labels" / "clusters.json").is_file() and len(rest.pretrained) == 2

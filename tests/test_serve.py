@@ -136,9 +136,16 @@ def test_admin_hot_register(service, client):
     assert client.post("/v1/admin/apps", json=body, headers=bearer(k[ADMIN])).status_code == 400  # duplicate
     bad = {"name": "bad", "adapter_dir": str(service["root"])}
     assert client.post("/v1/admin/apps", json=bad, headers=bearer(k[ADMIN])).status_code == 400
-    assert client.delete("/v1/admin/apps/hot", headers=bearer(k[ADMIN])).status_code == 200
+    r = client.delete("/v1/admin/apps/hot", headers=bearer(k[ADMIN]))
+    assert r.status_code == 200 and r.json() == {"name": "hot", "removed": True, "draining": False}
     assert client.post("/v1/apps/hot/embed", json={"texts": ["x"]}, headers=bearer(key)).status_code == 404
     assert client.delete("/v1/admin/apps/hot", headers=bearer(k[ADMIN])).status_code == 404
+    # the admin key's own entry cannot be taken (or replaced) by an app of that name
+    r = client.post("/v1/admin/apps", json={"name": ADMIN, "adapter_dir": service["apps"]["tc1"]},
+                    headers=bearer(k[ADMIN]))
+    assert r.status_code == 400 and "reserved" in r.json()["detail"]
+    assert not service["rt"].has_app(ADMIN)
+    assert client.get("/v1/apps/tc0", headers=bearer(k[ADMIN])).status_code == 200  # the admin key still works
 
 
 def test_concurrent_load_on_loopback(service):
@@ -521,6 +528,7 @@ def test_trunk_cache_counters_are_read_from_the_runtime():
 
 @pytest.mark.parametrize("argv,expect", [(["--app", "foo"], "--app must look like NAME=VALUE"),
                                          (["--app", "a=x", "--app", "a=y"], "--app a= given twice"),
+                                         (["--app", f"{ADMIN}=x"], "reserved for the admin key"),
                                          ([], "--backbone is required")])
 def test_serve_bad_arguments_are_one_line(argv, expect, tmp_path, capsys):
     from mtpf.cli import main

@@ -91,3 +91,30 @@ def test_paired_table_reads_each_claim_from_its_interval():
     assert rows[3][6] == "not measured"
     one_seed = [c for c in _cells() if c["seed"] == 42]
     assert paired_table(one_seed, claims[:1]).rows[0][4:] == ["+2.0", "1", "one seed: no interval"]
+
+
+def test_tables_with_an_ner_order_but_no_ner_cells_yet():
+    """A reproduction whose NER cells are not in yet (only TC finished) still renders its tables."""
+    from mtpf.downstream.tables import build_tables
+
+    cells = [{"key": "k", "task": "tc", "model": "Base", "dataset": "banking77", "fraction": 1.0, "seed": 1,
+              "main_score": 0.5, "metrics": {"accuracy": 0.5}}]
+    tables = build_tables(cells, ["Base"], "Base", ["conll2003"], ["banking77"])
+    assert any(t.title.startswith("TC sub-tasks") for t in tables)
+
+
+def test_summary_means_and_deltas_use_the_seeds_of_their_intervals():
+    """Mid-reproduction a model may have a seed on one dataset only: the family mean must come from the seeds
+    complete on every dataset (those of its interval), and the delta to the base from the seeds both share."""
+    from mtpf.downstream.tables import build_tables
+
+    def cell(model, ds, seed, score):
+        return {"key": f"{model}{ds}{seed}", "task": "ner", "model": model, "dataset": ds, "fraction": 1.0,
+                "seed": seed, "main_score": score / 100, "metrics": {"f1": score / 100}}
+
+    cells = [cell("Base", "A", 42, 80), cell("Base", "B", 42, 70), cell("Base", "A", 43, 84), cell("Base", "B", 43, 74),
+             cell("M", "A", 42, 80), cell("M", "B", 42, 70), cell("M", "A", 43, 60)]  # M's seed 43: A only so far
+    summary = build_tables(cells, ["Base", "M"], "Base", ["A", "B"], [])[0]
+    rows = {r[0]: r for r in summary.rows}
+    assert rows["M"][1] == "75.0+0.0"  # seed 42 of both datasets; the same as the base at that seed
+    assert rows["Base"][1] == "77.0 ± 25.4"  # seeds 42 and 43: 75 and 79

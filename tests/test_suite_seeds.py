@@ -32,3 +32,26 @@ def test_seeds_are_cells_and_accumulate_across_runs(tiny_bert, tmp_path, capsys,
     md = (out / "tables.md").read_text()
     detail = [line for line in md.splitlines() if line.startswith("| Base | intents |")]
     assert detail and detail[0].rstrip(" |").endswith("3")  # the Seeds column counts all three
+
+
+def test_an_older_recipe_of_the_same_cell_is_not_counted_as_another_seed(tmp_path):
+    """results.json keeps cells of an earlier recipe (a re-configured run skips nothing it needs); readers must
+    count each (model, dataset, fraction, seed) once, the newest, or two recipes average as if they were seeds."""
+    from mtpf.downstream.tables import aggregate
+
+    def cell(seed, score, finished, recipe):
+        return {"key": f"{recipe}{seed}", "task": "ner", "model": "Base", "model_ref": "packaged",
+                "dataset": "conll2003", "fraction": 1.0, "seed": seed, "main_score": score, "metrics": {},
+                "config": {"recipe": recipe}, "finished": finished}
+
+    old = [cell(s, 0.70 + 0.01 * i, f"2026-01-0{i + 1}T00:00:00", "paper") for i, s in enumerate((1, 2, 3))]
+    new = [cell(s, 0.80 + 0.01 * i, f"2026-02-0{i + 1}T00:00:00", "default") for i, s in enumerate((1, 2, 3))]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"format": "mtpf-eval/1", "models": [{"label": "Base", "ref": "packaged"}],
+                                "cells": [new[0], *old, new[1], new[2]]}))
+    cells, _ = read_cells(path)
+    assert sorted(c["key"] for c in cells) == ["default1", "default2", "default3"]
+    entry = aggregate(cells)[("Base", "ner", "conll2003", 1.0)]
+    assert entry["n"] == 3 and round(entry["mean"], 6) == 81.0
+    # aggregate alone also counts a seed once (cells merged from several files)
+    assert aggregate([*old, *new])[("Base", "ner", "conll2003", 1.0)]["n"] == 3

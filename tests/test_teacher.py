@@ -40,6 +40,11 @@ def test_corpus_formats_empty_lines_and_order(tmp_path):
         ["It's", "3.5", "km", "."]]
     assert [(s.source.endswith("b.txt"), s.line) for s in sents[1:3]] == [(True, 1), (True, 4)]
     assert stats.empty_lines == 4 and stats.sentences == 5 and stats.words == 15
+    # the token caches mtpf keeps beside data it trained on (e.g. a pseudo-label folder) are not corpus
+    cache = tmp_path / "d" / ".mtpf_cache" / "ner-x"
+    cache.mkdir(parents=True)
+    (cache / "data.arrow").write_bytes(b"not text")
+    assert corpus_files([tmp_path / "d"]) == [str(tmp_path / "d" / "a.txt.gz"), str(tmp_path / "d" / "b.txt")]
 
 
 @pytest.mark.parametrize("content,problem", [

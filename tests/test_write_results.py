@@ -77,10 +77,12 @@ def test_results_folder_renders_intervals_claims_tpl_and_times(tmp_path, monkeyp
     assert rows["MTPF-TPL matches the individual PF on NER"].endswith("| contradicted (worse) |")
     assert "MTPF-TPL gains over the base with 10 % of NER train" in rows
     assert "| TPL last 4 layers | +1.0 ± " in text and "| TPL last 1 layer | -1.0 ± " in text
-    assert "Result: TPL last 4 layers beat uniform TPL on both families." in text
+    assert "Result: TPL last 4 layers beats uniform TPL on both families." in text
     assert (source / "fig4.png").read_bytes()[:4] == b"\x89PNG" and "![Figure 4](repro-scaled/fig4.png)" in text
     assert "| pre-finetuning | 2 | 1.00 h | `mtpf pretrain configs/local/mtpf.yaml` |" in text
     assert "1 of these units ran 2 at a time" in text
+    png = (source / "chart.png").read_bytes()  # every dataset and model, and still a page wide (PNG IHDR width)
+    assert png[:4] == b"\x89PNG" and int.from_bytes(png[16:20], "big") <= 16 * 120
 
 
 def test_committed_single_seed_results_render_as_before(tmp_path, monkeypatch):
@@ -120,3 +122,20 @@ def test_partial_results_limited_runs_and_recipe_labels(tmp_path, monkeypatch):
     assert "default recipe: 3 head + up to 10 LoRA epochs, at least 300 + 400 steps" in low_rows[0]
     assert any(line.startswith("| 100% (3 head + 3 LoRA epochs) | PF for NER |") for line in text.splitlines())
     assert "Result: not measured yet" in text and "no setting beats" not in text
+
+
+def test_tpl_result_is_not_decided_while_a_setting_lacks_seeds(tmp_path, monkeypatch):
+    """A setting measured at one seed only (its other seeds still running) must not turn the result into 'no
+    setting beats uniform TPL': it is reported as undecided, and the decided settings are still read."""
+    source = _results_folder(tmp_path / "repro-scaled")
+    for seed in (43, 44):  # the winner of the full folder, TPL last 4 layers, now has seed 42 only
+        (source / f"s{seed}" / "TPL_last_4_layers.json").unlink()
+    doc = tmp_path / "results.md"
+    _write_results(monkeypatch, source, "--doc", doc)
+    text = doc.read_text()
+    assert "| TPL last 4 layers | +0.9 | +0.9 | undecided (one seed) |" in text  # seed 42 alone
+    assert "| TPL last 1 layer | -1.0 ± " in text and text.split("| TPL last 1 layer | -1.0 ± ")[1].split("\n")[0] \
+        .endswith("| no |")
+    assert ("Result: not decided yet: 1 of 2 settings have no interval on both families (they need paired cells "
+            "at two or more seeds); none of the others beats uniform TPL.") in text
+    assert "no setting beats" not in text

@@ -21,6 +21,14 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the file and key."""
 
 
+class Scalar(str):
+    """A command-line override's text as typed, with its YAML reading in ``parsed``. A string field takes the text
+    (``model=0123``, ``output_dir=runs/a #1`` and ``mixed_precision=no`` stay what was typed, where YAML 1.1
+    would read 83, ``runs/a`` and false); any other field takes the YAML value (numbers, booleans, null)."""
+
+    parsed: Any
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -29,7 +37,17 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, raw = item.split("=", 1)
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
-        out[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            parsed = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: invalid value ({getattr(exc, 'problem', None) or exc}); quote "
+                              "it or fix the brackets") from None
+        if isinstance(parsed, (list, dict)):
+            out[key.strip()] = parsed
+        else:
+            scalar = Scalar(raw)
+            scalar.parsed = parsed
+            out[key.strip()] = scalar
     return out
 
 
@@ -80,6 +98,13 @@ def build(cls: type[T], data: dict, source: str = "<config>", prefix: str = "") 
 def _coerce(tp, value, source: str, key: str):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if isinstance(value, Scalar):  # an override: its text for a string, its YAML value for anything else
+        if tp is str or (origin is typing.Literal and str(value) in args):
+            return str(value)
+        if origin not in (typing.Union, types.UnionType):
+            return _coerce(tp, value.parsed, source, key)
+        if value.parsed is None and type(None) in args:
+            return None
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -111,6 +136,11 @@ def _coerce(tp, value, source: str, key: str):
         vt = args[0] if args else Any
         return [_coerce(vt, v, source, key) for v in value]
     if origin is typing.Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/off/yes/on as a boolean
+            words = {"no", "off", "false"} if not value else {"yes", "on", "true"}
+            same = [a for a in args if isinstance(a, str) and a.lower() in words]
+            if len(same) == 1:
+                return same[0]
         if value not in args:
             raise ConfigError(f"{source}: {key} must be one of {list(args)}, got {value!r}")
         return value
@@ -146,7 +176,8 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
     for key, value in parse_overrides(overrides or []).items():
         top = key.split(".")[0]
         if top not in {f.name for f in dataclasses.fields(cls)}:
-            raise ConfigError(f"override {key}={value!r}: unknown config key {top!r}")
+            raise ConfigError(f"override {key}={str(value) if isinstance(value, Scalar) else value!r}: "
+                              f"unknown config key {top!r}")
         set_dotted(data, key, value)
     return build(cls, data, source)
 

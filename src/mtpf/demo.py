@@ -98,7 +98,9 @@ class Demo:
             resume = (run_dir / "checkpoints").is_dir()
             cfg = load_config(PretrainConfig, None, [
                 "strategy=mtpf-tpl", "model=packaged", f"output_dir={run_dir}", f"max_steps={self.steps}",
-                f"ner_data=[{labels}]", f"pairs=[{self.data / 'pairs'}]", "ner_batch_size=16", "tc_batch_size=32",
+                # lists as JSON (quoted strings): a folder name with ", " or " #" stays one path
+                f"ner_data={json.dumps([str(labels)])}", f"pairs={json.dumps([str(self.data / 'pairs')])}",
+                "ner_batch_size=16", "tc_batch_size=32",
                 "tc_mini_batch_size=16", "max_length=48", "lr=5e-5", "head_lr=1e-3", "warmup_ratio=0.1",
                 f"save_every={max(1, self.steps // 3)}", "log_every=5", f"resume={str(resume).lower()}",
             ])

@@ -232,7 +232,7 @@ def _plot_parser():
     p = argparse.ArgumentParser(
         prog="mtpf analyze plot",
         description="Figure 3: Findings 1 and 2 vs step, one line per run "
-        "(RUN/logs/analysis.jsonl; labels from RUN/config.json strategy).",
+        "(RUN/logs/analysis.jsonl; labels from RUN/pretrain_config.json strategy).",
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default="fig3.png", help="PNG to write (default fig3.png)")

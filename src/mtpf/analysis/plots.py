@@ -4,7 +4,7 @@ Inputs, all written by ``mtpf pretrain`` / ``mtpf evaluate``:
 * ``RUN/logs/analysis.jsonl``: ``{"step": N, "perturbed_cosine": ..., "token_homogeneity": ...,
   "perturbed_cosine@tc": ..., ...}``
 * ``RUN/logs/metrics.jsonl``: ``{"step": N, "loss_ner": ..., "loss_tc": ..., ...}``
-* ``RUN/config.json``: the run's resolved config (``strategy`` labels the curve)
+* ``RUN/pretrain_config.json``: the run's resolved config (``strategy`` labels the curve)
 * depth sweeps: ``DIR/layers-N/`` runs; downstream scores from ``DIR/layers-N/eval/results.json``
   (``mtpf evaluate``), ``DIR/layers-N/eval/summary.json`` (``{"ner": F1, "tc": accuracy}``, in %) or
   ``DIR/downstream.json`` (``{"N": {"ner": ..., "tc": ...}}``, optionally ``ner_half`` / ``tc_half``: the

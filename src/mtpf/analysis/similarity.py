@@ -13,7 +13,7 @@ pre-split words (``list[list[str]]``, tokenised with ``is_split_into_words``) or
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -118,7 +118,7 @@ def inference_mode(model: nn.Module):
 
 
 class _Tokenized:
-    __slots__ = ("source", "input_ids", "special", "token_type_ids")
+    __slots__ = ("input_ids", "source", "special", "token_type_ids")
 
     def __init__(self, source, input_ids, special, token_type_ids):
         self.source, self.input_ids, self.special, self.token_type_ids = (

@@ -129,7 +129,11 @@ def expand_specs(items: list) -> list[PairSourceSpec]:
                            and ".mtpf_cache" not in f.parts)
             if not files:
                 raise DataError(spec.path, None, f"folder holds no {'/'.join(LOCAL_SUFFIXES)} pair files")
-            out += [PairSourceSpec(path=str(f), columns=spec.columns, split=spec.split) for f in files]
+            if spec.rows:
+                raise DataError(spec.path, None, "rows: is the size of one streaming source, but a folder becomes "
+                                "one source per file: list the files with a rows: each, or drop rows:")
+            out += [PairSourceSpec(path=str(f), columns=spec.columns, split=spec.split, streaming=spec.streaming)
+                    for f in files]
         else:
             out.append(spec)
     return out

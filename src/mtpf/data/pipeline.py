@@ -68,7 +68,12 @@ class StreamWindows:
         self._it, self._pos, self._epoch = None, 0, 0
 
     def _restart(self, epoch: int) -> None:
-        self._it = iter(self.data.shuffle(seed=self.seed + epoch, buffer_size=self.buffer_size))
+        shuffled = self.data.shuffle(seed=self.seed + epoch, buffer_size=self.buffer_size)
+        # ``.iter(batch_size)``, not ``iter()``: inside a DataLoader worker, datasets' ``__iter__`` reads only that
+        # worker's share of the source's files (and shifts the shuffle by the worker id), so window j would
+        # depend on num_workers, and a one-file source would fail with several workers.
+        self._it = (dict(zip(rows, values)) for rows in shuffled.iter(batch_size=256)
+                    for values in zip(*rows.values()))
         self._epoch = epoch
 
     def _next_row(self) -> dict:

@@ -145,7 +145,14 @@ def tokenize_pairs(source, tokenizer, max_length: int, num_proc: int | None = No
         return {"a_ids": a, "p_ids": p}
 
     feats = Features({c: Sequence(Value("int32")) for c in PAIR_COLUMNS})
-    out = cached_map(source.data, fn, kind="pairs", name=source.name, files=source.files, label=source.spec.label,
+    # what picks the rows and columns besides the files: another `columns:` mapping or hub split of the same
+    # data is another cache entry (unchanged keys for the default columns of a local file)
+    spec, label = source.spec, source.spec.label
+    if spec.columns:
+        label += f"|columns={','.join(spec.columns)}"
+    if spec.hub:
+        label += f"|split={spec.split}"
+    out = cached_map(source.data, fn, kind="pairs", name=source.name, files=source.files, label=label,
                      tokenizer=tokenizer, max_length=max_length, features=feats, num_proc=num_proc)
     if out.num_rows == 0:
         raise DataError(source.spec.label, None, "pair source is empty (no anchor/positive pairs with text)")

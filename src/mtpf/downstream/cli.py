@@ -189,8 +189,8 @@ def _threads(args) -> None:
 
 def _adapt(args) -> int:
     from mtpf.config import ConfigError
-    from mtpf.stages import refuse_nonempty
     from mtpf.device import resolve_device
+    from mtpf.stages import refuse_nonempty
 
     if getattr(args, "output", None):
         refuse_nonempty(args.output, args.overwrite)

@@ -67,10 +67,9 @@ def _trainable_state(model: NerModel) -> dict:
 
 def _accelerator(device):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
 
     from mtpf.device import bf16_supported
-
-    from accelerate.state import AcceleratorState, PartialState
 
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # accelerate puts a single process on the current CUDA device
@@ -83,6 +82,15 @@ def _accelerator(device):
         # API, checked by tests/test_device.py::test_accelerate_state_reset_api_exists (accelerate pinned < 2).
         AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(cpu=device.type == "cpu", mixed_precision=precision)
+
+
+def _process_share(batches: list, world: int, rank: int) -> list:
+    """This process's batches of an epoch: equal shares, since DDP needs every process to take the same number
+    of steps (fewer batches than processes: each takes one, repeating)."""
+    if world == 1:
+        return batches
+    batches = (batches * world)[:world] if len(batches) < world else batches
+    return batches[: len(batches) - len(batches) % world][rank::world]
 
 
 def _epochs(requested: int, min_steps: int, batches_per_epoch: int) -> int:
@@ -188,7 +196,9 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
         opt = _optimizer(trainable, cfg.lr, cfg.weight_decay)
         for g in _optimizer(head_params, head_lr, cfg.weight_decay).param_groups:
             opt.add_param_group(g)
-        n_batches = math.ceil(len(train_enc.ids) / cfg.batch_size)
+        # optimizer steps per epoch of this process (DDP: its share): the schedule, the minimum of steps and the
+        # mean loss all count those
+        n_batches = len(_process_share(list(range(math.ceil(len(train_enc.ids) / cfg.batch_size))), world, 0))
         epochs = _epochs(cfg.epochs, cfg.min_steps, n_batches)
         sched = _scheduler(opt, cfg.scheduler, epochs * n_batches)
         eval_every = cfg.eval_every
@@ -203,16 +213,13 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
             pack = cpu_speed.install(model.encoder)
         wrapped, opt = acc.prepare(model, opt)
         lengths = [len(x) for x in train_enc.ids]
-        bar = tqdm(total=epochs * math.ceil(n_batches / world), desc="stage 2 (LoRA+head)", unit="batch",
+        bar = tqdm(total=epochs * n_batches, desc="stage 2 (LoRA+head)", unit="batch",
                    leave=False, disable=not progress, dynamic_ncols=True)
         since_best = 0
         for epoch in range(epochs):
             wrapped.train()
             total = torch.zeros((), dtype=torch.float64, device=acc.device)  # read at log points only
-            batches = bucket_batches(lengths, cfg.batch_size, rng)
-            if world > 1:  # equal shares: DDP needs every process to take the same number of steps
-                batches = (batches * world)[:world] if len(batches) < world else batches
-                batches = batches[: len(batches) - len(batches) % world][rank::world]
+            batches = _process_share(bucket_batches(lengths, cfg.batch_size, rng), world, rank)
             for k, b in enumerate(batches):
                 with torch.profiler.record_function("mtpf.ner.train_step"):
                     batch = pad_pieces(train_enc, b, pad_id, acc.device, pack=pack)

@@ -94,16 +94,26 @@ def evaluate_runtime(backbone: str, label: str, output: str | Path, *, ner_apps:
     if tc_spec is not None and tc_spec.task != "tc":
         raise ValueError(f"{tc_app}: a {tc_spec.task.upper()} app, expected a TC app adapter")
 
+    # cells are keyed by content, not by path: an app retrained into the same folder (`--overwrite`) is scored
+    # again; the backbone is the one each app was trained on (registration refuses any other)
+    prints = {str(app): _folder_fingerprint(app) for app in [a for *_, a in ner_sets] + ([tc_app] if tc_app else [])}
+    backbone_of = {str(app): spec.backbone_fingerprint for _, _, spec, app in ner_sets}
+    if tc_spec is not None:
+        backbone_of[str(tc_app)] = tc_spec.backbone_fingerprint
+
     def key_of(task, app, dataset_fp, extra):
-        return _hash({"task": task, "runtime": engine, "backbone": str(backbone), "app": str(Path(app).resolve()),
+        return _hash({"task": task, "runtime": engine, "backbone": backbone_of[str(app)], "app": prints[str(app)],
                       "dataset": dataset_fp, "seed": seed, **extra})
+
+    wanted = {key_of("ner", app, ds.fingerprint, {}) for _, ds, _, app in ner_sets}
+    wanted |= {key_of("tc", tc_app, ds.fingerprint, tc_cfg.to_dict()) for _, ds in cls_sets}
 
     todo = [(ref, ds, spec, app) for ref, ds, spec, app in ner_sets
             if key_of("ner", app, ds.fingerprint, {}) not in done]
     tc_todo = [(ref, ds) for ref, ds in cls_sets
                if key_of("tc", tc_app, ds.fingerprint, tc_cfg.to_dict()) not in done]
     if not todo and not tc_todo:
-        return results
+        return _current(results, results_path, wanted, label)
     rt = Runtime(backbone, backend=backend, int8=int8, num_threads=num_threads, onnx_dir=onnx_dir,
                  max_batch_size=64, **device_kwargs(Runtime, device))
     try:
@@ -129,7 +139,7 @@ def evaluate_runtime(backbone: str, label: str, output: str | Path, *, ner_apps:
             _write_json(results_path, results)
         if tc_todo:
             rt.register_app("tc", tc_app)
-            fp = _hash({"runtime": engine, "backbone": str(backbone), "app": str(Path(tc_app).resolve())})
+            fp = _hash({"runtime": engine, "backbone": backbone_of[str(tc_app)], "app": prints[str(tc_app)]})
             embedder = RuntimeEmbedder(rt, "tc", fp, tc_spec.normalize)
             for ref, ds in tqdm(tc_todo, desc=f"runtime TC ({label})", disable=not progress):
                 t0 = time.perf_counter()
@@ -149,4 +159,28 @@ def evaluate_runtime(backbone: str, label: str, output: str | Path, *, ner_apps:
         rt.close()
     results["format"] = RESULTS_FORMAT
     _write_json(results_path, results)
-    return results
+    return _current(results, results_path, wanted, label)
+
+
+def _current(results: dict, path: Path, wanted: set[str], label: str) -> dict:
+    """The cells of this call (the file keeps every cell it ever held), under this call's ``label``: a row
+    relabelled since its cells ran keeps them, and another engine's or app's cells in the same folder stay out."""
+    cells = [c for c in results["cells"] if c["key"] in wanted]
+    if any(c["model"] != label for c in cells):
+        for c in cells:
+            c["model"] = label
+        _write_json(path, results)
+    return {**results, "cells": cells}
+
+
+def _folder_fingerprint(folder) -> str:
+    """sha256 over the names and bytes of every file of an app folder (a LoRA and a head: a few MB)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()

@@ -1,5 +1,5 @@
 """``mtpf evaluate``: every (model, dataset, fraction, seed) cell, resumable, written as results.json, tables in the
-paper's layout (tables.md, tables.csv) and a bar chart (chart.png).
+paper's layout (tables.md, tables.csv) and a chart (chart.png).
 
 A cell is identified by a key hashed from its task, the model fingerprint (backbone + the adapter the task uses),
 the dataset fingerprint, the fraction, the seed and the task's config: a cell whose key is already in
@@ -92,12 +92,20 @@ def load_results(path: Path) -> dict:
 
 def read_cells(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     """(cells, model labels) of a results.json, each cell under its model's current label: a model relabelled
-    since its cells ran keeps them (matched by the model reference)."""
+    since its cells ran keeps them (matched by the model reference).
+
+    results.json keeps every cell it ever held (a resumed or re-configured run skips what it has), so one
+    (model, task, dataset, fraction, seed) may appear under an older recipe or build too: only the newest counts,
+    as in the suite's own tables, or two recipes would be averaged as if they were two seeds."""
     data = json.loads(Path(path).read_text())
     label_of = {m["ref"]: m["label"] for m in data.get("models", [])}
-    for c in data["cells"]:
+    newest = {}
+    for i, c in enumerate(data["cells"]):
         c["model"] = label_of.get(c.get("model_ref"), c["model"])
-    return data["cells"], [m["label"] for m in data.get("models", [])]
+        slot = (c["model"], c["task"], c["dataset"], float(c["fraction"]), c.get("seed"))
+        if slot not in newest or (c.get("finished") or "", i) >= newest[slot][0]:
+            newest[slot] = ((c.get("finished") or "", i), c)
+    return [c for _, c in newest.values()], [m["label"] for m in data.get("models", [])]
 
 
 def app_folder_name(label: str, dataset: str, fraction: float, seed: int) -> str:

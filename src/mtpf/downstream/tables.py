@@ -51,6 +51,7 @@ def aggregate(cells: list[dict]) -> dict:
         groups[(c["model"], c["task"], c["dataset"], float(c["fraction"]))].append(c)
     out = {}
     for key, cs in groups.items():
+        cs = list({c.get("seed", 42): c for c in cs}.values())  # one cell per seed (the last given): n = seeds
         scores = [100 * c["main_score"] for c in cs]
         iv = interval(scores)
         entry = {"mean": iv.mean, "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
@@ -70,11 +71,26 @@ def _fmt(v: float | None, half: float | None = None) -> str:
     return f"{v:.1f}" if half is None else f"{v:.1f} ± {half:.1f}"
 
 
-def _delta(v: float | None, base: float | None, is_base: bool, half: float | None = None) -> str:
-    """``60.8+1.7`` with one seed, ``60.8 ± 0.4 (+1.7)`` with an interval."""
-    if v is None or is_base or base is None:
+def _delta(v: float | None, delta: float | None, is_base: bool, half: float | None = None) -> str:
+    """``60.8+1.7`` with one seed, ``60.8 ± 0.4 (+1.7)`` with an interval (``delta``: the difference to the base)."""
+    if v is None or is_base or delta is None:
         return _fmt(v, half)
-    return f"{v:.1f}{v - base:+.1f}" if half is None else f"{_fmt(v, half)} ({v - base:+.1f})"
+    return f"{v:.1f}{delta:+.1f}" if half is None else f"{_fmt(v, half)} ({delta:+.1f})"
+
+
+def _seed_mean(by_seed: dict, fallback: float | None) -> float | None:
+    """A family's score: the mean over the seeds complete on all its datasets (the seeds its interval uses), so a
+    seed still running on one dataset does not pull the mean and not the interval; else ``fallback``."""
+    return statistics.fmean(by_seed.values()) if by_seed else fallback
+
+
+def _paired_delta(by_seed: dict, base_by_seed: dict, v: float | None, base: float | None) -> float | None:
+    """Difference to the base over the seeds both have (paired, as the claims table); unpaired only when they
+    share no complete seed."""
+    common = set(by_seed) & set(base_by_seed)
+    if common:
+        return statistics.fmean(by_seed[s] - base_by_seed[s] for s in common)
+    return None if v is None or base is None else v - base
 
 
 def family_by_seed(agg: dict, model: str, task: str, datasets: list[str], frac: float = 1.0) -> dict:
@@ -112,17 +128,33 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
 
     tables = []
     # ---------------- summary (Tables 1-3)
-    ner_avg = {m: _mean_or_none([get(m, "ner", d) for d in ner_ds]) if ner_ds else None for m in models}
-    tc_avg = {m: _mean_or_none([get(m, "tc", d) for d in tc_ds]) if tc_ds else None for m in models}
+    every = [m for m in dict.fromkeys([*models, base])]
+    fam = {(m, t): family_by_seed(agg, m, t, ds) for m in every for t, ds in (("ner", ner_ds), ("tc", tc_ds))}
+    ner_avg = {m: _seed_mean(fam[m, "ner"], _mean_or_none([get(m, "ner", d) for d in ner_ds])) if ner_ds else None
+               for m in every}
+    tc_avg = {m: _seed_mean(fam[m, "tc"], _mean_or_none([get(m, "tc", d) for d in tc_ds])) if tc_ds else None
+              for m in every}
+
+    def overall_by_seed(m):  # per seed, the mean of the family averages
+        fams = [fam[m, t] for t, ds in (("ner", ner_ds), ("tc", tc_ds)) if ds]
+        seeds = set.intersection(*(set(f) for f in fams)) if fams and all(fams) else set()
+        return {s: statistics.fmean(f[s] for f in fams) for s in sorted(seeds)}
 
     def overall(m):
         parts = [x for x, ds in ((ner_avg[m], ner_ds), (tc_avg[m], tc_ds)) if ds]
-        return _mean_or_none(parts)
+        return _seed_mean(overall_by_seed(m), _mean_or_none(parts))
 
     def overall_half(m):  # interval of the per-seed mean of the family averages
-        fams = [family_by_seed(agg, m, t, ds) for t, ds in (("ner", ner_ds), ("tc", tc_ds)) if ds]
-        seeds = set.intersection(*(set(f) for f in fams)) if fams and all(fams) else set()
-        return interval([statistics.fmean(f[s] for f in fams) for s in seeds]).half if seeds else None
+        seeds = overall_by_seed(m)
+        return interval(seeds.values()).half if seeds else None
+
+    def delta(m, task):
+        if base not in models:
+            return None
+        if task == "all":
+            return _paired_delta(overall_by_seed(m), overall_by_seed(base), overall(m), overall(base))
+        avg = ner_avg if task == "ner" else tc_avg
+        return _paired_delta(fam[m, task], fam[base, task], avg[m], avg[base])
 
     header = ["Model"]
     if ner_ds:
@@ -134,10 +166,10 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
     for m in models:
         row = [m]
         if ner_ds:
-            row.append(_delta(ner_avg[m], ner_avg.get(base), m == base, _family_half(agg, m, "ner", ner_ds)))
+            row.append(_delta(ner_avg[m], delta(m, "ner"), m == base, _family_half(agg, m, "ner", ner_ds)))
         if tc_ds:
-            row.append(_delta(tc_avg[m], tc_avg.get(base), m == base, _family_half(agg, m, "tc", tc_ds)))
-        row.append(_delta(overall(m), overall(base) if base in models else None, m == base, overall_half(m)))
+            row.append(_delta(tc_avg[m], delta(m, "tc"), m == base, _family_half(agg, m, "tc", tc_ds)))
+        row.append(_delta(overall(m), delta(m, "all"), m == base, overall_half(m)))
         rows.append(row)
     tables.append(Table("Summary: NER = average test F1, TC = average accuracy (MTEB protocol); "
                         f"+/- against '{base}'", header, rows))
@@ -153,7 +185,7 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
         tables.append(Table("TC sub-tasks: accuracy (MTEB protocol)", ["Model"] + [abbrev(d) for d in tc_ds] +
                             ["Avg."], rows))
     # ---------------- data scarcity (Table 11)
-    if ner_ds and (len(fractions) > 1 or fractions[0] < 1):
+    if ner_ds and fractions and (len(fractions) > 1 or fractions[0] < 1):
         rows = []
         for f in fractions:
             for m in models:
@@ -299,7 +331,11 @@ def write_csv(tables: list[Table], path: Path) -> None:
             w.writerows(t.rows)
 
 
-def bar_chart(cells: list[dict], models: list[str], path: Path, ner_order=None, tc_order=None) -> None:
+def score_chart(cells: list[dict], models: list[str], path: Path, ner_order=None, tc_order=None) -> None:
+    """One panel per train share (full train: every dataset; then each data-scarce share): each model's mean as a
+    point with its 95 % interval over seeds as an error bar. Points, not bars, so the y axis can zoom in on the
+    range the scores span (differences of a point are invisible on a 0-100 bar); a panel shows only the models
+    measured in it, and the figure stays readable with a dozen models."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,29 +347,36 @@ def bar_chart(cells: list[dict], models: list[str], path: Path, ner_order=None, 
     ner_ds = ner_order or sorted({c["dataset"] for c in cells if c["task"] == "ner"})
     tc_ds = tc_order or sorted({c["dataset"] for c in cells if c["task"] == "tc"})
     full = [(abbrev(d), "ner", d, 1.0) for d in ner_ds] + [(abbrev(d), "tc", d, 1.0) for d in tc_ds]
-    full = [x for x in full if any((m, x[1], x[2], x[3]) in agg for m in models)]
-    if full:
-        groups.append(("NER F1 / TC accuracy (%)", full))
+    groups.append(("NER F1 / TC accuracy (%), full train", full))
     for f in sorted({float(c["fraction"]) for c in cells if c["task"] == "ner" and c["fraction"] < 1}, reverse=True):
         groups.append((f"NER F1 (%), {100 * f:g}% of train", [(abbrev(d), "ner", d, f) for d in ner_ds]))
+    groups = [(title, [x for x in items if any((m, *x[1:]) in agg for m in models)]) for title, items in groups]
+    groups = [g for g in groups if g[1]]
     if not groups:
         return
-    fig, axes = plt.subplots(len(groups), 1, figsize=(max(6, 1.2 * max(len(g[1]) for g in groups) * max(1, len(models)) / 2 + 3),
-                                                      3.6 * len(groups)), squeeze=False)
-    width = 0.8 / max(1, len(models))
+    palette = [plt.get_cmap("tab20")(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]  # 10 distinct hues first
+    colors = {m: palette[i % 20] for i, m in enumerate(models)}
+    width = max(len(items) for _, items in groups)
+    fig, axes = plt.subplots(len(groups), 1, figsize=(min(16, 3 + 1.3 * width), 3.2 * len(groups)), squeeze=False)
     for ax, (title, items) in zip(axes[:, 0], groups):
-        x = np.arange(len(items))
-        for j, m in enumerate(models):
-            vals = [agg.get((m, t, d, f), {}).get("mean", np.nan) for _, t, d, f in items]
-            errs = [agg.get((m, t, d, f), {}).get("half") or 0.0 for _, t, d, f in items]
-            ax.bar(x + (j - (len(models) - 1) / 2) * width, vals, width, yerr=errs, label=m, capsize=2)
-        ax.set_xticks(x)
-        ax.set_xticklabels([lab for lab, *_ in items], rotation=30, ha="right")
+        present = [m for m in models if any((m, *x[1:]) in agg for x in items)]
+        step = 0.8 / max(1, len(present))
+        for j, m in enumerate(present):
+            x = np.arange(len(items)) + (j - (len(present) - 1) / 2) * step
+            vals = [agg.get((m, *x_[1:]), {}).get("mean", np.nan) for x_ in items]
+            errs = [agg.get((m, *x_[1:]), {}).get("half") or 0.0 for x_ in items]
+            ax.errorbar(x, vals, yerr=errs, fmt="o", ms=4, capsize=2, color=colors[m], label=m)
+        ax.set_xticks(np.arange(len(items)))
+        ax.set_xticklabels([lab for lab, *_ in items])
+        for k in range(1, len(items)):
+            ax.axvline(k - 0.5, color="0.85", lw=0.8)
         ax.set_title(title)
-        ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(fontsize="small", ncols=min(4, len(models)))
-    fig.tight_layout()
+    found = {m: h for ax in axes[:, 0] for h, m in zip(*ax.get_legend_handles_labels())}
+    handles = {m: found[m] for m in models if m in found}
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncols=min(4, len(handles)),
+               fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(handles) - 1) // 4), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -342,5 +385,5 @@ def write_outputs(cells: list[dict], models: list[str], base: str, out: Path, ne
     tables = build_tables(cells, models, base, ner_order, tc_order)
     (out / "tables.md").write_text(to_markdown(tables))
     write_csv(tables, out / "tables.csv")
-    bar_chart(cells, models, out / "chart.png", ner_order, tc_order)
+    score_chart(cells, models, out / "chart.png", ner_order, tc_order)
     return {"tables_md": str(out / "tables.md"), "tables_csv": str(out / "tables.csv"), "chart": str(out / "chart.png")}

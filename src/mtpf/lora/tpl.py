@@ -12,7 +12,7 @@ and PEFT has no public switch that only changes which adapter runs.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from torch import nn
 

@@ -3,4 +3,4 @@ from mtpf.losses.cached_info_nce import cached_info_nce_backward
 from mtpf.losses.info_nce import info_nce
 from mtpf.losses.token_ce import token_cross_entropy
 
-__all__ = ["info_nce", "cached_info_nce_backward", "token_cross_entropy"]
+__all__ = ["cached_info_nce_backward", "info_nce", "token_cross_entropy"]

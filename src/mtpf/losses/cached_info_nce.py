@@ -12,7 +12,7 @@ This needs control of the backward pass, so it is a function that *does* the bac
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -65,8 +65,8 @@ def cached_info_nce_backward(
     p = torch.cat(reps[n_a:]).detach().requires_grad_()
     a_in = _unsort(a, anchor_order)
     p_in = _unsort(p, positive_order)
-    loss = info_nce(a_in, p_in, temperature, symmetric, gather) * loss_scale
-    loss.backward()
+    loss = info_nce(a_in, p_in, temperature, symmetric, gather)
+    (loss * loss_scale).backward()  # the scaled gradient; the loss itself is returned as is (a 0 scale too)
     grads = list(torch.split(a.grad, [r.shape[0] for r in reps[:n_a]])) + list(
         torch.split(p.grad, [r.shape[0] for r in reps[n_a:]])
     )
@@ -75,7 +75,7 @@ def cached_info_nce_backward(
         ctx = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
         with ctx, state.replay():
             torch.autograd.backward(embed(chunk), grad)
-    return loss.detach() / loss_scale
+    return loss.detach()
 
 
 def _unsort(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:

@@ -10,7 +10,9 @@
 
 Saved encoders carry their pooler again (``load_encoder`` drops it, mtpf never uses it), so loading a folder
 with ``AutoModel`` / sentence-transformers reports no newly initialised weights. Adapters record their base model
-relative to their own folder (``../../backbone``), not as an absolute path of this machine.
+relative to their own folder (``../../backbone``), not as an absolute path of this machine; PEFT does not resolve
+that path itself, so load an adapter with its base given: ``PeftModel.from_pretrained(AutoModel.from_pretrained(
+"RUN/backbone"), "RUN/adapters/tc")`` (``AutoPeftModel.from_pretrained("RUN/adapters/tc")`` does not find it).
 """
 from __future__ import annotations
 

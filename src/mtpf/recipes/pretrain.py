@@ -32,7 +32,9 @@ from mtpf.data.io import DataError
 from mtpf.lora import LoraSpec
 
 STRATEGIES = ("ner", "tc", "mtpf", "mtpf-tpl", "pf-lora")
-# Keys that may change between a run and its resumption.
+# Keys that may change between a run and its resumption. A new max_steps also stretches the learning-rate
+# schedule (warm-up and decay are fractions of max_steps): resuming step 500 of 1000 with max_steps=2000 goes on
+# from where a 2000-step schedule is at step 500, not from the old one.
 RESUMABLE_CHANGES = {"resume", "max_steps", "log_every", "save_every", "keep_checkpoints", "progress", "num_workers",
                      "tokenize_num_proc", "full_attention_mask"}
 
@@ -50,7 +52,8 @@ class PretrainConfig:
     model: str = field(default="packaged", metadata={"help": "Base encoder: local folder, hub name, or 'packaged'."})
     output_dir: str = field(default="runs/pretrain", metadata={"help": "Run folder (checkpoints, logs, exports)."})
     seed: int = field(default=42, metadata={"help": "Seed of weights init, sampling and dropout."})
-    max_steps: int = field(default=1000, metadata={"help": "Optimizer steps (paper: 100k)."})
+    max_steps: int = field(default=1000, metadata={"help": "Optimizer steps (paper: 100k). May change on resume; "
+                                                           "the learning-rate schedule follows the new value."})
     tasks: list[str] | None = field(default=None, metadata={
         "help": "Task families to train; default from the strategy (pf-lora: those with data)."})
     # --- NER pseudo-labels
@@ -134,6 +137,8 @@ class PretrainConfig:
             raise ValueError("max_steps must be >= 1")
         if self.grad_accum < 1:
             raise ValueError("grad_accum must be >= 1")
+        if self.keep_checkpoints < 1:  # resume needs the latest; 0 would also read as "keep all" below
+            raise ValueError("keep_checkpoints must be >= 1")
         if self.analysis_every is not None and not self.analysis_ner_data:
             raise ValueError("analysis_every needs analysis_ner_data (a NER dataset folder, e.g. ../shared/data/ner/conll2003)")
         from mtpf.data.pairs import parse_pair_spec

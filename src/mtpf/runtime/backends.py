@@ -191,6 +191,8 @@ class TorchBackend:
                 self._activate(adapters[0])
                 out = self.model(**inputs).last_hidden_state
             else:
+                if self.switch == "set_adapter":  # a "no adapter" switch disables every LoRA layer, rows included
+                    self.model.base_model.enable_adapter_layers()
                 names = [a if a is not None else "__base__" for a in adapters]
                 out = self.model(**inputs, adapter_names=names).last_hidden_state
             return out.float().cpu().numpy()

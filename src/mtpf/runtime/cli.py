@@ -176,6 +176,8 @@ def run_serve(args: argparse.Namespace) -> int:
         given = _pairs(args.api_key, "--api-key")
     except ValueError as exc:
         return fail(str(exc))
+    if ADMIN in apps:
+        return fail(f"--app {ADMIN}=...: that name is reserved for the admin key; pick another app name")
     if args.max_queued_texts < args.max_texts:
         return fail(f"--max-queued-texts ({args.max_queued_texts}) must be at least --max-texts ({args.max_texts})")
     try:
@@ -238,8 +240,23 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     if args.hf:
-        from mtpf.runtime.export_cli import export_app_hf_path
+        from pathlib import Path
 
+        from mtpf.config import ConfigError
+        from mtpf.runtime.export_cli import export_app_hf_path
+        from mtpf.stages import refuse_nonempty
+
+        if args.onnx and args.out:
+            print("mtpf export: error: --out names one folder: run --hf and --onnx as two commands, or leave out "
+                  "--out (APP/hf and APP/onnx)", file=sys.stderr)
+            return 2
+        try:  # an existing folder is never replaced silently (export_app_hf swaps the whole folder)
+            refuse_nonempty(Path(args.out) if args.out else Path(args.path) / "hf", args.overwrite, "--out")
+            if args.onnx:
+                refuse_nonempty(Path(args.path) / "onnx", args.overwrite, "--out")
+        except ConfigError as exc:
+            print(f"mtpf export: error: {exc}", file=sys.stderr)
+            return 2
         try:
             print(f"mtpf export: {export_app_hf_path(args.path, out=args.out, backbone=args.backbone)}")
         except (ValueError, FileNotFoundError) as exc:

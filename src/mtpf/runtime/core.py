@@ -94,6 +94,7 @@ class _App:
     inflight: int = 0
     closing: bool = False
     served: int = 0
+    release_when_idle: bool = False  # unregistered while busy: the last answered call releases its adapter
 
 
 @dataclass
@@ -185,6 +186,7 @@ class Runtime:
         self._adapters_lock = threading.Lock()  # held while loading/removing, so two registrations load once
         self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=max_queue)
         self._closed = False
+        self._enqueue_lock = threading.Lock()  # "not closed" and "queued" are one step: none lands behind close()
         self._sync_lock = threading.Lock()
         self.batch_log: deque[tuple[int, int, int]] = deque(maxlen=10000)  # (requests, rows, apps) per batch
         self.batches = 0
@@ -237,7 +239,10 @@ class Runtime:
                 raise UnknownAppError(f"no app named {name!r}")
             app.closing = True
             if not self._apps_lock.wait_for(lambda: app.inflight == 0, timeout=timeout):
-                raise TimeoutError(f"app {name!r} still has {app.inflight} requests in flight after {timeout}s")
+                # still unregistered (the name is free again): the last of these calls releases the adapter
+                app.release_when_idle = True
+                raise TimeoutError(f"app {name!r} is unregistered, but {app.inflight} requests were still in flight "
+                                   f"after {timeout}s; its adapter is released when they are answered")
         if app.adapter_id is not None:
             self._release_adapter(app.adapter_id)
 
@@ -251,7 +256,7 @@ class Runtime:
             entry = self._adapters.get(adapter_id)
             if entry is None:
                 # unique, so a re-registered name never meets its draining self
-                key = f"{name}#{next(self._keys)}"
+                key = f"{name.replace('.', '_')}#{next(self._keys)}"  # PEFT adapter names cannot hold "."
                 try:
                     self.backend.add_lora(key, spec.path)
                 except Exception as exc:
@@ -388,33 +393,45 @@ class Runtime:
 
     def _enqueue(self, req: _Request, empty=None) -> Future:
         req.future.add_done_callback(lambda _f, r=req: self._release(r, [a.spec.name for a in r.apps]))
-        if self._closed:
-            req.future.set_exception(RuntimeClosedError("runtime is closed"))
-            raise RuntimeClosedError("runtime is closed")
-        if not req.texts:
+        if not req.texts and not self._closed:
             req.future.set_result(empty if empty is not None else [])
             return req.future
         if self.batching:
-            try:
-                self._queue.put_nowait(req)
-            except queue.Full:
-                exc = RuntimeOverloadedError(f"request queue full ({self._queue.maxsize} requests waiting)")
-                req.future.set_exception(exc)
-                raise exc from None
+            with self._enqueue_lock:
+                closed = self._closed
+                if not closed:
+                    try:
+                        self._queue.put_nowait(req)
+                    except queue.Full:
+                        exc = RuntimeOverloadedError(f"request queue full ({self._queue.maxsize} requests waiting)")
+                        req.future.set_exception(exc)
+                        raise exc from None
         else:
+            closed = self._closed
+        if closed:
+            req.future.set_exception(RuntimeClosedError("runtime is closed"))
+            raise RuntimeClosedError("runtime is closed")
+        if not self.batching:
             with self._sync_lock:
                 self._serve([req])
         return req.future
 
     def _release(self, req: _Request, names: list[str]) -> None:
         """Give back the in-flight count of ``req``'s apps ``names`` (once each)."""
+        idle = []
         with self._apps_lock:
             for a in req.apps:
                 if a.spec.name in names and a.spec.name not in req.released:
                     req.released.add(a.spec.name)
                     a.inflight -= 1
                     a.served += 1
+                    if a.release_when_idle and a.inflight == 0:
+                        a.release_when_idle = False
+                        idle.append(a)
             self._apps_lock.notify_all()
+        for a in idle:  # an unregister that timed out: its adapter leaves with its last call
+            if a.adapter_id is not None:
+                self._release_adapter(a.adapter_id)
 
     # ---------------------------------------------------------------- batcher
     def _loop(self) -> None:
@@ -446,12 +463,16 @@ class Runtime:
                 return
 
     def _serve(self, batch: list[_Request]) -> None:
+        # A caller may cancel a queued future (``fut.cancel()``, ``asyncio.wait_for`` timing out): drop those
+        # requests; the rest can no longer be cancelled, so setting their result cannot fail in this thread.
+        batch = [req for req in batch if req.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         try:
             results = self._run_batch(batch)
         except Exception as exc:  # noqa: BLE001 - a failing batch fails its requests, never the batcher
             for req in batch:
-                if not req.future.done():
-                    req.future.set_exception(exc)
+                req.future.set_exception(exc)
             return
         for req, res in zip(batch, results):
             req.future.set_result(res)
@@ -539,9 +560,11 @@ class Runtime:
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
+        with self._enqueue_lock:
+            self._closed = True
+            if self._worker is not None:
+                self._queue.put(None)  # behind every accepted request: those are still answered
         if self._worker is not None:
-            self._queue.put(None)
             self._worker.join(timeout=30)
         self.backend.close()
 

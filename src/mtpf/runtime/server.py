@@ -481,6 +481,8 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
                   summary="Register an app adapter folder while serving")
         async def register(body: RegisterRequest, authorization: Auth = None, x_api_key: XKey = None):
             admin_auth(authorization, x_api_key)
+            if body.name == ADMIN:  # its key would be (or replace) the admin key
+                raise HTTPException(400, f"the app name {ADMIN!r} is reserved for the admin key; pick another name")
             try:
                 info = await asyncio.to_thread(runtime.register_app, body.name, body.adapter_dir)
             except FingerprintMismatchError as exc:
@@ -502,8 +504,11 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
                 await asyncio.to_thread(runtime.unregister_app, name)
             except UnknownAppError as exc:
                 raise HTTPException(404, str(exc)) from None
+            except TimeoutError:  # unregistered all the same: calls already accepted are still being answered
+                keys.revoke(name)
+                return {"name": name, "removed": True, "draining": True}
             keys.revoke(name)
-            return {"name": name, "removed": True}
+            return {"name": name, "removed": True, "draining": False}
 
     return _wrap(api, limits, metrics)
 

@@ -66,7 +66,8 @@ def corpus_files(paths: Iterable[str | os.PathLike]) -> list[str]:
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            found = sorted(str(f) for f in path.rglob("*") if f.is_file() and f.name.endswith(CORPUS_SUFFIXES))
+            found = sorted(str(f) for f in path.rglob("*") if f.is_file() and f.name.endswith(CORPUS_SUFFIXES)
+                           and ".mtpf_cache" not in f.relative_to(path).parts)  # mtpf's token caches: not text
             if not found:
                 raise DataError(path, None, f"folder holds no {'/'.join(CORPUS_SUFFIXES)} files")
             out.extend(found)

@@ -1,0 +1,114 @@
+"""The runtime's request and app lifecycle under the things callers really do: cancel a queued call (an
+``asyncio.wait_for`` that times out), unregister an app that is still busy, close with calls queued, name apps
+freely, and switch adapters the slow way between mixed batches."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from mtpf.runtime import Runtime, RuntimeClosedError, UnknownAppError
+from mtpf.runtime.testing import make_demo_apps
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_demo_apps(tmp_path_factory.mktemp("life"), n_ner=0, n_tc=2, head_only_tc=1)
+
+
+class Gate:
+    """Holds the batcher inside its next batch until released, so calls pile up in the queue."""
+
+    def __init__(self, rt):
+        self.entered, self.release = threading.Event(), threading.Event()
+        inner = rt._run_batch
+
+        def held(batch):
+            self.entered.set()
+            self.release.wait(30)
+            return inner(batch)
+
+        rt._run_batch = held
+
+
+def test_a_cancelled_call_leaves_the_batcher_serving(demo):
+    backbone, apps = demo
+    with Runtime(backbone, max_wait_ms=0, adaptive_wait=False) as rt:
+        rt.register_app("tc0", apps["tc0"])
+        want = rt.classify("tc0", ["later"])
+        gate = Gate(rt)
+        busy = rt.submit("tc0", "classify", ["holds the batcher"])
+        assert gate.entered.wait(30)
+        queued = rt.submit("tc0", "classify", ["given up on"])
+        assert queued.cancel()  # what asyncio.wait_for does to the wrapped future on timeout
+        gate.release.set()
+        busy.result(timeout=30)
+        # the batcher survived and still answers (a dead one would leave this future pending)
+        assert rt.submit("tc0", "classify", ["later"]).result(timeout=30) == want
+        rt.unregister_app("tc0", timeout=5)  # the cancelled call gave its in-flight count back
+
+
+def test_an_unregister_that_times_out_releases_the_adapter_after_the_last_call(demo):
+    backbone, apps = demo
+    with Runtime(backbone, max_wait_ms=0, adaptive_wait=False) as rt:
+        rt.register_app("tc0", apps["tc0"])
+        gate = Gate(rt)
+        busy = rt.submit("tc0", "embed", ["in flight"])
+        assert gate.entered.wait(30)
+        with pytest.raises(TimeoutError, match="unregistered"):
+            rt.unregister_app("tc0", timeout=0.05)
+        assert not rt.has_app("tc0") and rt.adapters_loaded == 1  # refused from now on; the call still runs
+        with pytest.raises(UnknownAppError):
+            rt.submit("tc0", "embed", ["too late"])
+        gate.release.set()
+        assert busy.result(timeout=30).shape == (1, 32)  # answered with its adapter
+        assert rt.adapters_loaded == 0 and rt.adapters() == {}  # ... which left with that last call
+        rt.register_app("tc0", apps["tc1"])  # the name is free again
+        assert rt.adapters_loaded == 1
+
+
+def test_close_answers_what_it_accepted_and_refuses_the_rest(demo):
+    backbone, apps = demo
+    rt = Runtime(backbone, max_wait_ms=0, adaptive_wait=False)
+    rt.register_app("tc0", apps["tc0"])
+    gate = Gate(rt)
+    first = rt.submit("tc0", "classify", ["one"])
+    assert gate.entered.wait(30)
+    queued = [rt.submit("tc0", "classify", [f"queued {i}"]) for i in range(3)]
+    closer = threading.Thread(target=rt.close)
+    closer.start()
+    gate.release.set()
+    closer.join(60)
+    assert not closer.is_alive()
+    assert [len(f.result(timeout=1)) for f in [first, *queued]] == [1, 1, 1, 1]
+    with pytest.raises(RuntimeClosedError):
+        rt.submit("tc0", "classify", ["after close"])
+
+
+def test_app_names_may_hold_dots(demo):
+    backbone, apps = demo
+    with Runtime(backbone, batching=False) as rt:
+        rt.register_app("mail.intent.v2", apps["tc0"])  # PEFT refuses "." in adapter names; the runtime's key has none
+        rt.register_app("plain", apps["tc1"])
+        out = rt.embed("mail.intent.v2", ["hello world"])
+    with Runtime(backbone, batching=False) as ref:
+        ref.register_app("tc0", apps["tc0"])
+        np.testing.assert_allclose(out, ref.embed("tc0", ["hello world"]), atol=1e-6)
+
+
+def test_set_adapter_switch_keeps_mixed_batches_right_after_a_bare_backbone_call(demo):
+    """switch="set_adapter" turns every LoRA layer off for an adapter-free call (a head-only app); the next mixed
+    batch must turn them back on, or each row silently runs without its LoRA."""
+    backbone, apps = demo
+    with Runtime(backbone, batching=False, mode="mixed", switch="set_adapter") as rt:
+        for name in ("tc0", "tc1", "tch0"):
+            rt.register_app(name, apps[name])
+        before = rt.analyze(["hello world", "reset my card"], apps=["tc0", "tc1"])
+        rt.classify("tch0", ["no LoRA at all"])
+        after = rt.analyze(["hello world", "reset my card"], apps=["tc0", "tc1"])
+    for b, a in zip(before, after):
+        for app in ("tc0", "tc1"):
+            assert a[app]["probabilities"] == pytest.approx(b[app]["probabilities"], abs=1e-6)
