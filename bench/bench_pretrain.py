@@ -458,18 +458,14 @@ def main() -> None:
         if "tpl" not in skip:
             many = read_pairs(data, 2 * args.tpl_steps * args.tpl_batch_tc)
             tsrc = write_jsonl(tmp / "tpl_pairs" / "nli.jsonl", ({"anchor": a, "positive": p} for a, p in many))
-            tpl = run_mtpf(args, model, "mtpf-tpl", {
-                "pairs": f"[{tsrc}]", "ner_data": f"[{lab.parent}]", "num_clusters": k, "tc_batch_size":
-                args.tpl_batch_tc, "ner_batch_size": min(args.tpl_batch_ner, len(sentences)),
-                "tc_mini_batch_size": "null", **workers}, tmp / "tpl", args.tpl_steps)
+            tpl_cfg = {"pairs": f"[{tsrc}]", "ner_data": f"[{lab.parent}]", "num_clusters": k,
+                       "tc_batch_size": args.tpl_batch_tc, "ner_batch_size": min(args.tpl_batch_ner, len(sentences)),
+                       "tc_mini_batch_size": "null", **workers}
+            tpl = run_mtpf(args, model, "mtpf-tpl", tpl_cfg, tmp / "tpl", args.tpl_steps)
             results["mtpf_tpl"] = {"batch_tc": args.tpl_batch_tc, "batch_ner": args.tpl_batch_ner, **tpl}
             if args.tpl_mask_ab:  # the same steps with the 2-D mask (one host read per forward), side by side
-                tpl2d = run_mtpf(args, model, "mtpf-tpl", {
-                    "pairs": f"[{tsrc}]", "ner_data": f"[{lab.parent}]", "num_clusters": k, "tc_batch_size":
-                    args.tpl_batch_tc, "ner_batch_size": min(args.tpl_batch_ner, len(sentences)),
-                    "tc_mini_batch_size": "null", "full_attention_mask": "false", **workers}, tmp / "tpl2d",
-                    args.tpl_steps)
-                results["mtpf_tpl_2d_mask"] = tpl2d
+                results["mtpf_tpl_2d_mask"] = run_mtpf(args, model, "mtpf-tpl", {**tpl_cfg, "full_attention_mask":
+                                                                                 "false"}, tmp / "tpl2d", args.tpl_steps)
 
     print(f"\ndevice {args.device} {results['gpu'] or ''}, threads {args.threads}")
     print(f"{'step':12} {'implementation':72} {'tokens/s':>10} {'vs base':>8}")
