@@ -225,9 +225,23 @@ def test_adapt_overwrite_replaces_the_output(tiny_bert, tmp_path, capsys, one_to
     app.mkdir()
     (app / "keep.txt").write_text("old")
     rc = main(["adapt", "tc", "--model", tiny_bert, "--data", str(SAMPLE / "cls" / "sample_intents"),
-               "--output", str(app), "--overwrite", "--no-progress", "--n-experiments", "1"])
+               "--output", str(app), "--overwrite", "--no-progress", "--max-iter", "7"])
     assert rc == 0
     assert (app / "mtpf_app.json").is_file() and not (app / "keep.txt").exists()
+    assert json.loads((app / "mtpf_app.json").read_text())["training"]["max_iter"] == 7  # as asked, not raised
+
+
+@pytest.mark.parametrize("flag", [["--classifier", "sklearn.svm:SVC"], ["--n-experiments", "3"],
+                                  ["--samples-per-label", "8"]])
+def test_adapt_tc_refuses_the_evaluation_protocols_options(flag, tmp_path, capsys):
+    """`mtpf adapt tc` fits one logistic regression on all of train (the runtime applies it as a linear head):
+    the MTEB protocol's classifier / undersampling options of `mtpf evaluate` are refused, not ignored."""
+    with pytest.raises(SystemExit) as exc:
+        main(["adapt", "tc", "--data", str(SAMPLE / "cls" / "sample_intents"), "--output", str(tmp_path / "a"),
+              *flag])
+    assert exc.value.code == 2
+    assert f"unrecognized arguments: {flag[0]}" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
 
 
 def test_export_refuses_a_non_empty_output(tiny_bert, tmp_path, capsys):

@@ -53,14 +53,23 @@ def _ner_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ner-max-length", type=int, default=None, help="tokens per window (default: the model's)")
 
 
-def _tc_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("text classification (MTEB protocol)")
-    g.add_argument("--samples-per-label", default="auto",
-                   help="auto (8; Emotion 16; TweetSentimentExtraction/AmazonCounterfactual 32), N, or full")
-    g.add_argument("--n-experiments", type=int, default=10, help="undersampling experiments (10)")
-    g.add_argument("--classifier", default="logreg", help="logreg, or module:Class of a sklearn classifier")
-    g.add_argument("--max-iter", type=int, default=100, help="LogisticRegression max_iter (100, as mteb)")
-    g.add_argument("--classifier-args", default="{}", help="JSON keyword arguments of the classifier")
+def _tc_args(p: argparse.ArgumentParser, protocol: bool = True) -> None:
+    """Text-classification options. ``protocol``: the MTEB protocol's (evaluation); without it, the options of
+    ``mtpf adapt tc``, which fits one logistic regression on the whole train split (the runtime applies its
+    weights as a linear head, so no other classifier and no undersampling)."""
+    if protocol:
+        g = p.add_argument_group("text classification (MTEB protocol)")
+        g.add_argument("--samples-per-label", default="auto",
+                       help="auto (8; Emotion 16; TweetSentimentExtraction/AmazonCounterfactual 32), N, or full")
+        g.add_argument("--n-experiments", type=int, default=10, help="undersampling experiments (10)")
+        g.add_argument("--classifier", default="logreg", help="logreg, or module:Class of a sklearn classifier")
+        g.add_argument("--max-iter", type=int, default=100, help="LogisticRegression max_iter (100, as mteb)")
+        g.add_argument("--classifier-args", default="{}", help="JSON keyword arguments of the classifier")
+    else:
+        g = p.add_argument_group("text classification (logistic regression on the whole train split)")
+        g.add_argument("--max-iter", type=int, default=1000, help="LogisticRegression max_iter (1000)")
+        g.add_argument("--classifier-args", default="{}",
+                       help="JSON keyword arguments of sklearn's LogisticRegression, e.g. '{\"C\": 0.5}'")
     g.add_argument("--normalize", choices=["auto", "true", "false"], default="auto",
                    help="L2-normalise embeddings (auto: as the model's sentence-transformers pipeline)")
     g.add_argument("--tc-max-length", type=int, default=None, help="token limit (default: the model's); longer "
@@ -91,9 +100,10 @@ def _tc_config(args):
         extra = json.loads(args.classifier_args)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--classifier-args is not valid JSON: {exc}") from None
-    return TCConfig(samples_per_label=args.samples_per_label, n_experiments=args.n_experiments,
-                    classifier=args.classifier, max_iter=args.max_iter, classifier_args=extra,
-                    normalize=args.normalize, max_length=args.tc_max_length, use_adapter=not args.no_tc_adapter)
+    protocol = {k: getattr(args, k) for k in ("samples_per_label", "n_experiments", "classifier")
+                if hasattr(args, k)}  # `mtpf adapt tc` has none of them (logistic regression on all of train)
+    return TCConfig(max_iter=args.max_iter, classifier_args=extra, normalize=args.normalize,
+                    max_length=args.tc_max_length, use_adapter=not args.no_tc_adapter, **protocol)
 
 
 def add_parser(sub) -> None:
@@ -101,7 +111,8 @@ def add_parser(sub) -> None:
     modes = adapt.add_subparsers(dest="mode", metavar="MODE")
     for mode, helptext in (("ner", "LoRA + token classifier (two stages), saved as a PEFT app adapter"),
                            ("tc", "logistic regression on mean-pooled embeddings of the whole train split")):
-        p = modes.add_parser(mode, help=helptext)
+        # no abbreviations: `adapt tc --classifier X` (an `evaluate` option) would be read as --classifier-args
+        p = modes.add_parser(mode, help=helptext, allow_abbrev=False)
         p.add_argument("--model", default="packaged", help="mtpf run folder, HF/sentence-transformers folder, "
                                                            "hub name, or 'packaged' (default)")
         p.add_argument("--data", required=True, help="dataset folder ({train,dev,test}.jsonl[.gz]) or hub name")
@@ -118,7 +129,7 @@ def add_parser(sub) -> None:
             _ner_args(p)
         else:
             p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: none)")
-            _tc_args(p)
+            _tc_args(p, protocol=False)
         p.set_defaults(func=_adapt)
     adapt.set_defaults(func=lambda args: (adapt.print_help(), 2)[1])
 
@@ -230,7 +241,7 @@ def _adapt(args) -> int:
         cfg = _tc_config(args)
         dataset = load_cls_dataset(args.data, args.allow_unseen_labels)
         model = resolve(args.model, normalize=cfg.normalize)
-        meta = adapt_tc(model, dataset, args.output, cfg, args.seed, max_iter=max(args.max_iter, 1000),
+        meta = adapt_tc(model, dataset, args.output, cfg, args.seed, max_iter=args.max_iter,
                         cache_dir=args.cache_dir, progress=not args.no_progress, device=device)
         print(f"TC app adapter: {args.output}  ({len(meta['labels'])} labels, LoRA: {meta['has_lora']})")
         for split, m in meta["metrics"].items():
