@@ -65,6 +65,7 @@ def test_repeated_flags_accumulate_in_analyze_depth_sweep():
 
     args = _sweep_parser().parse_intermixed_args(["c.yaml", "--ner", "A", "--ner", "B", "--cls", "C", "--cls", "D"])
     assert (args.ner, args.cls) == (["A", "B"], ["C", "D"])
+    assert _sweep_parser().parse_intermixed_args(["c.yaml", "--layers", "1,2", "--layers", "4"]).layers == ["1,2", "4"]
     from mtpf.analysis.cli import _measure_parser
 
     assert _measure_parser().parse_intermixed_args(["m", "--adapter", "ner", "--adapter", "tc"]).adapter == ["ner", "tc"]

@@ -258,7 +258,7 @@ def test_runtime_row_scores_what_the_suite_scores(fake_run, small_data, tmp_path
                                    tc_app=str(tmp_path / "tc"), cls=[small_data["cls"]], backend=backend, int8=int8,
                                    onnx_dir=str(tmp_path / "onnx"), progress=False)
         by_task = {c["task"]: c for c in results["cells"]}
-        assert set(by_task) == {"ner", "tc"} and by_task["ner"]["truncated_words"] == 0
+        assert set(by_task) == {"ner", "tc"} and by_task["ner"]["windowed_sentences"] == 0
         scores[backend] = (by_task["ner"]["main_score"], by_task["tc"]["main_score"])
     assert scores["torch"][0] == pytest.approx(res.test["f1"])
     assert scores["torch"][1] == pytest.approx(suite_tc["accuracy"])
@@ -316,3 +316,20 @@ def test_tag_words_keeps_the_given_words(fake_run, small_data, tmp_path):
             rt.tag_words("ner", [["ok", 3]])
     assert [len(t) for t in tags] == [len(s) for s in sentences]
     assert tags == [[res.labels[c] for c in row] for row in expected]
+
+
+def test_windowed_sentences_counts_those_past_the_apps_limit(tiny_bert):
+    """evaluate-runtime's `windowed_sentences`: sentences whose tokens (with [CLS]/[SEP]) exceed the app's limit."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from mtpf.downstream.runtime_eval import _windowed_sentences
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    rt = SimpleNamespace(tokenizer=tok, model_max_length=512, app_info=lambda app: {"max_length": 8})
+    sentences = [["a"] * 6, ["a"] * 7, ["the", "cat"], ["a"] * 30]  # 8, 9, 4, 32 tokens with [CLS]/[SEP]
+    assert [len(tok(s, is_split_into_words=True)["input_ids"]) for s in sentences] == [8, 9, 4, 32]
+    assert _windowed_sentences(rt, "app", sentences) == 2
+    rt.model_max_length = 4  # the backbone's limit applies when it is the smaller one
+    assert _windowed_sentences(rt, "app", sentences) == 3

@@ -298,7 +298,7 @@ def _sweep_parser():
     )
     p.add_argument("config", nargs="?", help="pretrain YAML config (strategy mtpf-tpl or pf-lora)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the pretrain config")
-    p.add_argument("--layers", default="1,2,4", help="comma list of depths (default 1,2,4)")
+    p.add_argument("--layers", action="append", default=[], help="comma list of depths, repeatable (default 1,2,4)")
     p.add_argument("--out", default=None, help="sweep folder (default: the config's output_dir + '-depth')")
     p.add_argument(
         "--evaluate", action="store_true", help="run the downstream suite on each depth (OUT/layers-N/eval)"
@@ -343,7 +343,7 @@ def _sweep(args) -> int:
 
     device = str(resolve_device(args.device))
     summary = depth_sweep(
-        config, parse_layers(args.layers), out, overrides, args.evaluate, ner, cls, plot=not args.no_plot,
+        config, parse_layers(",".join(args.layers) or "1,2,4"), out, overrides, args.evaluate, ner, cls, plot=not args.no_plot,
         device=device,
     )
     _print_summary(summary)

@@ -4,8 +4,8 @@ of the paper's tables.
 
 * NER: each app adapter (saved by ``mtpf adapt ner`` or ``mtpf evaluate --save-apps``) tags the test split of
   its dataset through ``Runtime.tag_words`` (the gold words as given, as in the suite); entity-level micro F1 with
-  seqeval. The runtime truncates sentences past the app's ``max_length`` (words beyond it are tagged ``O``)
-  where the suite windows them; ``truncated_words`` counts them.
+  seqeval. Sentences past the app's ``max_length`` are tagged in windows of whole words, as the suite does;
+  ``windowed_sentences`` counts them.
 * TC: one TC app (its ``tc`` LoRA, pooling and normalisation) embeds the texts of every classification dataset
   through ``Runtime.embed``; the MTEB protocol of :func:`mtpf.downstream.tc.evaluate_tc` runs on those
   embeddings (the app's own head is not used).
@@ -44,16 +44,13 @@ class RuntimeEmbedder:
         return np.concatenate([f.result() for f in futures]), np.zeros(len(texts), dtype=bool)
 
 
-def _truncated_words(runtime, app: str, sentences: list[list[str]]) -> int:
+def _windowed_sentences(runtime, app: str, sentences: list[list[str]]) -> int:
+    """Sentences longer than the app's token limit: the runtime tags them in windows of whole words, as the
+    suite does (nothing is cut; the count says how many sentences took that path)."""
     spec = runtime.app_info(app)
     limit = min(spec["max_length"], runtime.model_max_length)
-    n = 0
-    for words in sentences:
-        enc = runtime.tokenizer(words, is_split_into_words=True, truncation=False)
-        ids = enc.word_ids()
-        last_kept = {w for w in ids[: limit - 1] if w is not None}
-        n += len(words) - len(last_kept)
-    return n
+    enc = runtime.tokenizer(sentences, is_split_into_words=True, truncation=False)
+    return sum(len(ids) > limit for ids in enc["input_ids"])
 
 
 def evaluate_runtime(backbone: str, label: str, output: str | Path, *, ner_apps: list[tuple[str, str]] = (),
@@ -131,7 +128,7 @@ def evaluate_runtime(backbone: str, label: str, output: str | Path, *, ner_apps:
                 "fraction": float(training.get("fraction", 1.0)), "seed": int(training.get("seed", seed)),
                 "main_metric": "f1", "main_score": metrics["f1"], "metrics": metrics,
                 "suite_test_metrics": spec.metrics.get("test"),
-                "truncated_words": _truncated_words(rt, name, test.tokens),
+                "windowed_sentences": _windowed_sentences(rt, name, test.tokens),
                 "seconds": round(time.perf_counter() - t0, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
             rt.unregister_app(name)
             _write_json(results_path, results)

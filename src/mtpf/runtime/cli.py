@@ -30,7 +30,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     add_device_argument(p, "the backbone (PyTorch; ONNX Runtime's CUDA provider when installed)")
     p.add_argument("--int8", action="store_true", help="ONNX backend: use the int8 (dynamic, per-channel) graphs")
-    p.add_argument("--onnx-dir", help="ONNX backend: folder of the backbone export (mtpf export); default: temp")
+    p.add_argument("--onnx-dir", help="ONNX backend: cache folder of its per-layer graphs (written to "
+                                      "ONNX_DIR/layered/, reused while the backbone fingerprint matches, else "
+                                      "re-exported); default: a temporary folder")
     p.add_argument("--mode", choices=["mixed", "grouped"], default="mixed",
                    help="torch backend: forwards that mix apps' rows via PEFT per-row adapter_names (mixed) or "
                         "one forward per app's rows (grouped)")

@@ -324,7 +324,8 @@ class Runtime:
 
     def tag_words(self, app: str, sentences: list[list[str]]) -> list[list[str]]:
         """BIO tag per word for already split sentences (e.g. CoNLL tokens): the words are kept as given
-        instead of being split by :data:`mtpf.runtime.app.WORD_RE`. Words past the app's length limit get "O"."""
+        instead of being split by :data:`mtpf.runtime.app.WORD_RE`. Sentences past the app's length limit are
+        tagged in windows of whole words, as the evaluation suite does."""
         return self.submit(app, "tags", sentences).result()
 
     def classify(self, app: str, texts: list[str] | str) -> list[dict]:
