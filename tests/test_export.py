@@ -128,3 +128,45 @@ def test_onnx_shared_backbone_equals_merged_graphs(tmp_path_factory, tmp_path):
                 np.testing.assert_allclose([list(r["tc_l2"]["probabilities"].values()) for r in res],
                                            [list(c["probabilities"].values()) for c in merged.classify("tc_l2", texts)],
                                            atol=1e-4)
+
+
+@pytest.mark.parametrize("layered", [True, False])
+def test_an_interrupted_or_failed_export_is_not_reused(layered, tmp_path, monkeypatch):
+    """The ONNX cache of a backbone: a re-export killed after some graphs were replaced leaves no export.json
+    (the old one would vouch for the new graphs), and an export that failed verification is exported again
+    instead of being served."""
+    from mtpf.encoder import load_encoder
+    from mtpf.runtime import onnx_export as ox
+    from mtpf.testing import make_tiny_encoder
+    from transformers import AutoTokenizer
+
+    export, read = (ox.export_layered_dir, ox.read_layered) if layered else (ox.export_encoder_dir, ox.read_export)
+    model_a = make_tiny_encoder(tmp_path / "a", "bert", layers=2)
+    tok = AutoTokenizer.from_pretrained(model_a)
+    enc_a = load_encoder(model_a).eval()
+    out = tmp_path / "onnx"
+    meta = export(enc_a, tok, out, int8=True, backbone_fingerprint="A")
+    assert read(out)["backbone_fingerprint"] == "A" and ox.verified(meta, "int8")
+
+    enc_b = load_encoder(make_tiny_encoder(tmp_path / "b", "bert", layers=2, seed=1)).eval()
+    calls = []
+
+    def dies(src, dst):  # B's export is killed while quantising (layered: after its first graph is in place)
+        calls.append(src)
+        if len(calls) == (2 if layered else 1):
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    real = ox.quantize_int8
+    monkeypatch.setattr(ox, "quantize_int8", dies)
+    with pytest.raises(KeyboardInterrupt):
+        export(enc_b, tok, out, int8=True, backbone_fingerprint="B")
+    assert read(out) is None  # nothing vouches for the mix of A's and B's graphs: the runtime re-exports
+    monkeypatch.setattr(ox, "quantize_int8", real)
+
+    monkeypatch.setattr(ox, "INT8_MIN_MEAN_COSINE", 1.01)  # no int8 graph can pass
+    with pytest.raises(ox.ExportVerificationError):
+        export(enc_a, tok, out, int8=True, backbone_fingerprint="A")
+    failed = read(out)
+    assert failed["backbone_fingerprint"] == "A"  # kept for inspection ...
+    assert ox.verified(failed, "fp32") and not ox.verified(failed, "int8")  # ... but int8 is not reusable

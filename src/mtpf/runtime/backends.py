@@ -238,6 +238,7 @@ class OnnxBackend:
             make_session,
             read_export,
             read_layered,
+            verified,
         )
 
         self.lock = threading.RLock()
@@ -265,7 +266,7 @@ class OnnxBackend:
         if not merged:
             layered = self.onnx_dir / "layered"
             meta = read_layered(layered)
-            if not (meta and meta.get("backbone_fingerprint") == backbone_fingerprint and want in meta["files"]):
+            if not (verified(meta, want) and meta.get("backbone_fingerprint") == backbone_fingerprint):
                 meta = export_layered_dir(self.encoder, tokenizer, layered, int8=int8,
                                           backbone_fingerprint=backbone_fingerprint)
             if list(meta["inputs"]) != list(input_names):
@@ -281,8 +282,8 @@ class OnnxBackend:
             self.encoder = None  # one copy of the weights: ONNX Runtime's (reloaded only to merge an odd adapter)
             return
         meta = read_export(self.onnx_dir)
-        if not (meta and meta.get("backbone_fingerprint") == backbone_fingerprint and meta.get("kind") == "backbone"
-                and want in meta.get("files", {})):
+        if not (verified(meta, want) and meta.get("backbone_fingerprint") == backbone_fingerprint
+                and meta.get("kind") == "backbone"):
             meta = export_encoder_dir(self.encoder, tokenizer, self.onnx_dir, int8=int8, kind="backbone",
                                       backbone_fingerprint=backbone_fingerprint)
         if list(meta["inputs"]) != list(input_names):
@@ -310,14 +311,15 @@ class OnnxBackend:
             make_session,
             merged_app_encoder,
             read_export,
+            verified,
         )
 
         want = "int8" if self.int8 else "fp32"
         app_onnx = Path(adapter_dir) / "onnx"
         afp = adapter_fingerprint(adapter_dir)
         meta = read_export(app_onnx)
-        if not (meta and meta.get("backbone_fingerprint") == self.fingerprint and meta.get("adapter_fingerprint") == afp
-                and want in meta.get("files", {})):
+        if not (verified(meta, want) and meta.get("backbone_fingerprint") == self.fingerprint
+                and meta.get("adapter_fingerprint") == afp):
             app_onnx = self.onnx_dir / "apps" / key.replace("/", "_").replace("#", "_")
             encoder = self.encoder
             if encoder is None:  # the shared layout dropped the torch weights; reload them for this merge

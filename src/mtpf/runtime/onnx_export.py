@@ -186,6 +186,9 @@ def export_encoder_dir(model, tokenizer, out_dir: str | Path, *, int8: bool = Fa
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # export.json vouches for the graphs beside it: it goes before the first one is replaced, so an export
+    # killed half-way leaves a folder readers re-export instead of one that pairs old metadata with new graphs
+    (out / "export.json").unlink(missing_ok=True)
     t0 = time.time()
     # write into a temp name first so a reader never sees a half-written graph
     with tempfile.TemporaryDirectory(dir=out) as tmp:
@@ -216,6 +219,13 @@ def export_encoder_dir(model, tokenizer, out_dir: str | Path, *, int8: bool = Fa
     if strict and failed:
         raise ExportVerificationError(f"{out}: ONNX graph(s) {failed} outside tolerance: {json.dumps(report)}")
     return meta
+
+
+def verified(meta: dict | None, want: str) -> bool:
+    """True when export metadata has the ``want`` graph ("fp32"/"int8") and it passed verification: what the
+    runtime may reuse. A graph written by ``mtpf export --no-strict`` (or one whose export raised) is not."""
+    return bool(meta) and want in meta.get("files", {}) and bool(
+        meta.get("verification", {}).get(want, {}).get("passed", False))
 
 
 def read_export(out_dir: str | Path) -> dict | None:
@@ -355,6 +365,7 @@ def export_layered_dir(model, tokenizer, out_dir: str | Path, *, int8: bool = Fa
     model = model.eval()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "export.json").unlink(missing_ok=True)  # before any graph is replaced (see export_encoder_dir)
     t0 = time.time()
     names = encoder_input_names(model, tokenizer)
     slots = layer_slots(model)
@@ -400,7 +411,8 @@ def export_layered_dir(model, tokenizer, out_dir: str | Path, *, int8: bool = Fa
     meta = {"format": LAYERED_FORMAT, "kind": "layered", "backbone_fingerprint": backbone_fingerprint,
             "inputs": names, "slots": slots, "num_layers": n_layers, "opset": OPSET, "files": files,
             "verification": report, "seconds": round(time.time() - t0, 2)}
-    (out / "export.json").write_text(json.dumps(meta, indent=2))
+    (out / "export.json.tmp").write_text(json.dumps(meta, indent=2))  # last and atomically, as above
+    os.replace(out / "export.json.tmp", out / "export.json")
     failed = [k for k, v in report.items() if not v["passed"]]
     if strict and failed:
         raise ExportVerificationError(f"{out}: layered ONNX graph(s) {failed} outside tolerance: {json.dumps(report)}")
