@@ -114,8 +114,37 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_bert, corpus, tmp_path)
     assert not (out / "clusters.json").exists() and not list(out.glob(".*.tmp"))
     done = sorted(p.name for p in out.glob("shard-*"))
     assert 0 < len(done) < 4
+    # pre-finetuning refuses the unfinished folder instead of training on part of the corpus
+    with pytest.raises(DataError, match="unfinished `mtpf label` output"):
+        load_pseudo_labels([out])
     label_corpus(cfg(tiny_bert, corpus, out), log=quiet)
     assert read_shards(out) == read_shards(clean)
+    # finished: exactly the shards clusters.json lists (a stray file beside them is not read)
+    n = len(load_pseudo_labels([out]).tokens)
+    (out / "shard-00099.jsonl").write_text(json.dumps({"tokens": ["x"], "labels": [0]}) + "\n")
+    assert len(load_pseudo_labels([out]).tokens) == n == len(read_shards(clean))
+
+
+def test_an_interrupted_overwrite_still_needs_overwrite(tiny_bert, corpus, tmp_path, monkeypatch):
+    """`mtpf label --overwrite` killed while deleting the old shards keeps the old settings file, so a re-run
+    with the new settings is refused (instead of skipping the old shards as finished under the new seed)."""
+    out = tmp_path / "out"
+    label_corpus(cfg(tiny_bert, corpus, out), log=quiet)
+    real = Path.unlink
+
+    def killed_at_shards(self, *a, **kw):
+        if self.name.startswith("shard-"):
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "unlink", killed_at_shards)
+    with pytest.raises(KeyboardInterrupt):
+        label_corpus(cfg(tiny_bert, corpus, out, seed=1, overwrite=True), log=quiet)
+    monkeypatch.setattr(Path, "unlink", real)
+    with pytest.raises(DataError, match="other settings.*seed"):
+        label_corpus(cfg(tiny_bert, corpus, out, seed=1), log=quiet)
+    with pytest.raises(DataError, match="unfinished"):
+        load_pseudo_labels([out])
 
 
 def test_changed_settings_need_overwrite(tiny_bert, corpus, tmp_path):

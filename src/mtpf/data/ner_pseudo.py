@@ -23,8 +23,34 @@ class LabelledSentences:
     sources: list[str]
 
 
+def label_files(paths) -> list[Path]:
+    """The shard files of ``paths``. A folder written by ``mtpf label`` (it holds ``label_config.json``) counts
+    only once finished, i.e. once its ``clusters.json`` is written, and then gives exactly the shards that file
+    lists: an interrupted labelling is refused instead of pre-finetuning on part of the corpus (with K guessed
+    from the labels seen). Other files and folders are read as given."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not (p.is_dir() and (p / "label_config.json").is_file()):
+            out += expand_paths([p], (".jsonl", ".jsonl.gz"))
+            continue
+        meta = p / "clusters.json"
+        if not meta.is_file():
+            raise DataError(p, None, "unfinished `mtpf label` output (no clusters.json yet): re-run the same "
+                            "`mtpf label` command to finish it (it resumes)")
+        try:
+            shards = json.loads(meta.read_text())["shards"]
+        except (KeyError, ValueError) as exc:
+            raise DataError(meta, None, f"cannot read the list of 'shards': {exc}") from None
+        missing = [name for name in shards if not (p / name).is_file()]
+        if missing:
+            raise DataError(p / missing[0], None, "listed in clusters.json but missing: re-run `mtpf label` "
+                            "with --overwrite")
+        out += [p / name for name in shards]
+    return out
+
+
 def load_pseudo_labels(paths, num_labels: int | None = None) -> LabelledSentences:
-    files = expand_paths(paths, (".jsonl", ".jsonl.gz"))
+    files = label_files(paths)
     tokens, labels = [], []
     max_label = -1
     for f in files:
@@ -142,7 +168,7 @@ def load_pseudo_label_dataset(paths, tokenizer, max_length: int, num_labels: int
     from mtpf.data.pairs import _one_line, _raise_jsonl_problem, local_cache_dir
     from mtpf.data.token_cache import cached_map
 
-    files = expand_paths(paths, (".jsonl", ".jsonl.gz"))
+    files = label_files(paths)
     feats = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32")),
                       "length": Value("int32"), "max_label": Value("int32")})
     parts = []

@@ -352,9 +352,11 @@ def _chunks(sentences, chunk_words: int):
 def _prepare_out(out: Path, signature: dict, overwrite: bool) -> None:
     cfg_path = out / CONFIG_FILE
     if out.exists() and overwrite:
-        for p in [out / CLUSTERS_FILE, out / CENTROIDS_FILE, out / FIT_FILE, cfg_path, *out.glob("shard-*.jsonl*")]:
-            p.unlink(missing_ok=True)
+        # the settings file goes last: an --overwrite killed half-way leaves the old settings in place, so a
+        # re-run with the new ones still needs --overwrite instead of skipping old shards as finished
         shutil.rmtree(out / PROGRESS_DIR, ignore_errors=True)
+        for p in [out / CLUSTERS_FILE, out / CENTROIDS_FILE, out / FIT_FILE, *out.glob("shard-*.jsonl*"), cfg_path]:
+            p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     if cfg_path.is_file():
         old = json.loads(cfg_path.read_text())
