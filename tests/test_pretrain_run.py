@@ -195,3 +195,24 @@ def test_tensorboard_gets_the_same_scalars_as_the_jsonl_log(tiny_bert, toy_data,
     loss_tag = next(t for t in tags if t.endswith("loss_ner"))
     logged = [(e.step, e.value) for e in acc.Scalars(loss_tag)]
     assert logged == [(m["step"], pytest.approx(m["loss_ner"], rel=1e-6)) for m in metrics]
+
+
+def test_a_resumed_run_killed_while_exporting_is_not_a_finished_run(tiny_bert, toy_data, tmp_path, monkeypatch):
+    """Resuming a finished run for more steps re-exports it: killed half-way, the folder must not keep the earlier
+    run.json (which would vouch for a backbone that is no longer the one it describes)."""
+    from mtpf.pretrain import export
+
+    out = tmp_path / "run"
+    run(_cfg(tiny_bert, toy_data, out, strategy="mtpf-tpl"))
+    assert json.loads((out / "run.json").read_text())["backbone_fingerprint"]
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "export_sentence_transformer", killed)  # after backbone/ was replaced
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(tiny_bert, toy_data, out, strategy="mtpf-tpl", resume="true", max_steps=4))
+    assert not (out / "run.json").exists()
+    monkeypatch.undo()
+    info = run(_cfg(tiny_bert, toy_data, out, strategy="mtpf-tpl", resume="true", max_steps=4))
+    assert json.loads((out / "run.json").read_text()) == info

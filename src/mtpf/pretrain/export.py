@@ -129,6 +129,9 @@ def export_run(model, tokenizer, out_dir: str | Path, config: dict, data_files: 
     """Write backbone, adapters, heads, sentence-transformer and run.json; returns run.json's content."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # run.json marks a complete run folder (models.resolve, reproduce.py): an earlier export's goes before its
+    # backbone is replaced, so a resumed run killed while exporting is not taken for the earlier, whole one
+    (out / "run.json").unlink(missing_ok=True)
     from mtpf import cards
 
     encoder = model.encoder
