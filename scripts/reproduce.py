@@ -305,6 +305,8 @@ class Repro:
                 copy_atomic(src / name, dst / name)
 
     def evaluate(self, labels: list[str] | None = None, seeds: list[int] | None = None) -> None:
+        from mtpf.downstream.suite import app_folder_name
+
         ev = self.cfg["evaluate"]
         rt = self.cfg.get("runtime") or {}
         for seed in seeds or self.seeds:
@@ -326,9 +328,12 @@ class Repro:
                     for ds in ev["ner"]:
                         for frac in run["fractions"]:
                             cmd = base + flags + ["--ner", ds, "--fractions", str(frac)]
+                            app = self.eval_dir(label, seed) / "apps" / app_folder_name(label, Path(ds).name, frac,
+                                                                                         seed)
                             if unit_done(results, "ner", [ds], [frac], seed,
-                                         expected_config(cmd[len(MTPF) + 1:], "ner")):
-                                continue
+                                         expected_config(cmd[len(MTPF) + 1:], "ner")) and (
+                                    "--save-apps" not in flags or (app / "mtpf_app.json").is_file()):
+                                continue  # (the runtime row needs the app: a fresh work folder rebuilds it)
                             self.step(f"evaluate s{seed} {label} NER {Path(ds).name} @{frac:g} ({run_name})",
                                       "ner-full" if float(frac) == 1 else "ner-low", cmd)
                             self.copy_results(label, seed)

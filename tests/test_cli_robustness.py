@@ -84,6 +84,20 @@ def test_evaluate_refuses_a_dataset_named_twice(tmp_path, capsys):
     assert not (tmp_path / "e").exists()
 
 
+def test_evaluate_checks_every_dataset_before_the_first_cell(tiny_bert, tmp_path, capsys):
+    """--select dev on a NER set without dev fails in seconds, not when its cell comes up after the others."""
+    import shutil
+
+    ner = tmp_path / "nodev"
+    shutil.copytree(next((SAMPLE / "ner").iterdir()), ner)
+    for f in ner.glob("dev.jsonl*"):
+        f.unlink()
+    rc, err = run_cli(["evaluate", "--model", tiny_bert, "--output", tmp_path / "e", "--cls",
+                       SAMPLE / "cls" / "sample_intents", "--ner", ner, "--select", "dev", "--no-progress"], capsys)
+    assert_one_line_error(rc, err, "nodev", "no dev split")
+    assert not (tmp_path / "e" / "results.json").exists()  # no cell ran
+
+
 def test_evaluate_names_a_missing_dataset_folder(tmp_path, capsys):
     rc, err = run_cli(["evaluate", "--output", tmp_path / "e", "--cls", tmp_path / "no" / "such-set"], capsys)
     assert_one_line_error(rc, err, "no/such-set", "no such folder")
@@ -411,7 +425,10 @@ def test_console_ctrl_c_in_pretrain_subprocess(tiny_bert, toy_data, tmp_path):
            "PYTHONPATH": str(REPO / "src")}
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "mtpf.cli", "pretrain", *tiny_run_overrides(tiny_bert, toy_data, out, max_steps=5000)]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a test run started in the background (`pytest ... &`) has it
+    # ignored, which the child would inherit (Python then installs no KeyboardInterrupt handler: the run trains on)
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # any checkpoint, not a named one: only the last two are kept, so step 2 can come and go between two polls
     # on a busy machine (the run then trained on to max_steps and the test hung)
     while not any((out / "checkpoints").glob("step-*")):  # no deadline: pytest-timeout catches a hang

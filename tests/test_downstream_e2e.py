@@ -101,6 +101,14 @@ def test_suite_end_to_end_and_resume(tiny_bert, fake_run, small_data, tmp_path, 
     again = json.loads((out / "results.json").read_text())["cells"]
     assert [c["finished"] for c in again] == [c["finished"] for c in cells]
 
+    import shutil
+
+    shutil.rmtree(apps[0])  # e.g. results.json restored into a fresh folder: the cell runs again for its app
+    assert main(argv) == 0
+    assert "ran 1 cells, reused 5" in capsys.readouterr().out
+    assert (apps[0] / "mtpf_app.json").is_file()
+    assert len(json.loads((out / "results.json").read_text())["cells"]) == 6  # one record per cell
+
     # a changed config recomputes only the affected cells (TC here)
     argv2 = [a if a != "3" else "4" for a in argv]
     assert main(argv2) == 0

@@ -106,6 +106,12 @@ def test_tc_app_exports_to_sentence_transformers_with_a_usable_head(demo, tmp_pa
     assert not info["missing_keys"]  # pooler saved: no newly initialised weights
     assert "TC_HEAD_USAGE" not in (out / "README.md").read_text() and "classifier/head.safetensors" in \
         (out / "README.md").read_text()
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")  # written in a temporary folder: still named after the real one
+    assert card.data.model_name == "tc-st" if card.data.eval_results else card.data.model_name is None
+    # what SentenceTransformer(out) computes is embeddings: tagged as sentence-transformers tags its own folders
+    assert card.data.pipeline_tag == "sentence-similarity" and card.data.library_name == "sentence-transformers"
 
 
 def test_hf_export_never_replaces_a_folder_silently(tmp_path, capsys, demo):
@@ -153,6 +159,7 @@ def test_mtpf_adapt_ner_output_is_portable_and_exports(tiny_bert, tmp_path, one_
     card = ModelCard.load(app / "README.md")
     assert card.data.datasets == ["toyner"] and "f1" in {e.metric_type for e in card.data.eval_results}
     assert "mtpf adapt ner" in card.text or "pytest" in card.text
+    assert card.data.model_name == "toy-ner" and 'register_app("app", "toy-ner")' in card.text
 
     out = tmp_path / "toy-ner-hf"
     assert cli_main(["export", str(app), "--hf", "--out", str(out)]) == 0  # base model found from the relative path
@@ -161,3 +168,23 @@ def test_mtpf_adapt_ner_output_is_portable_and_exports(tiny_bert, tmp_path, one_
     got = _pipeline_entities(out, "simple", texts)
     for w, g in zip(want, got):
         assert [(e["type"], e["start"], e["end"]) for e in w] == [(e["type"], e["start"], e["end"]) for e in g]
+
+
+def test_a_head_only_app_exports_without_backbone(tiny_bert, tmp_path, capsys, one_torch_thread):
+    """A head-only TC app has no adapter_config.json to name its backbone: `mtpf export` takes the model its
+    mtpf_app.json was trained on (fingerprint checked) instead of asking for --backbone."""
+    sample = Path(__file__).resolve().parents[1] / "src" / "mtpf" / "sample_data" / "cls" / "sample_intents"
+    app = tmp_path / "intents"
+    assert cli_main(["adapt", "tc", "--model", tiny_bert, "--data", str(sample), "--output", str(app),
+                     "--no-progress"]) == 0
+    assert not (app / "adapter_config.json").exists()
+    assert cli_main(["export", str(app), "--hf", "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "modules.json").is_file()
+    import shutil
+
+    shutil.move(tiny_bert, tmp_path / "moved")  # the model it was trained on is gone: ask for --backbone
+    try:
+        assert cli_main(["export", str(app), "--onnx"]) == 2
+        assert "pass --backbone" in capsys.readouterr().err
+    finally:
+        shutil.move(tmp_path / "moved", tiny_bert)

@@ -59,13 +59,18 @@ def test_run_adapters_record_a_relative_base_model(run_dir):
 
 def test_every_run_folder_has_a_model_card_with_hub_metadata(run_dir):
     run = json.loads((run_dir / "run.json").read_text())
-    for folder, library in [(run_dir, "transformers"), (run_dir / "backbone", "transformers"),
-                            (run_dir / "adapters" / "ner", "peft"), (run_dir / "adapters" / "tc", "peft"),
-                            (run_dir / "sentence_transformer", "sentence-transformers")]:
+    # the root: no library loads it whole; task-primary adapters: their base is the run's own pre-finetuned
+    # backbone (on the Hub under no id), so the card names none (the Hub would load the LoRA onto HUB_BASE)
+    for folder, library, base in [(run_dir, None, HUB_BASE), (run_dir / "backbone", "transformers", HUB_BASE),
+                                  (run_dir / "adapters" / "ner", "peft", None),
+                                  (run_dir / "adapters" / "tc", "peft", None),
+                                  (run_dir / "sentence_transformer", "sentence-transformers", HUB_BASE)]:
         card = _card(folder)
-        assert card.data.base_model == HUB_BASE, folder
+        assert card.data.base_model == base, folder
         assert card.data.library_name == library and "mtpf" in card.data.tags
         assert "pairs" in " ".join(card.data.datasets or []) or "news" in (card.data.datasets or []), card.data
+        if base is None:
+            assert f"pre-finetuned from `{HUB_BASE}`" in card.text
     assert run["command"].startswith("python -m pytest")  # the command that made the run
     assert run["command"] in _card(run_dir).text
 
@@ -104,6 +109,34 @@ def test_app_folders_get_a_card_and_a_relative_base_model(tiny_bert, tmp_path):
     assert card.data.datasets == ["conll2003"] and card.data.pipeline_tag == "token-classification"
     assert {(e.dataset_split, e.metric_type, e.metric_value) for e in card.data.eval_results} == {
         ("test", "f1", 0.75), ("test", "precision", 0.7)}
+
+
+def test_apps_of_a_run_name_their_folder_and_no_foreign_base(run_dir, tiny_bert, tmp_path):
+    """`mtpf adapt tc` writes its app in a temporary folder first: the card still names the final folder, and
+    an app trained on a pre-finetuned backbone names no hub model as its base (only its lineage, in the text);
+    a head-only app is no library's folder."""
+    from mtpf.downstream.data import load_cls_dataset
+    from mtpf.downstream.models import resolve
+    from mtpf.downstream.tc import TCConfig, adapt_tc
+    from mtpf.runtime.testing import make_app_adapter
+
+    cls = Path(__file__).resolve().parents[1] / "src" / "mtpf" / "sample_data" / "cls" / "sample_intents"
+    for use_adapter, name in ((True, "intents-lora"), (False, "intents-head")):
+        adapt_tc(resolve(str(run_dir)), load_cls_dataset(str(cls)), tmp_path / name,
+                 TCConfig(use_adapter=use_adapter), progress=False)
+        card = _card(tmp_path / name)
+        assert card.data.model_name == name and f'register_app("app", "{name}")' in card.text
+        assert card.data.base_model is None and f"pre-finetuned from `{HUB_BASE}`" in card.text
+        assert card.data.library_name == ("peft" if use_adapter else None)
+    # trained on the hub model itself (here: `packaged`), the base is exact and named
+    packaged_app = make_app_adapter(tmp_path / "on-packaged", tiny_bert, "tc", lora=False)
+    meta = json.loads((Path(packaged_app) / "mtpf_app.json").read_text())
+    meta["training"] = {"model": "packaged"}
+    (Path(packaged_app) / "mtpf_app.json").write_text(json.dumps(meta))
+    from mtpf.cards import app_card
+
+    app_card(packaged_app)
+    assert _card(Path(packaged_app)).data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def test_push_uploads_the_folder_with_huggingface_hub(run_dir, monkeypatch, capsys):
@@ -149,6 +182,18 @@ def test_onnx_export_folders_get_cards(run_dir, tmp_path):
     for folder in reports:
         card = _card(Path(folder))
         assert card.data.library_name == "onnx" and card.data.base_model == HUB_BASE
+    # the folder feeds itself: tokenizer and config beside the graph, as the card's usage shows
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = Path(next(iter(reports)))
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert AutoConfig.from_pretrained(folder).model_type == "bert"
+    session = ort.InferenceSession(str(folder / "model.onnx"))
+    enc = tok(["I lost my card"], return_tensors="np")
+    out = session.run(None, {i.name: enc[i.name].astype(np.int64) for i in session.get_inputs()})[0]
+    assert out.shape[:2] == enc["input_ids"].shape
 
 
 def test_push_without_the_hub_is_one_line_and_exit_2(run_dir, capsys):

@@ -53,6 +53,8 @@ class FakeMtpf:
             out.mkdir(parents=True)
             (out / "mtpf_app.json").write_text("{}")
         elif verb == "evaluate-runtime":
+            apps = [a.split("=", 1)[1] for i, a in enumerate(args) if args[i - 1] == "--ner-app"]
+            assert apps and all((Path(a) / "mtpf_app.json").is_file() for a in apps), apps
             out = Path(args[args.index("--output") + 1])
             out.mkdir(parents=True, exist_ok=True)
             seed = int(args[args.index("--seed") + 1])
@@ -88,16 +90,24 @@ class FakeMtpf:
                     for f in opt("--fractions").split(",")]
         else:
             todo = [("tc", Path(d).name, 1.0, repro.expected_config(args[1:], "tc")) for d in many("--cls")]
+        from mtpf.downstream.suite import app_folder_name
+
         for task, ds, frac, config in todo:
             key = f"{label}|{task}|{ds}|{frac}|{seed}|{json.dumps(config, sort_keys=True)}"
-            if any(c["key"] == key for c in results["cells"]):
-                continue
+            app = out / "apps" / app_folder_name(label, ds, frac, seed)
+            if any(c["key"] == key for c in results["cells"]) and (
+                    "--save-apps" not in args or task != "ner" or (app / "mtpf_app.json").is_file()):
+                continue  # as the suite: with --save-apps a NER cell is done only with its app
             if self.kill_after is not None and len(self.computed) == self.kill_after:
                 raise Killed
             self.computed.append(key)
-            results["cells"].append({"key": key, "task": task, "model": label, "dataset": ds, "fraction": frac,
-                                     "seed": seed, "config": config, "main_score": 0.5, "metrics": {}})
+            results["cells"] = [c for c in results["cells"] if c["key"] != key] + [
+                {"key": key, "task": task, "model": label, "dataset": ds, "fraction": frac, "seed": seed,
+                 "config": config, "main_score": 0.5, "metrics": {}}]
             path.write_text(json.dumps(results))  # the suite writes atomically after every cell
+            if "--save-apps" in args and task == "ner":
+                app.mkdir(parents=True)
+                (app / "mtpf_app.json").write_text("{}")
 
 
 CONFIG = {
@@ -422,3 +432,29 @@ def test_a_fresh_work_folder_recomputes_nothing_committed(tmp_path):
     _run(tmp_path, rest)  # seed 2 still runs in full, labels first
     assert rest.computed and all(k.split("|")[4] == "2" for k in rest.computed)
     assert (tmp_path / "work" / "labels" / "clusters.json").is_file() and len(rest.pretrained) == 2
+
+
+def test_a_fresh_work_folder_rebuilds_the_apps_the_runtime_row_serves(tmp_path):
+    """The runtime row serves the NER apps its model's evaluation saved (--save-apps). A session that ends in the
+    runtime stage, then a fresh work folder: the evaluation cells are restored from the committed results, but
+    their apps are not, so those units run again (the suite redoes a cell whose app is missing)."""
+    import shutil
+
+    cfg = dict(CONFIG, output=str(tmp_path / "work"), seeds=[1])
+    cfg["runtime"] = {"model": "MTPF-TPL", "label": "MTPF-TPL, runtime int8", "tc_app_data": "data/cls/a"}
+    path = tmp_path / "repro.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+
+    class EndsAtRuntime(FakeMtpf):
+        def __call__(self, cmd):
+            if cmd[len(repro.MTPF)] == "evaluate-runtime":
+                raise Killed
+            return super().__call__(cmd)
+
+    with pytest.raises(Killed):
+        repro.main([str(path), "--results-dir", str(tmp_path / "results")], run=EndsAtRuntime())
+    shutil.rmtree(tmp_path / "work")
+    fake = FakeMtpf()
+    repro.main([str(path), "--results-dir", str(tmp_path / "results")], run=fake)  # the fake checks the apps
+    assert fake.computed and all(k.startswith("MTPF-TPL|ner|") for k in fake.computed)  # only those units
+    assert (tmp_path / "results" / "runtime.json").is_file()

@@ -19,6 +19,29 @@ PACKAGED_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 TAGS = ["mtpf", "multi-task-pre-finetuning"]
 
 
+def exact_hub_model(ref: str | os.PathLike | None) -> str | None:
+    """The hub id whose weights ARE those ``ref`` loads: what a PEFT adapter's (or a head's) card may name as
+    ``base_model``, since the Hub loads the adapter onto it. ``packaged`` and hub names; a ``pf-lora`` run (its
+    backbone is frozen) -> its base's. A pre-finetuned backbone is on the Hub under no id: None (unlike
+    :func:`hub_base_model`, which gives the model it descends from)."""
+    if ref is None:
+        return None
+    ref = str(ref)
+    if ref == "packaged":
+        return PACKAGED_HUB_ID
+    path = Path(ref)
+    if not path.exists():
+        return ref if not ref.startswith((".", "/", "~")) else None
+    for run in (path, path.parent):  # RUN, RUN/backbone
+        if (run / "run.json").is_file():
+            try:
+                config = json.loads((run / "run.json").read_text()).get("config", {})
+            except json.JSONDecodeError:
+                return None
+            return exact_hub_model(config.get("model")) if config.get("strategy") == "pf-lora" else None
+    return None
+
+
 def command_line(argv: list[str] | None = None) -> str:
     """The command that is running now, as a user would type it (``mtpf ...`` for the CLI, ``python -m
     mtpf.recipes.pretrain ...`` under ``accelerate launch``)."""
@@ -117,13 +140,16 @@ _TASK_TYPES = {"ner": ("token-classification", "Named entity recognition"),
 
 
 def write_card(folder: str | os.PathLike, title: str, summary: str, usage: str, *, base_model: str | None = None,
-               datasets=(), metrics: list[dict] | None = None, library_name: str = "transformers",
-               pipeline_tag: str | None = None, tags=(), command: str | None = None) -> Path:
-    """Write ``folder/README.md``: YAML metadata + a short description, usage and the mtpf command."""
+               datasets=(), metrics: list[dict] | None = None, library_name: str | None = "transformers",
+               pipeline_tag: str | None = None, tags=(), command: str | None = None,
+               model_name: str | None = None) -> Path:
+    """Write ``folder/README.md``: YAML metadata + a short description, usage and the mtpf command.
+    ``library_name=None`` for folders no library loads whole (a run's root, a head-only app); ``model_name``
+    (default: the folder's name) for cards written in a temporary folder that is renamed afterwards."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     metrics = metrics or []
-    model_name = Path(folder).resolve().name
+    model_name = model_name or Path(folder).resolve().name
     evals = []
     for m in metrics:
         task_type, task_name = _TASK_TYPES.get(m.get("task"), ("other", str(m.get("task"))))
@@ -173,6 +199,8 @@ def backbone_card(folder, strategy: str | None, base_model: str | None, datasets
 
 
 def adapter_card(folder, task: str, kind: str, base_model: str | None, datasets, command: str | None = None):
+    """``base_model``: the hub model the run descends from. Named as the card's base only for ``pf-lora`` (the
+    backbone stayed frozen); a task-primary LoRA works on the run's own pre-finetuned backbone."""
     usage = f"""```python
 from peft import PeftModel
 from transformers import AutoModel
@@ -181,9 +209,11 @@ backbone = AutoModel.from_pretrained("RUN/backbone")
 model = PeftModel.from_pretrained(backbone, "RUN/adapters/{task}")
 ```
 `adapter_config.json` records the base model relative to this folder (`../../backbone`)."""
+    frozen = kind == "pf-lora"
+    lineage = "" if frozen or not base_model else f" (pre-finetuned from `{base_model}`, whose weights it changed)"
     return write_card(folder, f"mtpf {kind} LoRA adapter: {task}",
-                      f"The `{task}` {kind} LoRA of an mtpf run, on the bare encoder in `../../backbone`.", usage,
-                      base_model=base_model, datasets=datasets, library_name="peft",
+                      f"The `{task}` {kind} LoRA of an mtpf run, on the bare encoder in `../../backbone`{lineage}.",
+                      usage, base_model=base_model if frozen else None, datasets=datasets, library_name="peft",
                       pipeline_tag="feature-extraction", tags=["lora", task], command=command)
 
 
@@ -221,10 +251,11 @@ st = SentenceTransformer("RUN/sentence_transformer")                 # backbone 
 Layout: `backbone/`, `adapters/{ner,tc}/`, `heads/ner_clusters/`, `sentence_transformer/`, `run.json`."""
     data = [*run.get("data_fingerprints", {}), *_hub_refs(run)]
     base = hub_base_model(config.get("model") or "packaged")
+    # library_name: none for the root (no library loads the whole run; its folders carry their own cards)
     return write_card(run_dir, f"mtpf run: {config.get('strategy', 'pre-finetuning')}",
                       f"A multi-task pre-finetuning run (strategy `{config.get('strategy')}`, "
                       f"{run.get('steps', '?')} steps) of `{base or config.get('model')}`.", usage,
-                      base_model=base, datasets=dataset_ids(data),
+                      base_model=base, datasets=dataset_ids(data), library_name=None,
                       metrics=metrics, pipeline_tag="feature-extraction", command=command or _run_command(run))
 
 
@@ -236,45 +267,54 @@ def _run_command(run: dict) -> str:
     return run.get("command") or command_line()
 
 
-def app_card(app_dir, base_model: str | None = None, command: str | None = None):
-    """APP/README.md from its mtpf_app.json (task, labels, metrics, training dataset)."""
+def app_card(app_dir, base_model: str | None = None, command: str | None = None, name: str | None = None):
+    """APP/README.md from its mtpf_app.json (task, labels, metrics, training dataset). ``base_model``: the hub
+    model whose weights the app was trained on (default: :func:`exact_hub_model` of its training model; none
+    for a pre-finetuned backbone). ``name``: the app folder's final name (default: ``app_dir``'s)."""
     app_dir = Path(app_dir)
+    name = name or app_dir.resolve().name
     meta = json.loads((app_dir / "mtpf_app.json").read_text())
     training = meta.get("training") or {}
     task = meta["task"]
     if base_model is None:
-        base_model = hub_base_model(training.get("model"))
+        base_model = exact_hub_model(training.get("model"))
+    origin = hub_base_model(training.get("model"))
+    lineage = f" It was trained on a backbone pre-finetuned from `{origin}`." if origin and not base_model else ""
     call = 'rt.extract_entities("app", ["Meet Anna in Paris."])' if task == "ner" else \
         'rt.classify("app", ["I lost my card"])'
     usage = f"""With mtpf's runtime (one shared backbone, many apps):
 ```python
 from mtpf.runtime import Runtime
-rt = Runtime("BACKBONE_OR_RUN"); rt.register_app("app", "{app_dir.name}")
+rt = Runtime("BACKBONE_OR_RUN"); rt.register_app("app", "{name}")
 {call}
 ```
-Without mtpf: `mtpf export {app_dir.name} --hf --out DIR` writes a plain """ + (
+Without mtpf: `mtpf export {name} --hf --out DIR` writes a plain """ + (
         "`AutoModelForTokenClassification` folder (LoRA merged) for `pipeline(\"token-classification\")`."
         if task == "ner" else "sentence-transformers folder (LoRA merged) + the classifier head.")
     kind = "NER" if task == "ner" else "text-classification"
     return write_card(app_dir, f"mtpf {kind} app adapter",
                       f"An mtpf app adapter ({'LoRA + ' if meta.get('has_lora') else ''}linear head) with "
                       f"{len(meta['labels'])} labels: {', '.join(meta['labels'][:20])}"
-                      f"{' ...' if len(meta['labels']) > 20 else ''}.", usage,
+                      f"{' ...' if len(meta['labels']) > 20 else ''}.{lineage}", usage,
                       base_model=base_model, datasets=dataset_ids([training["dataset"]] if training.get("dataset")
                                                                   else []),
-                      metrics=app_metrics(meta), library_name="peft" if meta.get("has_lora") else "transformers",
+                      metrics=app_metrics(meta), library_name="peft" if meta.get("has_lora") else None,
                       pipeline_tag=_TASK_TYPES[task][0], tags=[task, "lora"] if meta.get("has_lora") else [task],
-                      command=command)
+                      command=command, model_name=name)
 
 
 def onnx_card(folder, source: str, kind: str, int8: bool, command: str | None = None):
     """Card of an ``mtpf export --onnx`` folder (``kind``: backbone, adapter or app; LoRA merged)."""
+    name = Path(folder).name
     usage = f"""```python
 import onnxruntime as ort
 from transformers import AutoTokenizer
 
-session = ort.InferenceSession("{Path(folder).name}/model{'.int8' if int8 else ''}.onnx")
-# inputs: input_ids, attention_mask[, token_type_ids] (int64 [batch, seq]) -> last_hidden_state
+tokenizer = AutoTokenizer.from_pretrained("{name}")  # saved beside the graphs
+session = ort.InferenceSession("{name}/model{'.int8' if int8 else ''}.onnx")
+enc = tokenizer(["I lost my card"], return_tensors="np")
+feeds = {{i.name: enc[i.name].astype("int64") for i in session.get_inputs()}}
+last_hidden_state = session.run(None, feeds)[0]  # [batch, seq, hidden]; mean-pool over attention_mask
 ```
 `export.json` records the fingerprints and the verification against PyTorch."""
     return write_card(folder, f"mtpf ONNX export ({kind})",

@@ -81,8 +81,10 @@ def _save(fig, out: str | os.PathLike) -> Path:
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
+    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")  # whole or not at all: reproduce.py trusts its mtime
+    fig.savefig(tmp, dpi=130)
     plt.close(fig)
+    os.replace(tmp, out)
     return out
 
 

@@ -221,9 +221,6 @@ def _adapt(args) -> int:
         save_ner_app(res, model, args.output, {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint,
                                                "fraction": args.fraction, "seed": args.seed,
                                                "config": cfg.to_dict()})
-        from mtpf.downstream.models import finish_app
-
-        finish_app(args.output, model)  # relative base model + model card (TC apps get theirs in adapt_tc)
         print(f"NER app adapter: {args.output}  ({len(dataset.labels)} labels, selected on {res.selection}, "
               f"epoch {res.best_epoch})")
         if res.dev:

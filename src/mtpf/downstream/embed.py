@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -126,7 +127,9 @@ class EmbeddingCache:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         keys = np.array(sorted(self.index, key=self.index.get))
-        tmp = self.path.with_suffix(".tmp")
+        # a name of this process and thread: two units on one cache (reproduce.py --jobs 2) never share a tmp file;
+        # the last whole file wins, and a text missing from it is simply encoded again
+        tmp = self.path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
         with open(tmp, "wb") as fh:
             np.savez(fh, keys=keys, emb=self.emb, trunc=self.trunc)
         os.replace(tmp, self.path)

@@ -250,6 +250,7 @@ def finish_app(app_dir: str | Path, model_ref: ModelRef, final_dir: str | Path |
         data = json.loads(cfg.read_text())
         data["base_model_name_or_path"] = ref
         cfg.write_text(json.dumps(data, indent=2, sort_keys=True))
-    from mtpf.cards import hub_base_model
+    from mtpf.cards import exact_hub_model
 
-    app_card(app_dir, base_model=hub_base_model(model_ref.ref) or hub_base_model(model_ref.backbone))
+    app_card(app_dir, base_model=exact_hub_model(model_ref.ref) or exact_hub_model(model_ref.backbone),
+             name=Path(final_dir or app_dir).name)

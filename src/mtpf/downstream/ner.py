@@ -48,6 +48,11 @@ def save_ner_app(result: NerResult, model_ref, output: str | os.PathLike, extra:
                 "training": {"model": model_ref.ref, "selection": result.selection, "best_epoch": result.best_epoch,
                              "initialised_from_ner_adapter": result.initialised_modules, **(extra or {})}}
         (app / "mtpf_app.json").write_text(json.dumps(meta, indent=2))
+        from mtpf.downstream.models import finish_app
+
+        # the LoRA's base model relative to the final folder, and the model card, before the folder moves there:
+        # a folder under its final name is complete
+        finish_app(app, model_ref, final_dir=out)
         if out.exists():
             shutil.rmtree(out)
         os.replace(app, out)

@@ -158,13 +158,23 @@ def run_suite(cfg: SuiteConfig) -> dict:
     names = [ds.name for _, ds in ner_sets + cls_sets]
     if len(set(names)) != len(names):
         raise ConfigError(f"dataset names must be unique (folder names), got {names}")
+    # what would otherwise fail only when its cell comes up, possibly hours in
+    for ref, ds in cls_sets:
+        if cfg.tc_cfg.split not in ds.splits:
+            raise ConfigError(f"{ref}: no {cfg.tc_cfg.split} split to evaluate on (has {sorted(ds.splits)})")
+    for ref, ds in ner_sets:
+        if cfg.ner_cfg.select == "dev" and "dev" not in ds.splits:
+            raise ConfigError(f"{ref}: --select dev but the dataset has no dev split; use --select auto or last")
     models = [resolve(ref, label, cfg.tc_cfg.normalize) for label, ref in cfg.models]
     cells = build_cells(cfg, models, ner_sets, cls_sets)
 
     results_path = out / "results.json"
     results = load_results(results_path)
     done = {r["key"] for r in results["cells"]}
-    todo = [c for c in cells if c.key not in done]
+    # with --save-apps a NER cell is done only with its app folder (e.g. results.json restored into a fresh folder)
+    todo = [c for c in cells if c.key not in done or (cfg.save_apps and c.task == "ner" and not (
+        out / "apps" / app_folder_name(c.model.label, c.dataset.name, c.fraction, c.seed) / "mtpf_app.json"
+    ).is_file())]
     results["models"] = [m.describe() for m in models]
     results["base"] = cfg.base or models[0].label
     results["config"] = {"ner": cfg.ner_cfg.to_dict(), "tc": cfg.tc_cfg.to_dict(), "fractions": cfg.fractions,
@@ -196,7 +206,7 @@ def run_suite(cfg: SuiteConfig) -> dict:
                        "dataset_fingerprint": cell.dataset.fingerprint, "fraction": cell.fraction,
                        "seed": cell.seed, "config": cell.config, "seconds": round(time.perf_counter() - t0, 2),
                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        results["cells"].append(record)
+        results["cells"] = [r for r in results["cells"] if r["key"] != cell.key] + [record]  # one record a key
         _write_json(results_path, results)
         note = ""
         if record.get("truncated_texts"):
@@ -232,9 +242,6 @@ def _run_ner(cell: Cell, cfg: SuiteConfig, out: Path) -> dict:
         app = out / "apps" / app_folder_name(cell.model.label, cell.dataset.name, cell.fraction, cell.seed)
         save_ner_app(res, cell.model, app, {"dataset": cell.dataset.name, "fraction": cell.fraction,
                                             "seed": cell.seed})
-        from mtpf.downstream.models import finish_app
-
-        finish_app(app, cell.model)  # relative base model + model card
     rec = res.record()
     rec.pop("labels", None)
     return {"split": "test", "main_metric": "f1", "main_score": res.test["f1"], "metrics": res.test, **rec}

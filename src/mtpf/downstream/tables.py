@@ -14,6 +14,7 @@ seeds (``mtpf.downstream.stats``). ``tables.csv`` holds the same tables one afte
 from __future__ import annotations
 
 import csv
+import os
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -380,8 +381,10 @@ def score_chart(cells: list[dict], models: list[str], path: Path, ner_order=None
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncols=min(4, len(handles)),
                fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(handles) - 1) // 4), 1, 1))
-    fig.savefig(path, dpi=120)
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp{Path(path).suffix}")  # never a half-written chart
+    fig.savefig(tmp, dpi=120)
     plt.close(fig)
+    os.replace(tmp, path)
 
 
 def write_outputs(cells: list[dict], models: list[str], base: str, out: Path, ner_order=None, tc_order=None) -> dict:

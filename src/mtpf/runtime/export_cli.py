@@ -67,6 +67,12 @@ def _app_backbone(p: Path, spec, backbone: str | None):
 
     if backbone is None and spec.has_lora:
         backbone = resolve_base_model(p)
+    if backbone is None:  # a head-only app: the model its mtpf_app.json says it was trained on, if still there
+        import json
+
+        trained_on = (json.loads((p / "mtpf_app.json").read_text()).get("training") or {}).get("model")
+        if trained_on == "packaged" or (trained_on and Path(trained_on).exists()):
+            backbone = trained_on
     if not backbone:
         raise ValueError(f"{p}: pass --backbone (the backbone the app was trained on)")
     ref = resolve_model(backbone)

@@ -140,7 +140,7 @@ ner("Meet Anna Smith in Paris on Monday.")
         cards.write_card(folder, "mtpf NER app (transformers export)",
                          f"An mtpf NER app with its LoRA merged into the encoder; labels: {', '.join(spec.labels)}.",
                          usage, base_model=base, datasets=datasets, metrics=cards.app_metrics(meta),
-                         pipeline_tag="token-classification", tags=["ner"])
+                         pipeline_tag="token-classification", tags=["ner"], model_name=name)
     else:
         cards.write_card(folder, "mtpf text-classification app (sentence-transformers export)",
                          f"An mtpf TC app: sentence embeddings ({spec.pooling} pooling"
@@ -148,4 +148,8 @@ ner("Meet Anna Smith in Paris on Monday.")
                          f"over {spec.num_labels} labels in `classifier/`.",
                          TC_HEAD_USAGE.format(path=name), base_model=base, datasets=datasets,
                          metrics=cards.app_metrics(meta), library_name="sentence-transformers",
-                         pipeline_tag="text-classification", tags=["sentence-transformers", "tc"])
+                         # what the folder computes is embeddings (the classifier is beside it): tagged as
+                         # sentence-transformers' own save() tags such a pipeline
+                         pipeline_tag="sentence-similarity",
+                         tags=["sentence-transformers", "sentence-similarity", "feature-extraction",
+                               "text-classification", "tc"], model_name=name)

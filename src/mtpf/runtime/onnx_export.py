@@ -200,6 +200,10 @@ def export_encoder_dir(model, tokenizer, out_dir: str | Path, *, int8: bool = Fa
             files["int8"] = "model.int8.onnx"
         for f in files.values():
             os.replace(Path(tmp) / f, out / f)
+    # the tokenizer and config beside the graphs, as optimum's ONNX folders have them: the folder can be fed
+    # (and uploaded) on its own
+    tokenizer.save_pretrained(out)
+    model.config.save_pretrained(out)
     report = {"fp32": verify(model, tokenizer, make_session(out / files["fp32"]), names)}
     report["fp32"].update({"tolerance": {"max_abs_diff": FP32_ATOL}})
     report["fp32"]["passed"] = report["fp32"]["max_abs_diff"] <= FP32_ATOL
