@@ -67,7 +67,12 @@ def _accelerate_cmd(args):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,extra", [("tc", {}), ("mtpf-tpl", {"pcgrad": "true"})])
+@pytest.mark.parametrize("strategy,extra", [
+    ("tc", {}), ("mtpf-tpl", {"pcgrad": "true"}),
+    # uncached InfoNCE cut into chunks by a token budget: the ranks run different numbers of forwards per step
+    # (DDP's per-forward buffer broadcast once deadlocked this against the other rank's all_gather)
+    ("tc", {"tc_mini_batch_size": "null", "tc_pad_chunk": 40}),
+])
 def test_two_process_gloo_run_equals_single_process(tiny_bert_nodropout, toy_data, tmp_path, strategy, extra):
     """DDP over 2 CPU processes (gloo) with negatives gathered across processes gives the single-process
     losses and weights: InfoNCE over the concatenated batch, NER mean over all labelled tokens."""
@@ -92,3 +97,26 @@ def test_two_process_gloo_run_equals_single_process(tiny_bert_nodropout, toy_dat
         for name in a[part]:
             torch.testing.assert_close(b[part][name], a[part][name], rtol=1e-3, atol=1e-4)
             assert (b[part][name] - a[part][name]).abs().mean() < 2e-7, f"{part}:{name}"
+
+
+@pytest.mark.slow
+def test_two_process_adapt_ner_writes_one_app(tiny_bert, tmp_path):
+    """`accelerate launch --num_processes 2 -m mtpf.cli adapt ner`: both ranks train (DDP), rank 0 alone writes
+    and reports the app (every rank once replaced the same folder at the same time)."""
+    import random
+
+    rng = random.Random(0)
+    data = tmp_path / "toyner"
+    data.mkdir()
+    for split, n in (("train", 32), ("dev", 8), ("test", 8)):
+        rows = [{"tokens": [rng.choice(["john", "mary"]), "went", "to", rng.choice(["paris", "rome"]), "."],
+                 "tags": ["B-PER", "O", "O", "B-LOC", "O"]} for _ in range(n)]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    app = tmp_path / "app"
+    cmd = _accelerate_cmd([])[:-2] + ["-m", "mtpf.cli", "adapt", "ner", "--model", tiny_bert, "--data", str(data),
+                                      "--output", str(app), "--epochs-warmup", "1", "--epochs", "1",
+                                      "--batch-size", "4", "--no-progress", "--device", "cpu"]
+    r = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("NER app adapter:") == 1, r.stdout
+    assert (app / "mtpf_app.json").is_file() and (app / "README.md").is_file()

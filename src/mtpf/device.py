@@ -14,6 +14,15 @@ from mtpf.config import ConfigError
 CHOICES_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
 
 
+def is_main_process() -> bool:
+    """True in a single process and on rank 0 of an ``accelerate launch`` / ``torchrun`` launch (their ``RANK``
+    variable, read without starting accelerate's state): the process that writes shared outputs (app folders,
+    results.json, tables) when ``mtpf adapt ner`` / ``mtpf evaluate`` train on several processes."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def resolve_device(spec: str | None = "auto"):
     """``"auto"|"cpu"|"cuda"|"cuda:N"`` (or a ``torch.device``) -> ``torch.device``; a clear ConfigError for a GPU
     that is not there."""

@@ -218,6 +218,10 @@ def _adapt(args) -> int:
         model = resolve(args.model)
         res = train_ner(model, dataset, cfg, args.fraction, args.seed, progress=not args.no_progress,
                         keep_model=True, device=device)
+        from mtpf.device import is_main_process
+
+        if not is_main_process():  # under `accelerate launch`: rank 0 alone writes (and reports) the app
+            return 0
         save_ner_app(res, model, args.output, {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint,
                                                "fraction": args.fraction, "seed": args.seed,
                                                "config": cfg.to_dict()})

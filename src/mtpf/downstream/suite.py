@@ -114,6 +114,10 @@ def app_folder_name(label: str, dataset: str, fraction: float, seed: int) -> str
 
 
 def _write_json(path: Path, data: dict) -> None:
+    from mtpf.device import is_main_process
+
+    if not is_main_process():  # several processes (NER adaptation under DDP): rank 0 writes, the others compute
+        return
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
@@ -228,6 +232,10 @@ def run_suite(cfg: SuiteConfig) -> dict:
     for r in rows:  # a relabelled model keeps its cells: show (and store) them under today's label
         r["model"] = label_of[r["key"]]
     _write_json(results_path, results)
+    from mtpf.device import is_main_process
+
+    if not is_main_process():
+        return {"results": str(results_path), "ran": len(todo), "skipped": len(cells) - len(todo)}
     paths = write_outputs(rows, [m.label for m in models], results["base"], out,
                           ner_order=[ds.name for _, ds in ner_sets], tc_order=[ds.name for _, ds in cls_sets])
     return {"results": str(results_path), "ran": len(todo), "skipped": len(cells) - len(todo), **paths}
@@ -238,7 +246,9 @@ def _run_ner(cell: Cell, cfg: SuiteConfig, out: Path) -> dict:
 
     res = train_ner(cell.model, cell.dataset, cfg.ner_cfg, cell.fraction, cell.seed, progress=cfg.progress,
                     keep_model=cfg.save_apps, device=cfg.device)
-    if cfg.save_apps:
+    from mtpf.device import is_main_process
+
+    if cfg.save_apps and is_main_process():  # one writer of the app folder under DDP
         app = out / "apps" / app_folder_name(cell.model.label, cell.dataset.name, cell.fraction, cell.seed)
         save_ner_app(res, cell.model, app, {"dataset": cell.dataset.name, "fraction": cell.fraction,
                                             "seed": cell.seed})

@@ -177,9 +177,14 @@ class PretrainRecipe:
             precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         # find_unused_parameters only where a parameter really gets no gradient in a pass: with two tasks, the
         # other task's head and adapter (the encoder's pooler is removed at load). It costs a graph walk per step.
+        # broadcast_buffers=False: DDP would broadcast the buffers (BERT's constant position/token-type ids) before
+        # every forward after the first, a collective; contrastive chunks cut by a token budget give the ranks
+        # different numbers of forwards per step, so one rank waited in that broadcast while the other was in
+        # InfoNCE's all_gather: a silent deadlock. Constant buffers need no broadcast.
         self.accelerator = Accelerator(
             mixed_precision=precision,
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=len(self.tasks) > 1)],
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=len(self.tasks) > 1,
+                                                           broadcast_buffers=False)],
             step_scheduler_with_optimizer=False,
             # Without GPUs accelerate only turns a torchrun launch into gloo DDP (MULTI_CPU) when told cpu=True.
             cpu=not torch.cuda.is_available(),
