@@ -239,11 +239,18 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
                 if progress and (k + 1) % 50 == 0:  # a device read: every 50 steps, not every step
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
             epochs_run = epoch + 1
+            if acc.num_processes > 1:  # the epoch's loss over every rank's share, not rank 0's alone
+                total = acc.reduce(total, reduction="mean")
             rec = {"stage": 2, "epoch": epoch + 1, "loss": total.item() / max(1, n_batches)}
             bar.set_postfix(epoch=epoch + 1, loss=f"{rec['loss']:.3f}")
             if select == "dev" and (epochs_run % eval_every == 0 or epochs_run == epochs):
                 dev_enc, dev_tags = evals["dev"]
                 rec["dev"] = evaluate_split(model, dev_enc, dev_tags, labels, pad_id, cfg.eval_batch_size)
+                if acc.num_processes > 1:  # every rank decides on rank 0's score: a last-bit difference between
+                    from accelerate.utils import broadcast  # ranks would split early stopping (then a deadlock)
+
+                    f1 = torch.tensor([rec["dev"]["f1"]], dtype=torch.float64, device=acc.device)
+                    rec["dev"]["f1"] = float(broadcast(f1, from_process=0).item())
                 since_best += 1
                 if rec["dev"]["f1"] > best:
                     best, best_epoch, best_state, since_best = rec["dev"]["f1"], epochs_run, _trainable_state(model), 0
