@@ -193,6 +193,29 @@ def test_non_utf8_ner_data_in_pretrain_is_one_line(tiny_bert, toy_data, tmp_path
     assert_one_line_error(rc, err, "shard-00000.jsonl:2", "not UTF-8")
 
 
+@pytest.mark.parametrize("content", [b"plain text, not gzip\n", "cut"])
+def test_a_bad_gz_file_is_one_line(tiny_bert, toy_data, tmp_path, capsys, content):
+    """A .jsonl.gz that is not gzip, or is cut short: one line naming the file, in adapt and in pretrain."""
+    import gzip
+    import shutil
+
+    if content == "cut":
+        content = gzip.compress(b'{"tokens": ["a"], "tags": ["O"]}\n' * 200)[:60]
+    data = tmp_path / "ner"
+    shutil.copytree(next((SAMPLE / "ner").iterdir()), data)
+    for f in data.glob("train.jsonl*"):
+        f.unlink()
+    (data / "train.jsonl.gz").write_bytes(content)
+    rc, err = run_cli(["adapt", "ner", "--data", data, "--output", tmp_path / "app"], capsys)
+    assert_one_line_error(rc, err, "train.jsonl.gz", "not a valid gzip file")
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    (pairs / "news.jsonl.gz").write_bytes(content)
+    rc, err = run_cli(["pretrain", *tiny_run_overrides(tiny_bert, toy_data, tmp_path / "run", strategy="tc"),
+                       f"pairs=[{pairs}]"], capsys)
+    assert_one_line_error(rc, err, "news.jsonl.gz", "not a valid gzip file")
+
+
 # ----------------------------------------------------------------------------------------------- Ctrl-C
 def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, tmp_path, capsys):
     import mtpf.downstream.cli as downstream_cli
@@ -233,6 +256,27 @@ def test_adapt_refuses_a_non_empty_output(tmp_path, capsys):
     rc, err = run_cli(["adapt", "tc", "--data", SAMPLE / "cls" / "sample_intents", "--output", app], capsys)
     assert_one_line_error(rc, err, str(app), "--overwrite")
     assert (app / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_never_deletes_the_commands_own_input(tmp_path, capsys):
+    """--overwrite replaces an output folder, never one that is (or holds) what the command reads."""
+    import shutil
+
+    data = tmp_path / "work" / "intents"
+    shutil.copytree(SAMPLE / "cls" / "sample_intents", data)
+    rc, err = run_cli(["adapt", "tc", "--data", data, "--output", tmp_path / "work", "--overwrite"], capsys)
+    assert_one_line_error(rc, err, "holds the input", "choose another folder")
+    rc, err = run_cli(["adapt", "tc", "--data", data, "--output", data, "--overwrite"], capsys)
+    assert_one_line_error(rc, err, "holds the input")
+    assert sorted(p.name for p in data.iterdir()) == sorted(p.name for p in (SAMPLE / "cls" / "sample_intents").iterdir())
+    app = tmp_path / "apps" / "tc"
+    app.mkdir(parents=True)
+    (app / "mtpf_app.json").write_text("{}")
+    for argv in (["export", app, "--hf", "--out", tmp_path / "apps", "--overwrite"],
+                 ["export", app, "--onnx", "--out", tmp_path / "apps", "--overwrite"]):
+        rc, err = run_cli(argv, capsys)
+        assert_one_line_error(rc, err, "holds the input")
+        assert (app / "mtpf_app.json").is_file()
 
 
 def test_adapt_overwrite_replaces_the_output(tiny_bert, tmp_path, capsys, one_torch_thread):

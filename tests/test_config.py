@@ -56,3 +56,23 @@ def test_a_broken_override_is_one_line_and_exit_2(capsys):
     assert main(["pretrain", "output_dir=@x"]) == 2
     err = capsys.readouterr().err
     assert "invalid value" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("override,message", [
+    ("tc_batch_size=0", "tc_batch_size must be >= 1"),  # once a sampler that never filled a batch: a hang
+    ("ner_batch_size=-4", "ner_batch_size must be >= 1"),
+    ("log_every=0", "log_every must be >= 1"), ("save_every=0", "save_every must be >= 1"),
+    ("lr=-1", "lr must be > 0"), ("temperature=0", "temperature must be > 0"),  # 0: NaN losses, saved silently
+    ("head_lr=0", "head_lr must be > 0"), ("num_workers=-1", "num_workers must be >= 0"),
+    ("warmup_ratio=1.5", "warmup_ratio must be in"), ("seed=-1", "seed must be in"),
+    ("scheduler=bogus", "scheduler 'bogus' is not a transformers scheduler"),
+    ("tc_mini_batch_size=0", "tc_mini_batch_size must be >= 1"),
+])
+def test_out_of_range_values_are_refused_when_read(override, message, capsys):
+    with pytest.raises(ConfigError, match=message):
+        load_config(PretrainConfig, None, [override])
+    from mtpf.cli import main
+
+    assert main(["pretrain", override]) == 2
+    err = capsys.readouterr().err
+    assert message.split(" must")[0] in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -40,3 +40,13 @@ def test_too_many_layers_is_refused(tmp_path):
     model = load_encoder(make_tiny_encoder(tmp_path, "bert", layers=2))
     with pytest.raises(ValueError, match="only 2"):
         lora_target_modules(model, 3)
+
+
+def test_more_layers_than_the_model_has_is_a_config_error():
+    """A ConfigError, so the CLI reports it as one line (a plain ValueError from setup was a traceback)."""
+    from mtpf.config import ConfigError
+    from mtpf.lora.targets import select_layers
+
+    assert select_layers(4, 2) == [2, 3]
+    with pytest.raises(ConfigError, match="last 99 layers but the model has only 4"):
+        select_layers(4, 99)

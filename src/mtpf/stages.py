@@ -52,13 +52,20 @@ def clear_partial(folder: str | os.PathLike) -> bool:
     return False
 
 
-def refuse_nonempty(folder: str | os.PathLike, overwrite: bool, flag: str = "--output") -> None:
+def refuse_nonempty(folder: str | os.PathLike, overwrite: bool, flag: str = "--output", inputs=()) -> None:
     """Refuse to write into a non-empty folder unless ``--overwrite`` was given (existing outputs are never
     silently replaced), or the folder holds our own unfinished output (:func:`begin` without
-    :func:`mark_done`: an interrupted run, which re-running the same command continues). Raises ConfigError."""
+    :func:`mark_done`: an interrupted run, which re-running the same command continues). ``inputs``: paths the
+    command reads; an output that is one of them or holds one is refused even with ``--overwrite`` (replacing
+    the folder would delete the command's own input). Raises ConfigError."""
     from mtpf.config import ConfigError
 
     folder = Path(folder)
+    here = folder.resolve()
+    for p in inputs:
+        if p and Path(p).exists() and (Path(p).resolve() == here or here in Path(p).resolve().parents):
+            raise ConfigError(f"{flag} {folder}: holds the input {p}, which writing there would delete; choose "
+                              "another folder (nothing was changed)")
     if overwrite or not folder.exists() or (folder / PARTIAL).is_file():
         return
     if folder.is_file():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -33,13 +34,28 @@ def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     a block of lines) so the error points at the right line."""
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(str(path), "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
+        for lineno, raw in enumerate(_gzip_checked(fh, path), 1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise DataError(path, lineno, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
                                 f"{exc.start + 1}); re-save the file as UTF-8") from None
             yield lineno, line
+
+
+def _gzip_checked(lines, path) -> Iterator[bytes]:
+    """``lines``, with a ``.gz`` file that is not gzip or is cut short reported as one DataError line."""
+    lineno = 0
+    while True:
+        try:
+            raw = next(lines)
+        except StopIteration:
+            return
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise DataError(path, lineno + 1, f"not a valid gzip file ({exc}); re-compress it, or drop the .gz "
+                            "suffix if it is plain text") from None
+        lineno += 1
+        yield raw
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:

@@ -204,7 +204,7 @@ def _adapt(args) -> int:
     from mtpf.stages import refuse_nonempty
 
     if getattr(args, "output", None):
-        refuse_nonempty(args.output, args.overwrite)
+        refuse_nonempty(args.output, args.overwrite, inputs=[args.data, args.model, getattr(args, "cache_dir", None)])
     _threads(args)
     device = resolve_device(args.device)
     from mtpf.downstream.models import resolve

@@ -62,7 +62,10 @@ def select_layers(num_layers: int, layers: int | str) -> list[int]:
     if layers == "all":
         return list(range(num_layers))
     if layers > num_layers:
-        raise ValueError(f"asked for LoRA on the last {layers} layers but the model has only {num_layers}")
+        from mtpf.config import ConfigError
+
+        raise ConfigError(f"asked for LoRA on the last {layers} layers but the model has only {num_layers}; "
+                          "lower the layers setting")
     return list(range(num_layers - layers, num_layers))
 
 

@@ -135,6 +135,34 @@ class PretrainConfig:
     def __post_init__(self):
         if self.max_steps < 1:
             raise ValueError("max_steps must be >= 1")
+        # ranges checked here, when the config is read: the libraries would fail later with a traceback (or, for
+        # a zero batch, loop forever; for temperature 0, train to NaN)
+        for name in ("ner_batch_size", "tc_batch_size", "log_every", "save_every", "max_length", "bucket_factor",
+                     "analysis_sentences"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, low in (("tc_mini_batch_size", 1), ("tc_pad_chunk", 0), ("num_workers", 0), ("tokenize_num_proc", 1),
+                          ("num_clusters", 2), ("analysis_every", 1), ("pair_size_cap", 1)):
+            if getattr(self, name) is not None and getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low} (or null), got {getattr(self, name)}")
+        for name in ("lr", "temperature", "pair_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("head_lr", "max_grad_norm"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 (or null), got {getattr(self, name)}")
+        for name in ("weight_decay", "ner_loss_weight", "tc_loss_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+        from transformers import SchedulerType
+
+        if self.scheduler not in {s.value for s in SchedulerType}:
+            raise ValueError(f"scheduler {self.scheduler!r} is not a transformers scheduler; use one of "
+                             f"{sorted(s.value for s in SchedulerType)}")
         if self.grad_accum < 1:
             raise ValueError("grad_accum must be >= 1")
         if self.keep_checkpoints < 1:  # resume needs the latest; 0 would also read as "keep all" below

@@ -251,9 +251,10 @@ def run_export(args: argparse.Namespace) -> int:
         try:
             # an existing folder is never replaced silently (export_app_hf swaps the whole folder); both formats'
             # folders are checked before either is written (ConfigError is a ValueError)
-            refuse_nonempty(Path(args.out) if args.out else Path(args.path) / "hf", args.overwrite, "--out")
+            inputs = [args.path, args.backbone]
+            refuse_nonempty(Path(args.out) if args.out else Path(args.path) / "hf", args.overwrite, "--out", inputs)
             if args.onnx:
-                refuse_nonempty(Path(args.path) / "onnx", args.overwrite, "--out")
+                refuse_nonempty(Path(args.path) / "onnx", args.overwrite, "--out", inputs)
             print(f"mtpf export: {export_app_hf_path(args.path, out=args.out, backbone=args.backbone)}")
         except (ValueError, FileNotFoundError) as exc:
             print(f"mtpf export: error: {exc}", file=sys.stderr)
@@ -268,7 +269,7 @@ def run_export(args: argparse.Namespace) -> int:
     from mtpf.stages import begin, mark_done, refuse_nonempty
 
     target = Path(args.out) if args.out else Path(args.path) / "onnx"
-    refuse_nonempty(target, args.overwrite, "--out")
+    refuse_nonempty(target, args.overwrite, "--out", [args.path, args.backbone])
 
     try:
         p = Path(args.path)
