@@ -483,3 +483,48 @@ def test_console_ctrl_c_in_pretrain_subprocess(tiny_bert, toy_data, tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].endswith("resume=true to continue from the last one")
     assert not (out / "run.json").exists() and any((out / "checkpoints").glob("step-*"))
+
+
+@pytest.mark.parametrize("flags,needle", [(["--classifier-args", '{"bogus": 1}'], "bogus"),
+                                          (["--classifier-args", "[1]"], "must be a JSON object"),
+                                          (["--classifier-args", '{"C": -1}'], "'C' parameter"),
+                                          (["--max-iter=-5"], "max_iter")])
+def test_bad_classifier_options_fail_before_any_embedding(tiny_bert, tmp_path, capsys, flags, needle):
+    cls = SAMPLE / "cls" / "sample_intents"
+    rc, err = run_cli(["adapt", "tc", "--model", tiny_bert, "--data", cls, "--output", tmp_path / "app",
+                       "--cache-dir", tmp_path / "cache", *flags], capsys)
+    assert_one_line_error(rc, err, needle)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "app").exists()  # nothing was embedded
+    rc, err = run_cli(["evaluate", "--model", tiny_bert, "--cls", cls, "--output", tmp_path / "e", *flags], capsys)
+    assert_one_line_error(rc, err, needle)
+
+
+@pytest.mark.parametrize("argv", [
+    ["adapt", "ner", "--data", "x", "--output", "o", "--threads", "-1"],
+    ["evaluate", "--cls", "x", "--output", "o", "--threads", "0"],
+    ["serve", "--backbone", "b", "--app", "a=x", "--port", "99999"],
+    ["adapt", "tc", "--data", "x", "--output", "o", "--seed=-1"],
+    ["label", "--teacher", "t", "--corpus", "c", "--out", "o", "--seed", "abc"],
+])
+def test_out_of_range_flags_are_refused_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_out_of_range_values_are_one_line(tiny_bert, tmp_path, capsys):
+    cls, ner = SAMPLE / "cls" / "sample_intents", next((SAMPLE / "ner").iterdir())
+    rc, err = run_cli(["evaluate", "--model", tiny_bert, "--cls", cls, "--output", tmp_path / "e", "--seeds", "1,-1"],
+                      capsys)
+    assert_one_line_error(rc, err, "--seeds")
+    for flag, value in (("--lora-rank", "0"), ("--lora-dropout", "1.5"), ("--lr", "-1")):
+        rc, err = run_cli(["adapt", "ner", "--model", tiny_bert, "--data", ner, "--output", tmp_path / "a",
+                           f"{flag}={value}"], capsys)
+        assert_one_line_error(rc, err, flag.lstrip("-").replace("-", "_"))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a b c\n")
+    rc, err = run_cli(["label", "--teacher", tiny_bert, "--corpus", corpus, "--out", tmp_path / "l", "--device",
+                       "cuda:7"], capsys)
+    assert_one_line_error(rc, err, "cuda:7")
+    rc, err = run_cli(["analyze", tiny_bert, "--ner-data", ner, "--sentences", "0"], capsys)
+    assert_one_line_error(rc, err, "--sentences")

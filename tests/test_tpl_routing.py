@@ -95,3 +95,21 @@ def test_backbone_gets_sum_or_pcgrad_of_task_gradients(tiny_bert_nodropout, toy_
         torch.testing.assert_close(step_grads[n], per_task["ner"][n])
     for n in groups["tc"]:
         torch.testing.assert_close(step_grads[n], per_task["tc"][n])
+
+
+@pytest.mark.parametrize("strategy", ["mtpf-tpl", "pf-lora"])
+def test_clipping_keeps_each_lora_to_its_own_task(tiny_bert_nodropout, toy_data, tmp_path, strategy):
+    """With clipping on, a full train_step: the tc LoRA after the step does not depend on the NER loss (only its
+    weight changes here), while the backbone (mtpf-tpl) does. One global norm made every gradient's scale depend
+    on both losses."""
+    after = {}
+    for w in (1.0, 10.0):
+        recipe = _recipe(tiny_bert_nodropout, toy_data, tmp_path / f"w{w}", strategy=strategy, max_grad_norm=1.0,
+                         ner_loss_weight=w, lr=1e-3)
+        recipe.train_step()
+        after[w] = {k: {n: p.detach().clone() for n, p in g.items()} for k, g in _groups(recipe.model).items()}
+    tc = after[1.0]["tc"]
+    assert tc and all(torch.equal(tc[n], after[10.0]["tc"][n]) for n in tc)
+    if strategy == "mtpf-tpl":  # the shared backbone does feel the NER weight (the test can tell a change)
+        bb = after[1.0]["backbone"]
+        assert any(not torch.equal(bb[n], after[10.0]["backbone"][n]) for n in bb)

@@ -17,6 +17,33 @@ import yaml
 T = TypeVar("T")
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type`` of counts that must be >= 1 (``--threads``): the mistake is reported by argparse, before
+    torch's own check fails deep inside a command."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse ``type`` of a seed: a whole number in [0, 2**32) (numpy's and torch's range)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
+    return value
+
+
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the file and key."""
 

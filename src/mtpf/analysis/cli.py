@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from mtpf.config import positive_int, seed_int
 from mtpf.device import CHOICES_HELP as DEVICE_HELP
 
 MODES = ("plot", "depth-sweep", "depth-plot", "measure")
@@ -36,7 +37,7 @@ def _measure_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     p.add_argument("--split", default=d("test"), help="split of the dataset folder (default: test)")
     p.add_argument("--sentences", type=int, default=d(2000), help="sentences per finding (default 2000)")
     p.add_argument("--variants", type=int, default=d(4), help="perturbed variants per sentence (default 4)")
-    p.add_argument("--seed", type=int, default=d(0), help="seed of the sentence sample and the replacements")
+    p.add_argument("--seed", type=seed_int, default=d(0), help="seed of the sentence sample and the replacements")
     p.add_argument("--batch-size", type=int, default=d(64))
     p.add_argument("--max-length", type=int, default=d(256))
     p.add_argument(
@@ -46,7 +47,7 @@ def _measure_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
         metavar="NAME",
         help="adapters of a run folder to measure besides the backbone (repeat); 'all' (default) or 'none'",
     )
-    p.add_argument("--threads", type=int, default=d(None), help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=d(None), help="torch CPU threads")
     p.add_argument("--device", default=d("auto"), help=f"where the model runs: {DEVICE_HELP} (default auto)")
     p.add_argument("--json", default=d(None), metavar="OUT", help="also write the results as JSON")
 

@@ -46,7 +46,10 @@ class Tracker:
         split: str = "test",
     ):
         if sentences < 1 or variants < 1 or batch_size < 1:
-            raise ValueError("sentences, variants and batch_size must be >= 1")
+            from mtpf.config import ConfigError  # a ConfigError: the CLI reports it as one line
+
+            raise ConfigError(f"--sentences, --variants and --batch-size must be >= 1, got {sentences}, "
+                              f"{variants}, {batch_size}")
         self.batch_size, self.max_length = batch_size, max_length
         data = read_ner_sentences(ner_dataset_dir, split)
         self.source = data.path

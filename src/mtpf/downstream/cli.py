@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from mtpf.config import positive_int, seed_int
 from mtpf.device import add_device_argument
 from mtpf.downstream.ner_config import RECIPES
 
@@ -100,6 +101,9 @@ def _tc_config(args):
         extra = json.loads(args.classifier_args)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--classifier-args is not valid JSON: {exc}") from None
+    if not isinstance(extra, dict):
+        raise ConfigError(f"--classifier-args must be a JSON object of keyword arguments, e.g. '{{\"C\": 0.5}}', "
+                          f"got {args.classifier_args!r}")
     protocol = {k: getattr(args, k) for k in ("samples_per_label", "n_experiments", "classifier")
                 if hasattr(args, k)}  # `mtpf adapt tc` has none of them (logistic regression on all of train)
     return TCConfig(max_iter=args.max_iter, classifier_args=extra, normalize=args.normalize,
@@ -118,11 +122,11 @@ def add_parser(sub) -> None:
         p.add_argument("--data", required=True, help="dataset folder ({train,dev,test}.jsonl[.gz]) or hub name")
         p.add_argument("--output", required=True, help="app adapter folder to write (must be new or empty)")
         p.add_argument("--overwrite", action="store_true", help="replace --output when it already holds something")
-        p.add_argument("--seed", type=int, default=42)
+        p.add_argument("--seed", type=seed_int, default=42)
         p.add_argument("--allow-unseen-labels", action="store_true",
                        help="score labels that occur only in dev/test as misses instead of refusing the data")
         p.add_argument("--no-progress", action="store_true")
-        p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+        p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
         add_device_argument(p, "the encoder")
         if mode == "ner":
             p.add_argument("--fraction", type=float, default=1.0, help="seeded random share of train sentences")
@@ -155,7 +159,7 @@ def add_parser(sub) -> None:
                    help="score labels that occur only in dev/test as misses instead of refusing the data")
     p.add_argument("--save-apps", action="store_true", help="also save every NER cell's app adapter in OUTPUT/apps")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared CPU)")
     add_device_argument(p, "NER adaptation and TC embeddings")
     p.add_argument("--mteb-tasks", default=None,
@@ -183,9 +187,9 @@ def add_parser(sub) -> None:
                    help="also put the rows of this results.json (mtpf evaluate) in the tables (repeat)")
     p.add_argument("--base", default=None, help="label of the row the +/- are computed against")
     p.add_argument("--output", required=True, help="output folder (results.json, tables.md, tables.csv, chart.png)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads of torch / ONNX Runtime")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads of torch / ONNX Runtime")
     add_device_argument(p, "the runtime (backbone and apps)")
-    p.add_argument("--seed", type=int, default=42, help="MTEB task seed")
+    p.add_argument("--seed", type=seed_int, default=42, help="MTEB task seed")
     p.add_argument("--no-progress", action="store_true")
     _tc_args(p)
     p.set_defaults(func=_evaluate_runtime)
@@ -301,7 +305,10 @@ def _evaluate(args) -> int:
     _no_duplicates(cls, "--cls")
     from mtpf.downstream.suite import SuiteConfig, run_suite
 
-    seeds = [int(s) for s in _floats(args.seeds, "seeds")]
+    try:
+        seeds = [seed_int(s) for s in args.seeds.split(",") if s.strip()]
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"--seeds {args.seeds!r}: each seed {exc}") from None
     cfg = SuiteConfig(models=models, output=args.output, ner=ner, cls=cls, fractions=_floats(args.fractions, "fractions"),
                       seeds=seeds, base=args.base, ner_cfg=_ner_config(args), tc_cfg=_tc_config(args),
                       cache_dir=args.cache_dir, allow_unseen_labels=args.allow_unseen_labels,

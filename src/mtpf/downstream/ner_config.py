@@ -84,6 +84,17 @@ class NerConfig:
             raise ConfigError("epochs_warmup and epochs must be >= 0 and not both 0")
         if self.batch_size < 1:
             raise ConfigError("batch_size must be >= 1")
+        for key in ("lr", "head_lr", "lora_alpha"):  # (torch / peft would fail later, with a traceback)
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+        if self.lora_rank < 1:
+            raise ConfigError(f"lora_rank must be >= 1, got {self.lora_rank}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.weight_decay < 0 or (self.max_grad_norm is not None and self.max_grad_norm <= 0):
+            raise ConfigError("weight_decay must be >= 0 and max_grad_norm > 0 (or null)")
+        if self.eval_batch_size < 1 or (self.max_length is not None and self.max_length < 8):
+            raise ConfigError("eval_batch_size must be >= 1 and max_length >= 8")
         for key in ("min_steps_warmup", "min_steps", "dev_sentences", "eval_every", "patience"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")

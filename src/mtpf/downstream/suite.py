@@ -163,6 +163,10 @@ def run_suite(cfg: SuiteConfig) -> dict:
     if len(set(names)) != len(names):
         raise ConfigError(f"dataset names must be unique (folder names), got {names}")
     # what would otherwise fail only when its cell comes up, possibly hours in
+    if cls_sets:
+        from mtpf.downstream.tc import make_classifier
+
+        make_classifier(cfg.tc_cfg, 0)  # bad classifier options: a ConfigError now
     for ref, ds in cls_sets:
         if cfg.tc_cfg.split not in ds.splits:
             raise ConfigError(f"{ref}: no {cfg.tc_cfg.split} split to evaluate on (has {sorted(ds.splits)})")

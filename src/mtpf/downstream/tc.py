@@ -115,10 +115,18 @@ def experiment_indices(labels, samples_per_label: int | None, n_experiments: int
 
 
 def make_classifier(cfg: TCConfig, seed: int, max_iter: int | None = None):
+    from sklearn.base import clone
+
     if cfg.classifier == "logreg":
         from sklearn.linear_model import LogisticRegression
 
-        clf = LogisticRegression(max_iter=max_iter or cfg.max_iter, **cfg.classifier_args)
+        try:
+            clf = LogisticRegression(max_iter=max_iter or cfg.max_iter, **cfg.classifier_args)
+            # sklearn checks parameter values only in fit: a 2-point fit now, not a traceback after the embedding
+            clone(clf).fit(np.array([[0.0], [1.0]]), [0, 1])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"LogisticRegression({cfg.classifier_args}, max_iter={max_iter or cfg.max_iter}): "
+                              f"{str(exc).splitlines()[0]}") from None
     else:
         module, _, name = cfg.classifier.partition(":")
         try:
@@ -239,14 +247,15 @@ def adapt_tc(model_ref, dataset, output: str | os.PathLike, cfg: TCConfig, seed:
     from safetensors.torch import save_file
     from sklearn.exceptions import ConvergenceWarning
 
+    # the classifier first: bad options fail before the texts are embedded
+    clf = make_classifier(TCConfig(classifier="logreg", max_iter=max_iter, classifier_args=cfg.classifier_args),
+                          seed)
     embedder = Embedder(model_ref, cfg, cache_dir, progress, device)
     train = dataset.splits["train"]
     label_id = {name: i for i, name in enumerate(dataset.label_names)}
     cache = embedder.cache(dataset.fingerprint)
     x = cache.get(train.texts, embedder.compute)
     y = np.array([label_id[v] for v in train.labels])
-    clf = make_classifier(TCConfig(classifier="logreg", max_iter=max_iter, classifier_args=cfg.classifier_args),
-                          seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(x, y)

@@ -101,7 +101,9 @@ class PretrainConfig:
         "Micro-batches per optimizer step. The step's gradient is the mean of the micro-batches' mean losses: "
         "each contrastive micro-batch keeps its own in-batch negatives (use tc_mini_batch_size, GradCache, to "
         "get MORE negatives in little memory), and NER token means are per micro-batch (mean of means).")})
-    max_grad_norm: float | None = field(default=1.0, metadata={"help": "Gradient clipping; null = off."})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": (
+        "Gradient clipping; null = off. With two tasks, per ownership group: the shared backbone, and each "
+        "task's own adapter and head (a task's LoRA never moves by the other task's loss).")})
     mixed_precision: Literal["auto", "no", "bf16"] = field(default="auto", metadata={
         "help": "auto: bf16 on a CUDA device that supports it, fp32 otherwise (bf16 is ~17x slower on CPUs without AMX)."})
     max_length: int = field(default=128, metadata={"help": "Max tokens per text (longer NER sentences are windowed)."})
@@ -489,11 +491,26 @@ class PretrainRecipe:
             for p, g in zip(self.shared_params, combined):
                 p.grad = g.clone()
         if cfg.max_grad_norm:
-            acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            self._clip(cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return losses, tokens
+
+    def _clip(self, max_norm: float) -> None:
+        """Gradient clipping. One task: one norm over all parameters. Two tasks: one norm per ownership group
+        (the shared backbone; each task's own adapter and head), so a task-owned parameter's step never depends
+        on the other task's gradient: the paper's task-primary LoRAs are "updated solely with the loss of their
+        associated task" (Sec. 6), which one global norm broke (its factor included both losses)."""
+        acc = self.accelerator
+        if len(self.tasks) == 1:
+            acc.clip_grad_norm_(self.model.parameters(), max_norm)
+            return
+        acc.unscale_gradients()  # once (fp16's scaler); then a plain norm per group
+        for group in (self.shared_params, *self.owned.values()):
+            group = [p for p in group if p.grad is not None]
+            if group:
+                torch.nn.utils.clip_grad_norm_(group, max_norm)
 
     def _sync_context(self, sync: bool):
         return contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model)

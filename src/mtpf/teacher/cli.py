@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from mtpf.config import seed_int
+
 EPILOG = """\
 examples:
   mtpf label --teacher numind/NuNER-v2.0 --layers -1 -7 --corpus corpus/ --clusters 200 --out labels/
@@ -39,7 +41,7 @@ def add_parser(subparsers) -> None:
                    help="words in the random sample k-means is fitted on (default 500000)")
     p.add_argument("--fit-epochs", type=float, default=3, help="passes over the sample in mini-batch steps")
     p.add_argument("--kmeans-batch", type=int, default=4096, help="mini-batch size of k-means")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--shard-sentences", type=int, default=20_000, help="sentences per output shard")
     p.add_argument("--chunk-words", type=int, default=None,
                    help="words embedded per chunk (bounds memory; default 16384 on CPU, 131072 on CUDA)")
@@ -83,6 +85,9 @@ def _run_label(args) -> int:
         layers = parse_layers(",".join(args.layers or ["-1"]))
     except ValueError as exc:
         raise DataError(args.out, None, str(exc)) from None
+    from mtpf.device import resolve_device
+
+    resolve_device(args.device)  # a GPU that is not there: one line now, not torch's assertion in the teacher
     cfg = LabelConfig(
         teacher=args.teacher, corpus=args.corpus, out=args.out, clusters=args.clusters, layers=layers,
         normalize=args.normalize, max_length=args.max_length, fit_words=args.fit_words, fit_epochs=args.fit_epochs,
