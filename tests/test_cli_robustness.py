@@ -528,3 +528,33 @@ def test_out_of_range_values_are_one_line(tiny_bert, tmp_path, capsys):
     assert_one_line_error(rc, err, "cuda:7")
     rc, err = run_cli(["analyze", tiny_bert, "--ner-data", ner, "--sentences", "0"], capsys)
     assert_one_line_error(rc, err, "--sentences")
+
+
+def test_more_bad_inputs_are_one_line(tiny_bert, toy_data, tmp_path, capsys):
+    """A Latin-1 config, a results.json that is JSON but not one, a path that is nothing, a TC app given as an
+    NER app, a finished run folder given again: one line each, exit 2, nothing overwritten."""
+    conf = tmp_path / "latin1.yaml"
+    conf.write_bytes("strategy: tc\n# caf\xe9\n".encode("latin-1"))
+    rc, err = run_cli(["pretrain", conf], capsys)
+    assert_one_line_error(rc, err, "latin1.yaml", "not UTF-8")
+    bad = tmp_path / "res.json"
+    bad.write_text("{}")
+    from mtpf.runtime.testing import make_app_adapter
+
+    tc_app = make_app_adapter(tmp_path / "tc", tiny_bert, "tc", lora=False)
+    cls = SAMPLE / "cls" / "sample_intents"
+    rc, err = run_cli(["evaluate-runtime", "--backbone", tiny_bert, "--label", "x", "--output", tmp_path / "er",
+                       "--tc-app", tc_app, "--cls", cls, "--with", bad, "--backend", "torch"], capsys)
+    assert_one_line_error(rc, err, "res.json", "not an mtpf evaluate results.json")
+    rc, err = run_cli(["evaluate-runtime", "--backbone", tiny_bert, "--label", "x", "--output", tmp_path / "er",
+                       "--ner-app", f"{next((SAMPLE / 'ner').iterdir())}={tc_app}", "--backend", "torch"], capsys)
+    assert_one_line_error(rc, err, "a TC app, expected an NER app adapter")
+    rc, err = run_cli(["export", tmp_path / "nothere", "--onnx"], capsys)
+    assert_one_line_error(rc, err, "nothere", "no such folder")
+    out = tmp_path / "run"
+    assert main(["pretrain", *tiny_run_overrides(tiny_bert, toy_data, out, strategy="tc")]) == 0
+    shutil.rmtree(out / "checkpoints")
+    before = (out / "pretrain_config.json").read_text()
+    rc, err = run_cli(["pretrain", *tiny_run_overrides(tiny_bert, toy_data, out, strategy="tc", lr=0.5)], capsys)
+    assert_one_line_error(rc, err, "already holds a finished run")
+    assert (out / "pretrain_config.json").read_text() == before

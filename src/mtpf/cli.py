@@ -45,8 +45,12 @@ def _version() -> str:
 
 def quiet_libraries() -> None:
     """Keep the terminal for mtpf's own progress: no per-load reports or library deprecation chatter."""
+    import os
     import warnings
 
+    # datasets logs its own error line before raising (e.g. "Failed to load JSON ..."); mtpf names the file and
+    # line itself, in one line (set before datasets is imported: it reads this when it configures its logger)
+    os.environ.setdefault("DATASETS_VERBOSITY", "critical")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
@@ -89,8 +93,9 @@ def user_error(exc: BaseException) -> str | None:
     unknown model), a missing/unreadable path (an OSError that names its file), bytes that are not UTF-8."""
     from mtpf.config import ConfigError
     from mtpf.data.io import DataError
+    from mtpf.runtime.app import AppError  # an app folder that is not one, or made for another backbone
 
-    if isinstance(exc, (ConfigError, DataError)):
+    if isinstance(exc, (ConfigError, DataError, AppError)):
         return str(exc)
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror or exc}"

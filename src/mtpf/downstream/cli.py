@@ -339,6 +339,8 @@ def _evaluate_runtime(args) -> int:
     _no_duplicates(list(args.cls), "--cls")
     if not ner_apps and not args.cls:
         raise ConfigError("give at least one --ner-app or --cls dataset")
+    for path in args.with_results:  # read now: a bad file fails before the scoring, not after it
+        read_cells(path)
     results = evaluate_runtime(args.backbone, args.label, args.output, ner_apps=ner_apps, tc_app=args.tc_app,
                                cls=list(args.cls), backend=args.backend, int8=not args.fp32,
                                tc_cfg=_tc_config(args), seed=args.seed, num_threads=args.threads,

@@ -81,15 +81,17 @@ def evaluate_runtime(backbone: str, label: str, output: str | Path, *, ner_apps:
     engine = {"backend": backend, "int8": bool(int8) if backend == "onnx" else False}
     # read every input before the slow part: a bad folder fails in seconds
     ner_sets = [(ref, load_ner_dataset(ref), read_app(app), app) for ref, app in ner_apps]
+    from mtpf.config import ConfigError
+
     cls_sets = [(ref, load_cls_dataset(ref)) for ref in cls]
     tc_spec = read_app(tc_app) if tc_app else None
     if cls_sets and tc_spec is None:
-        raise ValueError("classification datasets need a TC app adapter (tc_app)")
+        raise ConfigError("classification datasets (--cls) need a TC app adapter: pass --tc-app")
     for _, ds, spec, app in ner_sets:
         if spec.task != "ner":
-            raise ValueError(f"{app}: a {spec.task.upper()} app, expected an NER app adapter")
+            raise ConfigError(f"{app}: a {spec.task.upper()} app, expected an NER app adapter")
     if tc_spec is not None and tc_spec.task != "tc":
-        raise ValueError(f"{tc_app}: a {tc_spec.task.upper()} app, expected a TC app adapter")
+        raise ConfigError(f"{tc_app}: a {tc_spec.task.upper()} app, expected a TC app adapter")
 
     # cells are keyed by content, not by path: an app retrained into the same folder (`--overwrite`) is scored
     # again; the backbone is the one each app was trained on (registration refuses any other)

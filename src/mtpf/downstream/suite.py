@@ -80,9 +80,10 @@ def load_results(path: Path) -> dict:
     if path.is_file():
         try:
             data = json.loads(path.read_text())
-            if data.get("format") == RESULTS_FORMAT:
+            if (isinstance(data, dict) and data.get("format") == RESULTS_FORMAT and isinstance(data.get("cells"), list)
+                    and all(isinstance(c, dict) and "key" in c for c in data["cells"])):
                 return data
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             pass
         bak = path.with_suffix(".json.bak")
         os.replace(path, bak)
@@ -97,7 +98,16 @@ def read_cells(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     results.json keeps every cell it ever held (a resumed or re-configured run skips what it has), so one
     (model, task, dataset, fraction, seed) may appear under an older recipe or build too: only the newest counts,
     as in the suite's own tables, or two recipes would be averaged as if they were two seeds."""
-    data = json.loads(Path(path).read_text())
+    from mtpf.config import ConfigError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read it as an mtpf evaluate results.json ({exc})") from None
+    if not (isinstance(data, dict) and isinstance(data.get("cells"), list)
+            and all(isinstance(c, dict) and {"model", "task", "dataset", "fraction"} <= set(c) for c in data["cells"])):
+        raise ConfigError(f"{path}: not an mtpf evaluate results.json (no list of cells with model, task, dataset, "
+                          "fraction)")
     label_of = {m["ref"]: m["label"] for m in data.get("models", [])}
     newest = {}
     for i, c in enumerate(data["cells"]):

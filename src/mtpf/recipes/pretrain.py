@@ -280,6 +280,9 @@ class PretrainRecipe:
         if ckpts.is_dir() and any(ckpts.glob("step-*")) and not cfg.resume:
             raise ConfigError(f"{self.out} already holds checkpoints; pass resume=true to continue it, "
                               "or choose another output_dir (nothing was overwritten)")
+        if (self.out / "run.json").is_file() and not cfg.resume:
+            raise ConfigError(f"{self.out} already holds a finished run (run.json); choose another output_dir "
+                              "(nothing was overwritten)")
         if cfg.resume and saved.is_file():
             before = json.loads(saved.read_text())
             now = to_dict(cfg)

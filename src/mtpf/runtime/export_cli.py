@@ -36,9 +36,9 @@ def export_path(path: str, out: str | None = None, int8: bool = False, backbone:
         return reports
 
     is_run = (p / "run.json").is_file() or (p / "backbone" / "config.json").is_file()
+    ref = resolve_model(path)  # first: a path that is nothing (no folder, no hub model) is named as such
     if not is_run and out is None:
         raise ValueError(f"{path} is a bare backbone: pass --out DIR")
-    ref = resolve_model(path)
     if not is_run and not (Path(ref) / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a run folder, app adapter or model folder")
     encoder = load_encoder(ref).eval()
