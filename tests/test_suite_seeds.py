@@ -1,5 +1,6 @@
 """``mtpf evaluate --seeds``: one cell per seed in results.json, seeds accumulate across runs, tables show intervals."""
 import json
+from pathlib import Path
 
 from mtpf.downstream.suite import read_cells
 
@@ -55,3 +56,18 @@ def test_an_older_recipe_of_the_same_cell_is_not_counted_as_another_seed(tmp_pat
     assert entry["n"] == 3 and round(entry["mean"], 6) == 81.0
     # aggregate alone also counts a seed once (cells merged from several files)
     assert aggregate([*old, *new])[("Base", "ner", "conll2003", 1.0)]["n"] == 3
+
+
+def test_rows_normalised_differently_get_a_note(tiny_bert, tmp_path, capsys, monkeypatch):
+    """A plain HF base (no Normalize) next to an mtpf run (Normalize) under --normalize auto: the suite says so."""
+    from mtpf.downstream import suite
+    from mtpf.downstream.suite import SuiteConfig, run_suite
+    from conftest import make_fake_tpl_run
+
+    run = make_fake_tpl_run(tiny_bert, tmp_path / "run")
+    monkeypatch.setattr(suite, "build_cells", lambda *a, **k: [])  # no cell needs to run for the note
+    sample = Path(__file__).resolve().parents[1] / "src" / "mtpf" / "sample_data" / "cls" / "sample_intents"
+    run_suite(SuiteConfig(models=[("Base", tiny_bert), ("Run", run)], output=str(tmp_path / "e"), cls=[str(sample)],
+                          progress=False))
+    out = capsys.readouterr().out
+    assert "normalised for Run but not for Base" in out

@@ -184,6 +184,10 @@ def run_suite(cfg: SuiteConfig) -> dict:
         if cfg.ner_cfg.select == "dev" and "dev" not in ds.splits:
             raise ConfigError(f"{ref}: --select dev but the dataset has no dev split; use --select auto or last")
     models = [resolve(ref, label, cfg.tc_cfg.normalize) for label, ref in cfg.models]
+    if cfg.cls and cfg.tc_cfg.normalize == "auto" and len({m.normalize for m in models}) > 1:
+        print("note: TC embeddings are L2-normalised for " + ", ".join(m.label for m in models if m.normalize)
+              + " but not for " + ", ".join(m.label for m in models if not m.normalize) + " (each as its own "
+              "sentence-transformers pipeline); pass --normalize true or false to score every row alike")
     cells = build_cells(cfg, models, ner_sets, cls_sets)
 
     results_path = out / "results.json"
