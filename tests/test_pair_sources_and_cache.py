@@ -239,3 +239,16 @@ def test_a_long_source_name_still_tokenises(tiny_bert, tmp_path):
     assert tokenize_pairs(load_pair_sources([str(path)])[0], tok, 16).num_rows == 30
     assert _fingerprint("x" * 40) == "x" * 40 and len(_fingerprint("y" * 90)) == 64
     assert _fingerprint("y" * 90) != _fingerprint("y" * 89 + "z")
+
+
+def test_a_float_label_is_reported_at_its_own_line(tiny_bert, tmp_path):
+    """Arrow reads a column whose line 21 holds 2.5 as floats everywhere: the error still names line 21."""
+    from transformers import AutoTokenizer
+
+    from mtpf.data.io import DataError
+    from mtpf.data.ner_pseudo import load_pseudo_label_dataset
+
+    rows = ['{"tokens": ["a", "b"], "labels": [1, 2]}'] * 20 + ['{"tokens": ["a", "b"], "labels": [1, 2.5]}']
+    (tmp_path / "s.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"s\.jsonl:21: 'labels' must be a list of integer"):
+        load_pseudo_label_dataset([tmp_path], AutoTokenizer.from_pretrained(tiny_bert), 32)

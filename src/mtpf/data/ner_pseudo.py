@@ -206,7 +206,11 @@ def _ner_map_fn(path, tokenizer, max_length):
         for row, toks, labs in zip(indices, batch["tokens"], batch["labels"]):
             problem = _row_problem(toks, labs)
             if problem:
-                raise DataError(path, _line_of_record(path, row), problem)
+                # Arrow types a column from all its rows (one 2.5 makes every label a float): the file as written
+                # says which line is wrong; error path only
+                first = next(((n, q) for n, obj in iter_jsonl(path)
+                              if (q := _row_problem(obj.get("tokens"), obj.get("labels")))), None)
+                raise DataError(path, *(first or (_line_of_record(path, row), problem)))
             if toks:
                 tokens.append(toks)
                 labels.append(labs)
