@@ -112,3 +112,27 @@ def test_set_adapter_switch_keeps_mixed_batches_right_after_a_bare_backbone_call
     for b, a in zip(before, after):
         for app in ("tc0", "tc1"):
             assert a[app]["probabilities"] == pytest.approx(b[app]["probabilities"], abs=1e-6)
+
+
+def test_apps_leaves_out_an_app_removed_while_it_lists_them(demo, monkeypatch):
+    """/health lists Runtime.apps(): an app unregistered between the copy of the names and its app_info is left
+    out, not raised (a 500 during hot unregister). A registration serial tells a name's registrations apart."""
+    backbone, apps = demo
+    with Runtime(backbone) as rt:
+        rt.register_app("stay", apps["tc0"])
+        first = rt.register_app("go", apps["tc1"])["registration"]
+        real = rt.app_info
+
+        def racing(name):
+            if name == "go":
+                rt.unregister_app("go")
+            return real(name)
+
+        monkeypatch.setattr(rt, "app_info", racing)
+        assert set(rt.apps()) == {"stay"}
+        monkeypatch.setattr(rt, "app_info", real)
+        again = rt.register_app("go", apps["tc1"])["registration"]
+        assert again != first
+        with pytest.raises(UnknownAppError, match="registered again"):
+            rt.submit("go", "embed", ["x"], registration=first)
+        assert rt.submit("go", "embed", ["x"], registration=again).result(timeout=60).shape[0] == 1

@@ -387,6 +387,66 @@ def test_analyze_app_removed_while_queued(service):
     assert g.sched.stats()["queued_texts"] == {}
 
 
+def test_a_name_registered_again_while_a_request_waited_does_not_answer_it(service):
+    """A request for app `swap` queued; meanwhile `swap` is unregistered and registered again with another adapter.
+    The request is refused (404, removed while waiting), not answered by the new adapter; the same for /v1/analyze.
+    The new registration's key, issued during the old one's removal, keeps working."""
+    g = Gated(service)
+    g.rt.register_app("swap", service["apps"]["tc1"])
+    out = {}
+    with serve_in_thread(g.app) as url:
+        t1 = _post_in_thread(url, "/v1/apps/swap/classify", {"texts": TEXTS}, bearer(g.admin), out, "call")
+        g.wait_queued("swap", 2)
+        t2 = _post_in_thread(url, "/v1/analyze", {"texts": TEXTS, "apps": ["swap"]}, bearer(g.admin), out, "an")
+        g.wait_queued("swap", 4)
+        g.rt.unregister_app("swap")
+        g.rt.register_app("swap", service["apps"]["tc0"])  # another adapter under the same name
+        g.release()
+        t1.join(timeout=120)
+        t2.join(timeout=120)
+    assert out["call"].status_code == 404 and "registered again" in out["call"].json()["detail"], out["call"].text
+    assert all("removed" in per_text["swap"]["error"] for per_text in out["an"].json()["results"])
+    g.rt.unregister_app("swap")
+
+
+def test_unregister_revokes_before_a_new_registration_can_take_the_name(service, client):
+    k = service["keys"]
+    admin = bearer(k[ADMIN])
+    assert client.post("/v1/admin/apps", json={"name": "again", "adapter_dir": service["apps"]["tc1"]},
+                       headers=admin).status_code == 200
+    assert client.delete("/v1/admin/apps/again", headers=admin).status_code == 200
+    r = client.post("/v1/admin/apps", json={"name": "again", "adapter_dir": service["apps"]["tc1"],
+                                            "api_key": "again-new-key-0123456789"}, headers=admin)
+    assert r.status_code == 200
+    assert client.post("/v1/apps/again/embed", json={"texts": ["x"]},
+                       headers=bearer("again-new-key-0123456789")).status_code == 200
+    r = client.post("/v1/admin/apps", json={"name": "uk", "adapter_dir": service["apps"]["tc1"],
+                                            "api_key": "ключ-ключ-ключ-ключ"}, headers=admin)
+    assert r.status_code == 400 and "printable ASCII" in r.json()["detail"]  # a header could never carry it
+    assert not service["rt"].has_app("uk")
+    client.delete("/v1/admin/apps/again", headers=admin)
+
+
+@pytest.mark.parametrize("breakage", ["head", "utf8", "list", "max_length"])
+def test_a_broken_app_folder_is_400_not_500(service, client, tmp_path, breakage):
+    import shutil
+
+    app = tmp_path / "app"
+    shutil.copytree(service["apps"]["tc1"], app)
+    meta = json.loads((app / "mtpf_app.json").read_text())
+    if breakage == "head":
+        (app / "head.safetensors").write_bytes(b"not safetensors at all")
+    elif breakage == "utf8":
+        (app / "mtpf_app.json").write_bytes(b'{"format": "\xff"}')
+    elif breakage == "list":
+        (app / "mtpf_app.json").write_text("[1]")
+    else:
+        (app / "mtpf_app.json").write_text(json.dumps({**meta, "max_length": "abc"}))
+    r = client.post("/v1/admin/apps", json={"name": "broken", "adapter_dir": str(app)},
+                    headers=bearer(service["keys"][ADMIN]))
+    assert r.status_code == 400 and str(app) in r.json()["detail"], r.text
+
+
 def test_deadline_is_504_and_full_queue_503(service):
     from fastapi.testclient import TestClient
 
@@ -423,7 +483,7 @@ def test_metrics_labels_are_bounded(service, client):
     _, labels1 = burst(150)
     m2, labels2 = burst(150)
     assert labels1 == labels2
-    assert set(m2["requests"]["by_app"]) <= {"ner0", "tc0", "tch0", "hot", "_unknown"}
+    assert set(m2["requests"]["by_app"]) <= {"ner0", "tc0", "tch0", "hot", "again", "_unknown"}
     assert set(m2["requests"]["by_endpoint"]) <= {"entities", "classify", "embed", "info", "analyze", "health",
                                                   "metrics", "openapi", "docs", "admin", "other"}
     assert m2["requests"]["by_app"]["_unknown"] >= 100
@@ -529,7 +589,9 @@ def test_trunk_cache_counters_are_read_from_the_runtime():
 @pytest.mark.parametrize("argv,expect", [(["--app", "foo"], "--app must look like NAME=VALUE"),
                                          (["--app", "a=x", "--app", "a=y"], "--app a= given twice"),
                                          (["--app", f"{ADMIN}=x"], "reserved for the admin key"),
-                                         ([], "--backbone is required")])
+                                         ([], "--backbone is required"),
+                                         (["--app", "a=x", "--inflight-chars", "0"], "--inflight-chars must be > 0"),
+                                         (["--app", "a=x", "--deadline-s", "0"], "--deadline-s must be > 0")])
 def test_serve_bad_arguments_are_one_line(argv, expect, tmp_path, capsys):
     from mtpf.cli import main
 
@@ -537,3 +599,23 @@ def test_serve_bad_arguments_are_one_line(argv, expect, tmp_path, capsys):
     assert main(["serve", *backbone, *argv, "--keys", str(tmp_path / "k.json")]) == 2
     err = capsys.readouterr().err
     assert expect in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "k.json").exists()
+
+
+def test_sigterm_stops_the_server_cleanly(service, tmp_path):
+    """`docker stop` / systemd send SIGTERM: the server drains, says it stopped and closes the runtime (before, the
+    default handler killed the process first: exit 143, temp ONNX folders left behind)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mtpf.cli", "serve", "--backbone", service["backbone"], "--app",
+                             f"tc=/{service['apps']['tc1']}", "--keys", str(tmp_path / "k.json"), "--port", "0",
+                             "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # no deadline: pytest-timeout catches a hang
+        if "OpenAPI" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "mtpf serve: stopped" in err, err[-2000:]

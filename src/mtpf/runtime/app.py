@@ -61,9 +61,11 @@ def read_app(adapter_dir: str | Path, name: str | None = None) -> AppSpec:
     if not meta_file.is_file():
         raise AppError(f"{path}: not an mtpf app adapter (no {APP_META}); create one with `mtpf adapt`")
     try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as exc:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AppError(f"{meta_file}: invalid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise AppError(f"{meta_file}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format") != APP_FORMAT:
         raise AppError(f"{meta_file}: format is {meta.get('format')!r}, expected {APP_FORMAT!r}")
     task = meta.get("task")
@@ -86,7 +88,10 @@ def read_app(adapter_dir: str | Path, name: str | None = None) -> AppSpec:
         raise AppError(f"{path}: head.safetensors is missing")
     from safetensors.numpy import load_file
 
-    head = load_file(str(head_file))
+    try:
+        head = load_file(str(head_file))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a broken file
+        raise AppError(f"{head_file}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
     if "weight" not in head or "bias" not in head:
         raise AppError(f"{head_file}: needs tensors 'weight' [C, H] and 'bias' [C], found {sorted(head)}")
     w = np.ascontiguousarray(head["weight"], dtype=np.float32)
@@ -98,10 +103,14 @@ def read_app(adapter_dir: str | Path, name: str | None = None) -> AppSpec:
         for tag in labels:
             if tag != "O" and not re.match(r"^[BI]-.+", tag):
                 raise AppError(f"{meta_file}: NER label {tag!r} is not a BIO tag (O, B-X, I-X)")
+    try:
+        max_length = int(meta.get("max_length", 256))
+    except (TypeError, ValueError):
+        raise AppError(f"{meta_file}: 'max_length' must be an integer, got {meta.get('max_length')!r}") from None
     return AppSpec(
         name=name or path.name, path=path, task=task, labels=list(labels), backbone_fingerprint=fp,
         has_lora=has_lora, pooling=pooling, normalize=bool(meta.get("normalize", False)),
-        max_length=int(meta.get("max_length", 256)), metrics=meta.get("metrics") or {}, head_weight=w, head_bias=b,
+        max_length=max_length, metrics=meta.get("metrics") or {}, head_weight=w, head_bias=b,
     )
 
 

@@ -160,6 +160,10 @@ def _serve_socket(app, sock) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
+def _sigterm_as_interrupt(*_):
+    raise KeyboardInterrupt
+
+
 def _runtime_kwargs(runtime_cls, args: argparse.Namespace) -> dict:
     """``device`` is passed only to a Runtime that takes it; asking for a GPU from one that does not is an error."""
     import inspect
@@ -192,6 +196,12 @@ def run_serve(args: argparse.Namespace) -> int:
         return fail(str(exc))
     if ADMIN in apps:
         return fail(f"--app {ADMIN}=...: that name is reserved for the admin key; pick another app name")
+    for flag in ("max_batch_size", "forward_rows", "max_texts", "max_text_chars", "max_body_bytes", "chunk_chars",
+                 "inflight_chars", "max_queued_texts", "deadline_s"):  # 0 would refuse or time out every request
+        if getattr(args, flag) <= 0:
+            return fail(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+    if args.max_wait_ms < 0:
+        return fail(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
     if args.max_queued_texts < args.max_texts:
         return fail(f"--max-queued-texts ({args.max_queued_texts}) must be at least --max-texts ({args.max_texts})")
     try:
@@ -238,13 +248,21 @@ def run_serve(args: argparse.Namespace) -> int:
             app = create_app(runtime, keys, Limits(args.max_texts, args.max_text_chars, args.max_body_bytes),
                              admin=args.admin, scheduler=scheduler)
             port = sock.getsockname()[1]
-            print(f"mtpf serve: {len(apps)} app(s) on {runtime.backbone_path} [{args.backend}"
-                  f"{' int8' if args.int8 else ''}] at http://{args.host}:{port} (OpenAPI: /docs)", flush=True)
+            import signal
+
+            # SIGTERM (`docker stop`, systemd) as Ctrl-C: uvicorn shuts down gracefully on it, then re-raises it
+            # with this handler, so runtime.close() below runs (ONNX temp folders, threads) instead of the
+            # default handler killing the process
+            previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
             try:
+                print(f"mtpf serve: {len(apps)} app(s) on {runtime.backbone_path} [{args.backend}"
+                      f"{' int8' if args.int8 else ''}] at http://{args.host}:{port} (OpenAPI: /docs)", flush=True)
                 _serve_socket(app, sock)
             except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the signal
                 print("mtpf serve: stopped", file=sys.stderr)
                 return 130
+            finally:
+                signal.signal(signal.SIGTERM, previous)
         finally:
             runtime.close()
     finally:

@@ -95,6 +95,7 @@ class _App:
     closing: bool = False
     served: int = 0
     release_when_idle: bool = False  # unregistered while busy: the last answered call releases its adapter
+    registration: int = 0  # serial of this registration: a name unregistered and registered again gets a new one
 
 
 @dataclass
@@ -179,6 +180,7 @@ class Runtime:
         self.batching = batching
         self.adaptive_wait = adaptive_wait
         self._apps: dict[str, _App] = {}
+        self._registrations = 0  # serial of the last registration (_App.registration)
         self._apps_lock = threading.Condition()
         self._keys = itertools.count()
         self.dedup = bool(dedup)
@@ -224,7 +226,9 @@ class Runtime:
         with self._apps_lock:
             lost = name in self._apps  # lost a race with a concurrent register of the same name
             if not lost:
-                self._apps[name] = _App(spec=spec, key=key, registered_at=time.time(), adapter_id=adapter_id)
+                self._registrations += 1
+                self._apps[name] = _App(spec=spec, key=key, registered_at=time.time(), adapter_id=adapter_id,
+                                        registration=self._registrations)
         if lost:
             if adapter_id is not None:
                 self._release_adapter(adapter_id)
@@ -293,9 +297,16 @@ class Runtime:
             return name in self._apps
 
     def apps(self) -> dict[str, dict]:
+        """Every registered app's :meth:`app_info` (one removed meanwhile is left out, not raised)."""
         with self._apps_lock:
             names = list(self._apps)
-        return {n: self.app_info(n) for n in names}
+        out = {}
+        for n in names:
+            try:
+                out[n] = self.app_info(n)
+            except UnknownAppError:  # unregistered between the copy and here
+                pass
+        return out
 
     def app_info(self, name: str) -> dict:
         app = self._get(name)
@@ -305,7 +316,9 @@ class Runtime:
                 "shared_layers": self._runner.level(app),
                 # content fingerprint of its LoRA (apps with the same one share a single loaded copy); no other
                 # app's name here: the server hands this dict to the app's own key holder
-                "adapter_id": app.adapter_id if self.dedup else None}
+                "adapter_id": app.adapter_id if self.dedup else None,
+                # which registration of this name: a caller that checked the app can insist on the same one
+                "registration": app.registration}
         if s.task == "tc":
             info.update({"pooling": s.pooling, "normalize": s.normalize, "embedding_dim": self.hidden_size})
         return info
@@ -358,8 +371,10 @@ class Runtime:
                 a.inflight += 1
         return self._enqueue(_Request(chosen, "analyze", texts, Future()))
 
-    def submit(self, app: str, op: str, texts: list[str] | str) -> Future:
-        """Queue a call and return a ``concurrent.futures.Future`` (wrap with ``asyncio.wrap_future``)."""
+    def submit(self, app: str, op: str, texts: list[str] | str, registration: int | None = None) -> Future:
+        """Queue a call and return a ``concurrent.futures.Future`` (wrap with ``asyncio.wrap_future``).
+        ``registration`` (from :meth:`app_info`): raise UnknownAppError unless ``app`` is still that registration,
+        e.g. for a request accepted before the name was unregistered and registered again (another adapter)."""
         if op not in OPS:
             raise ValueError(f"unknown operation {op!r}; one of {sorted(OPS)}")
         if op == "tags":
@@ -370,8 +385,9 @@ class Runtime:
             texts = self._check_texts(texts)
         with self._apps_lock:
             a = self._apps.get(app)
-            if a is None:
-                raise UnknownAppError(f"no app named {app!r}")
+            if a is None or (registration is not None and a.registration != registration):
+                raise UnknownAppError(f"no app named {app!r}" if a is None else
+                                      f"app {app!r} was unregistered (and registered again) since the request came")
             if a.spec.task != OPS[op]:
                 raise TaskMismatchError(f"app {app!r} is a {a.spec.task.upper()} app; "
                                         f"{op!r} needs a {OPS[op].upper()} app")

@@ -62,6 +62,8 @@ class KeyStore:
             if any(c.isspace() or c == "," for c in key):
                 raise ValueError("API keys may not contain spaces or commas (a caller may send several keys "
                                  "separated by commas)")
+            if not (key.isascii() and key.isprintable()):  # HTTP headers arrive as latin-1: it could never match
+                raise ValueError("API keys must be printable ASCII characters")
         key = key or "mtpf_" + secrets.token_urlsafe(32)
         salt = secrets.token_bytes(16)
         with self._lock:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mtpf.runtime.keys import ADMIN, KeyStore
+from mtpf.runtime.keys import ADMIN, KeyStore, KeysFileError
 from mtpf.runtime.scheduler import DeadlineExceededError, FairScheduler, QueueFullError, join_lists
 
 
@@ -394,23 +394,31 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
         except QueueFullError as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
 
+    import inspect
+
+    # a runtime stand-in (tests, another Runtime) may not take it
+    takes_registration = "registration" in inspect.signature(runtime.submit).parameters
+
     async def call(app: str, op: str, texts: list[str]):
         try:
-            task = runtime.app_info(app)["task"]
+            info = runtime.app_info(app)
         except UnknownAppError as exc:
             raise HTTPException(404, str(exc)) from None
+        task = info["task"]
         if task != OPS[op]:
             raise HTTPException(400, f"app {app!r} is a {task.upper()} app; {op!r} needs a {OPS[op].upper()} app")
         join = (lambda parts: np.concatenate(parts, axis=0)) if op == "embed" else join_lists
-        return await answer(schedule(app, texts, lambda chunk: runtime.submit(app, op, chunk), join=join))
+        # the app as accepted: its chunks run later, and the name may meanwhile be another registration (adapter)
+        reg = {"registration": info["registration"]} if "registration" in info and takes_registration else {}
+        return await answer(schedule(app, texts, lambda chunk: runtime.submit(app, op, chunk, **reg), join=join))
 
-    def analyze_chunk(texts: list[str], apps: list[str]) -> Future:
+    def analyze_chunk(texts: list[str], apps: list[str], accepted: dict | None = None) -> Future:
         """Every app's result for each text. Uses ``Runtime.analyze`` (one trunk pass shared by the apps) when
         the runtime has it, else each app's own call; an app that fails (e.g. removed) gets ``{"error": ...}``."""
         if hasattr(runtime, "analyze"):
             if not executor:
                 executor.append(ThreadPoolExecutor(max_workers=4, thread_name_prefix="mtpf-analyze"))
-            return executor[0].submit(_analyze_native, runtime, texts, apps, UnknownAppError)
+            return executor[0].submit(_analyze_native, runtime, texts, apps, UnknownAppError, accepted)
         return _analyze_per_app(runtime, texts, apps)
 
     Auth = Annotated[str | None, Header(description="Bearer <key>")]
@@ -445,8 +453,9 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
     async def analyze(body: AnalyzeRequest, authorization: Auth = None, x_api_key: XKey = None):
         apps = list(dict.fromkeys(body.apps))
         authorize(apps, authorization, x_api_key)
+        accepted = {a: info.get("registration") for a, info in runtime.apps().items() if a in apps}
         results = await answer(schedule("+".join(sorted(apps)), body.texts,
-                                        lambda chunk: analyze_chunk(chunk, apps), charge=apps))
+                                        lambda chunk: analyze_chunk(chunk, apps, accepted), charge=apps))
         return {"apps": apps, "results": [_jsonable({a: per_text.get(a, {"error": f"no result for app {a!r}"})
                                                      for a in apps}) for per_text in results]}
 
@@ -500,23 +509,41 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
         @api.delete("/v1/admin/apps/{name}", tags=["admin"], responses=errors_doc, summary="Unregister an app")
         async def unregister(name: str, authorization: Auth = None, x_api_key: XKey = None):
             admin_auth(authorization, x_api_key)
+            if not runtime.has_app(name):
+                raise HTTPException(404, f"no app named {name!r}")
+            try:
+                # the key goes now, not after the drain: a new registration of the name during the drain (a
+                # register is accepted once the name is free) gets its own key, which a late revoke removed
+                keys.revoke(name)
+            except KeysFileError as exc:  # nothing changed yet: the app is still served
+                raise HTTPException(503, f"cannot update the keys file, app {name!r} left registered: {exc}") from None
             try:
                 await asyncio.to_thread(runtime.unregister_app, name)
             except UnknownAppError as exc:
                 raise HTTPException(404, str(exc)) from None
             except TimeoutError:  # unregistered all the same: calls already accepted are still being answered
-                keys.revoke(name)
                 return {"name": name, "removed": True, "draining": True}
-            keys.revoke(name)
             return {"name": name, "removed": True, "draining": False}
 
     return _wrap(api, limits, metrics)
 
 
-def _analyze_native(runtime, texts, apps, unknown_error):
-    """``Runtime.analyze`` over the apps still registered; removed ones get an error part."""
+def _analyze_native(runtime, texts, apps, unknown_error, accepted: dict | None = None):
+    """``Runtime.analyze`` over the apps still registered (as the registration ``accepted`` saw, when given);
+    removed (or replaced) ones get an error part."""
+
+    def same(a):
+        if not runtime.has_app(a):
+            return False
+        if accepted is None or accepted.get(a) is None:
+            return True
+        try:
+            return runtime.app_info(a).get("registration") == accepted[a]
+        except unknown_error:
+            return False
+
     for _ in range(2):  # an app removed between the check and the call: check again once
-        live = [a for a in apps if runtime.has_app(a)]
+        live = [a for a in apps if same(a)]
         try:
             out = runtime.analyze(texts, apps=live) if live else [{} for _ in texts]
             break
