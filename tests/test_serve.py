@@ -619,3 +619,20 @@ def test_sigterm_stops_the_server_cleanly(service, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "mtpf serve: stopped" in err, err[-2000:]
+
+
+def test_a_body_that_never_arrives_is_408(service):
+    """A client that announces 100 bytes and sends 9: 408 after the body timeout, not a connection held forever."""
+    import socket
+    from urllib.parse import urlparse
+
+    app = create_app(service["rt"], KeyStore(), Limits(body_timeout_s=0.5))
+    with serve_in_thread(app) as url:
+        u = urlparse(url)
+        with socket.create_connection((u.hostname, u.port), timeout=60) as s:
+            s.sendall(b"POST /v1/apps/tc0/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"texts\":")
+            reply = ""
+            while "not received" not in reply and (part := s.recv(4096).decode()):
+                reply += part
+    assert reply.startswith("HTTP/1.1 408") and "not received within 0.5 s" in reply, reply

@@ -156,7 +156,8 @@ def _serve_socket(app, sock) -> None:
     """uvicorn on an already bound socket (tests replace this)."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    # a client that never finishes its request cannot hold a shutdown forever
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=10)
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -44,6 +44,7 @@ class Limits:
     max_text_chars: int = 5000
     max_body_bytes: int = 1 << 20
     max_apps: int = 32  # apps per /v1/analyze request
+    body_timeout_s: float = 30.0  # a body not received whole by then: 408 (a stalled client holds no connection)
 
 
 UNKNOWN = "_unknown"  # metrics label of every path / app name the service does not know
@@ -175,7 +176,13 @@ class _Guard:
 
         try:
             if scope["method"] in ("POST", "PUT", "PATCH"):
-                body, too_big = await self._read_body(scope, receive)
+                try:
+                    body, too_big = await asyncio.wait_for(self._read_body(scope, receive),
+                                                           timeout=self.limits.body_timeout_s)
+                except (TimeoutError, asyncio.TimeoutError):
+                    await self._reject(send_wrapper, 408, f"request body not received within "
+                                                          f"{self.limits.body_timeout_s:g} s")
+                    return
                 if too_big:
                     await self._reject(send_wrapper, 413, f"request body larger than {self.limits.max_body_bytes} "
                                                           "bytes")
