@@ -636,3 +636,13 @@ def test_a_body_that_never_arrives_is_408(service):
             while "not received" not in reply and (part := s.recv(4096).decode()):
                 reply += part
     assert reply.startswith("HTTP/1.1 408") and "not received within 0.5 s" in reply, reply
+
+
+def test_validation_messages_fit_the_route(service, client):
+    admin = bearer(service["keys"][ADMIN])
+    r = client.post("/v1/admin/apps", json={"name": "x" * 65, "adapter_dir": "a"}, headers=admin)
+    assert r.status_code == 422 and r.json()["detail"].startswith("invalid register body"), r.text
+    r = client.post("/v1/admin/apps", json={"name": "bad name!", "adapter_dir": "a"}, headers=admin)
+    assert r.status_code == 422 and "letters, digits" in r.json()["detail"], r.text
+    r = client.post("/v1/analyze", json={"texts": ["hi"], "apps": ["y" * 65]}, headers=admin)
+    assert r.status_code == 422 and r.json()["detail"] == "app names are 1-64 characters", r.text

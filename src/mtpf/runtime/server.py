@@ -332,6 +332,15 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
             return JSONResponse({"detail": "malformed JSON body: " + "; ".join(
                 str(e.get("ctx", {}).get("error", e.get("msg"))) for e in errors if e.get("type") == "json_invalid")},
                 status_code=400)
+        if request.url.path.startswith("/v1/admin/"):  # a register body: name / adapter_dir / api_key
+            return JSONResponse({"detail": "invalid register body: expected {\"name\": \"...\" (1-64 "
+                                           "characters of letters, digits, . _ -), \"adapter_dir\": \"...\"} and "
+                                           "optionally \"api_key\"", "errors": _plain(errors)}, status_code=422)
+        names = [e for e in errors if "apps" in [str(x) for x in e.get("loc", ())]
+                 and e.get("type") in ("too_long", "string_too_long")]
+        if names and len(names) == len(errors) and any(len(e.get("loc", ())) > 2 for e in names):
+            return JSONResponse({"detail": "app names are 1-64 characters", "errors": _plain(errors)},
+                                status_code=422)
         if kinds & {"too_long", "string_too_long"}:
             return JSONResponse({"detail": f"request too large: at most {limits.max_texts} texts of at most "
                                            f"{limits.max_text_chars} characters each (and {limits.max_apps} apps "
