@@ -349,7 +349,7 @@ def test_fair_small_requests_served_between_chunks_of_a_large_one(service):
             fut.add_done_callback(lambda _f: completed.append((app, len(texts))))
             return fut
 
-    g.app = create_app(Logged(), g.keys, Limits(max_texts=16, max_text_chars=500), scheduler=g.sched)
+    g.app = create_app(Logged(), g.keys, Limits(max_texts=16, max_text_chars=500), admin=True, scheduler=g.sched)
     big = [f"Angela Merkel met Barack Obama in Berlin, request part {i}." for i in range(8)]
     out = {}
     with serve_in_thread(g.app) as url:
@@ -646,3 +646,13 @@ def test_validation_messages_fit_the_route(service, client):
     assert r.status_code == 422 and "letters, digits" in r.json()["detail"], r.text
     r = client.post("/v1/analyze", json={"texts": ["hi"], "apps": ["y" * 65]}, headers=admin)
     assert r.status_code == 422 and r.json()["detail"] == "app names are 1-64 characters", r.text
+
+
+def test_an_admin_key_left_in_the_keys_file_opens_nothing_without_admin(service):
+    from fastapi.testclient import TestClient
+
+    keys = KeyStore()
+    admin_key, own = keys.issue(ADMIN), keys.issue("tc0")
+    with TestClient(create_app(service["rt"], keys, admin=False), raise_server_exceptions=False) as c:
+        assert c.get("/v1/apps/tc0", headers=bearer(admin_key)).status_code == 403
+        assert c.get("/v1/apps/tc0", headers=bearer(own)).status_code == 200

@@ -379,8 +379,10 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
         owners = [keys.owner(k) for k in sent]
         if None in owners:
             raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
-        if ADMIN in owners:
+        if ADMIN in owners and admin:  # the admin key opens every app only on a server started with --admin
             return
+        if ADMIN in owners:
+            raise HTTPException(403, "the admin key works only on a server started with --admin")
         closed = [a for a in apps if a not in owners]
         if closed:
             raise HTTPException(403, f"the API key(s) sent belong to {', '.join(map(repr, sorted(set(owners))))}; "
