@@ -467,7 +467,7 @@ class PretrainRecipe:
     def train_step(self) -> tuple[dict[str, torch.Tensor], int]:
         """One optimizer step: every task's micro-batches, then (PCGrad) combination, clip, step. Returns
         each task's loss as a detached device tensor and the number of non-padding tokens."""
-        cfg, acc = self.cfg, self.accelerator
+        cfg = self.cfg
         losses, tokens = {}, 0
         task_grads = {}
         for ti, task in enumerate(self.tasks):
