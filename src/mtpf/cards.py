@@ -24,14 +24,9 @@ def exact_hub_model(ref: str | os.PathLike | None) -> str | None:
     ``base_model``, since the Hub loads the adapter onto it. ``packaged`` and hub names; a ``pf-lora`` run (its
     backbone is frozen) -> its base's. A pre-finetuned backbone is on the Hub under no id: None (unlike
     :func:`hub_base_model`, which gives the model it descends from)."""
-    if ref is None:
-        return None
-    ref = str(ref)
-    if ref == "packaged":
-        return PACKAGED_HUB_ID
-    path = Path(ref)
-    if not path.exists():
-        return ref if not ref.startswith((".", "/", "~")) else None
+    if ref is None or str(ref) == "packaged" or not Path(str(ref)).exists():
+        return hub_base_model(ref)  # `packaged` or a hub name: the model itself
+    path = Path(str(ref))
     for run in (path, path.parent):  # RUN, RUN/backbone
         if (run / "run.json").is_file():
             try:

@@ -24,6 +24,7 @@ large requests cut into chunks), so one app's large requests cannot hold another
 
 import asyncio
 import contextlib
+import inspect
 import json
 import re
 import threading
@@ -412,8 +413,6 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
         except QueueFullError as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
 
-    import inspect
-
     # a runtime stand-in (tests, another Runtime) may not take it
     takes_registration = "registration" in inspect.signature(runtime.submit).parameters
 
@@ -471,7 +470,10 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
     async def analyze(body: AnalyzeRequest, authorization: Auth = None, x_api_key: XKey = None):
         apps = list(dict.fromkeys(body.apps))
         authorize(apps, authorization, x_api_key)
-        accepted = {a: info.get("registration") for a, info in runtime.apps().items() if a in apps}
+        accepted = {}  # the registration each app had when the request was accepted (authorize checked them)
+        for a in apps:
+            with contextlib.suppress(UnknownAppError):
+                accepted[a] = runtime.app_info(a).get("registration")
         results = await answer(schedule("+".join(sorted(apps)), body.texts,
                                         lambda chunk: analyze_chunk(chunk, apps, accepted), charge=apps))
         return {"apps": apps, "results": [_jsonable({a: per_text.get(a, {"error": f"no result for app {a!r}"})
