@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mtpf.config import ConfigError
+from mtpf.device import is_main_process
 from mtpf.downstream.ner import NerConfig
 from mtpf.downstream.tc import TCConfig
 
@@ -98,7 +99,6 @@ def read_cells(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     results.json keeps every cell it ever held (a resumed or re-configured run skips what it has), so one
     (model, task, dataset, fraction, seed) may appear under an older recipe or build too: only the newest counts,
     as in the suite's own tables, or two recipes would be averaged as if they were two seeds."""
-    from mtpf.config import ConfigError
 
     try:
         data = json.loads(Path(path).read_text())
@@ -124,8 +124,6 @@ def app_folder_name(label: str, dataset: str, fraction: float, seed: int) -> str
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from mtpf.device import is_main_process
-
     if not is_main_process():  # several processes (NER adaptation under DDP): rank 0 writes, the others compute
         return
     tmp = path.with_suffix(".json.tmp")
@@ -250,8 +248,6 @@ def run_suite(cfg: SuiteConfig) -> dict:
     for r in rows:  # a relabelled model keeps its cells: show (and store) them under today's label
         r["model"] = label_of[r["key"]]
     _write_json(results_path, results)
-    from mtpf.device import is_main_process
-
     if not is_main_process():
         return {"results": str(results_path), "ran": len(todo), "skipped": len(cells) - len(todo)}
     paths = write_outputs(rows, [m.label for m in models], results["base"], out,
@@ -264,8 +260,6 @@ def _run_ner(cell: Cell, cfg: SuiteConfig, out: Path) -> dict:
 
     res = train_ner(cell.model, cell.dataset, cfg.ner_cfg, cell.fraction, cell.seed, progress=cfg.progress,
                     keep_model=cfg.save_apps, device=cfg.device)
-    from mtpf.device import is_main_process
-
     if cfg.save_apps and is_main_process():  # one writer of the app folder under DDP
         app = out / "apps" / app_folder_name(cell.model.label, cell.dataset.name, cell.fraction, cell.seed)
         save_ner_app(res, cell.model, app, {"dataset": cell.dataset.name, "fraction": cell.fraction,
