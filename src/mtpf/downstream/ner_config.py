@@ -85,7 +85,7 @@ class NerConfig:
         if self.batch_size < 1:
             raise ConfigError("batch_size must be >= 1")
         for key in ("lr", "head_lr", "lora_alpha"):  # (torch / peft would fail later, with a traceback)
-            if not getattr(self, key) > 0:
+            if getattr(self, key) is not None and not getattr(self, key) > 0:  # head_lr None: the paper's, = lr
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
         if self.lora_rank < 1:
             raise ConfigError(f"lora_rank must be >= 1, got {self.lora_rank}")
