@@ -21,10 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 from statistics import median
+
+if {"--device cpu", "--device=cpu"} & ({" ".join(sys.argv[i:i + 2]) for i in range(len(sys.argv))} | set(sys.argv)):
+    # --device cpu on a GPU machine: hide the GPU before torch starts, or accelerate would put mtpf's run there
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import torch
 
@@ -110,9 +115,19 @@ class _PassTimer:
         return self.marks[-1] - self.marks[0]
 
 
+def loader_workers(args) -> int:
+    """The baselines prepare batches with as many DataLoader workers as mtpf does (its default: 4 on CUDA, 0 on a
+    CPU), so neither side tokenises or collates on the training thread while the other does not."""
+    return args.workers if args.workers is not None else (4 if args.device == "cuda" else 0)
+
+
 def run_st(args, model: str, pairs, mini_batch: int | None, steps: int) -> float:
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
     from sentence_transformers.models import Pooling, Transformer
 
@@ -125,7 +140,8 @@ def run_st(args, model: str, pairs, mini_batch: int | None, steps: int) -> float
         targs = SentenceTransformerTrainingArguments(
             output_dir=tmp, per_device_train_batch_size=args.batch_tc, num_train_epochs=2, learning_rate=5e-5,
             report_to=[], save_strategy="no", logging_strategy="no", dataloader_drop_last=True,
-            use_cpu=args.device == "cpu", bf16=args.device == "cuda", disable_tqdm=True, seed=42)
+            use_cpu=args.device == "cpu", bf16=args.device == "cuda", disable_tqdm=True, seed=42,
+            dataloader_num_workers=loader_workers(args))
         loss = (CachedMultipleNegativesRankingLoss(st, scale=20.0, mini_batch_size=mini_batch) if mini_batch
                 else MultipleNegativesRankingLoss(st, scale=20.0))
         trainer = SentenceTransformerTrainer(model=st, args=targs, train_dataset=ds, loss=loss)
@@ -135,10 +151,42 @@ def run_st(args, model: str, pairs, mini_batch: int | None, steps: int) -> float
     return timer.seconds()
 
 
-def run_hf_token_classification(args, model: str, sentences, labels, num_labels, steps: int) -> float:
+def _trainer_with_window(window: int):
+    """HF ``Trainer`` whose length grouping sorts within mega-batches of ``window`` batches, the window mtpf's
+    BucketBatchSampler uses (50). transformers picks ``min(len // (4 * batch), 50)`` batches, so on a bench-sized
+    set (640 sentences at batch 32: 5) it sorts within far smaller windows than it would on a real one (>= 200
+    batches: 50), and the Trainer would pay padding that only the small bench gives it. Overrides the private
+    ``Trainer._get_train_sampler`` (transformers 5.x; bench-only) and passes ``mega_batch_mult`` to transformers'
+    own ``get_length_grouped_indices``."""
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class WindowSampler(LengthGroupedSampler):
+        def __iter__(self):
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, mega_batch_mult=window,
+                                                   generator=self.generator))
+
+    class WindowTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            default = super()._get_train_sampler(train_dataset)
+            if not isinstance(default, LengthGroupedSampler):
+                raise TypeError("this transformers release no longer groups by length in _get_train_sampler")
+            return WindowSampler(default.batch_size, lengths=default.lengths, generator=default.generator)
+
+    return WindowTrainer
+
+
+def run_hf_token_classification(args, model: str, sentences, labels, num_labels, steps: int,
+                                window: int | None = None) -> float:
+    """``window``: length-group within mega-batches of that many batches (None: transformers' own choice)."""
     from datasets import Dataset
-    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+        TrainingArguments,
+    )
 
     from mtpf.data.ner_pseudo import align_first_subtoken
     from mtpf.encoder import resolve_model
@@ -152,12 +200,13 @@ def run_hf_token_classification(args, model: str, sentences, labels, num_labels,
         common = dict(output_dir=tmp, per_device_train_batch_size=args.batch_ner, num_train_epochs=2,
                       learning_rate=5e-5, report_to=[], save_strategy="no", logging_strategy="no",
                       use_cpu=args.device == "cpu", bf16=args.device == "cuda", disable_tqdm=True, seed=42,
-                      dataloader_drop_last=True)
+                      dataloader_drop_last=True, dataloader_num_workers=loader_workers(args))
         try:  # transformers 5's name for length grouping; older releases call it group_by_length=True
             targs = TrainingArguments(**common, train_sampling_strategy="group_by_length")
         except TypeError:
             targs = TrainingArguments(**common, group_by_length=True)
-        trainer = Trainer(model=net, args=targs, train_dataset=Dataset.from_dict(rows),
+        trainer_cls = Trainer if window is None else _trainer_with_window(window)
+        trainer = trainer_cls(model=net, args=targs, train_dataset=Dataset.from_dict(rows),
                           data_collator=DataCollatorForTokenClassification(
                               tok, pad_to_multiple_of=8 if args.device.startswith("cuda") else None))
         timer = _PassTimer(steps, args.device)
@@ -368,45 +417,55 @@ def main() -> None:
                           ({"tokens": s, "labels": l} for s, l in zip(sentences, labels)))
         if "ner" not in skip:
             ner_tokens = count_tokens(tok, [" ".join(s) for s in sentences], args.max_length)
-            rounds = {"hf": [], "mtpf": [], "bare": []}
-            for r in range(args.rounds):  # each round runs all three side by side; medians over rounds
+            rounds = {"hf": [], "hf_window50": [], "mtpf": [], "bare": []}
+            mtpf_runs = []
+            for r in range(args.rounds):  # each round runs all of them side by side; medians over rounds
                 rounds["hf"].append(ner_tokens / run_hf_token_classification(args, model, sentences, labels, k,
                                                                              steps_ner))
+                # the Trainer with mtpf's grouping window: what it does on a set of >= 200 batches
+                rounds["hf_window50"].append(ner_tokens / run_hf_token_classification(
+                    args, model, sentences, labels, k, steps_ner, window=50))
                 ours = run_mtpf(args, model, "ner", {"ner_data": f"[{lab.parent}]", "ner_batch_size": args.batch_ner,
                                                      "num_clusters": k, **workers}, tmp / f"ner{r}", steps_ner)
                 rounds["mtpf"].append(ours["tokens_per_s"])
+                mtpf_runs.append(ours)
                 if "bare" not in skip:
                     rounds["bare"].append(ner_tokens / run_bare_ner(args, model, sentences, labels, k, steps_ner))
                 print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {v[-1]:.0f}" for n, v in rounds.items() if v)
-                      + f" tokens/s; mtpf/hf {rounds['mtpf'][-1] / rounds['hf'][-1]:.2f}", flush=True)
-            hf, ours_tps = median(rounds["hf"]), median(rounds["mtpf"])
-            rows += [("token CE", "HF Trainer + AutoModelForTokenClassification, group_by_length (baseline)", hf, hf),
-                     ("token CE", "mtpf ner (length-bucketed)", ours_tps, hf)]
-            results["token_ce"] = {"hf_trainer_group_by_length": hf, "mtpf_ner": {**ours, "tokens_per_s": ours_tps},
-                                   "rounds": rounds, "mtpf_vs_hf_per_round": [
-                                       m / h for m, h in zip(rounds["mtpf"], rounds["hf"])]}
+                      + f" tokens/s; mtpf/hf {rounds['mtpf'][-1] / rounds['hf'][-1]:.2f}, mtpf/hf_window50 "
+                      f"{rounds['mtpf'][-1] / rounds['hf_window50'][-1]:.2f}", flush=True)
+            hf, hf50, ours_tps = median(rounds["hf"]), median(rounds["hf_window50"]), median(rounds["mtpf"])
+            # the whole record of the median mtpf round (not the last round's with the median's rate)
+            ours = sorted(mtpf_runs, key=lambda o: o["tokens_per_s"])[(len(mtpf_runs) - 1) // 2]
+            rows += [("token CE", "HF Trainer + AutoModelForTokenClassification, group_by_length (its own window)",
+                      hf, hf),
+                     ("token CE", "HF Trainer, group_by_length in mtpf's window of 50 batches (baseline)", hf50, hf50),
+                     ("token CE", "mtpf ner (length-bucketed)", ours_tps, hf50)]
+            results["token_ce"] = {
+                "hf_trainer_group_by_length": hf, "hf_trainer_group_by_length_window50": hf50, "mtpf_ner": ours,
+                "rounds": rounds,
+                "mtpf_vs_hf_per_round": [m / h for m, h in zip(rounds["mtpf"], rounds["hf"])],
+                "mtpf_vs_hf_window50_per_round": [m / h for m, h in zip(rounds["mtpf"], rounds["hf_window50"])]}
             results["token_ce"]["mtpf_vs_hf_median_of_rounds"] = median(results["token_ce"]["mtpf_vs_hf_per_round"])
+            results["token_ce"]["mtpf_vs_hf_window50_median_of_rounds"] = median(
+                results["token_ce"]["mtpf_vs_hf_window50_per_round"])
             if rounds["bare"]:
                 bare_ner = median(rounds["bare"])
                 rows.append(("token CE", "bare loop, globally length-sorted pre-padded batches (ceiling)",
-                             bare_ner, hf))
+                             bare_ner, hf50))
                 results["token_ce"]["bare_loop"] = bare_ner
                 results["token_ce"]["mtpf_ner_vs_bare"] = ours_tps / bare_ner
         if "tpl" not in skip:
             many = read_pairs(data, 2 * args.tpl_steps * args.tpl_batch_tc)
             tsrc = write_jsonl(tmp / "tpl_pairs" / "nli.jsonl", ({"anchor": a, "positive": p} for a, p in many))
-            tpl = run_mtpf(args, model, "mtpf-tpl", {
-                "pairs": f"[{tsrc}]", "ner_data": f"[{lab.parent}]", "num_clusters": k, "tc_batch_size":
-                args.tpl_batch_tc, "ner_batch_size": min(args.tpl_batch_ner, len(sentences)),
-                "tc_mini_batch_size": "null", **workers}, tmp / "tpl", args.tpl_steps)
+            tpl_cfg = {"pairs": f"[{tsrc}]", "ner_data": f"[{lab.parent}]", "num_clusters": k,
+                       "tc_batch_size": args.tpl_batch_tc, "ner_batch_size": min(args.tpl_batch_ner, len(sentences)),
+                       "tc_mini_batch_size": "null", **workers}
+            tpl = run_mtpf(args, model, "mtpf-tpl", tpl_cfg, tmp / "tpl", args.tpl_steps)
             results["mtpf_tpl"] = {"batch_tc": args.tpl_batch_tc, "batch_ner": args.tpl_batch_ner, **tpl}
             if args.tpl_mask_ab:  # the same steps with the 2-D mask (one host read per forward), side by side
-                tpl2d = run_mtpf(args, model, "mtpf-tpl", {
-                    "pairs": f"[{tsrc}]", "ner_data": f"[{lab.parent}]", "num_clusters": k, "tc_batch_size":
-                    args.tpl_batch_tc, "ner_batch_size": min(args.tpl_batch_ner, len(sentences)),
-                    "tc_mini_batch_size": "null", "full_attention_mask": "false", **workers}, tmp / "tpl2d",
-                    args.tpl_steps)
-                results["mtpf_tpl_2d_mask"] = tpl2d
+                results["mtpf_tpl_2d_mask"] = run_mtpf(args, model, "mtpf-tpl", {**tpl_cfg, "full_attention_mask":
+                                                                                 "false"}, tmp / "tpl2d", args.tpl_steps)
 
     print(f"\ndevice {args.device} {results['gpu'] or ''}, threads {args.threads}")
     print(f"{'step':12} {'implementation':72} {'tokens/s':>10} {'vs base':>8}")

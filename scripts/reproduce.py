@@ -31,9 +31,9 @@ atomically after every cell). A unit counts as done only if its cells were made 
 command builds (recipe defaults resolved, ``args:`` flags included). A run killed at any point recomputes nothing
 already recorded, and a fresh work folder (another machine, a wiped disk) starts from the committed
 ``results_dir``: recorded units are not evaluated again, and a model none of whose units is left is not
-pre-finetuned again. ``--status`` (with
-the flags of the run) prints what is left, seed by seed and model by model, and the wall time it should take at
-``--jobs`` from the recorded ``timings.json``, without running or writing anything.
+pre-finetuned again. ``--status`` (with the flags of the run) prints what is left, seed by seed and model by
+model, and the wall time it should take at ``--jobs`` from the recorded ``timings.json``, without running or
+writing anything.
 
 Results: after every finished unit its results.json, the pre-finetuning logs and ``timings.json`` (wall time and
 command of every unit) are copied to ``results_dir`` (default ``docs/results/<config name>``);
@@ -101,18 +101,21 @@ def unit_done(results: Path, task: str, datasets: list[str], fractions: list[flo
     for c in recorded(results):
         if c.get("task") != task or int(c.get("seed", -1)) != seed:
             continue
-        if config is not None and not same_config(c.get("config") or {}, config):
+        if config is not None and not same_config(c.get("config") or {}, config, task):
             continue
         have.add((c["dataset"], float(c["fraction"])))
     return all((Path(d).name, float(f)) in have for d in datasets for f in fractions)
 
 
-def same_config(stored: dict, expected: dict) -> bool:
+def same_config(stored: dict, expected: dict, task: str) -> bool:
     """``stored`` (a cell's config) equals ``expected``; a field added to the config since the cell ran counts as
     equal when it is at its default (the default is what that cell ran with: e.g. NerConfig.cpu_speedups)."""
-    defaults = expected.get("__defaults__", {})
-    return all((stored[k] == v) if k in stored else (k in defaults and defaults[k] == v)
-               for k, v in expected.items() if k != "__defaults__")
+    from mtpf.downstream.ner import NerConfig
+    from mtpf.downstream.tc import TCConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(NerConfig if task == "ner" else TCConfig)}
+    return all(stored[k] == v if k in stored else defaults.get(k, dataclasses.MISSING) == v
+               for k, v in expected.items())
 
 
 def expected_config(evaluate_args: list[str], task: str) -> dict:
@@ -121,14 +124,9 @@ def expected_config(evaluate_args: list[str], task: str) -> dict:
     from mtpf.cli import build_parser
     from mtpf.downstream.cli import _ner_config, _tc_config
 
-    from mtpf.downstream.ner import NerConfig
-    from mtpf.downstream.tc import TCConfig
-
     args = build_parser().parse_args(["evaluate", *evaluate_args])
     cfg = _ner_config(args) if task == "ner" else _tc_config(args)
-    defaults = {f.name: f.default for f in dataclasses.fields(NerConfig if task == "ner" else TCConfig)
-                if f.default is not dataclasses.MISSING}
-    return json.loads(json.dumps({**cfg.to_dict(), "__defaults__": defaults}))
+    return json.loads(json.dumps(cfg.to_dict()))  # as stored in results.json
 
 
 def _count(units: list[tuple[str, str]]) -> list[str]:

@@ -16,7 +16,7 @@ def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if CUDA else "cpu")
     assert resolve_device(None).type == resolve_device("auto").type
-    for bad in ("gpu", "cuda:x", "tpu:0"):
+    for bad in ("gpu", "cuda:x", "cuda:", "tpu:0"):
         with pytest.raises(ConfigError, match="expected auto"):
             resolve_device(bad)
     if not CUDA:

@@ -275,8 +275,13 @@ def test_runtime_row_scores_what_the_suite_scores(fake_run, small_data, tmp_path
     assert "runtime torch" in (tmp_path / "rt-torch" / "tables.md").read_text()
     # a new --label renames the row (its cells are reused, not shown as "—"); an app changed in place (retrained
     # with --overwrite) is scored again: cells are keyed by the app's content, not its folder
-    app_json = tmp_path / "ner" / "mtpf_app.json"
-    app_json.write_text(app_json.read_text() + "\n")
+    from safetensors.numpy import load_file, save_file
+
+    head = tmp_path / "ner" / "head.safetensors"
+    weights = load_file(str(head))
+    save_file({**weights, "bias": weights["bias"] + 0.5}, str(head))  # as a retrain would: other weights
+    (tmp_path / "tc" / "hf").mkdir()  # an export beside the TC app's files: not what it computes, cell reused
+    (tmp_path / "tc" / "hf" / "model.safetensors").write_bytes(b"not read")
     rc = main(["evaluate-runtime", "--backbone", m.backbone, "--label", "int8 later", "--backend", "torch",
                "--ner-app", f"{small_data['ner']}={tmp_path / 'ner'}", "--tc-app", str(tmp_path / "tc"),
                "--cls", small_data["cls"], "--output", str(tmp_path / "rt-torch"), "--no-progress"])

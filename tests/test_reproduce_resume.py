@@ -25,10 +25,6 @@ class Killed(Exception):
     pass
 
 
-def _stored(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k != "__defaults__"}
-
-
 class FakeMtpf:
     """Stands in for the mtpf CLI: writes what each command would, one cell at a time, skipping recorded cells
     like the suite does; ``kill_after`` cells it dies mid-unit."""
@@ -87,11 +83,11 @@ class FakeMtpf:
         path = out / "results.json"
         results = json.loads(path.read_text()) if path.is_file() else {"format": "mtpf-eval/1", "cells": []}
         if "--ner" in args:  # the config the real suite stores: what the flags build
-            config = _stored(repro.expected_config(args[1:], "ner"))
+            config = repro.expected_config(args[1:], "ner")
             todo = [("ner", Path(d).name, float(f), config) for d in many("--ner")
                     for f in opt("--fractions").split(",")]
         else:
-            todo = [("tc", Path(d).name, 1.0, _stored(repro.expected_config(args[1:], "tc"))) for d in many("--cls")]
+            todo = [("tc", Path(d).name, 1.0, repro.expected_config(args[1:], "tc")) for d in many("--cls")]
         for task, ds, frac, config in todo:
             key = f"{label}|{task}|{ds}|{frac}|{seed}|{json.dumps(config, sort_keys=True)}"
             if any(c["key"] == key for c in results["cells"]):
@@ -405,12 +401,11 @@ def test_a_unit_made_with_another_recipe_is_not_taken_as_done(tmp_path):
                                                   "config": config}]}))
         return repro.unit_done(results, "ner", ["d/conll2003"], [0.1], 1, want)
 
-    assert store(_stored(want))
-    assert not store({**_stored(want), "epochs_warmup": 10, "epochs": 5})  # the fixed epochs used at first
-    assert not store(_stored(repro.expected_config([*cmd, "--recipe", "paper"], "ner")))  # a recipe from args:
-    older = {k: v for k, v in _stored(want).items() if k != "cpu_speedups"}  # before the field existed
-    assert store(older)
-    assert not store({k: v for k, v in _stored(want).items() if k != "epochs"})  # a missing non-default field
+    assert store(want)
+    assert not store({**want, "epochs_warmup": 10, "epochs": 5})  # the fixed epochs used at first
+    assert not store(repro.expected_config([*cmd, "--recipe", "paper"], "ner"))  # a recipe from args:
+    assert store({k: v for k, v in want.items() if k != "cpu_speedups"})  # before the field existed
+    assert not store({k: v for k, v in want.items() if k != "epochs"})  # a missing non-default field
 
 
 def test_a_fresh_work_folder_recomputes_nothing_committed(tmp_path):

@@ -26,8 +26,8 @@ def resolve_device(spec: str | None = "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if text == "cpu":
         return torch.device("cpu")
-    kind, _, index = text.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
+    kind, colon, index = text.partition(":")
+    if kind != "cuda" or (colon and not index.isdigit()):  # "cuda:" or "cuda:x": not a device
         raise ConfigError(f"--device {spec!r}: expected {CHOICES_HELP}")
     if not torch.cuda.is_available():
         raise ConfigError(f"--device {spec}: no CUDA GPU is available on this machine (use --device cpu or auto)")

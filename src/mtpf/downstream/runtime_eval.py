@@ -96,14 +96,12 @@ def evaluate_runtime(backbone: str, label: str, output: str | Path, *, ner_apps:
 
     # cells are keyed by content, not by path: an app retrained into the same folder (`--overwrite`) is scored
     # again; the backbone is the one each app was trained on (registration refuses any other)
-    prints = {str(app): _folder_fingerprint(app) for app in [a for *_, a in ner_sets] + ([tc_app] if tc_app else [])}
-    backbone_of = {str(app): spec.backbone_fingerprint for _, _, spec, app in ner_sets}
-    if tc_spec is not None:
-        backbone_of[str(tc_app)] = tc_spec.backbone_fingerprint
+    specs = {str(app): spec for _, _, spec, app in ner_sets} | ({str(tc_app): tc_spec} if tc_spec else {})
+    prints = {app: _app_fingerprint(spec) for app, spec in specs.items()}
 
     def key_of(task, app, dataset_fp, extra):
-        return _hash({"task": task, "runtime": engine, "backbone": backbone_of[str(app)], "app": prints[str(app)],
-                      "dataset": dataset_fp, "seed": seed, **extra})
+        return _hash({"task": task, "runtime": engine, "backbone": specs[str(app)].backbone_fingerprint,
+                      "app": prints[str(app)], "dataset": dataset_fp, "seed": seed, **extra})
 
     wanted = {key_of("ner", app, ds.fingerprint, {}) for _, ds, _, app in ner_sets}
     wanted |= {key_of("tc", tc_app, ds.fingerprint, tc_cfg.to_dict()) for _, ds in cls_sets}
@@ -139,7 +137,7 @@ def evaluate_runtime(backbone: str, label: str, output: str | Path, *, ner_apps:
             _write_json(results_path, results)
         if tc_todo:
             rt.register_app("tc", tc_app)
-            fp = _hash({"runtime": engine, "backbone": backbone_of[str(tc_app)], "app": prints[str(tc_app)]})
+            fp = _hash({"runtime": engine, "backbone": tc_spec.backbone_fingerprint, "app": prints[str(tc_app)]})
             embedder = RuntimeEmbedder(rt, "tc", fp, tc_spec.normalize)
             for ref, ds in tqdm(tc_todo, desc=f"runtime TC ({label})", disable=not progress):
                 t0 = time.perf_counter()
@@ -173,14 +171,16 @@ def _current(results: dict, path: Path, wanted: set[str], label: str) -> dict:
     return {**results, "cells": cells}
 
 
-def _folder_fingerprint(folder) -> str:
-    """sha256 over the names and bytes of every file of an app folder (a LoRA and a head: a few MB)."""
+def _app_fingerprint(spec) -> str:
+    """What the runtime computes with for an app: its LoRA (the runtime's own ``lora_fingerprint``, as adapter
+    sharing uses), its head and the settings it is served with; not the folder's other files (a model card, an
+    ``--hf`` or ONNX export beside them), which neither change the scores nor should be hashed."""
     import hashlib
 
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(folder)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+    from mtpf.runtime.core import lora_fingerprint
+
+    meta = {"lora": lora_fingerprint(spec.path) if spec.has_lora else None, "task": spec.task, "labels": spec.labels,
+            "pooling": spec.pooling, "normalize": spec.normalize, "max_length": spec.max_length}
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    h.update(spec.head_weight.tobytes() + spec.head_bias.tobytes())
     return h.hexdigest()

@@ -128,8 +128,11 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
 
     tables = []
     # ---------------- summary (Tables 1-3)
-    every = [m for m in dict.fromkeys([*models, base])]
+    every = list(dict.fromkeys([*models, base]))
     fam = {(m, t): family_by_seed(agg, m, t, ds) for m in every for t, ds in (("ner", ner_ds), ("tc", tc_ds))}
+
+    def fam_half(m, task):  # the family average's interval, from the same seeds as its mean
+        return interval(fam[m, task].values()).half if fam[m, task] else None
     ner_avg = {m: _seed_mean(fam[m, "ner"], _mean_or_none([get(m, "ner", d) for d in ner_ds])) if ner_ds else None
                for m in every}
     tc_avg = {m: _seed_mean(fam[m, "tc"], _mean_or_none([get(m, "tc", d) for d in tc_ds])) if tc_ds else None
@@ -166,21 +169,21 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
     for m in models:
         row = [m]
         if ner_ds:
-            row.append(_delta(ner_avg[m], delta(m, "ner"), m == base, _family_half(agg, m, "ner", ner_ds)))
+            row.append(_delta(ner_avg[m], delta(m, "ner"), m == base, fam_half(m, "ner")))
         if tc_ds:
-            row.append(_delta(tc_avg[m], delta(m, "tc"), m == base, _family_half(agg, m, "tc", tc_ds)))
+            row.append(_delta(tc_avg[m], delta(m, "tc"), m == base, fam_half(m, "tc")))
         row.append(_delta(overall(m), delta(m, "all"), m == base, overall_half(m)))
         rows.append(row)
     tables.append(Table("Summary: NER = average test F1, TC = average accuracy (MTEB protocol); "
                         f"+/- against '{base}'", header, rows))
     # ---------------- per dataset (Tables 5-10)
     if ner_ds and 1.0 in fractions:
-        rows = [[m] + [cell(m, "ner", d) for d in ner_ds] + [_fmt(ner_avg[m], _family_half(agg, m, "ner", ner_ds))]
+        rows = [[m] + [cell(m, "ner", d) for d in ner_ds] + [_fmt(ner_avg[m], fam_half(m, "ner"))]
                 for m in models]
         tables.append(Table("NER sub-tasks: test F1 (entity-level micro, seqeval)", ["Model"] +
                             [abbrev(d) for d in ner_ds] + ["Average"], rows))
     if tc_ds:
-        rows = [[m] + [cell(m, "tc", d) for d in tc_ds] + [_fmt(tc_avg[m], _family_half(agg, m, "tc", tc_ds))]
+        rows = [[m] + [cell(m, "tc", d) for d in tc_ds] + [_fmt(tc_avg[m], fam_half(m, "tc"))]
                 for m in models]
         tables.append(Table("TC sub-tasks: accuracy (MTEB protocol)", ["Model"] + [abbrev(d) for d in tc_ds] +
                             ["Avg."], rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -99,8 +100,6 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 
 
 def run_keys_rotate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from mtpf.runtime.keys import KeysFileError, KeyStore
 
     path = Path(getattr(args, "keys", "mtpf-keys.json"))
@@ -240,9 +239,6 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     if args.hf:
-        from pathlib import Path
-
-        from mtpf.config import ConfigError
         from mtpf.runtime.export_cli import export_app_hf_path
         from mtpf.stages import refuse_nonempty
 
@@ -250,14 +246,12 @@ def run_export(args: argparse.Namespace) -> int:
             print("mtpf export: error: --out names one folder: run --hf and --onnx as two commands, or leave out "
                   "--out (APP/hf and APP/onnx)", file=sys.stderr)
             return 2
-        try:  # an existing folder is never replaced silently (export_app_hf swaps the whole folder)
+        try:
+            # an existing folder is never replaced silently (export_app_hf swaps the whole folder); both formats'
+            # folders are checked before either is written (ConfigError is a ValueError)
             refuse_nonempty(Path(args.out) if args.out else Path(args.path) / "hf", args.overwrite, "--out")
             if args.onnx:
                 refuse_nonempty(Path(args.path) / "onnx", args.overwrite, "--out")
-        except ConfigError as exc:
-            print(f"mtpf export: error: {exc}", file=sys.stderr)
-            return 2
-        try:
             print(f"mtpf export: {export_app_hf_path(args.path, out=args.out, backbone=args.backbone)}")
         except (ValueError, FileNotFoundError) as exc:
             print(f"mtpf export: error: {exc}", file=sys.stderr)
@@ -267,8 +261,6 @@ def run_export(args: argparse.Namespace) -> int:
     if not args.onnx:
         print("mtpf export: error: choose an export format: --onnx or --hf", file=sys.stderr)
         return 2
-    from pathlib import Path
-
     from mtpf.runtime.export_cli import export_path
     from mtpf.runtime.onnx_export import ExportVerificationError
     from mtpf.stages import begin, mark_done, refuse_nonempty

@@ -393,27 +393,23 @@ class Runtime:
 
     def _enqueue(self, req: _Request, empty=None) -> Future:
         req.future.add_done_callback(lambda _f, r=req: self._release(r, [a.spec.name for a in r.apps]))
-        if not req.texts and not self._closed:
-            req.future.set_result(empty if empty is not None else [])
-            return req.future
-        if self.batching:
-            with self._enqueue_lock:
-                closed = self._closed
-                if not closed:
-                    try:
-                        self._queue.put_nowait(req)
-                    except queue.Full:
-                        exc = RuntimeOverloadedError(f"request queue full ({self._queue.maxsize} requests waiting)")
-                        req.future.set_exception(exc)
-                        raise exc from None
-        else:
-            closed = self._closed
-        if closed:
-            req.future.set_exception(RuntimeClosedError("runtime is closed"))
-            raise RuntimeClosedError("runtime is closed")
-        if not self.batching:
-            with self._sync_lock:
-                self._serve([req])
+        with self._enqueue_lock:  # close() takes it too: nothing is queued behind its sentinel
+            if self._closed:
+                req.future.set_exception(RuntimeClosedError("runtime is closed"))
+                raise RuntimeClosedError("runtime is closed")
+            if not req.texts:
+                req.future.set_result(empty if empty is not None else [])
+                return req.future
+            if self.batching:
+                try:
+                    self._queue.put_nowait(req)
+                except queue.Full:
+                    exc = RuntimeOverloadedError(f"request queue full ({self._queue.maxsize} requests waiting)")
+                    req.future.set_exception(exc)
+                    raise exc from None
+                return req.future
+        with self._sync_lock:
+            self._serve([req])
         return req.future
 
     def _release(self, req: _Request, names: list[str]) -> None:
