@@ -174,7 +174,7 @@ def run_suite(cfg: SuiteConfig) -> dict:
     if cls_sets:
         from mtpf.downstream.tc import make_classifier
 
-        make_classifier(cfg.tc_cfg, 0)  # bad classifier options: a ConfigError now
+        make_classifier(cfg.tc_cfg, 0, check=True)  # bad classifier options: a ConfigError now
     for ref, ds in cls_sets:
         if cfg.tc_cfg.split not in ds.splits:
             raise ConfigError(f"{ref}: no {cfg.tc_cfg.split} split to evaluate on (has {sorted(ds.splits)})")

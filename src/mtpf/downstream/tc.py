@@ -114,16 +114,18 @@ def experiment_indices(labels, samples_per_label: int | None, n_experiments: int
     return out
 
 
-def make_classifier(cfg: TCConfig, seed: int, max_iter: int | None = None):
-    from sklearn.base import clone
-
+def make_classifier(cfg: TCConfig, seed: int, max_iter: int | None = None, check: bool = False):
+    """The classifier of ``cfg``. ``check``: also fit a copy of a logistic regression on 2 points, since sklearn
+    checks parameter values only in fit (once, where a command starts: not a traceback after the embedding, and
+    not per experiment)."""
     if cfg.classifier == "logreg":
+        from sklearn.base import clone
         from sklearn.linear_model import LogisticRegression
 
         try:
             clf = LogisticRegression(max_iter=max_iter or cfg.max_iter, **cfg.classifier_args)
-            # sklearn checks parameter values only in fit: a 2-point fit now, not a traceback after the embedding
-            clone(clf).fit(np.array([[0.0], [1.0]]), [0, 1])
+            if check:
+                clone(clf).fit(np.array([[0.0], [1.0]]), [0, 1])
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"LogisticRegression({cfg.classifier_args}, max_iter={max_iter or cfg.max_iter}): "
                               f"{str(exc).splitlines()[0]}") from None
@@ -249,7 +251,7 @@ def adapt_tc(model_ref, dataset, output: str | os.PathLike, cfg: TCConfig, seed:
 
     # the classifier first: bad options fail before the texts are embedded
     clf = make_classifier(TCConfig(classifier="logreg", max_iter=max_iter, classifier_args=cfg.classifier_args),
-                          seed)
+                          seed, check=True)
     embedder = Embedder(model_ref, cfg, cache_dir, progress, device)
     train = dataset.splits["train"]
     label_id = {name: i for i, name in enumerate(dataset.label_names)}
