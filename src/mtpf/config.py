@@ -17,31 +17,26 @@ import yaml
 T = TypeVar("T")
 
 
-def positive_int(text: str) -> int:
-    """argparse ``type`` of counts that must be >= 1 (``--threads``): the mistake is reported by argparse, before
-    torch's own check fails deep inside a command."""
+def bounded_int(low: int, high: int | None = None):
+    """An argparse ``type``: a whole number in [low, high]. The mistake is reported by argparse (one line, exit
+    2), before a library's own check fails deep inside a command (torch's thread count, numpy's seed range,
+    socket.bind's OverflowError for a port)."""
     import argparse
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {'...' if high is None else high}], got {value}")
+        return value
+
+    return parse
 
 
-def seed_int(text: str) -> int:
-    """argparse ``type`` of a seed: a whole number in [0, 2**32) (numpy's and torch's range)."""
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
-    return value
+positive_int = bounded_int(1)  # counts (--threads)
+seed_int = bounded_int(0, 2**32 - 1)  # numpy's and torch's seed range
 
 
 class ConfigError(ValueError):

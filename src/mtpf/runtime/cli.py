@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from mtpf.config import positive_int
+from mtpf.config import bounded_int, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
                    help="enable POST/DELETE /v1/admin/apps (hot register/unregister) behind an admin key; the "
                         "admin key may also call every app")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=port_int, default=8000, help="TCP port, 0-65535 (0: any free port)")
+    p.add_argument("--port", type=bounded_int(0, 65535), default=8000, help="TCP port, 0-65535 (0: any free port)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     add_device_argument(p, "the backbone (PyTorch; ONNX Runtime's CUDA provider when installed)")
     p.add_argument("--int8", action="store_true", help="ONNX backend: use the int8 (dynamic, per-channel) graphs")
@@ -123,17 +123,6 @@ def run_keys_rotate(args: argparse.Namespace) -> int:
     print(f"new API key for app {args.app}: {key}  (shown once; the old key no longer works; stored hashed in "
           f"{path})")
     return 0
-
-
-def port_int(text: str) -> int:
-    """argparse ``type`` of --port (socket.bind raises OverflowError, not OSError, outside 0-65535)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in 0-65535, got {value}")
-    return value
 
 
 def _bind(host: str, port: int):
