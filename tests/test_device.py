@@ -194,3 +194,20 @@ def test_second_adaptation_with_another_precision_gets_a_fresh_accelerator(monke
     monkeypatch.undo()
     acc = _accelerator(torch.device("cpu"))
     assert acc.mixed_precision == "no" and acc.device.type == "cpu"
+
+
+def test_seed_dropout_per_rank_keeps_rank_0_and_separates_the_others():
+    import torch
+
+    from mtpf.device import seed_dropout_per_rank
+
+    def draws(rank):
+        torch.manual_seed(7)
+        seed_dropout_per_rank(7, rank)
+        return torch.rand(8)
+
+    torch.manual_seed(7)
+    expected = torch.rand(8)
+    assert torch.equal(draws(0), expected)  # rank 0 (and a single process): the stream is unchanged
+    assert torch.equal(draws(1), draws(1))
+    assert not torch.equal(draws(1), draws(0)) and not torch.equal(draws(1), draws(2))

@@ -120,3 +120,34 @@ def test_two_process_adapt_ner_writes_one_app(tiny_bert, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("NER app adapter:") == 1, r.stdout
     assert (app / "mtpf_app.json").is_file() and (app / "README.md").is_file()
+
+
+def test_ranks_draw_their_own_dropout_but_share_weights(tiny_bert, toy_data, tmp_path, monkeypatch):
+    """Every rank seeds torch alike (weight init must agree); after DDP's weight copy, rank r > 0 reseeds, so the
+    ranks do not drop the same units of their different examples. Rank 0 keeps the single-process stream."""
+    from accelerate import Accelerator
+    from conftest import tiny_run_overrides
+
+    from mtpf.config import load_config
+    from mtpf.recipes.pretrain import PretrainConfig, PretrainRecipe
+
+    def train_mode_output(rank, name):
+        monkeypatch.setattr(Accelerator, "process_index", property(lambda self: rank))
+        cfg = load_config(PretrainConfig, None, tiny_run_overrides(tiny_bert, toy_data, tmp_path / name,
+                                                                   strategy="ner"))
+        recipe = PretrainRecipe(cfg)
+        recipe.setup()
+        model = recipe.accelerator.unwrap_model(recipe.model)
+        model.train()
+        ids = torch.tensor([[101, 2040, 2001, 1037, 3899, 102]])
+        with torch.no_grad():
+            out = model(task="ner", input_ids=ids, attention_mask=torch.ones_like(ids))
+        return {k: v.clone() for k, v in model.state_dict().items()}, out
+
+    w0, out0 = train_mode_output(0, "r0")
+    w0b, out0b = train_mode_output(0, "r0b")
+    w1, out1 = train_mode_output(1, "r1")
+    w1b, out1b = train_mode_output(1, "r1b")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)  # same init on every rank
+    assert torch.equal(out0, out0b) and torch.equal(out1, out1b)  # each rank's stream is seeded
+    assert not torch.allclose(out0, out1)  # but the ranks' dropout masks differ

@@ -23,6 +23,21 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def seed_dropout_per_rank(seed: int, rank: int) -> None:
+    """Give each process of a DDP run its own dropout stream, after DDP has copied rank 0's weights.
+
+    Every rank starts from the same ``torch.manual_seed(seed)`` (weight init must agree), so without this every
+    rank would draw the same dropout masks for its (different) examples, and a 16-GPU run would have 1/16 of the
+    dropout noise it should. Rank 0 keeps its stream, so a single-process run is unchanged; rank r > 0 reseeds
+    torch's generator (CPU and CUDA) with ``seed * 1_000_003 + r``. A checkpoint stores every rank's generator
+    (accelerate's ``random_states_{rank}.pkl``), so a resumed run continues each rank's own stream.
+    """
+    if rank:
+        import torch
+
+        torch.manual_seed(seed * 1_000_003 + rank)
+
+
 def resolve_device(spec: str | None = "auto"):
     """``"auto"|"cpu"|"cuda"|"cuda:N"`` (or a ``torch.device``) -> ``torch.device``; a clear ConfigError for a GPU
     that is not there."""

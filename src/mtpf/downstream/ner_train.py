@@ -20,6 +20,7 @@ from torch import nn
 
 from mtpf.config import ConfigError
 from mtpf.data.pipeline import to_device
+from mtpf.device import seed_dropout_per_rank
 from mtpf.downstream.ner_config import NerConfig
 from mtpf.downstream.ner_data import IGNORE, EncodedNer, bucket_batches, encode_ner, pad_pieces
 from mtpf.downstream.ner_metrics import evaluate_split
@@ -212,6 +213,7 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
 
             pack = cpu_speed.install(model.encoder)
         wrapped, opt = acc.prepare(model, opt)
+        seed_dropout_per_rank(seed + 1, rank)  # the batch order (numpy rng) stays shared: each rank takes its share
         lengths = [len(x) for x in train_enc.ids]
         bar = tqdm(total=epochs * n_batches, desc="stage 2 (LoRA+head)", unit="batch",
                    leave=False, disable=not progress, dynamic_ncols=True)

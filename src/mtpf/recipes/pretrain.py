@@ -200,6 +200,8 @@ class PretrainRecipe:
         from accelerate import Accelerator, DistributedDataParallelKwargs
         from accelerate.utils import set_seed
 
+        from mtpf.device import seed_dropout_per_rank
+
         cfg = self.cfg
         self.tasks = cfg.resolved_tasks()
         precision = cfg.mixed_precision
@@ -261,6 +263,7 @@ class PretrainRecipe:
                                        num_warmup_steps=int(cfg.warmup_ratio * cfg.max_steps),
                                        num_training_steps=cfg.max_steps)
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        seed_dropout_per_rank(cfg.seed, acc.process_index)  # before _resume, which restores each rank's stream
         # No sampler state: batch k is a pure function of (seed, k), and k follows from the step.
         acc.register_for_checkpointing(self.scheduler, _StepCounter(self))
         self.shared_params, self.owned = self._parameter_ownership()
