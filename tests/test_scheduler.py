@@ -154,3 +154,16 @@ def test_long_text_waits_for_room_and_is_not_overtaken():
     assert [k for k, _, _ in rt.pending] == ["B"]
     rt.drain()
     assert [k for k, _ in rt.log] == ["A", "B", "A", "C"]
+
+
+def test_a_weighted_request_takes_the_room_of_that_many_calls():
+    """An analyze request over 2 apps (weight 2) costs each text twice: its chunks hold half the texts, and an
+    app with a plain request gets a turn after each of them."""
+    rt, s = FakeRuntime(), make()
+    both = s.submit("A+B", texts("x", 4), rt.runner("A+B"), charge=("A", "B"), weight=2)
+    assert [len(t) for _, t, _ in rt.pending] == [1]  # 2 x 10 chars fill the 20-char turn with one text
+    single = s.submit("C", texts("c", 2), rt.runner("C"))
+    rt.drain()
+    assert rt.log == [("A+B", 1), ("C", 2), ("A+B", 1), ("A+B", 1), ("A+B", 1)]
+    assert both.result() == [t.upper() for t in texts("x", 4)] and len(single.result()) == 2
+    assert s.stats()["inflight_chars"] == 0

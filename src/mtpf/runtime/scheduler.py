@@ -9,7 +9,7 @@ is in flight). A large request is so cut into chunks that interleave with other 
 waits for about the work already in flight.
 
 Work is measured in characters, each text counting ``text_overhead`` (512) more: a short text still costs a
-forward row. Nothing here knows HTTP or torch: a request carries a ``run(texts) -> Future`` callable (e.g.
+forward row; a request's ``weight`` multiplies that (``/v1/analyze`` over N apps has weight N). Nothing here knows HTTP or torch: a request carries a ``run(texts) -> Future`` callable (e.g.
 ``lambda t: runtime.submit(app, "classify", t)``), so the unit tests drive it with hand-completed futures.
 
 Limits: ``max_queued_texts`` per app (texts accepted but not answered; :class:`QueueFullError` above it) and a
@@ -47,6 +47,7 @@ class _Request:
     join: Callable[[list], object]
     charge: tuple[str, ...]
     deadline: float
+    weight: int = 1  # cost multiplier of each text: an analyze request does up to one app's work per app
     future: Future = field(default_factory=Future)
     next: int = 0  # texts[:next] have been handed to the runtime
     parts: dict[int, object] = field(default_factory=dict)  # start offset -> that chunk's result
@@ -82,16 +83,18 @@ class FairScheduler:
 
     # ------------------------------------------------------------------ public
     def submit(self, key: str, texts: Sequence[str], run: Callable[[list], Future], *, join=join_lists,
-               charge: Sequence[str] | None = None, deadline_s: float | None = None) -> Future:
+               charge: Sequence[str] | None = None, deadline_s: float | None = None, weight: int = 1) -> Future:
         """Queue ``texts`` under ``key``; ``run(chunk)`` is called for each chunk and must return a Future.
 
-        ``charge``: the apps whose queued-text limit this request counts against (default: ``key``). The returned
+        ``charge``: the apps whose queued-text limit this request counts against (default: ``key``). ``weight``:
+        each text costs that many times its characters (``/v1/analyze`` over N apps: N, so one call for 8 apps
+        takes the turns and the room in flight of 8 calls, not of one). The returned
         future gets ``join(chunk results in order)``, or the first exception of a chunk (the rest is dropped),
         or :class:`DeadlineExceededError`. Cancelling it drops the chunks not yet handed to the runtime.
         """
         charge = tuple(charge) if charge is not None else (key,)
         deadline = self.clock() + (self.deadline_s if deadline_s is None else float(deadline_s))
-        req = _Request(key, list(texts), run, join, charge, deadline)
+        req = _Request(key, list(texts), run, join, charge, deadline, max(1, int(weight)))
         if not req.texts:
             req.future.set_result(join([]))
             return req.future
@@ -184,7 +187,7 @@ class FairScheduler:
                 start = end = req.next
                 cost = 0
                 while end < len(req.texts):
-                    c = self.cost(req.texts[end])
+                    c = self.cost(req.texts[end]) * req.weight
                     if used + cost == 0:
                         fits = self._inflight == 0 or c <= room
                     else:

@@ -406,10 +406,10 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
                 "fewer texts")
             raise HTTPException(504, msg) from None
 
-    def schedule(key: str, texts: list[str], run, join=join_lists, charge=None) -> Future:
+    def schedule(key: str, texts: list[str], run, join=join_lists, charge=None, weight: int = 1) -> Future:
         metrics.count_texts(len(texts))
         try:
-            return sched.submit(key, texts, run, join=join, charge=charge)
+            return sched.submit(key, texts, run, join=join, charge=charge, weight=weight)
         except QueueFullError as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
 
@@ -475,7 +475,8 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
             with contextlib.suppress(UnknownAppError):
                 accepted[a] = runtime.app_info(a).get("registration")
         results = await answer(schedule("+".join(sorted(apps)), body.texts,
-                                        lambda chunk: analyze_chunk(chunk, apps, accepted), charge=apps))
+                                        lambda chunk: analyze_chunk(chunk, apps, accepted), charge=apps,
+                                        weight=len(apps)))
         return {"apps": apps, "results": [_jsonable({a: per_text.get(a, {"error": f"no result for app {a!r}"})
                                                      for a in apps}) for per_text in results]}
 
