@@ -273,7 +273,8 @@ def test_analyze_many_apps_one_call(service, client):
 
 
 @pytest.mark.parametrize("case,expect", [("other_app", 403), ("one_of_two", 403), ("unknown", 404),
-                                         ("missing", 401), ("invalid", 401), ("no_apps", 422), ("too_many", 413)])
+                                         ("missing", 401), ("invalid", 401), ("no_apps", 422), ("too_many", 413),
+                                         ("too_many_keys", 400)])
 def test_analyze_auth(service, client, case, expect):
     k = service["keys"]
     body, headers = {"texts": ["hi"], "apps": ["tc0"]}, bearer(k["ner0"])  # other_app: A's key asks for B
@@ -289,6 +290,8 @@ def test_analyze_auth(service, client, case, expect):
         body["apps"], headers = [], bearer(k["tc0"])
     elif case == "too_many":
         body["texts"], headers = ["hi"] * 9, bearer(k["tc0"])
+    elif case == "too_many_keys":  # each key sent is hashed once per app: a list is capped at the apps' limit
+        headers = bearer_many(k["tc0"], *(f"mtpf_{i:043d}" for i in range(40)))
     r = client.post("/v1/analyze", json=body, headers=headers)
     assert r.status_code == expect, r.text
     assert r.json()["detail"]

@@ -363,7 +363,7 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
                 out.append(token.strip())
         for value in x_api_key or []:
             out.extend(k.strip() for k in value.split(",") if k.strip())
-        return out
+        return list(dict.fromkeys(out))
 
     def authorize(apps: list[str], authorization: str | None, x_api_key: list[str] | None) -> None:
         """401 no key / a key nobody owns; 404 an unknown app; 403 an app none of the keys opens."""
@@ -371,6 +371,9 @@ def create_app(runtime, keys: KeyStore, limits: Limits | None = None, admin: boo
         if not sent:
             raise HTTPException(401, "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                                 headers={"WWW-Authenticate": "Bearer"})
+        if len(sent) > limits.max_apps:  # each key is hashed once per registered app, on the event loop
+            raise HTTPException(400, f"{len(sent)} API keys sent; send at most {limits.max_apps} (one per app "
+                                     "called)")
         unknown = [a for a in apps if not runtime.has_app(a)]
         if unknown:
             raise HTTPException(404, f"unknown app {unknown[0]!r}" if len(unknown) == 1 else
