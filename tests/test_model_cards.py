@@ -201,3 +201,14 @@ def test_push_without_the_hub_is_one_line_and_exit_2(run_dir, capsys):
     assert cli_main(["push", str(run_dir / "backbone"), "--repo-id", "me/x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "upload to me/x failed" in err[0], err
+
+
+def test_hub_base_model_keeps_hub_ids_and_drops_missing_paths(tmp_path):
+    from mtpf.cards import PACKAGED_HUB_ID, hub_base_model
+
+    assert hub_base_model("packaged") == PACKAGED_HUB_ID
+    assert hub_base_model("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert hub_base_model("bert-base-uncased") == "bert-base-uncased"
+    # a run's config.model that was a path relative to another working directory is not a Hub id
+    for gone in ("runs/s42/PF_for_NER", "../runs/x", "~/models/x", str(tmp_path / "gone"), "my model"):
+        assert hub_base_model(gone) is None, gone

@@ -66,8 +66,14 @@ def hub_base_model(ref: str | os.PathLike | None) -> str | None:
     if ref == "packaged":
         return PACKAGED_HUB_ID
     path = Path(ref)
-    if not path.exists():
-        return ref if not ref.startswith((".", "/", "~")) else None
+    if not path.exists():  # a hub id, or a local path that is gone (e.g. a relative one from another cwd)
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(ref)  # "name" or "org/name" of allowed characters; "runs/s42/x", "../x" are not
+        except HFValidationError:
+            return None
+        return None if ref.startswith("~") else ref
     for run in (path, path.parent, path.parent.parent):  # RUN, RUN/backbone, RUN/adapters/tc
         if (run / "run.json").is_file():
             try:
