@@ -27,10 +27,12 @@ from pathlib import Path
 from mtpf.downstream.stats import interval
 from mtpf.downstream.suite import read_cells
 from mtpf.downstream.tables import (
+    MATCH_MARGIN,
     Claim,
     aggregate,
     build_tables,
     claim_interval,
+    common_seeds,
     dataset_order,
     family_by_seed,
     paired_table,
@@ -114,7 +116,7 @@ def reading(cells: list[dict], cls: list[Claim], order: dict) -> list[str]:
         if iv is not None:
             groups[v.split(" (")[0]].append(f"{c.text} ({iv.format(signed=True)}, n={iv.n})")
     text = {"holds": "Hold (the 95 % interval excludes 0 in the paper's direction)",
-            "matches": "Consistent with the paper's 'matches' (no difference resolved; not worse)",
+            "matches": f"Consistent with the paper's 'matches' (the whole interval within ±{MATCH_MARGIN:g} point)",
             "contradicted": "Contradicted (the interval excludes 0 against the paper)",
             "not resolved": "Not resolved at this number of seeds (the interval contains 0)",
             "one seed: no interval": "One seed only: no interval, so no claim can be decided"}
@@ -248,13 +250,24 @@ def main() -> None:
     base = manifest.get("base") or models[0]
     runtime_labels = sorted({c["model"] for c in cells if "runtime" in c})
     main_models = [m for m in models if m not in runtime_labels]
-    full = [c for c in cells if float(c["fraction"]) == 1.0]
     seeds = sorted({int(c["seed"]) for c in cells})
+    done = {s: sum(int(c["seed"]) == s for c in cells if c["model"] in main_models) for s in seeds}
+    # every table, difference and figure below over the same seeds: those every measured cell has
+    cells, used, left_out = common_seeds(cells, set(main_models))
+    full = [c for c in cells if float(c["fraction"]) == 1.0]
     per_cell = sorted({e["n"] for e in aggregate(cells).values()})
     n_text = str(per_cell[0]) if len(per_cell) == 1 else f"{per_cell[0]} to {per_cell[-1]}"
     out = [(f"Seeds: {', '.join(map(str, seeds))}; seeds per table cell: {n_text}. "
            "With several seeds every score is mean ± half-width of its 95 % t interval over seeds (a family average: "
            "the interval of its per-seed averages); one seed prints the plain mean, with no interval."), ""]
+    if left_out:
+        out += [(f"**Under way:** result cells per seed so far: "
+                 f"{', '.join(f'{s}: {done[s]}' for s in seeds)}. The tables, differences and figures use seed"
+                 f"{'s' if len(used) > 1 else ''} {', '.join(map(str, used))}, which every cell has; seed"
+                 f"{'s' if len(left_out) > 1 else ''} {', '.join(map(str, left_out))} enter"
+                 f"{'' if len(left_out) > 1 else 's'} them once every cell has "
+                 f"{'them' if len(left_out) > 1 else 'it'}, so that no row, difference or bold mean compares "
+                 "different seeds."), ""]
     for title, rows in GROUPS.items():
         rows = [m for m in rows if m in models]
         summary = build_tables(full, rows, base, ner_order, tc_order)[0]

@@ -103,9 +103,10 @@ def test_tables_with_an_ner_order_but_no_ner_cells_yet():
     assert any(t.title.startswith("TC sub-tasks") for t in tables)
 
 
-def test_summary_means_and_deltas_use_the_seeds_of_their_intervals():
-    """Mid-reproduction a model may have a seed on one dataset only: the family mean must come from the seeds
-    complete on every dataset (those of its interval), and the delta to the base from the seeds both share."""
+def test_summary_means_and_deltas_use_the_seeds_every_row_has():
+    """Mid-reproduction a model may have a seed on one dataset only. Every number of the table (means, intervals,
+    deltas) then comes from the seeds every row has on every dataset, so a delta agrees with the means beside it;
+    the title says which seed waits."""
     from mtpf.downstream.tables import build_tables
 
     def cell(model, ds, seed, score):
@@ -113,8 +114,40 @@ def test_summary_means_and_deltas_use_the_seeds_of_their_intervals():
                 "seed": seed, "main_score": score / 100, "metrics": {"f1": score / 100}}
 
     cells = [cell("Base", "A", 42, 80), cell("Base", "B", 42, 70), cell("Base", "A", 43, 84), cell("Base", "B", 43, 74),
-             cell("M", "A", 42, 80), cell("M", "B", 42, 70), cell("M", "A", 43, 60)]  # M's seed 43: A only so far
-    summary = build_tables(cells, ["Base", "M"], "Base", ["A", "B"], [])[0]
+             cell("M", "A", 42, 82), cell("M", "B", 42, 70), cell("M", "A", 43, 60)]  # M's seed 43: A only so far
+    summary, per_dataset = build_tables(cells, ["Base", "M"], "Base", ["A", "B"], [])[:2]
     rows = {r[0]: r for r in summary.rows}
-    assert rows["M"][1] == "75.0+0.0"  # seed 42 of both datasets; the same as the base at that seed
-    assert rows["Base"][1] == "77.0 ± 25.4"  # seeds 42 and 43: 75 and 79
+    assert rows["Base"][1] == "75.0" and rows["M"][1] == "76.0+1.0"  # seed 42 of both: 75 and 76
+    assert "(seed 42: seed 43 left out until every row has it)" in summary.title
+    assert [r[1:] for r in per_dataset.rows] == [["80.0", "70.0", "75.0"], ["82.0", "70.0", "76.0"]]
+    complete = cells + [cell("M", "B", 43, 70)]  # M's seed 43 done: both seeds, everywhere
+    rows = {r[0]: r for r in build_tables(complete, ["Base", "M"], "Base", ["A", "B"], [])[0].rows}
+    assert rows["Base"][1] == "77.0 ± 25.4" and rows["M"][1].startswith("70.5 ± ") and rows["M"][1].endswith("(-6.5)")
+
+
+def test_rounded_zero_differences_print_one_way():
+    from mtpf.downstream.tables import _delta, signed
+
+    assert signed(-0.003) == signed(0.004) == "+0.0" and signed(-0.06) == "-0.1"
+    assert _delta(63.0, -0.025, False) == "63.0+0.0"
+    assert stats.Interval(-0.0029, 0.5, 3).format(signed=True) == "+0.0 ± 0.5"
+
+
+def test_match_needs_a_narrow_interval_not_just_one_that_contains_zero():
+    from mtpf.downstream.tables import verdict
+
+    wide = stats.interval([-6, 0.5, -4])  # -3.2 ± 8.3: contains 0, says nothing about a match
+    assert verdict(wide, 0).startswith("not resolved")
+    narrow = stats.interval([-0.2, 0.1, 0.3])
+    assert verdict(narrow, 0).startswith("matches")
+    assert verdict(stats.interval([-2.0, -2.1, -1.9]), 0) == "contradicted (worse)"
+
+
+def test_t_quantile_without_scipy_beyond_the_table(monkeypatch):
+    import builtins
+
+    exact = {df: stats.t_quantile(df) for df in (31, 40, 60, 200)}
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name.startswith("scipy") else real_import(name, *a, **k))
+    assert [stats.t_quantile(df) for df in exact] == pytest.approx(list(exact.values()), abs=1e-3)

@@ -66,6 +66,38 @@ def aggregate(cells: list[dict]) -> dict:
     return out
 
 
+def common_seeds(cells: list[dict], models=None) -> tuple[list[dict], list, list]:
+    """The cells of the seeds that every measured (model, task, dataset, share) of ``models`` has.
+
+    While a reproduction is under way one model may have a seed the others do not have yet. A row averaged over
+    more seeds than its neighbours (or than its paired delta) then differs from them by the seed, not the model:
+    a mean can be bolded over a better one and a delta disagree in sign with the two means printed beside it.
+    So a table uses the seeds complete everywhere in it. ``models``: whose cells count (default all); cells of
+    other models and runtime-row cells (measured at one seed by design) are kept as they are. Returns (cells, seeds
+    used, seeds left out); with no seed common to all, the cells unchanged and nothing left out.
+    """
+    def counted(c):
+        return (models is None or c["model"] in models) and "runtime" not in c
+
+    groups = defaultdict(set)
+    for c in cells:
+        if counted(c):
+            groups[(c["model"], c["task"], c["dataset"], float(c["fraction"]))].add(c.get("seed", 42))
+    if not groups:
+        return cells, [], []
+    every = set().union(*groups.values())
+    common = set.intersection(*groups.values())
+    if not common or common == every:
+        return cells, sorted(every), []
+    return ([c for c in cells if not counted(c) or c.get("seed", 42) in common], sorted(common),
+            sorted(every - common))
+
+
+def signed(x: float, digits: int = 1) -> str:
+    """A difference with its sign; one that rounds to zero prints as ``+0.0`` (never ``-0.0``)."""
+    return f"{round(x, digits) + 0.0:+.{digits}f}"
+
+
 def _fmt(v: float | None, half: float | None = None) -> str:
     if v is None:
         return "—"
@@ -76,7 +108,7 @@ def _delta(v: float | None, delta: float | None, is_base: bool, half: float | No
     """``60.8+1.7`` with one seed, ``60.8 ± 0.4 (+1.7)`` with an interval (``delta``: the difference to the base)."""
     if v is None or is_base or delta is None:
         return _fmt(v, half)
-    return f"{v:.1f}{delta:+.1f}" if half is None else f"{_fmt(v, half)} ({delta:+.1f})"
+    return f"{v:.1f}{signed(delta)}" if half is None else f"{_fmt(v, half)} ({signed(delta)})"
 
 
 def _seed_mean(by_seed: dict, fallback: float | None) -> float | None:
@@ -103,17 +135,14 @@ def family_by_seed(agg: dict, model: str, task: str, datasets: list[str], frac: 
     return {s: statistics.fmean(e["by_seed"][s] for e in entries) for s in sorted(seeds)}
 
 
-def _family_half(agg, model, task, datasets, frac=1.0) -> float | None:
-    by_seed = family_by_seed(agg, model, task, datasets, frac)
-    return interval(by_seed.values()).half if by_seed else None
-
-
 def _mean_or_none(vals):
     return statistics.fmean(vals) if vals and all(v is not None for v in vals) else None
 
 
 def build_tables(cells: list[dict], models: list[str], base: str, ner_order: list[str] | None = None,
                  tc_order: list[str] | None = None) -> list[Table]:
+    every = list(dict.fromkeys([*models, base]))
+    cells, used, left_out = common_seeds(cells, every)  # every row of every table over the same seeds
     agg = aggregate(cells)
     ner_ds = ner_order or sorted({c["dataset"] for c in cells if c["task"] == "ner"})
     tc_ds = tc_order or sorted({c["dataset"] for c in cells if c["task"] == "tc"})
@@ -129,7 +158,6 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
 
     tables = []
     # ---------------- summary (Tables 1-3)
-    every = list(dict.fromkeys([*models, base]))
     fam = {(m, t): family_by_seed(agg, m, t, ds) for m in every for t, ds in (("ner", ner_ds), ("tc", tc_ds))}
 
     def fam_half(m, task):  # the family average's interval, from the same seeds as its mean
@@ -175,8 +203,11 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
             row.append(_delta(tc_avg[m], delta(m, "tc"), m == base, fam_half(m, "tc")))
         row.append(_delta(overall(m), delta(m, "all"), m == base, overall_half(m)))
         rows.append(row)
+    note = (f" (seed{'s' if len(used) > 1 else ''} {', '.join(map(str, used))}: seed"
+            f"{'s' if len(left_out) > 1 else ''} {', '.join(map(str, left_out))} left out until every row has "
+            f"{'them' if len(left_out) > 1 else 'it'})") if left_out else ""
     tables.append(Table("Summary: NER = average test F1, TC = average accuracy (MTEB protocol); "
-                        f"+/- against '{base}'", header, rows))
+                        f"+/- against '{base}'{note}", header, rows))
     # ---------------- per dataset (Tables 5-10)
     if ner_ds and 1.0 in fractions:
         rows = [[m] + [cell(m, "ner", d) for d in ner_ds] + [_fmt(ner_avg[m], fam_half(m, "ner"))]
@@ -194,8 +225,10 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
         for f in fractions:
             for m in models:
                 vals = [get(m, "ner", d, f) for d in ner_ds]
+                by_seed = family_by_seed(agg, m, "ner", ner_ds, f)  # mean and interval from the same seeds
                 rows.append([f"{100 * f:g}%", m] + [cell(m, "ner", d, f) for d in ner_ds] +
-                            [_fmt(_mean_or_none(vals), _family_half(agg, m, "ner", ner_ds, f))])
+                            [_fmt(_seed_mean(by_seed, _mean_or_none(vals)),
+                                  interval(by_seed.values()).half if by_seed else None)])
         tables.append(Table("NER under data scarcity: test F1 by share of the train split", ["Data Portion",
                             "Approach"] + [abbrev(d) for d in ner_ds] + ["Average"], rows, numeric_from=2,
                             group_col=0))
@@ -231,10 +264,13 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
     return tables
 
 
+MATCH_MARGIN = 1.0  # percentage points: "a matches b" needs the difference's whole 95 % interval within ±1
+
+
 @dataclass
 class Claim:
     """``a`` minus ``b`` on one task family at one NER train share; ``expect`` is what the paper reports
-    (+1: a better, -1: a worse, 0: a matches b, i.e. is not worse)."""
+    (+1: a better, -1: a worse, 0: a matches b, i.e. within ``MATCH_MARGIN`` points)."""
     text: str
     a: str
     b: str
@@ -255,10 +291,12 @@ def verdict(iv: Interval | None, expect: int) -> str:
         return "not measured"
     if iv.half is None:
         return "one seed: no interval"
-    if expect == 0:
-        if not iv.excludes_zero():
-            return "matches (no difference resolved)"
-        return "holds (better)" if iv.mean > 0 else "contradicted (worse)"
+    if expect == 0:  # an interval that merely contains 0 is no evidence of a match: it must be narrow too
+        if iv.excludes_zero():
+            return "holds (better)" if iv.mean > 0 else "contradicted (worse)"
+        if -MATCH_MARGIN <= iv.low and iv.high <= MATCH_MARGIN:
+            return f"matches (interval within ±{MATCH_MARGIN:g} point)"
+        return f"not resolved (interval contains 0 but is wider than ±{MATCH_MARGIN:g} point)"
     if not iv.excludes_zero():
         return "not resolved (interval contains 0)"
     return "holds" if (iv.mean > 0) == (expect > 0) else "contradicted (opposite sign)"
@@ -267,6 +305,7 @@ def verdict(iv: Interval | None, expect: int) -> str:
 def paired_table(cells: list[dict], claims: list[Claim], ner_order: list[str] | None = None,
                  tc_order: list[str] | None = None) -> Table:
     """One row per claim: the paired difference with its 95 % interval, the seeds it uses, the verdict."""
+    cells = common_seeds(cells, {m for cl in claims for m in (cl.a, cl.b)})[0]  # as the tables
     agg = aggregate(cells)
     order = {"ner": ner_order or dataset_order(cells, "ner"), "tc": tc_order or dataset_order(cells, "tc")}
     rows = []
@@ -346,6 +385,7 @@ def score_chart(cells: list[dict], models: list[str], path: Path, ner_order=None
     import matplotlib.pyplot as plt
     import numpy as np
 
+    cells = common_seeds(cells, models)[0]  # as the tables
     agg = aggregate(cells)
     groups = []  # (title, [(dataset label, task, dataset, fraction)])
     ner_ds = ner_order or sorted({c["dataset"] for c in cells if c["task"] == "ner"})
