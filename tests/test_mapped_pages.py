@@ -42,3 +42,22 @@ def test_release_drops_the_mapped_pages_and_keeps_the_data(tmp_path):
     assert ds[picks]["ids"] == got == [rows[i] for i in picks]  # re-faulted from the page cache
     assert anon.sum() == 999_999 * 1_000_000 // 2
     assert mapped_pages.release(Dataset.from_dict({"ids": [[1]]})) == 0  # in memory: nothing mapped
+
+
+def test_fingerprinting_a_hub_source_leaves_none_of_it_resident(tmp_path):
+    """``source_fingerprint`` reads every text of a (non-streamed) hub source at export: the pages it read must
+    not stay in the run's RSS (a 1.5 GB ccnews would)."""
+    from datasets import Dataset, load_from_disk
+
+    from mtpf.data.pairs import PairSource, PairSourceSpec, source_fingerprint
+
+    rng = np.random.default_rng(1)
+    words = np.array(["alpha", "beta", "gamma", "delta", "epsilon", "zeta"])
+    texts = [" ".join(rng.choice(words, 12)) for _ in range(60_000)]
+    Dataset.from_dict({"anchor": texts, "positive": texts[::-1]}).save_to_disk(str(tmp_path / "ds"))
+    ds = load_from_disk(str(tmp_path / "ds"))
+    (path,) = mapped_pages.dataset_files(ds)
+    source = PairSource("hubsrc", ds, PairSourceSpec(hub="org/hubsrc"), [])
+    fp = source_fingerprint(source)
+    assert fp.startswith("sha256:") and fp == source_fingerprint(source)
+    assert _mapped_rss_kb(path) == 0

@@ -10,7 +10,8 @@ written to a temporary name and renamed when whole, then its bookkeeping file ``
 is written: a shard counts as done only when both exist, so a re-run skips exactly the finished shards.
 
 Finally ``clusters.json`` records K, the teacher, layers, the centroid file, per-cluster counts and inertia;
-``mtpf.data.ner_pseudo.load_pseudo_labels(DIR)`` reads the folder as it is.
+``mtpf.data.ner_pseudo.load_pseudo_label_dataset([DIR], tokenizer, max_length)`` reads the folder as it is,
+memory-mapped (``load_pseudo_labels`` holds it in Python lists: small folders only).
 """
 from __future__ import annotations
 
