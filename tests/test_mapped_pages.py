@@ -61,3 +61,29 @@ def test_fingerprinting_a_hub_source_leaves_none_of_it_resident(tmp_path):
     fp = source_fingerprint(source)
     assert fp.startswith("sha256:") and fp == source_fingerprint(source)
     assert _mapped_rss_kb(path) == 0
+
+
+def test_label_fit_sample_leaves_no_pages_of_its_vector_file_resident(tiny_bert, tmp_path, monkeypatch):
+    """`mtpf label` writes the fit sample's vectors to a float16 memmap and k-means reads random rows of it: the
+    pages written and read are unmapped again, so the fit sample (1.5 GB at NuNER's size) never sits in RSS."""
+    from mtpf.teacher import cluster
+    from mtpf.teacher.label import LabelConfig, label_corpus
+
+    words = ["the", "man", "Paris", "Berlin", "visited", "said", "on", "Monday", "company", "new"]
+    rng = np.random.default_rng(0)
+    (tmp_path / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words, 12)) for _ in range(400)) + "\n")
+    seen = {}
+    real_fit = cluster.fit_kmeans
+
+    def fit(vectors, *args, **kw):
+        path = str(vectors.filename)
+        seen["after pass 1"] = _mapped_rss_kb(path)
+        out = real_fit(vectors, *args, **kw)
+        seen["after k-means"] = _mapped_rss_kb(path)
+        return out
+
+    monkeypatch.setattr(cluster, "fit_kmeans", fit)
+    label_corpus(LabelConfig(teacher=tiny_bert, corpus=[str(tmp_path / "corpus.txt")], out=str(tmp_path / "out"),
+                             clusters=5, fit_words=4000, kmeans_batch=256, chunk_words=500, progress=False,
+                             device="cpu"), log=lambda *_: None)
+    assert seen == {"after pass 1": 0, "after k-means": 0}

@@ -1,7 +1,8 @@
 """Mini-batch k-means over word vectors: a seeded streamed fit, and assignment with saved centroids.
 
 The fit reads vectors through a callable that returns rows by index (an in-memory array or a disk-backed
-``np.memmap``), so memory stays at one mini-batch however large the fitting sample is. Assignment is a plain
+``np.memmap``), so memory stays at one mini-batch however large the fitting sample is, provided the pages a
+memmap faults in are dropped again (``release``, called every 50 steps). Assignment is a plain
 nearest-centroid search (one matmul per chunk), identical during labelling and when new text is labelled
 later from ``centroids.npy``.
 """
@@ -15,12 +16,13 @@ import torch
 
 
 def fit_kmeans(vectors, n_clusters: int, *, seed: int = 0, batch_size: int = 4096, epochs: int = 3,
-               init_size: int | None = None, progress=None) -> tuple[np.ndarray, dict]:
+               init_size: int | None = None, progress=None, release=None) -> tuple[np.ndarray, dict]:
     """Fit ``n_clusters`` centroids on the rows of ``vectors`` (array-like ``(n, d)``, e.g. a memmap).
 
     Each step draws ``batch_size`` random rows (seeded) and calls ``MiniBatchKMeans.partial_fit``; the first
     call initialises with k-means++ on ``init_size`` rows (default ``max(3 * batch_size, 10 * K)``).
-    ``epochs`` is the number of passes' worth of steps (``ceil(epochs * n / batch_size)``).
+    ``epochs`` is the number of passes' worth of steps (``ceil(epochs * n / batch_size)``). ``release``: called
+    every 50 steps and at the end, e.g. to unmap the pages a memmap's random reads left in the process's RSS.
     """
     from sklearn.cluster import MiniBatchKMeans
 
@@ -36,11 +38,15 @@ def fit_kmeans(vectors, n_clusters: int, *, seed: int = 0, batch_size: int = 409
                          init=init.astype(np.float64), reassignment_ratio=0.01)
     km.partial_fit(first.astype(np.float64))
     steps = max(1, int(np.ceil(epochs * n / batch_size)))
-    for _ in range(steps):
+    for step in range(steps):
         idx = np.sort(rng.choice(n, size=min(batch_size, n), replace=False))
         km.partial_fit(np.asarray(vectors[idx], dtype=np.float64))
         if progress is not None:
             progress.update(len(idx))
+        if release is not None and step % 50 == 49:
+            release()
+    if release is not None:
+        release()
     info = {"steps": steps + 1, "batch_size": batch_size, "init_size": init_size, "epochs": epochs,
             "fit_words": n, "seed": seed}
     return km.cluster_centers_.astype(np.float32), info

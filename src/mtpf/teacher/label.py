@@ -239,9 +239,16 @@ def _fit(teacher, sample: list[list[str]], cfg: LabelConfig, out: Path):
     if n_words < cfg.clusters:
         raise DataError(cfg.corpus[0], None, f"the corpus sample has {n_words} words, fewer than the "
                         f"{cfg.clusters} clusters asked for")
-    # float16 on disk keeps pass 1 at one chunk of RAM even for a multi-million-word sample.
+    from mtpf.data.mapped_pages import release_files
+
+    # float16 on disk keeps pass 1 at one chunk of RAM even for a multi-million-word sample (500k words of
+    # NuNER's 1536-d vectors: 1.5 GB), provided the pages written or read are unmapped again: ``release``.
     mm_path = out / ".fit_vectors.f16"
     mm = np.lib.format.open_memmap(mm_path, mode="w+", dtype=np.float16, shape=(n_words, teacher.dim))
+
+    def release():
+        mm.flush()  # a shared file mapping: the written pages are in the page cache, unmapping loses nothing
+        release_files((str(mm_path),))
     bar = _bar(n_words, "fit: embed sample", cfg.progress)
     t0 = time.perf_counter()
     row = 0
@@ -251,6 +258,7 @@ def _fit(teacher, sample: list[list[str]], cfg: LabelConfig, out: Path):
             vec = l2_normalize(vec)
         mm[row : row + len(vec)] = vec.to(torch.float16).cpu().numpy()
         row += len(vec)
+        release()
         bar.update(len(vec))
     bar.close()
     embed_s = time.perf_counter() - t0
@@ -258,7 +266,7 @@ def _fit(teacher, sample: list[list[str]], cfg: LabelConfig, out: Path):
     t1 = time.perf_counter()
     steps_bar = _bar(None, "fit: k-means", cfg.progress)
     centroids, info = fit_kmeans(mm, cfg.clusters, seed=cfg.seed, batch_size=cfg.kmeans_batch,
-                                 epochs=cfg.fit_epochs, progress=steps_bar)
+                                 epochs=cfg.fit_epochs, progress=steps_bar, release=release)
     steps_bar.close()
     info["embed_seconds"] = round(embed_s, 2)
     info["kmeans_seconds"] = round(time.perf_counter() - t1, 2)
