@@ -211,15 +211,37 @@ def test_streaming_source_batches_are_deterministic_resumable_and_unique(tiny_be
     resumed = make()(4)
     assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(resumed["a_chunks"], seq[4]["a_chunks"]))
     assert not torch.equal(seq[0]["a_chunks"][0]["input_ids"], seq[1]["a_chunks"][0]["input_ids"])
-    # DataLoader workers (4 by default on CUDA) read the same windows, though the source is a single file
-    from mtpf.data.pipeline import batch_loader
+    # With DataLoader workers (4 by default on CUDA) the workers hand over placeholders and one feeder thread per
+    # process reads the stream once, in order (each worker used to read past all the others' windows): the
+    # same batches, and exactly the rows of the windows it made (plus the skipped ones when resuming).
+    from mtpf.data.pipeline import StreamFeeder, batch_loader
 
-    fed = iter(batch_loader(make(), 0, 2, False))
-    for k in range(4):
-        got = next(fed)
-        assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(got["a_chunks"], seq[k]["a_chunks"]))
+    for start in (0, 2):
+        pairs = make()
+        pairs.deferred = True
+        loader = iter(batch_loader(pairs, start, 2, False))
+        feeder = StreamFeeder(pairs, start, depth=2)
+        for k in range(start, start + 4):
+            got = next(loader)
+            assert got == {"k": k, "stream": src.name, "j": k}  # a placeholder: the worker read nothing
+            got = feeder.get(k)
+            assert all(torch.equal(x["input_ids"], y["input_ids"])
+                       for x, y in zip(got["a_chunks"], seq[k]["a_chunks"]))
+        feeder.close()
+        assert 4 <= feeder.built <= 4 + 2 + 1  # read ahead by at most the queue's depth and one in hand
+        assert feeder.streams[src.name].rows_read == (start + feeder.built) * 24  # each window read once
     with pytest.raises(DataError, match="streaming source of unknown size; give rows"):
         len(load_pair_sources([{"path": str(path), "streaming": True}])[0])
+    # a stream that cannot fill a batch: the feeder's error reaches the training loop as the same one line
+    same = tmp_path / "same.jsonl"
+    same.write_text("".join(json.dumps({"anchor": "a", "positive": f"p {i}"}) + "\n" for i in range(100)))
+    bad = load_pair_sources([{"path": str(same), "streaming": True, "rows": 100}])[0]
+    pairs = PairBatches({}, HierarchicalPairSampler({bad.name: 100}, 16, seed=0), None, tok.pad_token_id,
+                        streams={bad.name: StreamWindows(bad.name, bad.data, 16, 0, tok, 32)})
+    feeder = StreamFeeder(pairs, 0)
+    with pytest.raises(DataError, match="cannot fill a batch of 16 pairs"):
+        feeder.get(0)
+    feeder.close()
     # the recipe trains on it (no token cache for a stream: tokenised in the step's worker)
     cfg = load_config(PretrainConfig, None, tiny_run_overrides(tiny_bert, toy_data, tmp_path / "run", strategy="tc"))
     cfg.pairs = [spec]

@@ -7,9 +7,15 @@ never enter the checkpoint: a resumed run starts its loaders at k = steps done x
 Workers gather int ids from memory-mapped Arrow, pad (to a multiple of 8 on CUDA, for tensor cores; to the
 longest row on the CPU, where every padded position costs as much as a real one: 10-token texts padded to 16
 cost 1.6x) and, for the contrastive task, sort by length and cut chunks; the main process only copies pinned
-tensors to the device.
+tensors to the device. A streaming source (``StreamWindows``) is the exception: it can only be read forward, so
+its batches are read and tokenised once per process by a ``StreamFeeder`` thread, and the workers hand over a
+placeholder for them.
 """
 from __future__ import annotations
+
+import copy
+import queue
+import threading
 
 import torch
 
@@ -57,15 +63,16 @@ def budget_chunks(ids: list[list[int]], budget: int, pad_id: int, multiple_of: i
 class StreamWindows:
     """Rows of a streaming source (``IterableDataset``, never downloaded whole): its j-th batch reads window
     ``[j*S, (j+1)*S)`` of the buffer-shuffled stream (``S`` = batch + slack for in-batch duplicates), tokenised
-    in the worker. Windows are a pure function of j; reaching window j reads past the earlier ones (so a
-    resumed run or a worker skipping the others' windows costs a sequential read, not memory). At the end of
-    the stream the next epoch starts with another shuffle seed."""
+    by the reader. Windows are a pure function of j; reaching window j reads past the earlier ones (a resumed
+    run skips them: a sequential read, not memory), so one reader per process reads them in order
+    (``StreamFeeder``). At the end of the stream the next epoch starts with another shuffle seed."""
 
     def __init__(self, name, data, batch: int, seed: int, tokenizer, max_length: int, buffer_size: int = 10_000):
         self.name, self.data, self.batch, self.seed = name, data, batch, seed
         self.tokenizer, self.max_length, self.buffer_size = tokenizer, max_length, buffer_size
         self.size = batch + max(8, batch // 4)
         self._it, self._pos, self._epoch = None, 0, 0
+        self.rows_read = 0  # every row this reader took from the stream, skipped ones included
 
     def _restart(self, epoch: int) -> None:
         shuffled = self.data.shuffle(seed=self.seed + epoch, buffer_size=self.buffer_size)
@@ -81,6 +88,7 @@ class StreamWindows:
             row = next(self._it, None)
             if row is not None:
                 self._pos += 1
+                self.rows_read += 1
                 return row
             self._restart(self._epoch + 1)
         raise DataError(self.name, None, "streaming pair source is empty")
@@ -117,40 +125,44 @@ class PairBatches:
         self.mini_batch, self.pad_id, self.rank, self.world = mini_batch, pad_id, rank, world
         self.streams = streams or {}  # source name -> StreamWindows
         self.multiple_of, self.chunk_tokens = multiple_of, chunk_tokens
-        self._got: dict[int, tuple] = {}
+        self.deferred = False  # True: a streamed batch k is a placeholder, built by a StreamFeeder
 
-    def _stream_batch(self, name: str, j: int) -> list[int]:
-        chosen, seen = [], set()
-        for pos, (a, p) in enumerate(self.streams[name].window(j)):
+    def stream_batch(self, k: int, name: str, j: int, streams: dict | None = None) -> dict:
+        """Batch k, the j-th of streamed source ``name``: window j with in-batch duplicates dropped."""
+        chosen, got, seen = [], {}, set()
+        for pos, (a, p) in enumerate((streams or self.streams)[name].window(j)):
             ka, kp = tuple(a), tuple(p)
             if ka in seen or kp in seen or ka == kp:
                 continue
             seen.update((ka, kp))
-            self._got[pos] = (a, p)
+            got[pos] = (a, p)
             chosen.append(pos)
             if len(chosen) == self.sampler.batch_size:
-                return chosen
+                return self._assemble(k, name, chosen, got)
         raise DataError(f"pair source {name}", None, f"cannot fill a batch of {self.sampler.batch_size} pairs "
                         "without repeating a text; lower tc_batch_size or drop the source")
 
-    def _keys(self, name: str, rows):
-        got = self.tokens[name][rows.tolist()]
-        pairs = list(zip(got["a_ids"], got["p_ids"]))
-        self._got.update(zip(rows.tolist(), pairs))
-        # Deduplicate on token ids: equal texts give equal ids, and equal ids are the same model input.
-        return [(tuple(a), tuple(p)) for a, p in pairs]
-
     def __call__(self, k: int) -> dict:
-        self._got = {}
         si, j = self.sampler.plan(k)
-        if self.sampler.names[si] in self.streams:
-            name = self.sampler.names[si]
-            rows = self._stream_batch(name, j)
-        else:
-            name, rows = self.sampler.batch(k, self._keys)
+        name = self.sampler.names[si]
+        if name in self.streams:
+            return {"k": k, "stream": name, "j": j} if self.deferred else self.stream_batch(k, name, j)
+        got: dict[int, tuple] = {}
+
+        def keys(source: str, rows):
+            found = self.tokens[source][rows.tolist()]
+            pairs = list(zip(found["a_ids"], found["p_ids"]))
+            got.update(zip(rows.tolist(), pairs))
+            # Deduplicate on token ids: equal texts give equal ids, and equal ids are the same model input.
+            return [(tuple(a), tuple(p)) for a, p in pairs]
+
+        name, rows = self.sampler.batch(k, keys)
+        return self._assemble(k, name, rows, got)
+
+    def _assemble(self, k: int, name: str, rows: list[int], got: dict) -> dict:
+        """This process's slice of the batch's rows, sorted by length and cut into padded chunks."""
         mine = rank_slice(rows, self.rank, self.world)
-        a, p = [self._got[r][0] for r in mine], [self._got[r][1] for r in mine]
-        self._got = {}
+        a, p = [got[r][0] for r in mine], [got[r][1] for r in mine]
         if name in self.tokens:
             mapped_pages.release(self.tokens[name])  # RSS bounded by the batch (see mtpf.data.mapped_pages)
         if self.chunk_tokens:
@@ -161,6 +173,82 @@ class PairBatches:
         p_chunks, p_order, p_tok = length_chunks(p, self.mini_batch, self.pad_id, self.multiple_of)
         return {"k": k, "source": name, "rows": mine, "a_chunks": a_chunks, "a_order": a_order,
                 "p_chunks": p_chunks, "p_order": p_order, "tokens": a_tok + p_tok}
+
+
+class StreamFeeder:
+    """The streamed sources' batches, read and tokenised once per process, in order, in one background thread.
+
+    A stream can only be read forward: when DataLoader workers built these batches, each worker read past the
+    windows of all the others (W workers, W reads of the stream; at the paper's scale, 4 workers on each of 8
+    GPUs would download ~375 GB for ~12 GB used). Here the workers hand over a placeholder for a streamed batch
+    k (``PairBatches.deferred``); this thread follows the same sampler plan from ``start``, reads each window
+    once into a queue of ``depth`` ready batches (pinned for CUDA), and ``get(k)`` returns batch k. The batches
+    are those ``PairBatches`` builds itself (``tests/test_pair_sources_and_cache.py``). The thread has its own
+    copies of the sampler and the tokenizer: a fast tokenizer must not be used by two threads at once.
+    """
+
+    def __init__(self, batches: PairBatches, start: int, depth: int = 4, pin: bool = False):
+        self.batches, self.sampler, self.pin = batches, copy.deepcopy(batches.sampler), pin
+        tokenizer = None
+        self.streams = {}
+        for name, s in batches.streams.items():
+            if self.sampler.probs[self.sampler.names.index(name)] <= 0:
+                continue  # never drawn (explicit weight 0): nothing to read, and nothing to wait for
+            tokenizer = tokenizer or copy.deepcopy(s.tokenizer)
+            self.streams[name] = StreamWindows(name, s.data, s.batch, s.seed, tokenizer, s.max_length,
+                                               s.buffer_size)
+        self.queue: queue.Queue = queue.Queue(depth)
+        self.built = 0  # batches this feeder made (read ahead of the training loop by at most depth + 1)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(start,), name="mtpf-stream-feeder", daemon=True)
+        self.thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, k: int) -> None:
+        try:
+            while self.streams and not self._stop.is_set():
+                si, j = self.sampler.plan(k)
+                name = self.sampler.names[si]
+                if name in self.streams:
+                    batch = self.batches.stream_batch(k, name, j, self.streams)
+                    self.built += 1
+                    if self.pin:
+                        batch = _pinned(batch)
+                    if not self._put((k, batch)):
+                        return
+                k += 1
+        except BaseException as exc:  # noqa: BLE001 - handed to the training loop, which raises it
+            self._put((None, exc))
+
+    def get(self, k: int) -> dict:
+        got, batch = self.queue.get()
+        if got is None:
+            raise batch
+        if got != k:
+            raise RuntimeError(f"stream feeder out of step: batch {got} arrived for batch {k}")
+        return batch
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
+
+
+def _pinned(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.pin_memory()
+    if isinstance(obj, dict):
+        return {k: _pinned(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_pinned(v) for v in obj]
+    return obj
 
 
 class NerBatches:

@@ -446,6 +446,8 @@ class PretrainRecipe:
             if window is None:
                 window = self._new_window()
         bar.close()
+        if getattr(self, "feeder", None) is not None:
+            self.feeder.close()
         return last
 
     def _new_window(self) -> dict:
@@ -458,14 +460,28 @@ class PretrainRecipe:
         cfg, cuda = self.cfg, self.accelerator.device.type == "cuda"
         workers = cfg.num_workers if cfg.num_workers is not None else (4 if cuda else 0)
         start = self.step * cfg.grad_accum
+        if getattr(self, "feeder", None) is not None:
+            self.feeder.close()
+        self.feeder = None
+        pairs = self.batches.get("tc")
+        streamed = pairs is not None and bool(pairs.streams)
+        if streamed:
+            pairs.deferred = True  # the workers hand over placeholders; the feeder reads each stream once
         self.loaders = {t: iter(batch_loader(self.batches[t], start, workers, pin_memory=cuda)) for t in self.tasks}
+        if streamed:  # started after the workers forked: they never share the feeder's thread or tokenizer
+            from mtpf.data.pipeline import StreamFeeder
+
+            self.feeder = StreamFeeder(pairs, start, pin=cuda)
 
     def _next_batch(self, task: str) -> dict:
         from mtpf.data.pipeline import to_device
 
         if not hasattr(self, "loaders"):
             self._open_loaders()
-        return to_device(next(self.loaders[task]), self.accelerator.device)
+        batch = next(self.loaders[task])
+        if "stream" in batch:
+            batch = self.feeder.get(batch["k"])
+        return to_device(batch, self.accelerator.device)
 
     def train_step(self) -> tuple[dict[str, torch.Tensor], int]:
         """One optimizer step: every task's micro-batches, then (PCGrad) combination, clip, step. Returns
