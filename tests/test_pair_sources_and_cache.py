@@ -274,3 +274,21 @@ def test_a_float_label_is_reported_at_its_own_line(tiny_bert, tmp_path):
     (tmp_path / "s.jsonl").write_text("\n".join(rows) + "\n")
     with pytest.raises(DataError, match=r"s\.jsonl:21: 'labels' must be a list of integer"):
         load_pseudo_label_dataset([tmp_path], AutoTokenizer.from_pretrained(tiny_bert), 32)
+
+
+def test_a_stream_that_does_not_know_its_columns_opens(monkeypatch):
+    """Some hub streams report no features until read (column_names is None): the columns are found on the
+    first row, and the others dropped, without a TypeError."""
+    from datasets import IterableDataset
+
+    from mtpf.data import pairs
+
+    def gen():
+        for i in range(40):
+            yield {"id": i, "query": f"question {i}", "pos": f"answer {i}"}
+
+    stream = IterableDataset.from_generator(gen)
+    assert stream.column_names is None
+    monkeypatch.setattr(pairs, "_load_local", lambda spec: stream)
+    src = pairs.open_pair_source(pairs.PairSourceSpec(path="x.jsonl", streaming=True, rows=40))
+    assert next(iter(src.data)) == {"anchor": "question 0", "positive": "answer 0"}

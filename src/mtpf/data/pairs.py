@@ -238,8 +238,7 @@ def _columns(ds, spec: PairSourceSpec) -> tuple[str, str]:
 def open_pair_source(spec: PairSourceSpec) -> PairSource:
     ds = _load_hub(spec) if spec.hub else _load_local(spec)
     a, p = _columns(ds, spec)
-    keep = [c for c in ds.column_names if c not in (a, p)]
-    ds = ds.remove_columns(keep) if keep else ds
+    ds = ds.select_columns([a, p])  # not remove_columns(names - {a, p}): a stream may not know its names
     if (a, p) != ("anchor", "positive"):
         ds = ds.rename_columns({a: "anchor", p: "positive"})
     if not spec.streaming and ds.num_rows == 0:
