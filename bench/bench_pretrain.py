@@ -1,7 +1,10 @@
 """Steady-state training throughput of mtpf's pre-finetuning steps against the ecosystem's trainers.
 
 Same model, same examples, same batch size. Every configuration runs two passes over its examples: the first
-(warm-up) meets every padded shape once (allocator, cuDNN/cuBLAS plans), only the second is timed.
+(warm-up) meets the padded shapes (allocator, cuDNN/cuBLAS plans), only the second is timed. The bare loops
+replay the same batches, so every shape has been met; mtpf's sampler and the libraries' trainers reshuffle for
+the second pass, so a few widths can be new to them. With DataLoader workers (CUDA) the libraries' workers
+persist between the passes, as mtpf's one endless loader does: nobody restarts workers inside the timed pass.
   contrastive: mtpf `tc` (uncached and GradCache)  vs  sentence-transformers MNRL and CachedMNRL
   token CE:    mtpf `ner`                          vs  HF Trainer + AutoModelForTokenClassification with length
                                                        grouping (train_sampling_strategy="group_by_length")
@@ -141,7 +144,7 @@ def run_st(args, model: str, pairs, mini_batch: int | None, steps: int) -> float
             output_dir=tmp, per_device_train_batch_size=args.batch_tc, num_train_epochs=2, learning_rate=5e-5,
             report_to=[], save_strategy="no", logging_strategy="no", dataloader_drop_last=True,
             use_cpu=args.device == "cpu", bf16=args.device == "cuda", disable_tqdm=True, seed=42,
-            dataloader_num_workers=loader_workers(args))
+            dataloader_num_workers=loader_workers(args), dataloader_persistent_workers=loader_workers(args) > 0)
         loss = (CachedMultipleNegativesRankingLoss(st, scale=20.0, mini_batch_size=mini_batch) if mini_batch
                 else MultipleNegativesRankingLoss(st, scale=20.0))
         trainer = SentenceTransformerTrainer(model=st, args=targs, train_dataset=ds, loss=loss)
@@ -200,7 +203,8 @@ def run_hf_token_classification(args, model: str, sentences, labels, num_labels,
         common = dict(output_dir=tmp, per_device_train_batch_size=args.batch_ner, num_train_epochs=2,
                       learning_rate=5e-5, report_to=[], save_strategy="no", logging_strategy="no",
                       use_cpu=args.device == "cpu", bf16=args.device == "cuda", disable_tqdm=True, seed=42,
-                      dataloader_drop_last=True, dataloader_num_workers=loader_workers(args))
+                      dataloader_drop_last=True, dataloader_num_workers=loader_workers(args),
+                      dataloader_persistent_workers=loader_workers(args) > 0)
         try:  # transformers 5's name for length grouping; older releases call it group_by_length=True
             targs = TrainingArguments(**common, train_sampling_strategy="group_by_length")
         except TypeError:
@@ -408,6 +412,7 @@ def main() -> None:
             results["bare_loop_tokens_per_s"] = bare
             if "contrastive" in results:
                 results["mtpf_tc_vs_bare"] = results["contrastive"]["mtpf_tc"]["tokens_per_s"] / bare
+        save_json(args.json, results)  # after each part: a run cut short by its time limit keeps what it measured
 
         sentences, labels = read_ner(data, args.sentences)
         steps_ner = len(sentences) // args.batch_ner
@@ -455,6 +460,7 @@ def main() -> None:
                              bare_ner, hf50))
                 results["token_ce"]["bare_loop"] = bare_ner
                 results["token_ce"]["mtpf_ner_vs_bare"] = ours_tps / bare_ner
+        save_json(args.json, results)
         if "tpl" not in skip:
             many = read_pairs(data, 2 * args.tpl_steps * args.tpl_batch_tc)
             tsrc = write_jsonl(tmp / "tpl_pairs" / "nli.jsonl", ({"anchor": a, "positive": p} for a, p in many))
@@ -477,8 +483,14 @@ def main() -> None:
         print(f"mtpf-tpl at batches {args.tpl_batch_tc}/{args.tpl_batch_ner}: {results['mtpf_tpl']['s_per_step']:.3f} s/step")
     if "mtpf_tpl_2d_mask" in results:
         print(f"mtpf-tpl with the 2-D mask: {results['mtpf_tpl_2d_mask']['s_per_step']:.3f} s/step")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=2))
+    save_json(args.json, results)
+
+
+def save_json(path, results: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
