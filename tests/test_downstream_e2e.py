@@ -108,6 +108,16 @@ def test_suite_end_to_end_and_resume(tiny_bert, fake_run, small_data, tmp_path, 
     assert "ran 1 cells, reused 5" in capsys.readouterr().out
     assert (apps[0] / "mtpf_app.json").is_file()
     assert len(json.loads((out / "results.json").read_text())["cells"]) == 6  # one record per cell
+    # an app folder of the same name trained with another recipe (the name does not hold the config) is no
+    # app of this cell: the cell runs again and replaces it
+    meta = json.loads((apps[1] / "mtpf_app.json").read_text())
+    keys = {c["key"] for c in json.loads((out / "results.json").read_text())["cells"]}
+    assert meta["training"]["cell_key"] in keys
+    meta["training"]["cell_key"] = "a cell of another recipe"
+    (apps[1] / "mtpf_app.json").write_text(json.dumps(meta))
+    assert main(argv) == 0
+    assert "ran 1 cells, reused 5" in capsys.readouterr().out
+    assert json.loads((apps[1] / "mtpf_app.json").read_text())["training"]["cell_key"] in keys
 
     # a changed config recomputes only the affected cells (TC here)
     argv2 = [a if a != "3" else "4" for a in argv]

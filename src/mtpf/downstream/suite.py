@@ -123,6 +123,14 @@ def app_folder_name(label: str, dataset: str, fraction: float, seed: int) -> str
     return f"{_slug(label)}-{dataset}-f{fraction:g}-s{seed}"
 
 
+def _app_cell_key(app: Path) -> str | None:
+    """The results cell an app folder of ``--save-apps`` was trained for (None: missing or unreadable)."""
+    try:
+        return json.loads((app / "mtpf_app.json").read_text())["training"].get("cell_key")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def _write_json(path: Path, data: dict) -> None:
     if not is_main_process():  # several processes (NER adaptation under DDP): rank 0 writes, the others compute
         return
@@ -191,10 +199,10 @@ def run_suite(cfg: SuiteConfig) -> dict:
     results_path = out / "results.json"
     results = load_results(results_path)
     done = {r["key"] for r in results["cells"]}
-    # with --save-apps a NER cell is done only with its app folder (e.g. results.json restored into a fresh folder)
-    todo = [c for c in cells if c.key not in done or (cfg.save_apps and c.task == "ner" and not (
-        out / "apps" / app_folder_name(c.model.label, c.dataset.name, c.fraction, c.seed) / "mtpf_app.json"
-    ).is_file())]
+    # with --save-apps a NER cell is done only with its own app folder (results.json restored into a fresh folder,
+    # or a folder of the same name left by a run with another recipe: the folder name does not hold the config)
+    todo = [c for c in cells if c.key not in done or (cfg.save_apps and c.task == "ner" and _app_cell_key(
+        out / "apps" / app_folder_name(c.model.label, c.dataset.name, c.fraction, c.seed)) != c.key)]
     results["models"] = [m.describe() for m in models]
     results["base"] = cfg.base or models[0].label
     results["config"] = {"ner": cfg.ner_cfg.to_dict(), "tc": cfg.tc_cfg.to_dict(), "fractions": cfg.fractions,
@@ -263,7 +271,7 @@ def _run_ner(cell: Cell, cfg: SuiteConfig, out: Path) -> dict:
     if cfg.save_apps and is_main_process():  # one writer of the app folder under DDP
         app = out / "apps" / app_folder_name(cell.model.label, cell.dataset.name, cell.fraction, cell.seed)
         save_ner_app(res, cell.model, app, {"dataset": cell.dataset.name, "fraction": cell.fraction,
-                                            "seed": cell.seed})
+                                            "seed": cell.seed, "cell_key": cell.key})
     rec = res.record()
     rec.pop("labels", None)
     return {"split": "test", "main_metric": "f1", "main_score": res.test["f1"], "metrics": res.test, **rec}
