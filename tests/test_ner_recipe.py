@@ -189,3 +189,14 @@ def test_each_process_counts_its_own_share_of_steps():
     assert [len(s) for s in shares] == [3, 3]  # equal steps; the odd batch is left out of this epoch
     assert not {b[0] for b in shares[0]} & {b[0] for b in shares[1]}
     assert [len(_process_share(batches[:1], 3, r)) for r in range(3)] == [1, 1, 1]  # fewer batches than processes
+
+
+def test_dev_scoring_costs_at_most_half_the_training_on_every_process():
+    from mtpf.downstream.ner_train import auto_eval_every
+
+    assert auto_eval_every(dev=3250, train=14041) == 1  # CoNLL full train: score every epoch
+    assert auto_eval_every(dev=3250, train=200) == 11  # 200 sentences: the dev set is 16x the train set
+    # 8 processes each train on 1/8 of an epoch but score the whole dev set: 8x fewer scorings
+    for dev, train, world in ((3250, 14041, 8), (3250, 200, 2), (500, 1000, 4)):
+        every = auto_eval_every(dev, train, world)
+        assert dev / 3 <= 0.5 * every * train / world < dev / 3 + 0.5 * train / world

@@ -101,6 +101,16 @@ def _epochs(requested: int, min_steps: int, batches_per_epoch: int) -> int:
     return max(requested, math.ceil(min_steps / max(1, batches_per_epoch)))
 
 
+def auto_eval_every(dev: int, train: int, world: int = 1) -> int:
+    """Epochs between dev scorings such that scoring costs at most half the training it selects from.
+
+    A dev forward costs about a third of a training step per sentence, so scoring every ``e`` epochs costs
+    ``dev / 3`` against ``e * train / world`` per process: every process trains on its share of an epoch but
+    scores the whole dev set (DDP), hence ``ceil(2 * dev * world / (3 * train))``.
+    """
+    return max(1, math.ceil(2 * dev * world / (3 * max(1, train))))
+
+
 def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: int = 42, progress: bool = True,
               keep_model: bool = False, device="auto") -> NerResult:
     """Adapt ``model_ref`` to ``dataset`` (a :class:`~mtpf.downstream.data.NerDataset`) and score it."""
@@ -204,9 +214,7 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
         sched = _scheduler(opt, cfg.scheduler, epochs * n_batches)
         eval_every = cfg.eval_every
         if not eval_every and "dev" in evals:
-            # dev forward passes (a third of a training step's cost each) at most half the cost of the training
-            # epochs they select from: every ceil(2 * dev / (3 * train)) epochs
-            eval_every = max(1, math.ceil(2 * len(evals["dev"][1]) / (3 * max(1, len(keep)))))
+            eval_every = auto_eval_every(len(evals["dev"][1]), len(keep), world)
         pack = False
         if cfg.cpu_speedups and acc.device.type == "cpu":
             from mtpf.pretrain import cpu_speed
