@@ -398,13 +398,15 @@ def test_depth_plot_reads_losses_and_downstream_results(tmp_path, capsys):
             [{"step": s, "loss_ner": 2.0 / s / n, "loss_tc": 1.0 / s} for s in (1, 2, 3, 4)],
         )
         (run / "eval").mkdir()
-        cells = [
-            {"task": "ner", "dataset": d, "fraction": 1.0, "main_score": ner + k * 0.02, "seed": 1}
+        # results.json keeps every cell it ever held: an older run of the same slot (here first) must not count
+        cells = [{"model": "m", "task": "ner", "dataset": "a", "fraction": 1.0, "main_score": 0.1, "seed": 1}]
+        cells += [
+            {"model": "m", "task": "ner", "dataset": d, "fraction": 1.0, "main_score": ner + k * 0.02, "seed": 1}
             for k, d in enumerate(["a", "b"])
         ]
         cells += [
-            {"task": "tc", "dataset": "c", "fraction": 1.0, "main_score": tc, "seed": 1},
-            {"task": "ner", "dataset": "a", "fraction": 0.1, "main_score": 0.1, "seed": 1},
+            {"model": "m", "task": "tc", "dataset": "c", "fraction": 1.0, "main_score": tc, "seed": 1},
+            {"model": "m", "task": "ner", "dataset": "a", "fraction": 0.1, "main_score": 0.1, "seed": 1},
         ]
         (run / "eval" / "results.json").write_text(json.dumps({"format": "mtpf-eval/1", "cells": cells}))
     summary = depth_summary(sweep)["layers"]
@@ -414,6 +416,28 @@ def test_depth_plot_reads_losses_and_downstream_results(tmp_path, capsys):
     assert cli_main(["analyze", "depth-plot", str(sweep), "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert "81.0" in capsys.readouterr().out
+    # bad files: one line naming the file, exit 2
+    (sweep / "downstream.json").write_text("[1, 2]")
+    assert cli_main(["analyze", "depth-plot", str(sweep), "--out", str(out)]) == 2
+    assert "downstream.json: must hold a JSON object" in capsys.readouterr().err
+    (sweep / "downstream.json").write_text(json.dumps({"1": {"ner": "abc"}}))
+    assert cli_main(["analyze", "depth-plot", str(sweep), "--out", str(out)]) == 2
+    assert "entry '1' must be a depth" in capsys.readouterr().err
+    (sweep / "downstream.json").unlink()
+    (sweep / "layers-1" / "eval" / "summary.json").write_text("{broken")
+    assert cli_main(["analyze", "depth-plot", str(sweep), "--out", str(out)]) == 2
+    assert "summary.json: cannot read it as JSON" in capsys.readouterr().err
+    (sweep / "layers-1" / "eval" / "summary.json").unlink()
+    _write_log(sweep / "layers-1" / "logs" / "metrics.jsonl", [{"step": "x", "loss_ner": 1.0}])
+    assert cli_main(["analyze", "depth-plot", str(sweep), "--out", str(out)]) == 2
+    assert "metrics.jsonl:1: 'step' must be an integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [["--max-length", "-5"], ["--max-length", "2"], ["--batch-size", "0"]])
+def test_analyze_refuses_lengths_and_batches_that_measure_nothing(flag, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["analyze", "packaged", *flag])
+    assert exc.value.code == 2 and flag[0] in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -436,8 +460,9 @@ def test_depth_sweep_runs_each_depth_and_resumes(tiny_bert, toy_data, tmp_path, 
             json.dumps(
                 {
                     "cells": [
-                        {"task": "ner", "dataset": "x", "fraction": 1.0, "main_score": 0.5 + depth / 100},
-                        {"task": "tc", "dataset": "y", "fraction": 1.0, "main_score": 0.4},
+                        {"model": "m", "task": "ner", "dataset": "x", "fraction": 1.0,
+                         "main_score": 0.5 + depth / 100},
+                        {"model": "m", "task": "tc", "dataset": "y", "fraction": 1.0, "main_score": 0.4},
                     ]
                 }
             )

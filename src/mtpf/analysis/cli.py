@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from mtpf.config import positive_int, seed_int
+from mtpf.config import bounded_int, positive_int, seed_int
 from mtpf.device import CHOICES_HELP as DEVICE_HELP
 
 MODES = ("plot", "depth-sweep", "depth-plot", "measure")
@@ -38,8 +38,9 @@ def _measure_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     p.add_argument("--sentences", type=int, default=d(2000), help="sentences per finding (default 2000)")
     p.add_argument("--variants", type=int, default=d(4), help="perturbed variants per sentence (default 4)")
     p.add_argument("--seed", type=seed_int, default=d(0), help="seed of the sentence sample and the replacements")
-    p.add_argument("--batch-size", type=int, default=d(64))
-    p.add_argument("--max-length", type=int, default=d(256))
+    p.add_argument("--batch-size", type=positive_int, default=d(64))
+    p.add_argument("--max-length", type=bounded_int(4), default=d(256),
+                   help="tokens per sentence, special tokens included (at least 4; default 256)")
     p.add_argument(
         "--adapter",
         action="append",
@@ -169,7 +170,7 @@ def _measure(args) -> int:
     import torch
 
     from mtpf.analysis.track import Tracker
-    from mtpf.device import autocast, resolve_device
+    from mtpf.device import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -187,8 +188,7 @@ def _measure(args) -> int:
     model, tokenizer, adapters, desc = load_for_analysis(args.model, args.adapter)
     model = model.to(device)
     t1 = time.perf_counter()
-    with autocast(device):  # bf16 on CUDA, as during pre-finetuning
-        result = tracker.measure(model, tokenizer, adapters)
+    result = tracker.measure(model, tokenizer, adapters)  # fp32, as the tracker measures during pre-finetuning
     seconds = time.perf_counter() - t1
     info = tracker.info
     print(f"model: {desc}")

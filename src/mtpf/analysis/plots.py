@@ -46,7 +46,9 @@ def read_log(path: str | os.PathLike) -> list[dict]:
                 continue
             raise DataError(path, lineno, "malformed JSON") from None
         if isinstance(rec, dict) and "step" in rec:
-            by_step[int(rec["step"])] = rec
+            if not isinstance(rec["step"], int) or isinstance(rec["step"], bool):
+                raise DataError(path, lineno, f"'step' must be an integer, got {rec['step']!r}")
+            by_step[rec["step"]] = rec
     return [by_step[s] for s in sorted(by_step)]
 
 
@@ -164,12 +166,11 @@ def depth_runs(sweep_dir: str | os.PathLike) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def results_averages(results: dict, model: str | None = None) -> dict[str, float]:
-    """NER / TC averages (in %) of an ``mtpf evaluate`` results.json: mean over seeds per dataset at
-    fraction 1,
-    then mean over datasets."""
+def results_averages(cells: list[dict], model: str | None = None) -> dict[str, float]:
+    """NER / TC averages (in %) of the cells of an ``mtpf evaluate`` results.json (as ``read_cells`` gives them:
+    the newest cell of each slot): mean over seeds per dataset at fraction 1, then mean over datasets."""
     per = defaultdict(list)
-    for c in results.get("cells", []):
+    for c in cells:
         if float(c.get("fraction", 1.0)) != 1.0 or (model is not None and c.get("model") != model):
             continue
         per[(c["task"], c["dataset"])].append(100 * float(c["main_score"]))
@@ -186,18 +187,37 @@ def downstream_averages(sweep_dir: str | os.PathLike) -> dict[int, dict[str, flo
     out: dict[int, dict[str, float]] = {}
     table = sweep_dir / "downstream.json"
     if table.is_file():
-        for k, v in json.loads(table.read_text()).items():  # optional ner_half / tc_half: 95 % interval
-            out[int(k)] = {t: float(v[t]) for t in ("ner", "tc", "ner_half", "tc_half") if v.get(t) is not None}
+        for k, v in _json_object(table).items():  # optional ner_half / tc_half: 95 % interval
+            try:
+                out[int(k)] = {t: float(v[t]) for t in ("ner", "tc", "ner_half", "tc_half") if v.get(t) is not None}
+            except (TypeError, ValueError, AttributeError):
+                raise DataError(table, None, f"entry {k!r} must be a depth (integer) -> {{\"ner\": number, \"tc\": "
+                                "number, ...}") from None
     for n, run in depth_runs(sweep_dir).items():
         summary, results = run / "eval" / "summary.json", run / "eval" / "results.json"
         if summary.is_file():
-            v = json.loads(summary.read_text())
-            out.setdefault(n, {}).update({t: float(v[t]) for t in ("ner", "tc") if t in v})
+            v = _json_object(summary)
+            try:
+                out.setdefault(n, {}).update({t: float(v[t]) for t in ("ner", "tc") if t in v})
+            except (TypeError, ValueError):
+                raise DataError(summary, None, "'ner' and 'tc' must be numbers") from None
         elif results.is_file():
-            avg = results_averages(json.loads(results.read_text()))
+            from mtpf.downstream.suite import read_cells
+
+            avg = results_averages(read_cells(results)[0])
             if avg:
                 out.setdefault(n, {}).update(avg)
     return dict(sorted(out.items()))
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(path, None, f"cannot read it as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(path, None, f"must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def depth_summary(sweep_dir: str | os.PathLike) -> dict:
