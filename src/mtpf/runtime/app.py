@@ -16,14 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import regex
 
 APP_META = "mtpf_app.json"
 APP_FORMAT = "mtpf-app/1"
 
-WORD_RE = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]", re.UNICODE)
-"""How NER text is split into words: runs of letters/digits/underscore, which may contain inner hyphens or
-apostrophes (``state-of-the-art``, ``O'Neil``, ``don't``), or any single other non-space character
-(punctuation, symbols). Character offsets of the words index the original string."""
+# ``regex``, not ``re``: ``re``'s \w has no combining marks (\p{M}), so "José" written decomposed (NFD) or a
+# Devanagari word ("मोदी") fell apart into pieces, and entity spans cut inside words.
+WORD_RE = regex.compile(r"[\w\p{M}]+(?:[-'’][\w\p{M}]+)*|[^\w\s\p{M}]")
+"""How NER text is split into words: runs of letters/digits/underscore and combining marks, which may contain
+inner hyphens or apostrophes (``state-of-the-art``, ``O'Neil``, ``don't``), or any single other non-space
+character (punctuation, symbols). Character offsets of the words index the original string."""
 
 
 class AppError(ValueError):

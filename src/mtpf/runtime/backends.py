@@ -116,11 +116,26 @@ class TorchBackend:
             return
         for layer in self._layers:
             layer._disable_adapters = False
-            layer._active_adapter = [key] if key is not None and key in layer.lora_A else []
+            # an embedding layer keeps its LoRA in lora_embedding_A, not lora_A
+            held = key is not None and (key in layer.lora_A or key in getattr(layer, "lora_embedding_A", {}))
+            layer._active_adapter = [key] if held else []
 
     def add_lora(self, key: str, adapter_dir: str | Path) -> None:
+        from mtpf.runtime.app import AppError
+
         with self.lock:
-            self.model.load_adapter(str(adapter_dir), adapter_name=key, is_trainable=False)
+            try:
+                loaded = self.model.load_adapter(str(adapter_dir), adapter_name=key, is_trainable=False)
+                # keys that matched no module (an adapter saved from another model class, e.g. a
+                # *ForTokenClassification prefix) leave the LoRA at its init: a silent no-op app
+                unexpected = [k for k in getattr(loaded, "unexpected_keys", []) or [] if "lora_" in k]
+                if unexpected:
+                    raise AppError(f"{adapter_dir}: {len(unexpected)} LoRA weights match no module of the backbone "
+                                   f"(e.g. {unexpected[0]}); was the adapter trained on another model class?")
+            except Exception:
+                if key in getattr(self.model, "peft_config", {}):  # no half-registered adapter left behind
+                    self.model.delete_adapter(key)
+                raise
             self.model.eval()
             self.adapters.add(key)
             self._refresh_layers()

@@ -159,7 +159,9 @@ class Runtime:
         encoder = load_encoder(self.backbone_path).eval()
         self.fingerprint = fingerprint_model(encoder)
         self.hidden_size = int(encoder.config.hidden_size)
-        self.model_max_length = int(getattr(encoder.config, "max_position_embeddings", 512))
+        # RoBERTa-style positions start at padding_idx + 1: two of the table's rows are no input position
+        offset = 2 if getattr(encoder.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
+        self.model_max_length = int(getattr(encoder.config, "max_position_embeddings", 512)) - offset
         self.input_names = encoder_input_names(encoder, self.tokenizer)
         if backend == "torch":
             from mtpf.runtime.backends import TorchBackend

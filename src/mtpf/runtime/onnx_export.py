@@ -252,8 +252,14 @@ def merged_app_encoder(backbone_encoder, adapter_dir: str | Path):
 
 
 def adapter_fingerprint(adapter_dir: str | Path) -> str | None:
-    f = Path(adapter_dir) / "adapter_model.safetensors"
-    return file_hash(f) if f.is_file() else None
+    """The adapter's weights and its config (a changed alpha or rank with the same tensors is another adapter)."""
+    from mtpf.runtime.core import lora_fingerprint
+
+    path = Path(adapter_dir)
+    if not (path / "adapter_config.json").is_file():
+        return None
+    return lora_fingerprint(path) if any((path / n).is_file() for n in ("adapter_model.safetensors",
+                                                                        "adapter_model.bin")) else None
 
 
 # ----------------------------------------------------------------------------- layered (shared) export
@@ -487,12 +493,15 @@ def app_lora_feeds(adapter_dir: str | Path, layer_names: list[str], slots: list[
 
     cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
     if (cfg.get("use_dora") or cfg.get("bias", "none") != "none" or cfg.get("modules_to_save")
-            or cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("peft_type", "LORA") != "LORA"):
+            or cfg.get("lora_bias") or cfg.get("rank_pattern") or cfg.get("alpha_pattern")
+            or cfg.get("peft_type", "LORA") != "LORA"):
         return None
     r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
     scale = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
     weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
     per_layer: list[dict | None] = [None] * len(layer_names)
+    if any(".lora_embedding_" in key for key in weights):  # LoRA on the embeddings: no slot for it
+        return None
     for key, a in weights.items():
         if ".lora_A." not in key:
             continue

@@ -31,9 +31,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import regex
+
 from mtpf.data.io import DataError
 
-WORD_RE = re.compile(r"\d+(?:[.,]\d+)+|\w+(?:[-'\u2019]\w+)*|[^\w\s]")
+WORD_RE = regex.compile(r"\d+(?:[.,]\d+)+|[\w\p{M}]+(?:[-'\u2019][\w\p{M}]+)*|[^\w\s\p{M}]")  # \p{M}: see runtime.app
 SPLIT_RULE = r"\d+(?:[.,]\d+)+|\w+(?:[-'’]\w+)*|[^\w\s]"
 CORPUS_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet", ".arrow")
 HUB_TEXT_FIELDS = ("tokens", "text", "sentence", "input")

@@ -1,0 +1,132 @@
+"""Apps whose LoRA the runtime must not get wrong silently: LoRA on the embeddings, a LoRA bias, weights saved
+from another model class, a config changed under the same tensors; RoBERTa's position cap; words with
+combining marks."""
+import json
+import shutil
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mtpf.runtime import AppError, Runtime, split_words
+from mtpf.runtime.testing import make_app_adapter, make_demo_apps
+
+TEXTS = ["Barack Obama visited Berlin and Paris last week.", "ok"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rt_adapters")
+    backbone, apps = make_demo_apps(root, n_ner=1, n_tc=1, head_only_tc=0)
+    return {"root": root, "backbone": str(backbone), "apps": apps}
+
+
+def _custom_app(out, backbone, **lora_kw):
+    """A TC app whose LoRA is ``get_peft_model(LoraConfig(**lora_kw))`` with random weights (biases too)."""
+    from peft import LoraConfig, get_peft_model
+
+    from mtpf.encoder import load_encoder
+
+    make_app_adapter(out, backbone, "tc", lora=False, seed=0)
+    model = get_peft_model(load_encoder(backbone), LoraConfig(lora_dropout=0.0, **lora_kw))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    model.save_pretrained(out)
+    meta = json.loads((Path(out) / "mtpf_app.json").read_text())
+    meta["has_lora"] = True
+    (Path(out) / "mtpf_app.json").write_text(json.dumps(meta))
+    return str(out)
+
+
+def _peft_reference(backbone, app, texts):
+    from peft import PeftModel
+
+    from mtpf.encoder import load_encoder, load_tokenizer
+
+    tok = load_tokenizer(backbone)
+    model = PeftModel.from_pretrained(load_encoder(backbone).eval(), app).eval()
+    with torch.no_grad():
+        enc = tok(texts, padding=True, return_tensors="pt")
+        h = model(**enc).last_hidden_state
+        m = enc["attention_mask"][..., None]
+        return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy()
+
+
+@pytest.mark.parametrize("case,lora", [
+    ("embedding_lora", dict(r=4, lora_alpha=8, target_modules=["word_embeddings", "query"])),
+    ("lora_bias", dict(r=4, lora_alpha=8, target_modules=["query", "value"], lora_bias=True)),
+])
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_every_kind_of_lora_is_applied_as_peft_applies_it(demo, tmp_path, case, lora, backend):
+    app = _custom_app(tmp_path / case, demo["backbone"], **lora)
+    expected = _peft_reference(demo["backbone"], app, TEXTS)
+    with Runtime(demo["backbone"], backend=backend, batching=False) as rt:
+        rt.register_app(case, app)
+        rt.register_app("other", demo["apps"]["tc0"])
+        alone = rt.embed(case, TEXTS)
+        np.testing.assert_allclose(alone, expected, atol=2e-5)
+    if backend == "torch":  # and in one micro-batch with another app (PEFT's per-row adapter_names)
+        with Runtime(demo["backbone"], backend=backend, max_wait_ms=300) as rt:
+            rt.register_app(case, app)
+            rt.register_app("other", demo["apps"]["tc0"])
+            futs = [rt.submit(case, "embed", TEXTS), rt.submit("other", "embed", TEXTS)]
+            np.testing.assert_allclose(futs[0].result(timeout=60), expected, atol=2e-5)
+
+
+def test_adapter_weights_that_match_no_module_are_refused(demo, tmp_path):
+    """An adapter saved from another model class (a *ForTokenClassification prefix) would load as a no-op."""
+    from safetensors.numpy import load_file, save_file
+
+    src, bad = Path(demo["apps"]["tc0"]), tmp_path / "prefixed"
+    shutil.copytree(src, bad)
+    weights = load_file(str(bad / "adapter_model.safetensors"))
+    save_file({k.replace("base_model.model.encoder", "base_model.model.bert.encoder"): v for k, v in weights.items()},
+              str(bad / "adapter_model.safetensors"))
+    with Runtime(demo["backbone"], backend="torch", batching=False) as rt:
+        with pytest.raises(AppError, match="match no module of the backbone"):
+            rt.register_app("bad", str(bad))
+        assert not any(k.startswith("bad") for k in rt.backend.model.peft_config)  # nothing left half-registered
+        rt.register_app("good", str(src))
+        assert rt.embed("good", TEXTS).shape[0] == 2
+
+
+def test_adapter_fingerprint_covers_the_lora_config(demo, tmp_path):
+    """A merged ONNX graph is reused only for the same adapter: same tensors with another alpha are not."""
+    from mtpf.runtime.onnx_export import adapter_fingerprint
+
+    app = tmp_path / "app"
+    shutil.copytree(demo["apps"]["tc0"], app)
+    before = adapter_fingerprint(app)
+    cfg = json.loads((app / "adapter_config.json").read_text())
+    cfg["lora_alpha"] = 4 * cfg["lora_alpha"]
+    (app / "adapter_config.json").write_text(json.dumps(cfg))
+    assert before is not None and adapter_fingerprint(app) != before
+
+
+def test_roberta_positions_cap_leaves_out_the_padding_offset(tmp_path):
+    backbone, apps = make_demo_apps(tmp_path, arch="roberta", n_ner=1, n_tc=1, head_only_tc=0)
+    long_text = " ".join(["word"] * 600)
+    with Runtime(backbone, backend="torch", batching=False) as rt:
+        from mtpf.encoder import load_encoder
+
+        cfg = load_encoder(backbone).config
+        assert rt.model_max_length == cfg.max_position_embeddings - 2
+        rt.register_app("tc", apps["tc0"])
+        rt.register_app("ner", apps["ner0"])
+        assert len(rt.classify("tc", [long_text, "short"])) == 2
+        assert len(rt.extract_entities("ner", [long_text])) == 1
+
+
+def test_words_keep_their_combining_marks():
+    nfd = unicodedata.normalize("NFD", "José García met नरेन्द्र मोदी.")
+    words = [w for w, _, _ in split_words(nfd)]
+    assert words == [unicodedata.normalize("NFD", "José"), unicodedata.normalize("NFD", "García"), "met",
+                     "नरेन्द्र", "मोदी", "."]
+    assert all(nfd[s:e] == w for w, s, e in split_words(nfd))
+    assert [w for w, _, _ in split_words("state-of-the-art O'Neil, don't!")] == \
+        ["state-of-the-art", "O'Neil", ",", "don't", "!"]
