@@ -130,3 +130,23 @@ def test_words_keep_their_combining_marks():
     assert all(nfd[s:e] == w for w, s, e in split_words(nfd))
     assert [w for w, _, _ in split_words("state-of-the-art O'Neil, don't!")] == \
         ["state-of-the-art", "O'Neil", ",", "don't", "!"]
+
+
+def test_word_split_is_the_old_rule_plus_marks_and_without_invisible_characters():
+    """Only combining marks (and in-word joiners) change the words of the old ``re`` rule; superscripts stay in
+    their word; a byte-order mark, zero-width space or control character is no word (no sub-token either)."""
+    import re
+
+    old = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")
+    latin = "In 2024, CO₂ per km² fell ½ — Müller's long-term plan (x³) costs $3.5 at 10:30 & 5% <ok> naïve café."
+    assert [w for w, _, _ in split_words(latin)] == old.findall(latin)
+    assert [w for w, _, _ in split_words("\ufeffObama\u200b visited\x07 Paris")] == ["Obama", "visited", "Paris"]
+    assert [w for w, _, _ in split_words("क्\u200dष co\u00adoperate")] == ["क्\u200dष", "co\u00adoperate"]
+
+
+def test_teacher_split_matches_the_runtime_and_records_its_rule(tmp_path):
+    from mtpf.teacher import corpus
+
+    assert corpus.SPLIT_RULE == corpus.WORD_RE.pattern
+    assert corpus.split_words("\ufeffApple Inc. earned $3.5 billion in मनुष्य km²") == \
+        ["Apple", "Inc", ".", "earned", "$", "3.5", "billion", "in", "मनुष्य", "km²"]

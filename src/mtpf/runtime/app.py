@@ -22,11 +22,14 @@ APP_META = "mtpf_app.json"
 APP_FORMAT = "mtpf-app/1"
 
 # ``regex``, not ``re``: ``re``'s \w has no combining marks (\p{M}), so "José" written decomposed (NFD) or a
-# Devanagari word ("मोदी") fell apart into pieces, and entity spans cut inside words.
-WORD_RE = regex.compile(r"[\w\p{M}]+(?:[-'’][\w\p{M}]+)*|[^\w\s\p{M}]")
+# Devanagari word ("मोदी") fell apart into pieces, and entity spans cut inside words. Word characters are
+# re's \w (letters, numbers, underscore) plus marks, soft hyphen and zero-width (non-)joiners, which sit
+# inside words; other invisible format and control characters (a byte-order mark, zero-width space) are no words.
+WORD_CHARS = r"\p{L}\p{N}_\p{M}\u00ad\u200c\u200d"
+WORD_RE = regex.compile(rf"[{WORD_CHARS}]+(?:[-'’][{WORD_CHARS}]+)*|[^{WORD_CHARS}\s\p{{Cc}}\p{{Cf}}]")
 """How NER text is split into words: runs of letters/digits/underscore and combining marks, which may contain
-inner hyphens or apostrophes (``state-of-the-art``, ``O'Neil``, ``don't``), or any single other non-space
-character (punctuation, symbols). Character offsets of the words index the original string."""
+inner hyphens or apostrophes (``state-of-the-art``, ``O'Neil``, ``don't``), or any single other visible
+non-space character (punctuation, symbols). Character offsets of the words index the original string."""
 
 
 class AppError(ValueError):

@@ -12,7 +12,8 @@ examples:
   mtpf label --reuse-clusters labels/ --corpus new.txt --out labels-new/   # same ids on new text
   mtpf label inspect labels/ --top 15
 
-plain text is split into words by the regex  \\d+(?:[.,]\\d+)+|\\w+(?:[-'\u2019]\\w+)*|[^\\w\\s]
+plain text is split into words by mtpf.teacher.corpus.WORD_RE: numbers with inner . or , ; letters/digits
+with combining marks and inner hyphens or apostrophes; every other visible character alone
 (numbers with inner . or , ; words with inner - or ' ; any other non-space character alone);
 JSONL "tokens" are kept exactly as given. Re-running with the same --out skips finished shards.
 """

@@ -14,9 +14,10 @@ bad byte or a malformed record.
 Word-split rule for plain text (:data:`WORD_RE`), applied left to right, first match wins:
 
 1. ``\\d+(?:[.,]\\d+)+`` -- numbers with inner separators stay one word (``3.5``, ``1,000``);
-2. ``\\w+(?:[-'\u2019]\\w+)*`` -- a run of letters/digits/underscore, with inner hyphens or apostrophes
-   (``New``, ``long-term``, ``don't``);
-3. ``[^\\w\\s]`` -- any other non-space character is a word on its own (punctuation, symbols, emoji).
+2. a run of letters/digits/underscore and combining marks (with soft hyphens and zero-width joiners inside),
+   with inner hyphens or apostrophes (``New``, ``long-term``, ``don't``, a decomposed ``José``, ``मनुष्य``);
+3. any other visible non-space character is a word on its own (punctuation, symbols, emoji); invisible format
+   and control characters (a byte-order mark, zero-width space) are no words.
 
 Whitespace only separates. The rule is deterministic and close to CoNLL-style tokenisation, except that
 abbreviations lose their final dot (``Inc.`` -> ``Inc``, ``.``).
@@ -35,8 +36,10 @@ import regex
 
 from mtpf.data.io import DataError
 
-WORD_RE = regex.compile(r"\d+(?:[.,]\d+)+|[\w\p{M}]+(?:[-'\u2019][\w\p{M}]+)*|[^\w\s\p{M}]")  # \p{M}: see runtime.app
-SPLIT_RULE = r"\d+(?:[.,]\d+)+|\w+(?:[-'’]\w+)*|[^\w\s]"
+# the runtime's word characters (mtpf.runtime.app: re's \w plus combining marks and in-word joiners)
+_W = r"\p{L}\p{N}_\p{M}\u00ad\u200c\u200d"
+WORD_RE = regex.compile(rf"\d+(?:[.,]\d+)+|[{_W}]+(?:[-'\u2019][{_W}]+)*|[^{_W}\s\p{{Cc}}\p{{Cf}}]")
+SPLIT_RULE = WORD_RE.pattern  # recorded in label_config.json / clusters.json (a changed rule needs --overwrite)
 CORPUS_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet", ".arrow")
 HUB_TEXT_FIELDS = ("tokens", "text", "sentence", "input")
 TABLE_BATCH = 1024  # rows per record batch read from Parquet/Arrow/hub tables
