@@ -87,3 +87,15 @@ def test_label_fit_sample_leaves_no_pages_of_its_vector_file_resident(tiny_bert,
                              clusters=5, fit_words=4000, kmeans_batch=256, chunk_words=500, progress=False,
                              device="cpu"), log=lambda *_: None)
     assert seen == {"after pass 1": 0, "after k-means": 0}
+
+
+def test_release_by_a_relative_path(tmp_path, monkeypatch):
+    """/proc/self/maps names resolved absolute paths: a relative --out (``labels/``) must still be released."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rel").mkdir()
+    mm = np.lib.format.open_memmap("rel/v.f16", mode="w+", dtype=np.float16, shape=(200_000, 16))
+    mm[:] = 1
+    assert _mapped_rss_kb(str(tmp_path / "rel" / "v.f16")) > 0
+    assert mapped_pages.release_files(("rel/v.f16",)) > 0
+    assert _mapped_rss_kb(str(tmp_path / "rel" / "v.f16")) == 0
+    del mm

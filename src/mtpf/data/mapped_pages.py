@@ -63,6 +63,7 @@ def release_files(files: tuple[str, ...]) -> int:
         return 0
     if not files:
         return 0
+    files = tuple(os.path.realpath(f) for f in files)  # /proc/self/maps names resolved absolute paths
     advise, total = _madvise(), 0
     for start, end in mapped_ranges(files):
         if advise(start, end - start, mmap.MADV_DONTNEED) == 0:
