@@ -141,6 +141,8 @@ def test_match_needs_a_narrow_interval_not_just_one_that_contains_zero():
     narrow = stats.interval([-0.2, 0.1, 0.3])
     assert verdict(narrow, 0).startswith("matches")
     assert verdict(stats.interval([-2.0, -2.1, -1.9]), 0) == "contradicted (worse)"
+    small = stats.interval([-0.3, -0.25, -0.2])  # -0.25 ± 0.12: resolved, but within the margin: a match
+    assert verdict(small, 0).startswith("matches")
 
 
 def test_t_quantile_without_scipy_beyond_the_table(monkeypatch):

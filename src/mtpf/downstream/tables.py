@@ -291,11 +291,11 @@ def verdict(iv: Interval | None, expect: int) -> str:
         return "not measured"
     if iv.half is None:
         return "one seed: no interval"
-    if expect == 0:  # an interval that merely contains 0 is no evidence of a match: it must be narrow too
-        if iv.excludes_zero():
-            return "holds (better)" if iv.mean > 0 else "contradicted (worse)"
+    if expect == 0:  # an interval that merely contains 0 is no evidence of a match: it must be narrow
         if -MATCH_MARGIN <= iv.low and iv.high <= MATCH_MARGIN:
             return f"matches (interval within ±{MATCH_MARGIN:g} point)"
+        if iv.excludes_zero():
+            return "holds (better)" if iv.mean > 0 else "contradicted (worse)"
         return f"not resolved (interval contains 0 but is wider than ±{MATCH_MARGIN:g} point)"
     if not iv.excludes_zero():
         return "not resolved (interval contains 0)"
