@@ -118,6 +118,13 @@ def test_suite_end_to_end_and_resume(tiny_bert, fake_run, small_data, tmp_path, 
     assert main(argv) == 0
     assert "ran 1 cells, reused 5" in capsys.readouterr().out
     assert json.loads((apps[1] / "mtpf_app.json").read_text())["training"]["cell_key"] in keys
+    # a folder written before apps recorded their cell (no cell_key) still counts when its test metrics are
+    # its cell's: an older evaluation folder is not retrained
+    meta = json.loads((apps[2] / "mtpf_app.json").read_text())
+    del meta["training"]["cell_key"]
+    (apps[2] / "mtpf_app.json").write_text(json.dumps(meta))
+    assert main(argv) == 0
+    assert "ran 0 cells, reused 6" in capsys.readouterr().out
 
     # a changed config recomputes only the affected cells (TC here)
     argv2 = [a if a != "3" else "4" for a in argv]

@@ -10,7 +10,7 @@ from mtpf.downstream.ner_config import RECIPES
 
 
 def _ner_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("NER adaptation (recipe defaults; --recipe paper = Appendix A exactly)")
+    g = p.add_argument_group("NER adaptation (recipe defaults; --recipe paper = Appendix A as stated)")
     g.add_argument("--recipe", choices=sorted(RECIPES), default="default",
                    help="default: separate head/LoRA learning rates, a minimum of optimizer steps per stage, "
                         "early stopping on a dev subsample (works from 200 to 14k sentences); paper: 10 + 30 "

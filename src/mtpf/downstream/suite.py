@@ -123,12 +123,16 @@ def app_folder_name(label: str, dataset: str, fraction: float, seed: int) -> str
     return f"{_slug(label)}-{dataset}-f{fraction:g}-s{seed}"
 
 
-def _app_cell_key(app: Path) -> str | None:
-    """The results cell an app folder of ``--save-apps`` was trained for (None: missing or unreadable)."""
+def _app_of_cell(app: Path, key: str, record: dict) -> bool:
+    """Whether the app folder of ``--save-apps`` was trained for this results cell: its ``cell_key``, or (a folder
+    written before apps recorded it) its test metrics are the cell's."""
     try:
-        return json.loads((app / "mtpf_app.json").read_text())["training"].get("cell_key")
+        meta = json.loads((app / "mtpf_app.json").read_text())
+        if "cell_key" in meta["training"]:
+            return meta["training"]["cell_key"] == key
+        return meta["metrics"]["test"] == record.get("metrics")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+        return False
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -201,8 +205,9 @@ def run_suite(cfg: SuiteConfig) -> dict:
     done = {r["key"] for r in results["cells"]}
     # with --save-apps a NER cell is done only with its own app folder (results.json restored into a fresh folder,
     # or a folder of the same name left by a run with another recipe: the folder name does not hold the config)
-    todo = [c for c in cells if c.key not in done or (cfg.save_apps and c.task == "ner" and _app_cell_key(
-        out / "apps" / app_folder_name(c.model.label, c.dataset.name, c.fraction, c.seed)) != c.key)]
+    records = {r["key"]: r for r in results["cells"]}
+    todo = [c for c in cells if c.key not in done or (cfg.save_apps and c.task == "ner" and not _app_of_cell(
+        out / "apps" / app_folder_name(c.model.label, c.dataset.name, c.fraction, c.seed), c.key, records[c.key]))]
     results["models"] = [m.describe() for m in models]
     results["base"] = cfg.base or models[0].label
     results["config"] = {"ner": cfg.ner_cfg.to_dict(), "tc": cfg.tc_cfg.to_dict(), "fractions": cfg.fractions,
