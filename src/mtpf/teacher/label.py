@@ -246,9 +246,9 @@ def _fit(teacher, sample: list[list[str]], cfg: LabelConfig, out: Path):
     mm_path = out / ".fit_vectors.f16"
     mm = np.lib.format.open_memmap(mm_path, mode="w+", dtype=np.float16, shape=(n_words, teacher.dim))
 
-    def release():
-        mm.flush()  # a shared file mapping: the written pages are in the page cache, unmapping loses nothing
+    def release():  # a shared file mapping: written pages stay in the page cache, unmapping loses nothing
         release_files((str(mm_path),))
+
     bar = _bar(n_words, "fit: embed sample", cfg.progress)
     t0 = time.perf_counter()
     row = 0
