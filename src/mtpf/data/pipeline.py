@@ -221,7 +221,7 @@ class StreamFeeder:
                     batch = self.batches.stream_batch(k, name, j, self.streams)
                     self.built += 1
                     if self.pin:
-                        batch = _pinned(batch)
+                        batch = map_tensors(batch, torch.Tensor.pin_memory)
                     if not self._put((k, batch)):
                         return
                 k += 1
@@ -239,16 +239,6 @@ class StreamFeeder:
     def close(self) -> None:
         self._stop.set()
         self.thread.join(timeout=5)
-
-
-def _pinned(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.pin_memory()
-    if isinstance(obj, dict):
-        return {k: _pinned(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_pinned(v) for v in obj]
-    return obj
 
 
 class NerBatches:
@@ -294,12 +284,17 @@ def batch_loader(make, start: int, num_workers: int, pin_memory: bool):
         generator=torch.Generator().manual_seed(start))
 
 
+def map_tensors(obj, fn):
+    """``fn`` applied to every tensor of nested dicts/lists; other leaves as they are."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [map_tensors(v, fn) for v in obj]
+    return obj
+
+
 def to_device(obj, device):
     """Nested dicts/lists of tensors to ``device``; non-blocking (the loader pinned them on CUDA)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [to_device(v, device) for v in obj]
-    return obj
+    return map_tensors(obj, lambda t: t.to(device, non_blocking=True))

@@ -202,11 +202,10 @@ def run_suite(cfg: SuiteConfig) -> dict:
 
     results_path = out / "results.json"
     results = load_results(results_path)
-    done = {r["key"] for r in results["cells"]}
     # with --save-apps a NER cell is done only with its own app folder (results.json restored into a fresh folder,
     # or a folder of the same name left by a run with another recipe: the folder name does not hold the config)
     records = {r["key"]: r for r in results["cells"]}
-    todo = [c for c in cells if c.key not in done or (cfg.save_apps and c.task == "ner" and not _app_of_cell(
+    todo = [c for c in cells if c.key not in records or (cfg.save_apps and c.task == "ner" and not _app_of_cell(
         out / "apps" / app_folder_name(c.model.label, c.dataset.name, c.fraction, c.seed), c.key, records[c.key]))]
     results["models"] = [m.describe() for m in models]
     results["base"] = cfg.base or models[0].label

@@ -35,10 +35,10 @@ from pathlib import Path
 import regex
 
 from mtpf.data.io import DataError
+from mtpf.runtime.app import WORD_RE as APP_WORD_RE
 
-# the runtime's word characters (mtpf.runtime.app: re's \w plus combining marks and in-word joiners)
-_W = r"\p{L}\p{N}_\p{M}\u00ad\u200c\u200d"
-WORD_RE = regex.compile(rf"\d+(?:[.,]\d+)+|[{_W}]+(?:[-'\u2019][{_W}]+)*|[^{_W}\s\p{{Cc}}\p{{Cf}}]")
+# the runtime's word characters (re's \w plus combining marks and in-word joiners) after the number rule
+WORD_RE = regex.compile(rf"\d+(?:[.,]\d+)+|{APP_WORD_RE.pattern}")
 SPLIT_RULE = WORD_RE.pattern  # recorded in label_config.json / clusters.json (a changed rule needs --overwrite)
 CORPUS_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet", ".arrow")
 HUB_TEXT_FIELDS = ("tokens", "text", "sentence", "input")
