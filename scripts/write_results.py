@@ -33,6 +33,7 @@ from mtpf.downstream.tables import (
     build_tables,
     claim_interval,
     common_seeds,
+    seeds_text,
     dataset_order,
     family_by_seed,
     paired_table,
@@ -262,9 +263,8 @@ def main() -> None:
            "the interval of its per-seed averages); one seed prints the plain mean, with no interval."), ""]
     if left_out:
         out += [(f"**Under way:** result cells per seed so far: "
-                 f"{', '.join(f'{s}: {done[s]}' for s in seeds)}. The tables, differences and figures use seed"
-                 f"{'s' if len(used) > 1 else ''} {', '.join(map(str, used))}, which every cell has; seed"
-                 f"{'s' if len(left_out) > 1 else ''} {', '.join(map(str, left_out))} enter"
+                 f"{', '.join(f'{s}: {done[s]}' for s in seeds)}. The tables, differences and figures use "
+                 f"{seeds_text(used)}, which every cell has; {seeds_text(left_out)} enter"
                  f"{'' if len(left_out) > 1 else 's'} them once every cell has "
                  f"{'them' if len(left_out) > 1 else 'it'}, so that no row, difference or bold mean compares "
                  "different seeds."), ""]

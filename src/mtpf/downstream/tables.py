@@ -93,6 +93,11 @@ def common_seeds(cells: list[dict], models=None) -> tuple[list[dict], list, list
             sorted(every - common))
 
 
+def seeds_text(seeds) -> str:
+    """``seed 42`` / ``seeds 43, 44``."""
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
 def signed(x: float, digits: int = 1) -> str:
     """A difference with its sign; one that rounds to zero prints as ``+0.0`` (never ``-0.0``)."""
     return f"{round(x, digits) + 0.0:+.{digits}f}"
@@ -203,8 +208,7 @@ def build_tables(cells: list[dict], models: list[str], base: str, ner_order: lis
             row.append(_delta(tc_avg[m], delta(m, "tc"), m == base, fam_half(m, "tc")))
         row.append(_delta(overall(m), delta(m, "all"), m == base, overall_half(m)))
         rows.append(row)
-    note = (f" (seed{'s' if len(used) > 1 else ''} {', '.join(map(str, used))}: seed"
-            f"{'s' if len(left_out) > 1 else ''} {', '.join(map(str, left_out))} left out until every row has "
+    note = (f" ({seeds_text(used)}: {seeds_text(left_out)} left out until every row has "
             f"{'them' if len(left_out) > 1 else 'it'})") if left_out else ""
     tables.append(Table("Summary: NER = average test F1, TC = average accuracy (MTEB protocol); "
                         f"+/- against '{base}'{note}", header, rows))
