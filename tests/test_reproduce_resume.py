@@ -191,20 +191,24 @@ def test_commit_results_commits_each_finished_unit(tmp_path):
     assert subprocess.run(git + ["status", "--porcelain", "results"], capture_output=True, text=True, check=True).stdout == ""
 
 
-@pytest.mark.parametrize("name", ["repro.yaml", "repro-scaled.yaml"])
+@pytest.mark.parametrize("name", ["local/repro.yaml", "local/repro-scaled.yaml", "gpu/repro-16x.yaml"])
 def test_repro_configs_load(name):
     from mtpf.config import load_config
     from mtpf.recipes.pretrain import PretrainConfig
 
-    cfg = yaml.safe_load((ROOT / "configs" / "local" / name).read_text())
+    cfg = yaml.safe_load((ROOT / "configs" / name).read_text())
     r = repro.Repro(cfg, Path("/nonexistent"), Path("/nonexistent"), commit=False, run=None)
-    steps = {}
+    steps, tokens = {}, {}  # tokens: (TC pairs, NER sentences) a model sees, relative to repro.yaml's 150 steps
     for label, (conf, overrides, _) in r.models.items():
         if conf:
             c = load_config(PretrainConfig, ROOT / conf, cfg["pretrain_overrides"] + overrides + ["seed=7"])
             steps[label] = c.max_steps
+            tokens[label] = (c.max_steps * c.tc_batch_size / (150 * 64), c.max_steps * c.ner_batch_size / (150 * 32))
             assert c.seed == 7
-    if name == "repro-scaled.yaml":
+    if name == "gpu/repro-16x.yaml":  # issue 11: the GPU run pre-finetunes at >= 10x the 150-step run's tokens
+        assert all(min(t) >= 10 for t in tokens.values()), tokens
+        assert set(cfg["models"]) == set(yaml.safe_load((ROOT / "configs/local/repro-scaled.yaml").read_text())["models"])
+    if name == "local/repro-scaled.yaml":
         assert len(r.seeds) >= 3 and min(steps.values()) >= 4 * 150  # >= 4x the tokens of repro.yaml
         fracs = {f for run in cfg["evaluate"]["runs"].values() for f in run["fractions"]}
         assert fracs == {1.0, 0.1, 0.2, 0.5}
