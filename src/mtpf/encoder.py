@@ -173,6 +173,25 @@ def _model_type(ref: str) -> str | None:
         return None
 
 
+PADDING_OFFSET_TYPES = frozenset({
+    "roberta", "roberta-prelayernorm", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer",
+    "mpnet", "ibert", "luke", "xmod", "esm"})
+"""Encoder types whose position ids start at ``pad_token_id + 1`` (transformers'
+``create_position_ids_from_input_ids``), so ``pad_token_id + 1`` rows of the position table are never an input
+position. tests/test_encoder_positions.py checks each against the model itself."""
+
+
+def max_positions(config) -> int | None:
+    """Longest input the position table takes (``max_position_embeddings``, less the padding offset of the
+    types above); ``None`` when the config has no position table."""
+    pos = getattr(config, "max_position_embeddings", None)
+    if not pos:
+        return None
+    offset = (getattr(config, "pad_token_id", None) or 0) + 1 \
+        if getattr(config, "model_type", "") in PADDING_OFFSET_TYPES else 0
+    return int(pos) - offset
+
+
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean over non-padding tokens (sentence-transformers' default pooling)."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)

@@ -178,11 +178,12 @@ def _hub_normalize(name: str) -> bool:  # pragma: no cover - needs the network
 def max_length_for(model_ref: ModelRef, tokenizer, encoder_config, requested: int | None = None) -> int:
     """Longest input the model takes: min of the request, sentence-transformers' max_seq_length (else the
     tokenizer's limit) and the position embeddings."""
+    from mtpf.encoder import max_positions
+
     limits = []
-    pos = getattr(encoder_config, "max_position_embeddings", None)
+    pos = max_positions(encoder_config)
     if pos:
-        offset = 2 if getattr(encoder_config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
-        limits.append(pos - offset)
+        limits.append(pos)
     if model_ref.st_max_length:
         limits.append(int(model_ref.st_max_length))
     elif getattr(tokenizer, "model_max_length", None) and tokenizer.model_max_length < 100_000:

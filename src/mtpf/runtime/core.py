@@ -147,7 +147,7 @@ class Runtime:
                  dedup: bool = True):
         import torch
 
-        from mtpf.encoder import fingerprint_model, load_encoder, load_tokenizer, resolve_model
+        from mtpf.encoder import fingerprint_model, load_encoder, load_tokenizer, max_positions, resolve_model
         from mtpf.runtime.backends import resolve_device
         from mtpf.runtime.onnx_export import encoder_input_names
 
@@ -159,9 +159,7 @@ class Runtime:
         encoder = load_encoder(self.backbone_path).eval()
         self.fingerprint = fingerprint_model(encoder)
         self.hidden_size = int(encoder.config.hidden_size)
-        # RoBERTa-style positions start at padding_idx + 1: two of the table's rows are no input position
-        offset = 2 if getattr(encoder.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
-        self.model_max_length = int(getattr(encoder.config, "max_position_embeddings", 512)) - offset
+        self.model_max_length = max_positions(encoder.config) or 512  # RoBERTa-style: less the padding offset
         self.input_names = encoder_input_names(encoder, self.tokenizer)
         if backend == "torch":
             from mtpf.runtime.backends import TorchBackend

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-_ROBERTA_LIKE = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xlm-roberta-xl"}
 _BOUNDARY_PIECES = ("Ġ", "▁")
 
 
@@ -107,16 +106,16 @@ class Teacher:
         return cls(model, tok, layers, max_length, device, batch_tokens, name=resolve_model(name_or_path))
 
     def _limit(self, requested: int | None) -> int:
+        from mtpf.encoder import max_positions
+
         cfg = self.model.config
         limits = []
         tok_max = getattr(self.tokenizer, "model_max_length", None)
         if tok_max and tok_max < 1_000_000:
             limits.append(int(tok_max))
-        max_pos = getattr(cfg, "max_position_embeddings", None)
+        max_pos = max_positions(cfg)  # RoBERTa-style position ids start after the padding index
         if max_pos:
-            # RoBERTa-style position ids start after the padding index, so two positions are never usable.
-            offset = (cfg.pad_token_id or 0) + 1 if cfg.model_type in _ROBERTA_LIKE else 0
-            limits.append(int(max_pos) - offset)
+            limits.append(max_pos)
         if requested:
             limits.append(int(requested))
         return min(limits) if limits else 512
