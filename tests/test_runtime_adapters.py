@@ -150,3 +150,20 @@ def test_teacher_split_matches_the_runtime_and_records_its_rule(tmp_path):
     assert corpus.SPLIT_RULE == corpus.WORD_RE.pattern
     assert corpus.split_words("\ufeffApple Inc. earned $3.5 billion in मनुष्य km²") == \
         ["Apple", "Inc", ".", "earned", "$", "3.5", "billion", "in", "मनुष्य", "km²"]
+
+
+def test_an_adapter_saved_as_bin_is_served_by_the_layered_onnx_graph(demo, tmp_path):
+    """Older PEFT saved ``adapter_model.bin``: the layered ONNX graph takes it as it takes safetensors (it used to
+    read only the latter)."""
+    from safetensors.torch import load_file
+
+    app = _custom_app(tmp_path / "st", demo["backbone"], r=4, lora_alpha=8, target_modules=["query", "value"])
+    binary = tmp_path / "bin"
+    shutil.copytree(app, binary)
+    torch.save(load_file(str(binary / "adapter_model.safetensors")), binary / "adapter_model.bin")
+    (binary / "adapter_model.safetensors").unlink()
+    expected = _peft_reference(demo["backbone"], app, TEXTS)
+    with Runtime(demo["backbone"], backend="onnx", batching=False) as rt:
+        rt.register_app("bin", str(binary))
+        assert any(k.split("#")[0] == "bin" for k in rt.backend.loras)  # the layered graph, not a merged one
+        np.testing.assert_allclose(rt.embed("bin", TEXTS), expected, atol=2e-5)

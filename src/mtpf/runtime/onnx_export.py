@@ -487,7 +487,7 @@ def app_lora_feeds(adapter_dir: str | Path, layer_names: list[str], slots: list[
     None when the adapter is something the slots cannot express (DoRA, bias, modules_to_save, embeddings,
     patterns, a target outside the slots): the caller then falls back to a merged per-app graph.
     """
-    from safetensors.numpy import load_file
+    from peft.utils import load_peft_weights
 
     from mtpf.lora.targets import layer_index
 
@@ -498,7 +498,8 @@ def app_lora_feeds(adapter_dir: str | Path, layer_names: list[str], slots: list[
         return None
     r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
     scale = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
-    weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    # PEFT's own reader: adapter_model.safetensors, or the pickled adapter_model.bin of older PEFT versions
+    weights = {k: v.float().numpy() for k, v in load_peft_weights(str(adapter_dir), device="cpu").items()}
     per_layer: list[dict | None] = [None] * len(layer_names)
     if any(".lora_embedding_" in key for key in weights):  # LoRA on the embeddings: no slot for it
         return None
