@@ -172,6 +172,9 @@ def test_word_without_pieces_gets_context_vector(wordpiece):
     teacher = Teacher(ContextFreeEncoder(), wordpiece)
     out = teacher.embed([["paid", "\u200b"], ["\u200b"]]).numpy()
     assert out.shape == (3, 3) and np.isfinite(out).all() and teacher.stats.words_without_pieces == 2
+    # the mean of the window's word pieces, not of its [CLS] / [SEP]; with no word piece at all, of the specials
+    np.testing.assert_allclose(out[1], vec(wordpiece, ["paid"]), rtol=1e-6)
+    np.testing.assert_allclose(out[2], vec(wordpiece, ["[CLS]", "[SEP]"]), rtol=1e-6)
 
 
 def test_length_buckets_do_not_change_vectors(tmp_path):

@@ -300,10 +300,13 @@ class Teacher:
             widx_flat = widx_t.reshape(-1)
             sums.index_add_(0, widx_flat, flat)
             counts.index_add_(0, widx_flat, torch.ones_like(widx_flat, dtype=torch.float32))
-            # Context fallback for words the tokenizer turned into nothing (rare: e.g. a lone zero-width char).
+            # Context fallback for words the tokenizer turned into nothing (rare: e.g. a lone zero-width char): the
+            # mean of the window's word pieces, without its special tokens unless they are all it has.
             for r, k in enumerate(rows.tolist() if with_missing else []):
                 if k in with_missing:
-                    fallback[tuple(with_missing[k])] = hidden[r, : lens[k]].float().mean(0)
+                    lo, hi = len(self._prefix), int(lens[k]) - len(self._suffix)
+                    window = hidden[r, lo:hi] if hi > lo else hidden[r, : lens[k]]
+                    fallback[tuple(with_missing[k])] = window.float().mean(0)
         out = sums[:n_words] / counts[:n_words].clamp(min=1).unsqueeze(-1)
         for missing, mean in fallback.items():
             out[list(missing)] = mean
