@@ -176,9 +176,12 @@ def _model_type(ref: str) -> str | None:
 PADDING_OFFSET_TYPES = frozenset({
     "roberta", "roberta-prelayernorm", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer",
     "mpnet", "ibert", "luke", "xmod", "esm"})
-"""Encoder types whose position ids start at ``pad_token_id + 1`` (transformers'
-``create_position_ids_from_input_ids``), so ``pad_token_id + 1`` rows of the position table are never an input
-position. tests/test_encoder_positions.py checks each against the model itself."""
+"""Encoder types whose position ids start at ``padding_idx + 1`` (transformers'
+``create_position_ids_from_input_ids``), so ``padding_idx + 1`` rows of the position table are never an input
+position. ``padding_idx`` is the config's ``pad_token_id``, except where transformers fixes it (below).
+tests/test_encoder_positions.py checks each against the model itself."""
+FIXED_PADDING_IDX = {"mpnet": 1}
+"""Types whose embeddings hard-code ``padding_idx`` whatever ``pad_token_id`` says (MPNetEmbeddings)."""
 
 
 def max_positions(config) -> int | None:
@@ -187,9 +190,11 @@ def max_positions(config) -> int | None:
     pos = getattr(config, "max_position_embeddings", None)
     if not pos:
         return None
-    offset = (getattr(config, "pad_token_id", None) or 0) + 1 \
-        if getattr(config, "model_type", "") in PADDING_OFFSET_TYPES else 0
-    return int(pos) - offset
+    model_type = getattr(config, "model_type", "")
+    if model_type not in PADDING_OFFSET_TYPES:
+        return int(pos)
+    padding_idx = FIXED_PADDING_IDX.get(model_type, getattr(config, "pad_token_id", None) or 0)
+    return int(pos) - padding_idx - 1
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
