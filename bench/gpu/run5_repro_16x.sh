@@ -5,6 +5,7 @@
 # priority order, until the time budget. Every finished cell is kept; $OUT/results.tgz holds the results folder
 # (merge it into docs/results/repro-gpu-16x). Carry: .gpu (minilm fp16, data as .gz, labels) and .whl (README).
 set -u
+: "${OUT:?set OUT to the folder that comes back}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 T0=$(date +%s)
 el() { echo "[+$(( $(date +%s) - T0 ))s] $*"; }
@@ -36,14 +37,20 @@ from mtpf.encoder import resolve_model
 print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__,
       'peft', peft.__version__, 'st', sentence_transformers.__version__, 'datasets', datasets.__version__,
       'model', resolve_model('packaged'))" || exit 1
-mkdir -p "$WORK/out" && cp -r .gpu/labels "$WORK/out/labels"  # teacher labels made on the CPU (see the config)
+mkdir -p "$WORK/out" && cp -rT .gpu/labels "$WORK/out/labels"  # teacher labels made on the CPU (see the config)
 (nvidia-smi dmon -s u -d 10 > "$OUT/dmon.txt" 2>&1 &)
 el "reproduce: $CONFIG, --jobs $JOBS, ${BUDGET}s"
 timeout -k 20 -s INT "$BUDGET" $PY scripts/reproduce.py "$CONFIG" --output "$WORK/out" --results-dir "$WORK/results" \
-  --by-model --jobs "$JOBS" 2>&1 | tail -c 15000000 > "$OUT/repro.log"
-el "reproduce exit ${PIPESTATUS[0]}"
-grep -E "^\s*\$ |Error|error:|Traceback" "$OUT/repro.log" | grep -v "it/s" | tail -40
-tar czf "$OUT/results.tgz" -C "$WORK" results && el "cells kept: $(ls "$WORK"/results/s*/*.json 2>/dev/null | wc -l) result files"
+  --by-model --jobs "$JOBS" > "$OUT/repro.log" 2>&1
+rc=$?
+el "reproduce exit $rc"
+# 124: the budget ran out; finished cells are kept, a rerun on the warm machine (same $WORK) resumes the rest
+[ $rc -eq 124 ] && { echo "time budget reached: rerun with a smaller BUDGET to finish the remaining units"; rc=3; }
+if [ "$(stat -c %s "$OUT/repro.log")" -gt 15000000 ]; then  # what comes back: 16 MB a file
+  tail -c 15000000 "$OUT/repro.log" > "$OUT/repro.log.tail" && mv "$OUT/repro.log.tail" "$OUT/repro.log"
+fi
+grep -E '^\+ |Error|error:|Traceback' "$OUT/repro.log" | grep -v "it/s" | tail -40
+tar czf "$OUT/results.tgz" -C "$WORK" results || rc=1
 $PY - "$WORK/results" <<'PYEOF'
 import json, sys, pathlib
 for f in sorted(pathlib.Path(sys.argv[1]).glob("s*/*.json")):
@@ -56,3 +63,4 @@ if t.is_file():
 PYEOF
 pkill -f "nvidia-smi dmon" 2>/dev/null
 el "done"
+exit $rc
