@@ -48,7 +48,8 @@ def test_lora_targets_are_exactly_query_key_mlp_of_all_layers(tiny_models, arch)
     assert all(("lora_" in n) == p.requires_grad for n, p in model.named_parameters())
 
 
-def _save_ner_adapter(backbone: str, out: Path, layers: int = 1, rank: int = 32, alpha: int = 64) -> dict:
+def _save_ner_adapter(backbone: str, out: Path, layers: int = 1, rank: int = 32, alpha: int = 64,
+                      safe: bool = True) -> dict:
     """A run-style task-primary ner adapter on the last ``layers`` layers, with random (non-zero) weights."""
     from mtpf.encoder import load_encoder
     from mtpf.lora import LoraSpec, add_task_adapters
@@ -59,16 +60,18 @@ def _save_ner_adapter(backbone: str, out: Path, layers: int = 1, rank: int = 32,
         for n, p in enc.named_parameters():
             if "lora_" in n:
                 p.normal_()
-    enc.save_pretrained(str(out), selected_adapters=["ner"])
+    enc.save_pretrained(str(out), selected_adapters=["ner"], safe_serialization=safe)
     return {n.replace(".ner.", "."): p.detach().clone() for n, p in enc.named_parameters() if "lora_" in n}
 
 
-def test_partial_init_copies_covered_layers_and_leaves_the_rest_fresh(tiny_models, tmp_path):
+@pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
+def test_partial_init_copies_covered_layers_and_leaves_the_rest_fresh(tiny_models, tmp_path, safe):
     from mtpf.downstream.ner import NerConfig, build_lora, init_from_adapter
     from mtpf.encoder import load_encoder
 
-    saved = _save_ner_adapter(tiny_models["bert"], tmp_path / "ad", layers=1)
+    saved = _save_ner_adapter(tiny_models["bert"], tmp_path / "ad", layers=1, safe=safe)
     folder = tmp_path / "ad" / "ner"
+    assert (folder / ("adapter_model.safetensors" if safe else "adapter_model.bin")).is_file()
     cfg = NerConfig()
     torch.manual_seed(7)
     fresh, _ = build_lora(load_encoder(tiny_models["bert"]), cfg)

@@ -52,13 +52,14 @@ def init_from_adapter(peft_model, adapter_dir: str | os.PathLike, cfg: NerConfig
     Returns the module names that were initialised. Ranks (and alphas) must agree; modules of the source
     adapter that the downstream LoRA does not cover are an error (they would be silently dropped).
     """
-    from safetensors.torch import load_file
+    from peft.utils import load_peft_weights
 
     folder = Path(adapter_dir)
     acfg_file = folder / "adapter_config.json"
-    weights_file = folder / "adapter_model.safetensors"
-    if not acfg_file.is_file() or not weights_file.is_file():
-        raise ConfigError(f"{folder}: not a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)")
+    has_weights = any((folder / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin"))
+    if not acfg_file.is_file() or not has_weights:
+        raise ConfigError(f"{folder}: not a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors "
+                          f"or adapter_model.bin)")
     acfg = json.loads(acfg_file.read_text())
     if int(acfg.get("r", -1)) != cfg.lora_rank:
         raise ConfigError(f"{folder}: the ner task-primary adapter has rank {acfg.get('r')} but the downstream LoRA "
@@ -73,7 +74,7 @@ def init_from_adapter(peft_model, adapter_dir: str | os.PathLike, cfg: NerConfig
         if meta_fp and meta_fp != backbone_fingerprint:
             raise ConfigError(f"{folder}: adapter was trained on backbone {meta_fp[:19]}..., "
                               f"not on this backbone ({backbone_fingerprint[:19]}...)")
-    src = load_file(str(weights_file))
+    src = load_peft_weights(str(folder), device="cpu")  # PEFT's own reader: .safetensors, else a pickled .bin
     params = dict(peft_model.named_parameters())
     covered, missing = set(), []
     with torch.no_grad():
