@@ -91,6 +91,21 @@ def test_reruns_are_seeded_and_resume_skips_finished_shards(tiny_bert, corpus, t
     assert any("reusing the fit" in m for m in messages) and any("skipped 3 finished" in m for m in messages)
 
 
+def test_clusters_json_says_which_shards_were_made_on_which_device_and_dtype(tiny_bert, corpus, tmp_path):
+    out = tmp_path / "out"
+    info = label_corpus(cfg(tiny_bert, corpus, out), log=quiet)
+    assert info["made_with"] == [{"device": "cpu", "dtype": "float32", "shards": [0, 1, 2, 3]}]
+    assert json.loads((out / ".progress" / "shard-00001.json").read_text())["dtype"] == "float32"
+    # a resumed run that finishes on another dtype (as a CPU run finished on a GPU in bfloat16 would) is allowed
+    # and recorded, shard by shard, with one line saying so
+    (out / "shard-00002.jsonl.gz").unlink()
+    messages = []
+    info = label_corpus(cfg(tiny_bert, corpus, out, dtype="float64"), log=messages.append)
+    assert info["made_with"] == [{"device": "cpu", "dtype": "float32", "shards": [0, 1, 3]},
+                                 {"device": "cpu", "dtype": "float64", "shards": [2]}]
+    assert any("cpu in float32 (3 shard(s)); cpu in float64 (1 shard(s))" in m for m in messages)
+
+
 def test_interrupted_run_resumes_to_the_same_result(tiny_bert, corpus, tmp_path):
     from mtpf.teacher.embed import Teacher
 

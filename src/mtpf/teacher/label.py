@@ -140,6 +140,7 @@ def label_corpus(cfg: LabelConfig, teacher=None, log=print) -> dict:
     totals = {"sentences": 0, "words": 0, "sq_dist": 0.0, "windowed_sentences": 0, "words_without_pieces": 0}
     counts = np.zeros(cfg.clusters, dtype=np.int64)
     shards, skipped = [], 0
+    made_with: dict[tuple, list[int]] = {}  # (device, dtype) -> shard indices (None: made before it was recorded)
     stats = CorpusStats()
     it = iter_sentences(sources, stats)
     bar = _bar(fit["corpus"]["words"], "label", cfg.progress)
@@ -166,6 +167,7 @@ def label_corpus(cfg: LabelConfig, teacher=None, log=print) -> dict:
                 break
             _write_json(meta_path, meta)
         shards.append(name)
+        made_with.setdefault((meta.get("device"), meta.get("dtype")), []).append(index)
         for key in ("sentences", "words", "sq_dist", "windowed_sentences", "words_without_pieces"):
             totals[key] += meta[key]
         counts += np.asarray(meta["counts"], dtype=np.int64)
@@ -176,6 +178,10 @@ def label_corpus(cfg: LabelConfig, teacher=None, log=print) -> dict:
     elapsed = time.perf_counter() - t0
     if skipped:
         log(f"label: skipped {skipped} finished shard(s)")
+    if len(made_with) > 1:
+        log("label: the shards were made on " + "; ".join(
+            f"{d or '?'} in {t or '?'} ({len(idx)} shard(s))" for (d, t), idx in made_with.items())
+            + ": nearest-centroid labels, equivalent up to rounding (clusters.json 'made_with')")
     info = {
         "K": cfg.clusters,
         "teacher": teacher_name,
@@ -194,6 +200,7 @@ def label_corpus(cfg: LabelConfig, teacher=None, log=print) -> dict:
         "words_without_pieces": totals["words_without_pieces"],
         "empty_clusters": int((counts == 0).sum()),
         "shards": shards,
+        "made_with": [{"device": d, "dtype": t, "shards": idx} for (d, t), idx in made_with.items()],
         "format": "jsonl",
         "split_rule": SPLIT_RULE,
         "seed": cfg.seed,
@@ -316,8 +323,13 @@ def _label_shard(block, teacher, assigner, cfg: LabelConfig, path: Path, bar, po
     if fh is None:
         return None, seconds
     fh.close()
+    _fsync(tmp)  # the shard's bytes reach the disk before the rename makes it count as finished
     os.replace(tmp, path)
     meta["counts"] = counts.tolist()
+    # provenance: a resumed run may continue on another device or dtype (a CPU run finished on a GPU); the
+    # labels stay valid (nearest centroid), and clusters.json says which shards were made how
+    meta["device"] = str(teacher.device)
+    meta["dtype"] = str(next(teacher.model.parameters()).dtype).removeprefix("torch.")
     meta["windowed_sentences"] = teacher.stats.windowed_sentences - before[0]
     meta["words_without_pieces"] = teacher.stats.words_without_pieces - before[1]
     return meta, seconds
@@ -397,9 +409,18 @@ def _same_teacher(saved: str, given: str, resolved: str | None) -> bool:
     return saved in {given, resolved} or Path(saved).resolve() == Path(resolved or given).resolve()
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    _fsync(tmp)
     os.replace(tmp, path)
 
 
