@@ -38,7 +38,7 @@ writing anything.
 Results: after every finished unit its results.json, the pre-finetuning logs and ``timings.json`` (wall time and
 command of every unit) are copied to ``results_dir`` (default ``docs/results/<config name>``);
 ``--commit-results`` also commits that folder (``git commit -- results_dir``) after every unit, so a session that
-ends loses at most the cell in flight. ``scripts/write_results.py results_dir`` turns it into docs/results.md.
+ends loses at most the cell in flight. ``scripts/write_results.py results_dir --doc DOC`` turns it into a page (repro-scaled's is docs/results.md).
 """
 from __future__ import annotations
 

@@ -2,13 +2,14 @@
 results files.
 
     python scripts/write_results.py docs/results/repro-scaled [--doc docs/results.md] [--figures docs/results]
-    python scripts/write_results.py RUNS/repro      # the single-seed layout: eval/{full,ten_percent,runtime}/
-    python scripts/write_results.py docs/results    # the committed single-seed files results-*.json
+    python scripts/write_results.py RUNS/repro --doc docs/results-150-steps.md    # the single-seed run folder
+    python scripts/write_results.py docs/results --doc docs/results-150-steps.md  # its committed results-*.json
 
 Sources: a results folder of ``scripts/reproduce.py`` (``manifest.json``, ``s<seed>/<model>.json``,
 ``runtime.json``, ``timings.json``, ``s<seed>/pretrain/<model>/logs/``), or the older single-seed layouts above.
 Builds the paper-layout analogues with mtpf.downstream.tables (Table 1: PF strategies vs base; Table 2: multi-task
-variants; Table 3: PF-L vs MTPF-TPL; Tables 5/6 per dataset; Table 11 data scarcity; the embedded-runtime row),
+variants; Table 3: PF-L vs MTPF-TPL; Tables 5/6 per dataset; Table 11 data scarcity; the embedded-runtime row;
+Figure 3 from the first seed's pre-finetuning logs),
 every score as mean ± half-width of its 95 % interval over seeds (one seed: the plain number); the paper's claims
 as paired differences over matched seeds with a verdict computed from each interval; the per-task TPL experiment
 with Figure 4; the run time and command of every part. It replaces the block between ``<!-- tables:begin -->``
@@ -176,6 +177,29 @@ def tpl_section(cells, models, tpl: dict, order: dict, source: Path, figs: Path,
     return out
 
 
+def figure3_section(source: Path, manifest: dict, figs: Path, doc: Path) -> list[str]:
+    """Figure 3 (Findings 1 and 2 during pre-finetuning) from the first seed's committed pre-finetuning logs of the
+    config's ``figure3_models`` (else every pre-finetuned model), drawn as ``mtpf analyze plot --losses`` does."""
+    from mtpf.analysis.plots import plot_findings
+
+    seeds = [source / f"s{s}" / "pretrain" for s in manifest.get("seeds", [])]  # the config's order: first = first
+    seeds = [d for d in seeds if d.is_dir()]
+    if not seeds:
+        return []
+    wanted = (manifest.get("config") or {}).get("figure3_models") or list(manifest.get("models", {}))
+    runs = [(m, seeds[0] / manifest["models"][m]) for m in wanted if m in manifest.get("models", {})]
+    runs = [(m, r) for m, r in runs if (r / "logs" / "analysis.jsonl").is_file()]
+    if not runs:
+        return []
+    figs.mkdir(parents=True, exist_ok=True)
+    fig = plot_findings([r for _, r in runs], figs / "fig3.png", losses=True, labels=[m for m, _ in runs])
+    return ["### Figure 3 analogue: the two findings during pre-finetuning", "",
+            f"![Figure 3]({os.path.relpath(fig, doc.parent)})", "",
+            (f"Seed {seeds[0].parent.name[1:]}: (a) perturbed-sentence cosine (Finding 1) and (b) intra-sentence "
+             "token homogeneity (Finding 2) of the backbone during pre-finetuning (`analysis_every` steps, on "
+             "CoNLL-2003 test sentences); (c)/(d) the pre-finetuning losses."), ""]
+
+
 def figure4(cells, tpl: dict, order: dict, source: Path, figs: Path) -> Path | None:
     """Reuse analysis.plots.plot_depth on a sweep folder assembled from the results: layers-N/logs from the first
     seed's pre-finetuning logs, downstream.json with the family averages and their intervals."""
@@ -306,6 +330,7 @@ def main() -> None:
         out += [f"### {t.title}", "", table_markdown(t), "",
                 "Reading (computed from the intervals above, not written by hand):", "", *reading(cells, cls, order),
                 ""]
+    out += figure3_section(source, manifest, figs, doc) if manifest else []
     out += tpl_section(cells, models, manifest.get("config", {}).get("tpl_experiment") or {}, order, source,
                        figs, doc)
     out += timings_section(source)

@@ -29,7 +29,8 @@ def _results_folder(root: Path) -> Path:
     (root).mkdir(parents=True)
     (root / "manifest.json").write_text(json.dumps({
         "format": "mtpf-repro/1", "seeds": list(SEED_EFFECT), "base": "Base model",
-        "models": {m: _slug(m) for m in MODELS}, "config": {"tpl_experiment": tpl}}))
+        "models": {m: _slug(m) for m in MODELS},
+        "config": {"tpl_experiment": tpl, "figure3_models": ["PF for NER", "MTPF-TPL", "MTPF"]}}))
     for seed, effect in SEED_EFFECT.items():
         for i, (m, gain) in enumerate(MODELS.items()):
             ner_gain, tc_gain = gain if isinstance(gain, tuple) else (gain, gain)
@@ -52,6 +53,12 @@ def _results_folder(root: Path) -> Path:
                 logs.mkdir(parents=True)
                 logs.joinpath("metrics.jsonl").write_text("".join(
                     json.dumps({"step": s, "loss_ner": 3.0 / s, "loss_tc": 1.0 / s}) + "\n" for s in (1, 2, 3)))
+            if m in ("PF for NER", "MTPF-TPL"):  # Figure 3's measurements (MTPF has none: left out, no error)
+                logs = folder / "pretrain" / _slug(m) / "logs"
+                logs.mkdir(parents=True, exist_ok=True)
+                logs.joinpath("analysis.jsonl").write_text("".join(json.dumps(
+                    {"step": s, "perturbed_cosine": 0.5 + 0.01 * s + 0.01 * seed, "token_homogeneity": 0.4 - 0.01 * s})
+                    + "\n" for s in (0, 50, 100)))
     (root / "timings.json").write_text(json.dumps({
         "pretrain s42 MTPF": {"part": "pretrain", "seconds": 1800.0, "command": "pretrain configs/local/mtpf.yaml"},
         "pretrain s43 MTPF": {"part": "pretrain", "seconds": 1800.0, "command": "pretrain configs/local/mtpf.yaml"},
@@ -61,10 +68,17 @@ def _results_folder(root: Path) -> Path:
 
 
 def test_results_folder_renders_intervals_claims_tpl_and_times(tmp_path, monkeypatch):
+    import mtpf.analysis.plots as plots
+
     source = _results_folder(tmp_path / "repro-scaled")
     doc = tmp_path / "results.md"
     doc.write_text("# Results\n<!-- tables:begin -->\nold\n<!-- tables:end -->\nhand-written tail\n")
+    drawn, real = [], plots.plot_findings
+    monkeypatch.setattr(plots, "plot_findings", lambda runs, out, **kw: drawn.append((runs, kw)) or real(runs, out, **kw))
     _write_results(monkeypatch, source, "--doc", doc)
+    [(runs, kw)] = drawn
+    assert [r.relative_to(source).as_posix() for r in runs] == ["s42/pretrain/PF_for_NER", "s42/pretrain/MTPF-TPL"]
+    assert kw == {"losses": True, "labels": ["PF for NER", "MTPF-TPL"]}
     text = doc.read_text()
     assert text.startswith("# Results\n") and text.endswith("hand-written tail\n") and "\nold\n" not in text
     assert "Seeds: 42, 43, 44; seeds per table cell: 3." in text
@@ -79,6 +93,9 @@ def test_results_folder_renders_intervals_claims_tpl_and_times(tmp_path, monkeyp
     assert "| TPL last 4 layers | +1.0 ± " in text and "| TPL last 1 layer | -1.0 ± " in text
     assert "Result: TPL last 4 layers beats uniform TPL on both families." in text
     assert (source / "fig4.png").read_bytes()[:4] == b"\x89PNG" and "![Figure 4](repro-scaled/fig4.png)" in text
+    # Figure 3 from the first seed's committed logs of the config's figure3_models that have measurements
+    assert (source / "fig3.png").read_bytes()[:4] == b"\x89PNG" and "![Figure 3](repro-scaled/fig3.png)" in text
+    assert "Seed 42: (a) perturbed-sentence cosine" in text
     assert "| pre-finetuning | 2 | 1.00 h | `mtpf pretrain configs/local/mtpf.yaml` |" in text
     assert "1 of these units ran 2 at a time" in text
     png = (source / "chart.png").read_bytes()  # every dataset and model, and still a page wide (PNG IHDR width)

@@ -128,6 +128,8 @@ def save_centroids(path: str | os.PathLike, centroids: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
         np.save(fh, np.asarray(centroids, dtype=np.float32))
+        fh.flush()
+        os.fsync(fh.fileno())  # on disk before fit.json (written next) marks the fit as done
     os.replace(tmp, path)
 
 
