@@ -335,6 +335,48 @@ def test_packaged_model_resolves_like_sentence_transformers():
     assert resolve("packaged", normalize="false").normalize is False
 
 
+def test_a_sentence_transformers_folder_keeps_its_token_limit_and_its_own_tc_cells(tiny_bert, tmp_path):
+    """sentence-transformers >= 5 keeps max_seq_length in the tokenizer config, not sentence_bert_config.json:
+    it is still the limit mtpf embeds with; and two folders with the same weights but other limits are not one
+    TC cell (the second reused the first's embeddings and replaced its cell)."""
+    from sentence_transformers import SentenceTransformer
+
+    from mtpf.downstream.data import load_cls_dataset
+    from mtpf.downstream.models import resolve, st_max_length
+    from mtpf.downstream.suite import SuiteConfig, build_cells
+    import warnings
+
+    from mtpf.downstream.tc import Embedder, TCConfig
+    from mtpf.testing import make_tiny_sentence_transformer as st_folder
+
+    short, long_ = st_folder(tiny_bert, tmp_path / "st40", 40), st_folder(tiny_bert, tmp_path / "st64", 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # mean pooling as sentence-transformers >= 5 writes it: no warning
+        resolve(short)
+    from sentence_transformers import SentenceTransformer as ST
+    from sentence_transformers.models import Pooling, Transformer
+
+    t = Transformer(tiny_bert)
+    ST(modules=[t, Pooling(t.get_word_embedding_dimension(), pooling_mode="cls")], device="cpu").save(
+        str(tmp_path / "cls-pooled"))
+    with pytest.warns(UserWarning, match="not mean pooling"):
+        resolve(str(tmp_path / "cls-pooled"))
+    assert SentenceTransformer(short, device="cpu").max_seq_length == 40  # what sentence-transformers applies
+    assert st_max_length(short) == 40 and resolve(short).st_max_length == 40 and resolve(long_).st_max_length == 64
+    assert st_max_length(tmp_path) is None  # not a sentence-transformers folder
+    cls = tmp_path / "cls"
+    cls.mkdir()
+    for split in ("train", "test"):
+        (cls / f"{split}.jsonl").write_text("".join(json.dumps({"text": f"t {i}", "label": i % 2}) + "\n"
+                                                    for i in range(8)))
+    models = [resolve(short, "short"), resolve(long_, "long")]
+    cfg = SuiteConfig(models=[("short", short), ("long", long_)], output=str(tmp_path / "ev"), cls=[str(cls)])
+    cells = build_cells(cfg, models, [], [(str(cls), load_cls_dataset(str(cls)))])
+    assert models[0].fingerprint("tc") == models[1].fingerprint("tc") and len({c.key for c in cells}) == 2
+    caches = [Embedder(m, TCConfig(), str(tmp_path / "cache")).embed_config() for m in models]
+    assert caches[0] != caches[1]
+
+
 # ----------------------------------------------------------------------------------------------- tables
 def test_tables_follow_the_paper_layout(tmp_path):
     from mtpf.downstream.tables import build_tables, to_markdown, write_outputs

@@ -85,6 +85,26 @@ def test_run_folder_loads_in_the_ecosystem_and_reproduces_training_outputs(tiny_
     assert info["sentence_transformer"].endswith("sentence_transformer")
 
 
+def test_the_run_keeps_its_sentence_transformers_base_models_token_limit(tiny_bert, toy_data, tmp_path):
+    """A run pre-finetuned from a sentence-transformers model keeps its max_seq_length (all-MiniLM-L6-v2: 256) in
+    its sentence_transformer/ folder, so the base and the run are embedded with the same limit (it was 512 for every
+    run, and long texts were truncated for the base model only); a plain Hugging Face base gives min(512, the
+    tokenizer's limit) as before."""
+    from sentence_transformers import SentenceTransformer
+
+    from mtpf.downstream.models import resolve
+    from mtpf.encoder import load_tokenizer
+    from mtpf.testing import make_tiny_sentence_transformer
+
+    base = make_tiny_sentence_transformer(tiny_bert, tmp_path / "st-base", 40)
+    run(_cfg(base, toy_data, tmp_path / "run", strategy="tc"))
+    assert SentenceTransformer(str(tmp_path / "run" / "sentence_transformer"), device="cpu").max_seq_length == 40
+    assert resolve(str(tmp_path / "run")).st_max_length == 40
+    run(_cfg(tiny_bert, toy_data, tmp_path / "hf-run", strategy="tc"))
+    want = min(512, load_tokenizer(tiny_bert).model_max_length)
+    assert resolve(str(tmp_path / "hf-run")).st_max_length == want
+
+
 def test_malformed_jsonl_names_file_and_line(tiny_bert, toy_data, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()

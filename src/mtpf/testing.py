@@ -65,3 +65,15 @@ def _tiny_bpe_tokenizer():
         tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
         unk_token="<unk>", mask_token="<mask>", model_max_length=128,
     )
+
+
+def make_tiny_sentence_transformer(backbone: str, out, max_seq_length: int) -> str:
+    """A sentence-transformers folder (mean pooling, Normalize) over ``backbone`` with its own token limit, saved
+    in the installed sentence-transformers' format."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Normalize, Pooling, Transformer
+
+    t = Transformer(str(backbone), max_seq_length=max_seq_length)
+    SentenceTransformer(modules=[t, Pooling(t.get_word_embedding_dimension(), pooling_mode="mean"), Normalize()],
+                        device="cpu").save(str(out))
+    return str(out)

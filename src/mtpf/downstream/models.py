@@ -117,11 +117,11 @@ def _run(label: str, ref: str, path: Path) -> ModelRef:
         folder = path / "adapters" / task
         if (folder / "adapter_config.json").is_file():
             adapters[task] = str(folder)
-    normalize = True
+    normalize, limit = True, None
     st = path / "sentence_transformer"
     if (st / "modules.json").is_file():
-        normalize = _st_has_normalize(st)
-    m = ModelRef(label, ref, "run", str(backbone), adapters, normalize, _st_max_length(st))
+        normalize, limit = _st_has_normalize(st), st_max_length(st)
+    m = ModelRef(label, ref, "run", str(backbone), adapters, normalize, limit)
     if run.get("backbone_fingerprint"):
         m._fingerprints["backbone_recorded"] = run["backbone_fingerprint"]
     return m
@@ -149,6 +149,25 @@ def _st_max_length(folder: Path) -> int | None:
     return None
 
 
+def st_max_length(folder: str | Path) -> int | None:
+    """The token limit sentence-transformers applies to a saved model: ``max_seq_length`` of its
+    sentence_bert_config.json (sentence-transformers < 5, in the Transformer module's folder or the root), else
+    its Transformer module's tokenizer ``model_max_length`` (where later versions keep ``max_seq_length``)."""
+    folder = Path(folder)
+    modules = _st_modules(folder) if (folder / "modules.json").is_file() else []
+    transformer = next((m for m in modules if str(m.get("type", "")).endswith("Transformer")), None)
+    tdir = folder / transformer.get("path", "") if transformer else folder
+    limit = _st_max_length(tdir) or _st_max_length(folder)
+    if limit:
+        return int(limit)
+    tok = tdir / "tokenizer_config.json"
+    try:
+        limit = json.loads(tok.read_text()).get("model_max_length") if tok.is_file() else None
+    except json.JSONDecodeError:
+        return None
+    return int(limit) if isinstance(limit, (int, float)) and 0 < limit < 1_000_000 else None
+
+
 def _sentence_transformer(label: str, ref: str, folder: Path) -> ModelRef:
     modules = _st_modules(folder)
     transformer = next((m for m in modules if str(m.get("type", "")).endswith("Transformer")), None)
@@ -158,11 +177,14 @@ def _sentence_transformer(label: str, ref: str, folder: Path) -> ModelRef:
     pool = next((m for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
     if pool is not None:
         pcfg = folder / pool.get("path", "") / "config.json"
-        if pcfg.is_file() and not json.loads(pcfg.read_text()).get("pooling_mode_mean_tokens", False):
+        pconf = json.loads(pcfg.read_text()) if pcfg.is_file() else {}
+        mode = pconf.get("pooling_mode")  # sentence-transformers >= 5: "mean"; earlier: pooling_mode_mean_tokens
+        if pconf and not (mode == "mean" or (isinstance(mode, list) and mode == ["mean"])
+                          or pconf.get("pooling_mode_mean_tokens", False)):
             warnings.warn(f"{folder}: its sentence-transformers pooling is not mean pooling; mtpf evaluates with "
                           "mean pooling (the paper's protocol)", stacklevel=2)
     return ModelRef(label, ref, "sentence-transformers", str(tdir), {}, _st_has_normalize(folder),
-                    _st_max_length(tdir) or _st_max_length(folder))
+                    st_max_length(folder))
 
 
 def _hub_normalize(name: str) -> bool:  # pragma: no cover - needs the network

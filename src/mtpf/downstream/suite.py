@@ -155,9 +155,14 @@ def build_cells(cfg: SuiteConfig, models, ner_sets, cls_sets) -> list[Cell]:
             for seed in cfg.seeds:
                 cells.append(Cell("tc", m, ds, ref, 1.0, int(seed), tc_conf))
     for c in cells:
-        c.key = _hash({"task": c.task, "model": cell_model_fingerprint(c, cfg),
-                       "dataset": c.dataset.fingerprint, "fraction": c.fraction, "seed": c.seed,
-                       "config": c.config, "normalize": c.model.normalize if c.task == "tc" else None})
+        key = {"task": c.task, "model": cell_model_fingerprint(c, cfg), "dataset": c.dataset.fingerprint,
+               "fraction": c.fraction, "seed": c.seed, "config": c.config,
+               "normalize": c.model.normalize if c.task == "tc" else None}
+        if c.task == "tc" and c.model.kind == "sentence-transformers":
+            # a sentence-transformers folder sets its own token limit (the packaged model: 256), so two folders
+            # with the same weights are different TC cells; a run's limit comes with its weights (its export)
+            key["st_max_length"] = c.model.st_max_length
+        c.key = _hash(key)
     return cells
 
 

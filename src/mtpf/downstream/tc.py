@@ -199,6 +199,8 @@ class Embedder:
 
         conf = {"pool": "mean", "normalize": self.model_ref.normalize, "max_length": self.cfg.max_length,
                 "adapter": self.cfg.use_adapter and "tc" in self.model_ref.adapters}
+        if self.model_ref.st_max_length:  # the model's own limit: same weights at 256 and 512 embed differently
+            conf["st_max_length"] = self.model_ref.st_max_length
         if bf16_supported(self.device):  # bf16 embeddings are cached apart from fp32 ones
             conf["precision"] = "bf16"
         return json.dumps(conf)

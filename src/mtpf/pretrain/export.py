@@ -70,18 +70,9 @@ def pooler_state(source: str | os.PathLike | None) -> dict[str, torch.Tensor]:
     already in the local cache. Keys without the ``pooler.`` prefix; empty when there is none."""
     from safetensors import safe_open
 
-    from mtpf.encoder import resolve_model
-
-    if source is None:
+    path = _local_folder(source, ["*.safetensors"])
+    if path is None:  # not cached (or not a hub model): a fresh pooler it is
         return {}
-    path = Path(resolve_model(source))
-    if not path.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
-
-            path = Path(snapshot_download(str(source), allow_patterns=["*.safetensors"], local_files_only=True))
-        except (OSError, ValueError):  # not cached (or not a hub model): a fresh pooler it is
-            return {}
     state = {}
     for f in sorted(path.glob("*.safetensors")):
         with safe_open(str(f), "pt") as fh:
@@ -90,6 +81,41 @@ def pooler_state(source: str | os.PathLike | None) -> dict[str, torch.Tensor]:
                 if m:
                     state[m.group(1)] = fh.get_tensor(key)
     return state
+
+
+def _local_folder(source: str | os.PathLike | None, patterns: list[str]) -> Path | None:
+    """The local folder of a model reference (a folder, the packaged model, a run's backbone, or a hub model
+    already in the local cache; never a download), else None."""
+    from mtpf.encoder import resolve_model
+
+    if source is None:
+        return None
+    path = Path(resolve_model(source))
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(source), allow_patterns=patterns, local_files_only=True))
+    except (OSError, ValueError):
+        return None
+
+
+def source_max_length(source: str | os.PathLike | None) -> int | None:
+    """The token limit of the model pre-finetuning started from when it is a sentence-transformers model (its
+    ``max_seq_length``: 256 for all-MiniLM-L6-v2), None otherwise. The run's sentence-transformers folder keeps
+    it, so that a run is embedded with the same limit as its base model (they were 512 vs 256: the evaluation
+    truncated the base's long texts and not the run's)."""
+    from mtpf.downstream.models import st_max_length
+
+    path = _local_folder(source, ["modules.json", "sentence_bert_config.json", "*/sentence_bert_config.json",
+                                  "tokenizer_config.json", "*/tokenizer_config.json"])
+    if path is None:
+        return None
+    for folder in (path, path.parent / "sentence_transformer"):  # a run's backbone/ -> the run's ST folder
+        if (folder / "modules.json").is_file():
+            return st_max_length(folder)
+    return None
 
 
 @contextlib.contextmanager
@@ -257,7 +283,8 @@ def export_sentence_transformer(encoder, tokenizer, out_dir: Path, adapter: str 
         with pooler_restored(merged, pooler_source):
             merged.save_pretrained(hf_dir)
         tokenizer.save_pretrained(hf_dir)
-        transformer = Transformer(str(hf_dir), max_seq_length=min(512, tokenizer.model_max_length))
+        limit = source_max_length(pooler_source) or min(512, tokenizer.model_max_length)
+        transformer = Transformer(str(hf_dir), max_seq_length=limit)
         dim = merged.config.hidden_size
         st = SentenceTransformer(modules=[transformer, Pooling(dim, pooling_mode="mean"), Normalize()], device="cpu")
         st_tmp = Path(tmp) / "st"
