@@ -167,6 +167,9 @@ class PretrainConfig:
                              f"{sorted(s.value for s in SchedulerType)}")
         if self.grad_accum < 1:
             raise ValueError("grad_accum must be >= 1")
+        if self.pcgrad and self.strategy == "pf-lora":  # its backbone is frozen: no shared gradient to project
+            raise ValueError("pcgrad=true has no effect with strategy pf-lora (a frozen backbone: each task trains "
+                             "its own adapter); drop pcgrad or use strategy mtpf / mtpf-tpl")
         if self.keep_checkpoints < 1:  # resume needs the latest; 0 would also read as "keep all" below
             raise ValueError("keep_checkpoints must be >= 1")
         if self.analysis_every is not None and not self.analysis_ner_data:
