@@ -203,6 +203,42 @@ def test_push_without_the_hub_is_one_line_and_exit_2(run_dir, capsys):
     assert len(err) == 1 and "upload to me/x failed" in err[0], err
 
 
+def test_a_hub_that_drops_the_connection_is_a_network_error(monkeypatch):
+    """huggingface_hub 2.x raises httpx2's errors (their own classes, not httpx's): a server that reads the request
+    and closes the connection must still read as a network failure (push's one line, not a traceback)."""
+    import socket
+    import threading
+
+    from huggingface_hub import HfApi
+
+    from mtpf.downstream.mteb_run import is_network_error
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # a local server, not the Hub
+    try:
+        with pytest.raises(Exception) as info:
+            HfApi(endpoint=f"http://127.0.0.1:{srv.getsockname()[1]}", token="hf_x").create_repo("a/b", exist_ok=True)
+    finally:
+        srv.close()
+    assert "Offline" not in type(info.value).__name__ and is_network_error(info.value), repr(info.value)
+    assert not is_network_error(ValueError("not the network"))
+
+
 def test_hub_base_model_keeps_hub_ids_and_drops_missing_paths(tmp_path):
     from mtpf.cards import PACKAGED_HUB_ID, hub_base_model
 

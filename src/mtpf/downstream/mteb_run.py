@@ -7,6 +7,7 @@ the ``tc`` adapter merged, mean pooling, Normalize) and runs ``mteb.evaluate`` o
 """
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -58,12 +59,13 @@ def run_mteb(models: list[tuple[str, str]], task_names: list[str], out: Path,
 
 def is_network_error(exc: BaseException) -> bool:
     """Network / offline-mode failures (requests, httpx, huggingface_hub, datasets), also when wrapped."""
-    try:
-        import httpx
-
-        net = (OSError, httpx.TransportError)
-    except ImportError:  # pragma: no cover
-        net = (OSError,)
+    net = [OSError]
+    for module in ("httpx", "httpx2"):  # huggingface_hub 2.x talks through httpx2, whose classes are its own
+        try:
+            net.append(importlib.import_module(module).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    net = tuple(net)
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
