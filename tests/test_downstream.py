@@ -354,10 +354,10 @@ def test_a_sentence_transformers_folder_keeps_its_token_limit_and_its_own_tc_cel
         warnings.simplefilter("error")  # mean pooling as sentence-transformers >= 5 writes it: no warning
         resolve(short)
     from sentence_transformers import SentenceTransformer as ST
-    from sentence_transformers.models import Pooling, Transformer
+    from mtpf.pretrain.export import st_module_classes
 
-    t = Transformer(tiny_bert)
-    ST(modules=[t, Pooling(t.get_word_embedding_dimension(), pooling_mode="cls")], device="cpu").save(
+    Transformer, Pooling, _ = st_module_classes()
+    ST(modules=[Transformer(tiny_bert), Pooling(32, pooling_mode="cls")], device="cpu").save(  # hidden size 32
         str(tmp_path / "cls-pooled"))
     with pytest.warns(UserWarning, match="not mean pooling"):
         resolve(str(tmp_path / "cls-pooled"))
@@ -375,6 +375,40 @@ def test_a_sentence_transformers_folder_keeps_its_token_limit_and_its_own_tc_cel
     assert models[0].fingerprint("tc") == models[1].fingerprint("tc") and len({c.key for c in cells}) == 2
     caches = [Embedder(m, TCConfig(), str(tmp_path / "cache")).embed_config() for m in models]
     assert caches[0] != caches[1]
+
+
+def test_a_hub_sentence_transformers_model_is_read_as_one(tiny_bert, tmp_path, monkeypatch):
+    """A hub name of a sentence-transformers model: its normalisation and token limit come from its ST files (the
+    cached snapshot offline; only those small files fetched online), as for a local folder or 'packaged' (it was
+    read as a plain model: raw embeddings at 512 tokens offline); a run pre-finetuned from it keeps that limit."""
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    from mtpf.downstream import models
+    from mtpf.pretrain.export import source_max_length
+    from mtpf.testing import make_tiny_sentence_transformer
+
+    repo = tmp_path / "hub" / "models--org--tiny-st"
+    snap = repo / "snapshots" / "abc"
+    make_tiny_sentence_transformer(tiny_bert, snap, 40)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    m = models.resolve("org/tiny-st")
+    assert (m.kind, m.normalize, m.st_max_length, m.backbone) == ("sentence-transformers", True, 40, str(snap))
+    assert source_max_length("org/tiny-st") == 40
+    fetched = []  # online: the small files only; the weights load by name
+
+    def snapshot_download(name, allow_patterns):
+        fetched.append((name, allow_patterns))
+        return str(snap)
+
+    monkeypatch.setattr(models, "resolve_model", lambda ref: ref)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    m = models.resolve("org/tiny-st")
+    assert (m.kind, m.backbone, m.normalize, m.st_max_length) == ("hf", "org/tiny-st", True, 40)
+    assert fetched == [("org/tiny-st", models.ST_FILES)]
 
 
 # ----------------------------------------------------------------------------------------------- tables

@@ -71,9 +71,12 @@ def make_tiny_sentence_transformer(backbone: str, out, max_seq_length: int) -> s
     """A sentence-transformers folder (mean pooling, Normalize) over ``backbone`` with its own token limit, saved
     in the installed sentence-transformers' format."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Normalize, Pooling, Transformer
+    from transformers import AutoConfig
 
+    from mtpf.pretrain.export import st_module_classes
+
+    Transformer, Pooling, Normalize = st_module_classes()
     t = Transformer(str(backbone), max_seq_length=max_seq_length)
-    SentenceTransformer(modules=[t, Pooling(t.get_word_embedding_dimension(), pooling_mode="mean"), Normalize()],
-                        device="cpu").save(str(out))
+    dim = AutoConfig.from_pretrained(str(backbone)).hidden_size
+    SentenceTransformer(modules=[t, Pooling(dim, pooling_mode="mean"), Normalize()], device="cpu").save(str(out))
     return str(out)

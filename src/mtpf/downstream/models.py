@@ -98,7 +98,13 @@ def resolve(ref: str, label: str | None = None, normalize: str | bool = "auto") 
                               "(sentence-transformers) nor config.json (Hugging Face model)")
         else:  # hub name (online users); one clear error when it is neither reachable nor cached
             local = resolve_model(ref)
-            m = ModelRef(label, ref, "hf", local, normalize=_hub_normalize(ref) if local == ref else False)
+            st = hub_st_files(ref, local)
+            if st is not None and Path(local).is_dir():  # offline: the cached snapshot holds weights and ST files
+                m = _sentence_transformer(label, ref, Path(local))
+            elif st is not None:  # online: its pooling, normalisation and token limit; the weights load by name
+                m = ModelRef(label, ref, "hf", local, normalize=_st_has_normalize(st), st_max_length=st_max_length(st))
+            else:
+                m = ModelRef(label, ref, "hf", local)
     if normalize != "auto":
         m.normalize = normalize if isinstance(normalize, bool) else str(normalize).lower() in ("true", "1", "yes")
     return m
@@ -187,14 +193,40 @@ def _sentence_transformer(label: str, ref: str, folder: Path) -> ModelRef:
                     st_max_length(folder))
 
 
-def _hub_normalize(name: str) -> bool:  # pragma: no cover - needs the network
-    try:
-        from huggingface_hub import hf_hub_download
+ST_FILES = ["modules.json", "sentence_bert_config.json", "*/sentence_bert_config.json", "tokenizer_config.json",
+            "*/tokenizer_config.json", "*/config.json"]  # what says a hub model's pooling, normalisation and limit
 
-        path = hf_hub_download(name, "modules.json")
-        return any(str(m.get("type", "")).endswith("Normalize") for m in json.loads(Path(path).read_text()))
-    except Exception:
-        return False
+
+def hub_st_files(name: str, local: str) -> Path | None:
+    """The sentence-transformers files of hub model ``name`` (``local``: what resolve_model gave): its cached
+    snapshot when that holds modules.json, else those small files fetched from a reachable hub; None for a model
+    that is not a sentence-transformers model, or when they cannot be had (offline and not cached)."""
+    if Path(local).is_dir():
+        return Path(local) if (Path(local) / "modules.json").is_file() else None
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(name, allow_patterns=ST_FILES))
+    except Exception:  # not reachable after all, gated, not found: a plain model it is
+        return None
+    return folder if (folder / "modules.json").is_file() else None
+
+
+def st_folder_of(ref: str) -> Path | None:
+    """The sentence-transformers folder behind a model reference: the packaged model, a local sentence-transformers
+    folder, an mtpf run's ``sentence_transformer/``, or a hub model's (cached or fetched) files; else None."""
+    if ref == PACKAGED:
+        return Path(packaged_model_path())
+    path = Path(ref)
+    if path.is_dir():
+        for folder in (path, path / "sentence_transformer", path.parent / "sentence_transformer"):
+            if (folder / "modules.json").is_file():  # (the last: a run's backbone/ given as the model)
+                return folder
+        return None
+    try:
+        return hub_st_files(ref, resolve_model(ref))
+    except Exception:  # not a hub model mtpf can reach
+        return None
 
 
 def max_length_for(model_ref: ModelRef, tokenizer, encoder_config, requested: int | None = None) -> int:

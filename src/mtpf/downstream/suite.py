@@ -158,8 +158,8 @@ def build_cells(cfg: SuiteConfig, models, ner_sets, cls_sets) -> list[Cell]:
         key = {"task": c.task, "model": cell_model_fingerprint(c, cfg), "dataset": c.dataset.fingerprint,
                "fraction": c.fraction, "seed": c.seed, "config": c.config,
                "normalize": c.model.normalize if c.task == "tc" else None}
-        if c.task == "tc" and c.model.kind == "sentence-transformers":
-            # a sentence-transformers folder sets its own token limit (the packaged model: 256), so two folders
+        if c.task == "tc" and c.model.kind != "run" and c.model.st_max_length is not None:
+            # a sentence-transformers model sets its own token limit (the packaged model: 256), so two folders
             # with the same weights are different TC cells; a run's limit comes with its weights (its export)
             key["st_max_length"] = c.model.st_max_length
         c.key = _hash(key)

@@ -70,9 +70,18 @@ def pooler_state(source: str | os.PathLike | None) -> dict[str, torch.Tensor]:
     already in the local cache. Keys without the ``pooler.`` prefix; empty when there is none."""
     from safetensors import safe_open
 
-    path = _local_folder(source, ["*.safetensors"])
-    if path is None:  # not cached (or not a hub model): a fresh pooler it is
+    from mtpf.encoder import resolve_model
+
+    if source is None:
         return {}
+    path = Path(resolve_model(source))
+    if not path.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(str(source), allow_patterns=["*.safetensors"], local_files_only=True))
+        except (OSError, ValueError):  # not cached (or not a hub model): a fresh pooler it is
+            return {}
     state = {}
     for f in sorted(path.glob("*.safetensors")):
         with safe_open(str(f), "pt") as fh:
@@ -83,39 +92,15 @@ def pooler_state(source: str | os.PathLike | None) -> dict[str, torch.Tensor]:
     return state
 
 
-def _local_folder(source: str | os.PathLike | None, patterns: list[str]) -> Path | None:
-    """The local folder of a model reference (a folder, the packaged model, a run's backbone, or a hub model
-    already in the local cache; never a download), else None."""
-    from mtpf.encoder import resolve_model
-
-    if source is None:
-        return None
-    path = Path(resolve_model(source))
-    if path.is_dir():
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(source), allow_patterns=patterns, local_files_only=True))
-    except (OSError, ValueError):
-        return None
-
-
 def source_max_length(source: str | os.PathLike | None) -> int | None:
     """The token limit of the model pre-finetuning started from when it is a sentence-transformers model (its
     ``max_seq_length``: 256 for all-MiniLM-L6-v2), None otherwise. The run's sentence-transformers folder keeps
     it, so that a run is embedded with the same limit as its base model (they were 512 vs 256: the evaluation
     truncated the base's long texts and not the run's)."""
-    from mtpf.downstream.models import st_max_length
+    from mtpf.downstream.models import st_folder_of, st_max_length
 
-    path = _local_folder(source, ["modules.json", "sentence_bert_config.json", "*/sentence_bert_config.json",
-                                  "tokenizer_config.json", "*/tokenizer_config.json"])
-    if path is None:
-        return None
-    for folder in (path, path.parent / "sentence_transformer"):  # a run's backbone/ -> the run's ST folder
-        if (folder / "modules.json").is_file():
-            return st_max_length(folder)
-    return None
+    folder = st_folder_of(str(source)) if source is not None else None
+    return st_max_length(folder) if folder is not None else None
 
 
 @contextlib.contextmanager
@@ -266,12 +251,23 @@ def _hub_sources(config: dict) -> list[str]:
     return found
 
 
+def st_module_classes():
+    """sentence-transformers' Transformer, Pooling and Normalize modules: from
+    ``sentence_transformers.sentence_transformer.modules`` (>= 5; importing ``sentence_transformers.models`` is
+    deprecated there and to be removed), else ``sentence_transformers.models`` (3.x, 4.x)."""
+    try:
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    except ImportError:
+        from sentence_transformers.models import Normalize, Pooling, Transformer
+    return Transformer, Pooling, Normalize
+
+
 def export_sentence_transformer(encoder, tokenizer, out_dir: Path, adapter: str | None,
                                 pooler_source: str | None = None, card: dict | None = None) -> str:
     """Backbone with the ``adapter`` LoRA merged (if any) + mean pooling + normalisation."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Normalize, Pooling, Transformer
 
+    Transformer, Pooling, Normalize = st_module_classes()
     if hasattr(encoder, "peft_config"):
         merged = copy.deepcopy(encoder)
         merged = merged.merge_and_unload(adapter_names=[adapter]) if adapter else merged.unload()

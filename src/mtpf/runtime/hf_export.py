@@ -96,9 +96,10 @@ def _token_classification(spec, merged, tokenizer, folder: Path) -> None:
 def _sentence_transformer(spec, merged, tokenizer, folder: Path, backbone_ref: str) -> None:
     from safetensors.numpy import save_file
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Normalize, Pooling, Transformer
 
-    from mtpf.pretrain.export import pooler_restored
+    from mtpf.pretrain.export import pooler_restored, st_module_classes
+
+    Transformer, Pooling, Normalize = st_module_classes()
 
     hf_dir = folder.parent / "hf"
     with pooler_restored(merged, backbone_ref):
