@@ -95,6 +95,19 @@ def test_adapter_weights_that_match_no_module_are_refused(demo, tmp_path):
         assert rt.embed("good", TEXTS).shape[0] == 2
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_an_adapter_with_more_than_lora_is_refused_and_other_apps_keep_working(demo, tmp_path, backend):
+    """PEFT's trainable_token_indices rides in a LoRA adapter as token deltas: the torch backend's adapter switch
+    then failed for every app, ONNX dropped the deltas silently. Registration refuses it with one line."""
+    app = _custom_app(tmp_path / "tokens", demo["backbone"], r=4, lora_alpha=8, target_modules=["query"],
+                      trainable_token_indices=[5, 7])
+    with Runtime(demo["backbone"], backend=backend, batching=False) as rt:
+        rt.register_app("good", demo["apps"]["tc0"])
+        with pytest.raises(AppError, match="not LoRA matrices.*trainable_tokens"):
+            rt.register_app("tokens", app)
+        assert rt.embed("good", TEXTS).shape[0] == 2
+
+
 def test_adapter_fingerprint_covers_the_lora_config(demo, tmp_path):
     """A merged ONNX graph is reused only for the same adapter: same tensors with another alpha are not."""
     from mtpf.runtime.onnx_export import adapter_fingerprint
@@ -167,3 +180,19 @@ def test_an_adapter_saved_as_bin_is_served_by_the_layered_onnx_graph(demo, tmp_p
         rt.register_app("bin", str(binary))
         assert any(k.split("#")[0] == "bin" for k in rt.backend.loras)  # the layered graph, not a merged one
         np.testing.assert_allclose(rt.embed("bin", TEXTS), expected, atol=2e-5)
+
+
+def test_onnx_merged_app_graphs_are_reused_and_exported_with_their_own_tokenizer(demo, tmp_path):
+    """A merged app graph is kept under its adapter's content, so registering the same app again reuses it (each
+    cycle used to add a full backbone copy to onnx_dir); the export pads with the backend's own tokenizer, not the
+    one the batcher is using at the same time."""
+    with Runtime(demo["backbone"], backend="onnx", onnx_merged=True, onnx_dir=tmp_path / "onnx",
+                 batching=False) as rt:
+        assert rt.backend.tokenizer is not rt.tokenizer
+        got = []
+        for _ in range(3):
+            rt.register_app("tc", demo["apps"]["tc0"])
+            got.append(rt.embed("tc", TEXTS))
+            rt.unregister_app("tc")
+        assert len(list((tmp_path / "onnx" / "apps").iterdir())) == 1
+        np.testing.assert_array_equal(got[0], got[2])

@@ -136,3 +136,33 @@ def test_apps_leaves_out_an_app_removed_while_it_lists_them(demo, monkeypatch):
         with pytest.raises(UnknownAppError, match="registered again"):
             rt.submit("go", "embed", ["x"], registration=first)
         assert rt.submit("go", "embed", ["x"], registration=again).result(timeout=60).shape[0] == 1
+
+
+def test_a_request_that_fails_in_a_batch_fails_alone(demo):
+    """One app's bad input must not fail the other apps' calls batched with it: a failing micro-batch is served
+    again request by request. A text no tokenizer takes (a lone surrogate) is refused when submitted."""
+    backbone, apps = demo
+    with Runtime(backbone, max_wait_ms=0, adaptive_wait=False) as rt:
+        rt.register_app("tc0", apps["tc0"])
+        rt.register_app("tc1", apps["tc1"])
+        want = rt.classify("tc1", ["fine"])
+        with pytest.raises(ValueError, match=r"texts\[1\] is not valid Unicode"):
+            rt.submit("tc0", "classify", ["ok", "Anna \ud800 Smith"])
+        gate = Gate(rt)  # holds the batcher so that both calls below land in one micro-batch
+        real = rt._run_batch
+
+        def failing(batch):
+            if any(req.texts == ["BOOM"] for req in batch):
+                raise RuntimeError("this request's input breaks the batch")
+            return real(batch)
+
+        busy = rt.submit("tc0", "classify", ["holds the batcher"])
+        assert gate.entered.wait(30)
+        rt._run_batch = failing
+        bad, good = rt.submit("tc0", "classify", ["BOOM"]), rt.submit("tc1", "classify", ["fine"])
+        gate.release.set()
+        busy.result(timeout=30)
+        assert good.result(timeout=30) == want
+        with pytest.raises(RuntimeError, match="breaks the batch"):
+            bad.result(timeout=30)
+        assert rt._last_batch_requests == 2  # they were one micro-batch

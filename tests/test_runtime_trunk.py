@@ -107,6 +107,9 @@ def test_trunk_cache_shares_across_calls(trunk_apps, trunk_refs):
         b = rt.classify("tc_l2b", TEXTS[:4])  # same texts, same tokenisation: all four trunk states reused
         assert rt.trunk_cache_hits == 4 and rt.trunk_cache_misses == 4
         assert 0 < rt.trunk_cache_bytes <= rt.trunk_cache_max_bytes == 2**20
+        # what the cache counts is what it holds: no entry is a view keeping its whole padded batch alive
+        held = list(rt.trunk_cache._d.values())
+        assert held and all(arr.base is None for arr in held) and sum(a.nbytes for a in held) == rt.trunk_cache_bytes
     assert_matches_reference(trunk_refs["tc_l2"], "classify", TEXTS[:4], a)
     assert_matches_reference(trunk_refs["tc_l2b"], "classify", TEXTS[:4], b)
     with Runtime(backbone, trunk_cache_mb=1e-4) as rt:  # 104 bytes: nothing fits, nothing kept, answers unchanged

@@ -86,6 +86,8 @@ def read_app(adapter_dir: str | Path, name: str | None = None) -> AppSpec:
     has_lora = bool(meta.get("has_lora", False))
     if has_lora and not (path / "adapter_config.json").is_file():
         raise AppError(f"{path}: has_lora is true but adapter_config.json is missing")
+    if has_lora:
+        _check_lora_only(path)
     pooling = meta.get("pooling", "mean")
     if task == "tc" and pooling not in ("mean", "cls"):
         raise AppError(f"{meta_file}: pooling {pooling!r} is not supported (mean, cls)")
@@ -159,3 +161,23 @@ def decode_bio(text: str, words: list[tuple[str, int, int]], tags: list[str], sc
             cur = [etype, start, end, [score]]
     close()
     return spans
+
+
+# PEFT weights the runtime serves: LoRA matrices (linear layers, embeddings) and DoRA magnitudes. Other PEFT
+# features that can ride in a LoRA adapter (trainable_token_indices' token deltas, ...) have no place in its
+# adapter switching or ONNX slots: the torch backend failed for every app, ONNX dropped them silently.
+_LORA_WEIGHT = regex.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(\.|$)")
+
+
+def _check_lora_only(path: Path) -> None:
+    from peft.utils import load_peft_weights
+
+    try:
+        keys = list(load_peft_weights(str(path), device="cpu"))
+    except Exception as exc:  # noqa: BLE001 - missing or unreadable weights: one line
+        raise AppError(f"{path}: cannot read its LoRA weights ({str(exc).splitlines()[0][:160]})") from None
+    other = [k for k in keys if not _LORA_WEIGHT.search(k)]
+    if other:
+        raise AppError(f"{path}: its adapter holds {len(other)} weights that are not LoRA matrices (e.g. {other[0]}): "
+                       "the runtime serves LoRA adapters only; train the app without trainable tokens / "
+                       "modules_to_save")

@@ -17,6 +17,7 @@ thread runs forwards.
 """
 from __future__ import annotations
 
+import copy
 import tempfile
 import threading
 from pathlib import Path
@@ -261,7 +262,9 @@ class OnnxBackend:
         self.num_layers = int(encoder.config.num_hidden_layers)
         self.first_layer: dict[str, int] = {}
         self.encoder = encoder.eval()  # kept on CPU to read/merge app LoRAs
-        self.tokenizer = tokenizer
+        # its own copy: exporting a merged app graph pads with it while the batcher tokenises with the runtime's
+        # (a fast tokenizer's padding/truncation settings belong to the object: shared, each reset the other's)
+        self.tokenizer = copy.deepcopy(tokenizer)
         self.input_names = input_names
         self.fingerprint = backbone_fingerprint
         self.int8 = int8
@@ -330,12 +333,22 @@ class OnnxBackend:
         )
 
         want = "int8" if self.int8 else "fp32"
-        app_onnx = Path(adapter_dir) / "onnx"
         afp = adapter_fingerprint(adapter_dir)
-        meta = read_export(app_onnx)
-        if not (verified(meta, want) and meta.get("backbone_fingerprint") == self.fingerprint
-                and meta.get("adapter_fingerprint") == afp):
-            app_onnx = self.onnx_dir / "apps" / key.replace("/", "_").replace("#", "_")
+
+        def usable(folder):
+            meta = read_export(folder)
+            ok = (verified(meta, want) and meta.get("backbone_fingerprint") == self.fingerprint
+                  and meta.get("adapter_fingerprint") == afp)
+            return meta if ok else None
+
+        # the app's own export, else this runtime's graph of the same adapter content (a re-registration reuses
+        # it instead of adding another full backbone copy to onnx_dir)
+        app_onnx = Path(adapter_dir) / "onnx"
+        meta = usable(app_onnx)
+        if meta is None:
+            app_onnx = self.onnx_dir / "apps" / afp.split(":")[-1][:24]
+            meta = usable(app_onnx)
+        if meta is None:
             encoder = self.encoder
             if encoder is None:  # the shared layout dropped the torch weights; reload them for this merge
                 from mtpf.encoder import load_encoder

@@ -267,7 +267,9 @@ class BatchRunner:
                 h = np.ascontiguousarray(h)
                 state[key] = (lvl, h)
                 if self.cache is not None:
-                    self.cache.put((lvl, key), h)
+                    # a copy: h is a slice of the whole padded batch output, which a cached view would keep
+                    # alive (6x the bytes the cache counts, measured); trunk_cache_mb must bound the memory
+                    self.cache.put((lvl, key), h.copy() if h.base is not None else h)
 
 
 def post_process(part: Part):

@@ -406,6 +406,11 @@ class Runtime:
         texts = list(texts)
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be strings")
+        for i, t in enumerate(texts):
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate: no tokenizer takes it
+                raise ValueError(f"texts[{i}] is not valid Unicode ({exc.reason} at position {exc.start})") from None
         return texts
 
     def _enqueue(self, req: _Request, empty=None) -> Future:
@@ -484,8 +489,15 @@ class Runtime:
         try:
             results = self._run_batch(batch)
         except Exception as exc:  # noqa: BLE001 - a failing batch fails its requests, never the batcher
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            # one request's input must not fail the other apps' requests it was batched with: each alone
             for req in batch:
-                req.future.set_exception(exc)
+                try:
+                    req.future.set_result(self._run_batch([req])[0])
+                except Exception as one:  # noqa: BLE001
+                    req.future.set_exception(one)
             return
         for req, res in zip(batch, results):
             req.future.set_result(res)

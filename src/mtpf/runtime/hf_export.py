@@ -9,6 +9,8 @@
   (words as the tokenizer splits them; the runtime splits inner hyphens/apostrophes differently). ``"simple"``
   gives the same entities when every word is one token. Checked for WordPiece tokenizers (BERT/MiniLM,
   DistilBERT); byte-level BPE (RoBERTa) tokenises raw text differently from pre-split words and can differ.
+  The pipeline truncates texts over the app's max_length (the runtime windows them) and groups decomposed
+  accents, CJK and zero-width characters by its own heuristics (docs/formats.md).
 * TC app -> a sentence-transformers folder (LoRA merged, the app's pooling and normalisation), so
   ``SentenceTransformer(OUT).encode`` is the runtime's ``embed``, plus the classifier head in
   ``OUT/classifier/`` (``head.safetensors`` and ``config.json`` with the labels): ``softmax(e @ W.T + b)``.
