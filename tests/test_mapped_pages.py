@@ -1,5 +1,6 @@
 """mtpf.data.mapped_pages: the pages a batch faulted in from a memory-mapped Arrow cache leave the process's
 RSS after ``release``; the data stays readable and nothing else is touched."""
+import os
 import sys
 
 import numpy as np
@@ -99,3 +100,41 @@ def test_release_by_a_relative_path(tmp_path, monkeypatch):
     assert mapped_pages.release_files(("rel/v.f16",)) > 0
     assert _mapped_rss_kb(str(tmp_path / "rel" / "v.f16")) == 0
     del mm
+
+
+def test_pretrain_setup_leaves_no_pages_of_the_pair_data_resident(tiny_bert, toy_data, tmp_path):
+    """Opening the pair sources and tokenising them faults in pages of their Arrow files; with DataLoader
+    workers the main process never gathers a batch (nor releases), so setup must unmap them itself."""
+    from conftest import tiny_run_overrides
+
+    from mtpf.config import load_config
+    from mtpf.recipes.pretrain import PretrainConfig, PretrainRecipe
+
+    cfg = load_config(PretrainConfig, None, tiny_run_overrides(tiny_bert, toy_data, tmp_path / "run", strategy="tc"))
+    recipe = PretrainRecipe(cfg)
+    recipe.setup()
+    datasets = [s.data for s in recipe.pair_sources.values()] + list(recipe.pair_tokens.values())
+    files = {f for ds in datasets for f in mapped_pages.dataset_files(ds)}
+    assert len(files) >= 4  # two sources, two token caches
+    assert {f: _mapped_rss_kb(f) for f in files} == {f: 0 for f in files}
+
+
+def test_reading_an_arrow_corpus_keeps_only_a_batch_of_it_resident(tmp_path):
+    """`mtpf label` reads a local .arrow corpus (memory-mapped) front to back, twice: the pages of the rows
+    already read must leave the process, or a 24M-word corpus ends up whole in RSS."""
+    from datasets import Dataset
+
+    from mtpf.teacher.corpus import iter_sentences
+
+    rng = np.random.default_rng(2)
+    words = np.array(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "Paris", "Monday"])
+    texts = [" ".join(rng.choice(words, 16)) for _ in range(200_000)]
+    Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "ds"))
+    (path,) = [str(p) for p in (tmp_path / "ds").glob("*.arrow")]
+    size_kb = os.path.getsize(path) // 1024
+    seen = {}
+    for i, sentence in enumerate(iter_sentences([path])):
+        if i == 150_000:
+            seen["resident"] = _mapped_rss_kb(os.path.realpath(path))
+    assert i == len(texts) - 1 and size_kb > 15_000
+    assert seen["resident"] < size_kb // 4, (seen, size_kb)

@@ -292,3 +292,31 @@ def test_a_stream_that_does_not_know_its_columns_opens(monkeypatch):
     monkeypatch.setattr(pairs, "_load_local", lambda spec: stream)
     src = pairs.open_pair_source(pairs.PairSourceSpec(path="x.jsonl", streaming=True, rows=40))
     assert next(iter(src.data)) == {"anchor": "question 0", "positive": "answer 0"}
+
+
+def test_a_truncated_pair_file_is_named_without_reading_it_whole(tmp_path, monkeypatch):
+    """datasets' json builder reads the whole file into memory (pandas) when a chunk fails to parse: at 100 GB
+    that is an out-of-memory kill, not the one-line error. The bad line must be named without that fallback."""
+    import importlib
+
+    hf_json = importlib.import_module("datasets.packaged_modules.json.json")  # the builder's module
+
+    whole_reads = []
+
+    def whole_file_read(*_a, **_k):
+        whole_reads.append(1)
+        raise ValueError("the whole file was read into memory")
+
+    monkeypatch.setattr(hf_json, "pandas_read_json", whole_file_read)
+    lines = [json.dumps({"anchor": f"a {i}", "positive": f"p {i}"}) for i in range(3000)]
+    (tmp_path / "cut.jsonl").write_text("\n".join(lines) + '\n{"anchor": "a 3000", "posi')
+    with pytest.raises(DataError, match=r"cut\.jsonl:3001: malformed JSON"):
+        load_pair_sources([str(tmp_path / "cut.jsonl")])
+    assert whole_reads == []
+    (tmp_path / "ok.jsonl").write_text("\n".join(lines) + "\n")
+    (source,) = load_pair_sources([str(tmp_path / "ok.jsonl")])
+    assert len(source) == 3000 and list((tmp_path / ".mtpf_cache").glob("ok.jsonl.*.streams"))
+    monkeypatch.setattr("mtpf.data.pairs.JSON_ARRAY_LIMIT", 100)
+    (tmp_path / "arr.json").write_text(json.dumps([{"anchor": "a", "positive": "p"}] * 10))
+    with pytest.raises(DataError, match=r"arr\.json:1: a top-level JSON array \(0\.0 MB\) is read whole"):
+        load_pair_sources([str(tmp_path / "arr.json")])

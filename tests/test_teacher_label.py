@@ -69,6 +69,7 @@ def test_saved_centroids_give_the_same_ids(tiny_bert, corpus, tmp_path):
     rows = read_shards(out)
     labeller = PseudoLabeller.from_dir(out, device="cpu")
     assert labeller.label([r["tokens"] for r in rows]) == [r["labels"] for r in rows]
+    assert labeller.label((r["tokens"] for r in rows), chunk_words=40) == [r["labels"] for r in rows]  # chunked
     # and through the CLI path: --reuse-clusters on the same text -> identical shards, no refit
     again = tmp_path / "again"
     label_corpus(cfg(None, corpus, again, reuse_clusters=str(out), clusters=999), log=quiet)

@@ -156,6 +156,8 @@ def _load_local(spec: PairSourceSpec):
                 ds = ds[spec.split]
         else:
             kind = _builder(path)
+            if kind == "json":
+                _check_json_streams(path)
             # json: 64 MB read chunks -> 2 MB Arrow record batches, few batch headers to fault in when reopened
             extra = {"chunksize": 64 << 20} if kind == "json" else {}
             extra["writer_batch_size"] = 20_000
@@ -168,6 +170,52 @@ def _load_local(spec: PairSourceSpec):
             raise DataError(path, None, "pair source is empty (no anchor/positive pairs)") from None
         raise DataError(path, None, f"cannot read as {_builder(path)}: {_one_line(exc)}") from None
     return ds
+
+
+JSON_ARRAY_LIMIT = 256 << 20  # bytes: a .json file holding one top-level array is read whole, as datasets does
+
+
+def _check_json_streams(path: Path) -> None:
+    """Refuse, before ``datasets`` reads it, a JSON pair file that it would read whole into memory.
+
+    datasets' json builder falls back to ``pandas.read_json`` on the WHOLE file when any chunk fails to parse
+    (a truncated last line, the usual trace of an interrupted write) and reads a top-level JSON array whole by
+    design, so a large file ends in an out-of-memory kill instead of a one-line error. It has no public option
+    against that, hence this pass: pyarrow's incremental JSON reader (C++, memory bounded by its block size);
+    on its first parse error our line-by-line scan names the bad line. A file that passed is remembered by size
+    and mtime in ``.mtpf_cache/``, so the pass runs once per file version."""
+    import codecs
+
+    import pyarrow as pa
+    import pyarrow.json as paj
+
+    stat = path.stat()
+    cache = local_cache_dir(path)
+    marker = Path(cache) / f"{path.name}.{stat.st_size}.{stat.st_mtime_ns}.streams" if cache else None
+    if marker is not None and marker.is_file():
+        return
+    try:
+        with pa.input_stream(str(path), compression="detect") as f:
+            head = f.read(1 << 12)
+        if head.startswith(codecs.BOM_UTF8):
+            head = head[len(codecs.BOM_UTF8):]
+        if head.lstrip().startswith(b"["):
+            if stat.st_size > JSON_ARRAY_LIMIT:
+                raise DataError(path, 1, f"a top-level JSON array ({stat.st_size / 2**20:,.1f} MB) is read whole "
+                                "into memory; write it as JSON Lines (one object per line, .jsonl)")
+            return
+        with pa.input_stream(str(path), compression="detect") as f:
+            for _ in paj.open_json(f, read_options=paj.ReadOptions(block_size=16 << 20)):
+                pass
+    except DataError:
+        raise
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError):
+        # names the malformed line; returns when every line parses, e.g. a column whose type changes, which the
+        # incremental reader refuses and datasets handles chunk by chunk
+        _raise_jsonl_problem(path)
+    if marker is not None:
+        marker.parent.mkdir(exist_ok=True)
+        marker.touch()
 
 
 def _raise_jsonl_problem(path: Path) -> int:
@@ -203,7 +251,9 @@ def _load_hub(spec: PairSourceSpec):  # pragma: no cover - needs network
         raise DataError(spec.label, None, f"this hub dataset has several subsets; name one ({', '.join(needed)}) "
                         f"as hub:{spec.hub}:SUBSET or subset: in the mapping form")
     try:
-        return load_dataset(spec.hub, spec.subset, split=spec.split, streaming=spec.streaming)
+        # 20k-row record batches, as for local files: fewer batch headers to fault in when the cache is reopened
+        extra = {} if spec.streaming else {"writer_batch_size": 20_000}
+        return load_dataset(spec.hub, spec.subset, split=spec.split, streaming=spec.streaming, **extra)
     except Exception as exc:  # noqa: BLE001 - datasets' own message, on one line, naming the source
         raise DataError(spec.label, None, f"cannot load from the hub: {_one_line(exc)}") from None
 

@@ -351,6 +351,11 @@ class PretrainRecipe:
             with acc.main_process_first():
                 self.pair_tokens = {s.name: tokenize_pairs(s, self.tokenizer, cfg.max_length, cfg.tokenize_num_proc)
                                     for s in sources if not s.streaming}
+            # Opening and tokenising faulted in pages of every source and cache file (record-batch headers, `map`):
+            # unmap them here, since with DataLoader workers this process never gathers (and releases) a batch.
+            from mtpf.data import mapped_pages
+
+            mapped_pages.release(*(s.data for s in sources if not s.streaming), *self.pair_tokens.values())
             from mtpf.data.pipeline import StreamWindows
 
             streams = {s.name: StreamWindows(s.name, s.data, cfg.tc_batch_size, cfg.seed, self.tokenizer,

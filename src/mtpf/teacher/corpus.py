@@ -213,7 +213,11 @@ def _iter_rows(ds, src: str) -> Iterator[tuple[int, list[str]]]:
         raise DataError(src, None, f"has none of the columns {HUB_TEXT_FIELDS} (columns: {', '.join(columns)})")
     key = present[0]
     row = 0
+    from mtpf.data import mapped_pages
+
+    files = mapped_pages.dataset_files(ds)  # a memory-mapped .arrow corpus: unmap what each batch read
     for batch in ds.select_columns([key]).iter(batch_size=TABLE_BATCH):
+        mapped_pages.release_files(files)
         for value in batch[key]:
             row += 1
             if isinstance(value, list):

@@ -23,6 +23,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -451,15 +452,19 @@ class PseudoLabeller:
                                    device=device)
         return cls(teacher, load_centroids(info["centroids_path"]), bool(info["normalize"]))
 
-    def label(self, sentences: list[list[str]]) -> list[list[int]]:
+    def label(self, sentences: Iterable[list[str]], chunk_words: int = 16_384) -> list[list[int]]:
+        """Cluster ids of every word; embeds ``chunk_words`` words at a time, so device memory is bounded by the
+        chunk, not by how many sentences are given."""
         from mtpf.teacher.embed import l2_normalize
 
-        vec = self.teacher.embed(sentences)
-        if self.normalize:
-            vec = l2_normalize(vec)
-        labels, _ = self.assigner.assign(vec)
-        out, pos = [], 0
-        for words in sentences:
-            out.append(labels[pos : pos + len(words)].tolist())
-            pos += len(words)
+        out = []
+        for chunk in _chunks(sentences, chunk_words):
+            vec = self.teacher.embed(chunk)
+            if self.normalize:
+                vec = l2_normalize(vec)
+            labels, _ = self.assigner.assign(vec)
+            pos = 0
+            for words in chunk:
+                out.append(labels[pos : pos + len(words)].tolist())
+                pos += len(words)
         return out
