@@ -375,6 +375,39 @@ def test_demo_redoes_an_export_cut_by_ctrl_c(tmp_path, monkeypatch):
     assert calls == []
 
 
+def test_demo_fresh_deletes_only_a_demo_folder(tmp_path, capsys):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("important")
+    rc, err = run_cli(["demo", "--fresh", "--out", precious], capsys)
+    assert_one_line_error(rc, err, f"--out {precious}: holds files that are not the demo's (thesis.txt)")
+    assert (precious / "thesis.txt").read_text() == "important"
+    with pytest.raises(SystemExit) as exc:  # refused by argparse, before the label stage runs
+        main(["demo", "--out", str(tmp_path / "d"), "--steps", "0"])
+    assert exc.value.code == 2 and "argument --steps: must be in [1, ...], got 0" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_refuses_a_folder_made_with_other_settings(tmp_path, capsys):
+    """Finished stages are reused on a re-run: with another --steps they would be stale, silently."""
+    from rich.console import Console
+
+    from mtpf.demo import SETTINGS, Demo
+
+    out = tmp_path / "demo"
+    Demo(out, SAMPLE, None, None, 40, False, True, Console(file=io.StringIO()))
+    made = json.loads((out / SETTINGS).read_text())
+    assert made["steps"] == 40 and made["ner"] == "sample_news"
+    (out / "labels").mkdir()
+    rc, err = run_cli(["demo", "--out", out, "--steps", "10"], capsys)
+    assert_one_line_error(rc, err, "was made with other settings (steps 40 -> 10); pass --fresh")
+    assert (out / "labels").is_dir()
+    Demo(out, SAMPLE, None, None, 40, False, True, Console(file=io.StringIO()))  # same settings: resumes
+    assert (out / "labels").is_dir()
+    Demo(out, SAMPLE, None, None, 10, True, True, Console(file=io.StringIO()))  # --fresh: starts over
+    assert not (out / "labels").exists() and json.loads((out / SETTINGS).read_text())["steps"] == 10
+
+
 # ----------------------------------------------------------------------------------------------- the real console
 def test_console_bad_model_path_subprocess(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",

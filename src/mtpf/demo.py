@@ -5,7 +5,8 @@
 
 Runs on the small template-generated sample corpus bundled with the package (or ``--data-dir`` in the
 ``../shared/data`` layout) with the packaged all-MiniLM-L6-v2 as base model and teacher. Everything is
-written under ``--out`` and resumes: re-running skips finished stages. A stage counts as finished only when
+written under ``--out`` and resumes: re-running skips finished stages (with other data, datasets, steps or
+int8 setting it refuses the folder: ``--fresh`` starts it over). A stage counts as finished only when
 its folder holds the marker written last (:mod:`mtpf.stages`), so a stage cut by Ctrl-C is redone.
 
 The sample is tiny and synthetic: its scores show that the pipeline works, not how good the method is.
@@ -48,6 +49,36 @@ def _pick(folder: Path, preferred: str | None) -> Path:
     return options[0]
 
 
+SETTINGS = "demo-settings.json"  # what the folder's stages were made from; a re-run must use the same
+DEMO_ENTRIES = {"labels", "run", "eval", "apps", "onnx", "demo.json", SETTINGS, SETTINGS + ".tmp"}
+
+
+def _check_out(out: Path, settings: dict, fresh: bool) -> None:
+    """Refuse an ``--out`` that holds anything but a demo's own outputs (``--fresh`` deletes the folder), and a
+    demo folder made with other settings (its finished stages would be reused, silently stale)."""
+    from mtpf.config import ConfigError
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, expected a folder")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES)
+    if foreign:
+        raise ConfigError(f"--out {out}: holds files that are not the demo's ({', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty folder (nothing was changed)")
+    if fresh or not (out / SETTINGS).is_file():
+        return  # a folder from before the settings file: its stages are kept
+    try:
+        old = json.loads((out / SETTINGS).read_text())
+    except (OSError, ValueError):
+        old = {}
+    old = old if isinstance(old, dict) else {}
+    changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
+    if changed:
+        raise ConfigError(f"--out {out}: was made with other settings ({'; '.join(changed)}); pass --fresh to "
+                          "start it over, or choose another --out (nothing was changed)")
+
+
 class Demo:
     def __init__(self, out: Path, data_dir: Path, ner_name: str | None, cls_name: str | None, steps: int,
                  fresh: bool, export_int8: bool, console, device: str = "auto"):
@@ -57,9 +88,15 @@ class Demo:
         self.steps, self.int8 = steps, export_int8
         self.console = console
         self.timings: dict[str, float] = {}
+        settings = {"data_dir": str(data_dir.resolve()), "ner": self.ner_dir.name, "cls": self.cls_dir.name,
+                    "steps": steps, "int8": export_int8}
+        _check_out(out, settings, fresh)
         if fresh and out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
+        tmp = out / (SETTINGS + ".tmp")
+        tmp.write_text(json.dumps(settings, indent=2))
+        tmp.replace(out / SETTINGS)
 
     def stage(self, n: int, title: str):
         self.console.rule(f"[bold]{n}/6 {title}")
@@ -271,6 +308,7 @@ def run_demo(out: str = "runs/demo", data_dir: str | None = None, ner: str | Non
 
 
 def add_parser(sub) -> None:
+    from mtpf.config import positive_int
     from mtpf.device import add_device_argument
 
     p = sub.add_parser("demo", help="run the whole pipeline offline on bundled sample data (a few minutes)",
@@ -279,8 +317,8 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir", help="a folder in the ../shared/data layout instead of the bundled sample")
     p.add_argument("--ner", action="append", help="NER dataset name under DATA/ner (default: the first)")
     p.add_argument("--cls", action="append", help="classification dataset name under DATA/cls (default: the first)")
-    p.add_argument("--steps", type=int, default=40, help="pre-finetuning steps (default 40)")
-    p.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
+    p.add_argument("--steps", type=positive_int, default=40, help="pre-finetuning steps (default 40)")
+    p.add_argument("--fresh", action="store_true", help="delete --out (a demo folder) first instead of resuming")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 ONNX exports")
     add_device_argument(p, "labelling, evaluation and the runtime")
     p.set_defaults(func=_cli)
