@@ -258,6 +258,22 @@ def test_adapt_refuses_a_non_empty_output(tmp_path, capsys):
     assert (app / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("mode", ["ner", "tc"])
+def test_adapt_refuses_an_unwritable_output_before_training(mode, tiny_bert, tmp_path, capsys, monkeypatch):
+    """The app folder is written after the training: a place that cannot be written must fail first."""
+    from mtpf.downstream import ner, tc
+
+    trained = []
+    monkeypatch.setattr(ner, "train_ner", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr(tc, "adapt_tc", lambda *a, **k: trained.append(a))
+    (tmp_path / "afile").write_text("")
+    data = SAMPLE / "ner" / "sample_news" if mode == "ner" else SAMPLE / "cls" / "sample_intents"
+    rc, err = run_cli(["adapt", mode, "--data", data, "--model", tiny_bert, "--output", tmp_path / "afile" / "app"],
+                      capsys)
+    assert_one_line_error(rc, err, f"--output {tmp_path / 'afile' / 'app'}: cannot write in {tmp_path / 'afile'}")
+    assert trained == []
+
+
 def test_overwrite_never_deletes_the_commands_own_input(tmp_path, capsys):
     """--overwrite replaces an output folder, never one that is (or holds) what the command reads."""
     import shutil

@@ -73,3 +73,20 @@ def refuse_nonempty(folder: str | os.PathLike, overwrite: bool, flag: str = "--o
     if any(folder.iterdir()):
         raise ConfigError(f"{flag} {folder}: folder exists and is not empty; pass --overwrite to replace it, "
                           "or choose another folder (nothing was changed)")
+
+
+def refuse_unwritable(folder: str | os.PathLike, flag: str = "--output") -> None:
+    """Fail now, not after the training, when ``folder`` cannot be written: its parent (where the output is
+    assembled and renamed into place) is created and a file is written there and removed. Raises ConfigError."""
+    import tempfile
+
+    from mtpf.config import ConfigError
+
+    parent = Path(folder).absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".mtpf-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {folder}: cannot write in {parent} ({exc.strerror or exc}); choose another "
+                          "folder (nothing was changed)") from None

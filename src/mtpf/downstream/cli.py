@@ -205,10 +205,11 @@ def _threads(args) -> None:
 def _adapt(args) -> int:
     from mtpf.config import ConfigError
     from mtpf.device import resolve_device
-    from mtpf.stages import refuse_nonempty
+    from mtpf.stages import refuse_nonempty, refuse_unwritable
 
     if getattr(args, "output", None):
         refuse_nonempty(args.output, args.overwrite, inputs=[args.data, args.model, getattr(args, "cache_dir", None)])
+        refuse_unwritable(args.output)
     _threads(args)
     device = resolve_device(args.device)
     from mtpf.downstream.models import resolve
