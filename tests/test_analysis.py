@@ -304,6 +304,7 @@ def _fake_run(tmp_path, tiny_bert) -> Path:
     for f in ("adapter_config.json", "adapter_model.safetensors"):
         if (run / "adapters" / f).exists():
             shutil.move(str(run / "adapters" / f), str(run / "adapters" / "ner" / f))
+    (run / "run.json").write_text('{"format": "mtpf-run/1"}')  # a finished run
     return run
 
 

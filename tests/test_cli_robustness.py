@@ -607,3 +607,76 @@ def test_more_bad_inputs_are_one_line(tiny_bert, toy_data, tmp_path, capsys):
     rc, err = run_cli(["pretrain", *tiny_run_overrides(tiny_bert, toy_data, out, strategy="tc", lr=0.5)], capsys)
     assert_one_line_error(rc, err, "already holds a finished run")
     assert (out / "pretrain_config.json").read_text() == before
+
+
+def test_review_bad_inputs_are_one_line(tiny_bert, toy_data, tmp_path, capsys):
+    """Found by a review, each a traceback or a late, misleading failure before: label counts of 0, a negative
+    TC token limit, an unknown LoRA target, empty or repeated --fractions/--seeds, a max_length that leaves no
+    word a label, an analysis set without entities, clusters.json of another shape, a cut run export."""
+    from conftest import make_fake_tpl_run
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a b c\n")
+    for flag in ("--shard-sentences", "--kmeans-batch", "--chunk-words", "--fit-words"):
+        with pytest.raises(SystemExit) as exc:  # argparse: before the fit, before any settings are recorded
+            main(["label", "--teacher", tiny_bert, "--corpus", str(corpus), "--out", str(tmp_path / "l"), flag, "0"])
+        assert exc.value.code == 2 and f"argument {flag}: must be in [1, ...], got 0" in capsys.readouterr().err
+    assert not (tmp_path / "l").exists()
+    intents, news = SAMPLE / "cls" / "sample_intents", SAMPLE / "ner" / "sample_news"
+    for flags, needle in ((["--cls", intents, "--tc-max-length", "-5"], "max_length (--tc-max-length) must be >= 8"),
+                          (["--cls", intents, "--max-iter", "0"], "max_iter and batch_size must be >= 1"),
+                          (["--ner", news, "--lora-targets", "query,foo"], "lora_targets: unknown ['foo']; choose"),
+                          (["--ner", news, "--fractions", ""], "give at least one NER train fraction"),
+                          (["--ner", news, "--fractions", "1,1.0"], "--fractions lists a value twice"),
+                          (["--ner", news, "--seeds", "42,42"], "--seeds lists a value twice")):
+        rc, err = run_cli(["evaluate", "--model", f"m={tiny_bert}", "--output", tmp_path / "ev", *flags], capsys)
+        assert_one_line_error(rc, err, needle)
+    assert not (tmp_path / "ev" / "results.json").exists()
+    rc, err = run_cli(["pretrain", *tiny_run_overrides(tiny_bert, toy_data, tmp_path / "run", max_length=2)], capsys)
+    assert_one_line_error(rc, err, "max_length must be >= 8, got 2")
+    no_entities = tmp_path / "o-ner"
+    no_entities.mkdir()
+    (no_entities / "test.jsonl").write_text(json.dumps({"tokens": ["a", "b"], "tags": ["O", "O"]}) + "\n")
+    rc, err = run_cli(["analyze", tiny_bert, "--ner-data", no_entities, "--sentences", "2"], capsys)
+    assert_one_line_error(rc, err, "test.jsonl", "no test sentence has an entity")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "clusters.json").write_text("[1, 2]")
+    rc, err = run_cli(["label", "--corpus", corpus, "--out", tmp_path / "l2", "--reuse-clusters", odd], capsys)
+    assert_one_line_error(rc, err, "clusters.json", "not a clusters.json written by mtpf label")
+    rc, err = run_cli(["label", "inspect", odd], capsys)
+    assert_one_line_error(rc, err, "clusters.json", "cannot read the number of clusters")
+    run = Path(make_fake_tpl_run(tiny_bert, tmp_path / "cut"))
+    (run / "run.json").unlink()  # what an export cut between its files and run.json leaves
+    for argv in (["evaluate", "--model", f"m={run}", "--cls", intents, "--output", tmp_path / "ev2"],
+                 ["export", run, "--onnx", "--out", tmp_path / "onnx"]):
+        rc, err = run_cli(argv, capsys)
+        assert_one_line_error(rc, err, "an unfinished mtpf run", "resume=true")
+
+
+def test_export_of_an_app_with_a_malformed_lora_config_is_one_line(tiny_bert, tmp_path, capsys):
+    from conftest import make_fake_tpl_run
+
+    run = make_fake_tpl_run(tiny_bert, tmp_path / "run")
+    app = tmp_path / "app"
+    assert main(["adapt", "tc", "--model", run, "--data", str(SAMPLE / "cls" / "sample_intents"), "--output",
+                 str(app)]) == 0
+    cfg = json.loads((app / "adapter_config.json").read_text())
+    (app / "adapter_config.json").write_text(json.dumps({**cfg, "r": "x"}))
+    capsys.readouterr()
+    for fmt in ("--hf", "--onnx"):
+        rc, err = run_cli(["export", app, fmt], capsys)
+        assert_one_line_error(rc, err, str(app), "cannot load its LoRA")
+    (app / "adapter_config.json").write_text("{broken")
+    rc, err = run_cli(["export", app, "--hf", "--overwrite"], capsys)
+    assert_one_line_error(rc, err, "adapter_config.json", "cannot read it as JSON")
+
+
+def test_model_card_metrics_refuse_a_foreign_results_file(tmp_path):
+    from mtpf.cards import results_metrics
+    from mtpf.config import ConfigError
+
+    bad = tmp_path / "res.json"
+    bad.write_text(json.dumps({"cells": 5}))
+    with pytest.raises(ConfigError, match=r"res\.json: not an mtpf evaluate results\.json"):
+        results_metrics(bad, "sha256:x")

@@ -1,5 +1,6 @@
 """``--device``: one resolver (mtpf.device) used by every command; cpu plumbing tested here, CUDA where present."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -113,8 +114,11 @@ def test_device_cpu_reaches_the_worker(command, inputs, monkeypatch):
         monkeypatch.setattr(getattr(target, cls), name, spy)
     else:
         monkeypatch.setattr(target, attr, spy)
-    with pytest.raises(_Stop):
-        main(argv + ["--device", "cpu"])
+    try:
+        with pytest.raises(_Stop):
+            main(argv + ["--device", "cpu"])
+    finally:  # the commands share one --output: what a started command wrote must not meet the next one
+        shutil.rmtree(inputs["out"], ignore_errors=True)
     assert seen == ["cpu"]
 
 

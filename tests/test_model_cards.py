@@ -79,9 +79,10 @@ def test_run_card_takes_its_backbones_scores_from_results_json(run_dir, tmp_path
     from mtpf.cards import run_card
 
     fp = json.loads((run_dir / "run.json").read_text())["backbone_fingerprint"]
-    cells = [{"task": "ner", "dataset": "conll2003", "fraction": 1.0, "seed": s, "main_metric": "f1",
+    cells = [{"model": "run", "task": "ner", "dataset": "conll2003", "fraction": 1.0, "seed": s, "main_metric": "f1",
               "main_score": v, "backbone_fingerprint": fp} for s, v in ((1, 0.8), (2, 0.9))]
-    cells.append({"task": "tc", "dataset": "banking77", "fraction": 1.0, "seed": 1, "main_metric": "accuracy",
+    cells.append({"model": "other", "task": "tc", "dataset": "banking77", "fraction": 1.0, "seed": 1,
+                  "main_metric": "accuracy",
                   "main_score": 0.5, "backbone_fingerprint": "sha256:other-model"})
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"models": [], "cells": cells}))

@@ -113,9 +113,11 @@ def dataset_ids(refs) -> list[str]:
 def results_metrics(results_json: str | os.PathLike, backbone_fingerprint: str) -> list[dict]:
     """The ``mtpf evaluate`` cells of one backbone, averaged over seeds: [{task, dataset, fraction, metric,
     value, seeds}]."""
-    data = json.loads(Path(results_json).read_text())
+    from mtpf.downstream.suite import read_cells  # one line for a broken or foreign file; newest cell per slot
+
+    cells, _ = read_cells(results_json)
     groups: dict[tuple, list[float]] = {}
-    for c in data.get("cells", []):
+    for c in cells:
         if c.get("backbone_fingerprint") != backbone_fingerprint or "main_score" not in c:
             continue
         key = (c["task"], c["dataset"], float(c.get("fraction", 1.0)), c.get("main_metric", "score"))

@@ -36,6 +36,20 @@ def bounded_int(low: int, high: int | None = None):
 
 
 positive_int = bounded_int(1)  # counts (--threads)
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number > 0 (epochs, rates)."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
 seed_int = bounded_int(0, 2**32 - 1)  # numpy's and torch's seed range
 
 

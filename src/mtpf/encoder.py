@@ -49,6 +49,9 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> str:
     ref = str(name_or_path)
     path = Path(ref).expanduser()
     if (path / "backbone" / "config.json").is_file():  # an mtpf run folder
+        if not (path / "run.json").is_file():  # written last by the export: a cut export mixes old and new files
+            raise ModelNotFoundError(f"model {ref}: an unfinished mtpf run (backbone/ but no run.json: its export "
+                                     "was cut); re-run `mtpf pretrain` on it with resume=true to finish it")
         return str(path / "backbone")
     if path.is_file():
         raise ModelNotFoundError(f"model {ref}: is a file; expected a model folder, a hub name or 'packaged'")

@@ -54,6 +54,11 @@ class Tracker:
         data = read_ner_sentences(ner_dataset_dir, split)
         self.source = data.path
         with_entities = [i for i, spans in enumerate(data.spans) if spans]
+        if not with_entities:  # finding 1 perturbs entities: nothing to measure (it failed with an IndexError)
+            from mtpf.data.io import DataError
+
+            raise DataError(data.path, None, f"no {split} sentence has an entity; use an NER dataset with entities "
+                            "(e.g. conll2003) for the analysis")
         f1 = sorted(
             random.Random(f"mtpf-track-f1:{seed}").sample(with_entities, min(sentences, len(with_entities)))
         )

@@ -197,6 +197,9 @@ def load_pseudo_label_dataset(paths, tokenizer, max_length: int, num_labels: int
         raise DataError(files[0] if files else Path("."), None, "no labelled sentences found")
     data = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     max_label = int(pc.max(data.data.column("max_label")).as_py())
+    if max_label < 0:
+        raise DataError(files[0], None, f"no word keeps a label within max_length {max_length} tokens; raise "
+                        "max_length")
     declared = num_labels if num_labels is not None else _declared_clusters(files)
     if declared is not None and max_label >= declared:
         raise DataError(files[0], None, f"label id {max_label} found but only {declared} clusters declared")

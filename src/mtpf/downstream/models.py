@@ -93,6 +93,8 @@ def resolve(ref: str, label: str | None = None, normalize: str | bool = "auto") 
             m = _sentence_transformer(label, ref, path)
         elif (path / "config.json").is_file():
             m = ModelRef(label, ref, "hf", str(path))
+        elif (path / "backbone" / "config.json").is_file():
+            resolve_model(ref)  # raises: an unfinished run (no run.json), named as such
         elif path.exists():
             raise ConfigError(f"model {ref!r}: folder holds neither run.json (mtpf run), modules.json "
                               "(sentence-transformers) nor config.json (Hugging Face model)")
@@ -284,7 +286,13 @@ def resolve_base_model(adapter_dir: str | Path) -> str | None:
     cfg = Path(adapter_dir) / "adapter_config.json"
     if not cfg.is_file():
         return None
-    base = json.loads(cfg.read_text()).get("base_model_name_or_path")
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, ValueError) as exc:
+        from mtpf.data.io import DataError
+
+        raise DataError(cfg, None, f"cannot read it as JSON ({exc})") from None
+    base = data.get("base_model_name_or_path") if isinstance(data, dict) else None
     if not base:
         return None
     if base == PACKAGED_HUB_ID:

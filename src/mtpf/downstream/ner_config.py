@@ -103,6 +103,11 @@ class NerConfig:
             raise ConfigError(f"select must be auto, dev or last, got {self.select!r}")
         if self.scheduler not in ("constant", "linear"):
             raise ConfigError(f"scheduler must be constant or linear, got {self.scheduler!r}")
+        from mtpf.lora.config import TARGET_PARTS
+
+        unknown = [t for t in self.lora_targets if t not in TARGET_PARTS]
+        if unknown or not self.lora_targets:
+            raise ConfigError(f"lora_targets: unknown {unknown or 'empty list'}; choose from {', '.join(TARGET_PARTS)}")
         if str(self.lora_layers) != "all":
             try:
                 self.lora_layers = int(self.lora_layers)

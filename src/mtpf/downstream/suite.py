@@ -49,11 +49,16 @@ class SuiteConfig:
             raise ConfigError(f"--base {self.base!r} is not one of the model labels {labels}")
         if not self.ner and not self.cls:
             raise ConfigError("give at least one --ner or --cls dataset")
+        if self.ner and not self.fractions:
+            raise ConfigError("give at least one NER train fraction (--fractions, e.g. 1.0 or 0.1,0.2,0.5)")
         for f in self.fractions:
             if not 0 < f <= 1:
                 raise ConfigError(f"fractions must be in (0, 1], got {f}")
         if not self.seeds:
             raise ConfigError("give at least one seed")
+        for name, values in (("fractions", [float(f) for f in self.fractions]), ("seeds", list(self.seeds))):
+            if len(set(values)) != len(values):  # the same cell would run (and count) twice
+                raise ConfigError(f"--{name} lists a value twice: {values}")
 
 
 def _hash(obj) -> str:

@@ -62,6 +62,11 @@ class TCConfig:
     def __post_init__(self):
         if self.n_experiments < 1:
             raise ConfigError("n_experiments must be >= 1")
+        if self.max_iter < 1 or self.batch_size < 1:
+            raise ConfigError(f"max_iter and batch_size must be >= 1, got {self.max_iter} and {self.batch_size}")
+        if self.max_length is not None and self.max_length < 8:
+            raise ConfigError(f"max_length (--tc-max-length) must be >= 8 or unset (the model's), "
+                              f"got {self.max_length}")
         spl = str(self.samples_per_label)
         if spl not in ("auto", "full"):
             try:

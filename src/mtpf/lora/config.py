@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+TARGET_PARTS = ("query", "key", "value", "attn_out", "mlp")  # what a LoRA target may name, in any family
+
+
 @dataclass
 class LoraSpec:
     """Where and how big a LoRA group is.
@@ -35,9 +38,9 @@ class LoraSpec:
             raise ValueError(f"lora layers must be >= 1, got {self.layers}")
         if self.rank < 1:
             raise ValueError(f"lora rank must be >= 1, got {self.rank}")
-        unknown = set(self.targets) - {"query", "key", "value", "attn_out", "mlp"}
+        unknown = set(self.targets) - set(TARGET_PARTS)
         if unknown:
-            raise ValueError(f"unknown lora targets {sorted(unknown)}; choose from query, key, value, attn_out, mlp")
+            raise ValueError(f"unknown lora targets {sorted(unknown)}; choose from {', '.join(TARGET_PARTS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -139,10 +139,12 @@ class PretrainConfig:
             raise ValueError("max_steps must be >= 1")
         # ranges checked here, when the config is read: the libraries would fail later with a traceback (or, for
         # a zero batch, loop forever; for temperature 0, train to NaN)
-        for name in ("ner_batch_size", "tc_batch_size", "log_every", "save_every", "max_length", "bucket_factor",
+        for name in ("ner_batch_size", "tc_batch_size", "log_every", "save_every", "bucket_factor",
                      "analysis_sentences"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_length < 8:  # room for the special tokens and some words (at 2 no word keeps a label)
+            raise ValueError(f"max_length must be >= 8, got {self.max_length}")
         for name, low in (("tc_mini_batch_size", 1), ("tc_pad_chunk", 0), ("num_workers", 0), ("tokenize_num_proc", 1),
                           ("num_clusters", 2), ("analysis_every", 1), ("pair_size_cap", 1)):
             if getattr(self, name) is not None and getattr(self, name) < low:

@@ -247,7 +247,12 @@ def merged_app_encoder(backbone_encoder, adapter_dir: str | Path):
     """A copy of the bare encoder with the app's LoRA merged into its weights (for LoRA-less runtimes)."""
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(copy.deepcopy(backbone_encoder), str(adapter_dir), is_trainable=False)
+    from mtpf.runtime.app import AppError
+
+    try:
+        model = PeftModel.from_pretrained(copy.deepcopy(backbone_encoder), str(adapter_dir), is_trainable=False)
+    except (TypeError, ValueError, KeyError, OSError, RuntimeError) as exc:  # a malformed adapter: one line
+        raise AppError(f"{adapter_dir}: cannot load its LoRA ({' '.join(str(exc).split())[:300]})") from exc
     return model.merge_and_unload().eval()
 
 

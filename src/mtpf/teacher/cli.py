@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from mtpf.config import seed_int
+from mtpf.config import bounded_int, positive_float, positive_int, seed_int
 
 EPILOG = """\
 examples:
@@ -29,24 +29,24 @@ def add_parser(subparsers) -> None:
     p.add_argument("--corpus", nargs="+", action="extend", metavar="PATH",
                    help=".txt/.txt.gz (a sentence a line), .jsonl[.gz]/.parquet/.arrow with 'tokens' or 'text', "
                         "folders, or a hub dataset [hub:]NAME[:SUBSET][@SPLIT] (online), e.g. numind/NuNER@full")
-    p.add_argument("--clusters", "-k", type=int, default=200, help="K (default 200, as in the paper)")
+    p.add_argument("--clusters", "-k", type=bounded_int(2), default=200, help="K (default 200, as in the paper)")
     p.add_argument("--out", help="output folder (shards, clusters.json, centroids.npy)")
     p.add_argument("--layers", nargs="+", action="extend", default=None, metavar="N",
                    help="hidden-state indices to concatenate: -1 = last (default); '-1 -7' or =-1,-7 = last + "
                         "7th from last (NuNER's suggestion)")
     p.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="cluster raw word vectors instead of L2-normalised ones")
-    p.add_argument("--max-length", type=int, default=None,
+    p.add_argument("--max-length", type=bounded_int(4), default=None,
                    help="teacher window in tokens (default: the teacher's limit); longer sentences are windowed")
-    p.add_argument("--fit-words", type=int, default=500_000,
+    p.add_argument("--fit-words", type=positive_int, default=500_000,
                    help="words in the random sample k-means is fitted on (default 500000)")
-    p.add_argument("--fit-epochs", type=float, default=3, help="passes over the sample in mini-batch steps")
-    p.add_argument("--kmeans-batch", type=int, default=4096, help="mini-batch size of k-means")
+    p.add_argument("--fit-epochs", type=positive_float, default=3, help="passes over the sample in mini-batch steps")
+    p.add_argument("--kmeans-batch", type=positive_int, default=4096, help="mini-batch size of k-means")
     p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--shard-sentences", type=int, default=20_000, help="sentences per output shard")
-    p.add_argument("--chunk-words", type=int, default=None,
+    p.add_argument("--shard-sentences", type=positive_int, default=20_000, help="sentences per output shard")
+    p.add_argument("--chunk-words", type=positive_int, default=None,
                    help="words embedded per chunk (bounds memory; default 16384 on CPU, 131072 on CUDA)")
-    p.add_argument("--batch-tokens", type=int, default=None,
+    p.add_argument("--batch-tokens", type=positive_int, default=None,
                    help="padded tokens per teacher batch (default 8192 on CPU, 65536 on CUDA)")
     p.add_argument("--no-compress", dest="compress", action="store_false", help="write .jsonl, not .jsonl.gz")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")

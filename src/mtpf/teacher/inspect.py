@@ -19,7 +19,7 @@ def cluster_summary(directory: str | Path, top: int = 10, max_words: int = 2_000
     try:
         meta = json.loads(meta_path.read_text())
         k = int(meta["K"])
-    except (KeyError, ValueError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise DataError(meta_path, None, f"cannot read the number of clusters 'K': {exc}") from None
     words: list[Counter] = [Counter() for _ in range(k)]
     seen = 0

@@ -401,7 +401,7 @@ def _read_reused(ref: str) -> dict:
         info["centroids_path"] = str(path.parent / info["centroids"])
         for key in ("K", "teacher", "layers", "normalize"):
             info[key]
-    except (KeyError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:  # TypeError: valid JSON of another shape
         raise DataError(path, None, f"not a clusters.json written by mtpf label ({exc})") from None
     return info
 
