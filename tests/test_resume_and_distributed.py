@@ -151,3 +151,61 @@ def test_ranks_draw_their_own_dropout_but_share_weights(tiny_bert, toy_data, tmp
     assert all(torch.equal(w0[k], w1[k]) for k in w0)  # same init on every rank
     assert torch.equal(out0, out0b) and torch.equal(out1, out1b)  # each rank's stream is seeded
     assert not torch.allclose(out0, out1)  # but the ranks' dropout masks differ
+
+
+def _record_durability(monkeypatch) -> list[tuple[str, str]]:
+    """("fsync", path) and ("replace", src, dst) events, in order: what reached the disk before a rename."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst, *a, **k):
+        events.append(("replace", os.path.realpath(src), os.path.realpath(dst)))
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def _synced_before(events, src: str, files: list[str]) -> set[str]:
+    """Of ``files`` (paths under ``src``), those fsynced before ``src`` was renamed."""
+    done = set()
+    for e in events:
+        if e[0] == "replace" and e[1] == src:
+            return {f for f in files if f in done}
+        if e[0] == "fsync":
+            done.add(e[1])
+    raise AssertionError(f"{src} was never renamed")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/fd names the synced files")
+def test_checkpoints_run_json_and_stage_markers_reach_the_disk_before_they_count(tiny_bert, toy_data, tmp_path,
+                                                                                    monkeypatch):
+    """A rename or marker declares a checkpoint, a run or a stage finished; after an OS crash its files must not
+    be torn, so they are fsynced first."""
+    from mtpf.config import load_config
+    from mtpf.recipes.pretrain import PretrainConfig, run
+    from mtpf.stages import MARKER, mark_done
+
+    events = _record_durability(monkeypatch)
+    out = tmp_path / "run"
+    run(load_config(PretrainConfig, None, tiny_run_overrides(tiny_bert, toy_data, out, max_steps=1)))
+    final = out / "checkpoints" / "step-00000001"
+    tmp = str(final.parent / ".tmp-step-00000001")
+    files = [str(p).replace(str(final), tmp) for p in final.rglob("*") if p.is_file()]
+    assert len(files) >= 3 and _synced_before(events, tmp, files) == set(files)
+    exported = [str(p) for part in ("backbone", "adapters", "sentence_transformer") if (out / part).is_dir()
+                for p in (out / part).rglob("*") if p.is_file()]
+    run_tmp = str(out / "run.json.tmp")
+    assert len(exported) >= 4 and _synced_before(events, run_tmp, exported + [run_tmp]) == set(exported + [run_tmp])
+    stage = tmp_path / "stage"
+    (stage / "sub").mkdir(parents=True)
+    (stage / "sub" / "result.bin").write_bytes(b"x" * 100)
+    mark_done(stage)
+    marker_tmp = str(stage / (MARKER + ".tmp"))
+    wanted = [str(stage / "sub" / "result.bin"), marker_tmp]
+    assert _synced_before(events, marker_tmp, wanted) == set(wanted)

@@ -30,15 +30,39 @@ def begin(folder: str | os.PathLike) -> None:
     (folder / PARTIAL).write_text("")
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    """``path``'s bytes reach the disk (before a rename or a marker makes the file count as finished)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """Every file under ``folder``, and the folders' entries, reach the disk: after an OS crash a folder that a
+    marker or a rename declared finished must not hold torn or missing files."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fsync_file(Path(root) / name)
+        try:
+            fsync_file(root)  # the directory entries (Linux, macOS); Windows cannot open a folder
+        except OSError:
+            pass
+
+
 def mark_done(folder: str | os.PathLike, required: tuple[str, ...] = (), **info) -> None:
     """Record that the stage writing ``folder`` finished. ``required``: files/folders (relative to ``folder``)
-    that must exist first; a missing one raises instead of marking a broken stage as done."""
+    that must exist first; a missing one raises instead of marking a broken stage as done. The stage's files
+    are on disk before the marker is."""
     folder = Path(folder)
     missing = [r for r in required if not (folder / r).exists()]
     if missing:
         raise RuntimeError(f"{folder}: stage finished without {', '.join(missing)}; not marking it done")
+    fsync_tree(folder)
     tmp = folder / (MARKER + ".tmp")
     tmp.write_text(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}, default=str))
+    fsync_file(tmp)
     os.replace(tmp, folder / MARKER)
     (folder / PARTIAL).unlink(missing_ok=True)
 

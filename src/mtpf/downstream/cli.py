@@ -134,7 +134,9 @@ def add_parser(sub) -> None:
         else:
             p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: none)")
             _tc_args(p, protocol=False)
-        p.set_defaults(func=_adapt)
+        # an app is written whole at the end (no checkpoints): a re-run trains again from the start
+        p.set_defaults(func=_adapt, interrupt_hint="interrupted before the app was written; re-run the same "
+                                                   "command to train it again (from the start)")
     adapt.set_defaults(func=lambda args: (adapt.print_help(), 2)[1])
 
     p = sub.add_parser("evaluate", help="downstream evaluation suite: results.json, tables.md/csv, chart.png",

@@ -672,9 +672,13 @@ class PretrainRecipe:
         acc.save_state(str(tmp), safe_serialization=True)
         acc.wait_for_everyone()
         if acc.is_main_process:
+            from mtpf.stages import fsync_file, fsync_tree
+
+            fsync_tree(tmp)  # on disk before the rename makes it the checkpoint a resume loads
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
+            fsync_file(ckpts)
             for old in sorted(ckpts.glob("step-*"))[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()

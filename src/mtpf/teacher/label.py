@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mtpf.data.io import DataError
+from mtpf.stages import fsync_file
 from mtpf.teacher.corpus import SPLIT_RULE, CorpusStats, corpus_files, iter_sentences
 
 CLUSTERS_FILE = "clusters.json"
@@ -324,7 +325,7 @@ def _label_shard(block, teacher, assigner, cfg: LabelConfig, path: Path, bar, po
     if fh is None:
         return None, seconds
     fh.close()
-    _fsync(tmp)  # the shard's bytes reach the disk before the rename makes it count as finished
+    fsync_file(tmp)  # the shard's bytes reach the disk before the rename makes it count as finished
     os.replace(tmp, path)
     meta["counts"] = counts.tolist()
     # provenance: a resumed run may continue on another device or dtype (a CPU run finished on a GPU); the
@@ -410,18 +411,10 @@ def _same_teacher(saved: str, given: str, resolved: str | None) -> bool:
     return saved in {given, resolved} or Path(saved).resolve() == Path(resolved or given).resolve()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
-    _fsync(tmp)
+    fsync_file(tmp)
     os.replace(tmp, path)
 
 
