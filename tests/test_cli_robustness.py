@@ -178,6 +178,20 @@ def test_non_utf8_jsonl_names_file_and_line(tmp_path):
     assert (exc.value.path, exc.value.line) == (str(f), 3) and "not UTF-8" in str(exc.value)
 
 
+def test_a_byte_order_mark_is_not_content(tmp_path):
+    """Windows editors start UTF-8 files with a BOM: the first record reads as written (json.loads refused it)."""
+    import gzip
+
+    from mtpf.data.io import iter_jsonl
+
+    f = tmp_path / "bom.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + b'{"text": "a"}\n{"text": "b"}\n')
+    assert list(iter_jsonl(f)) == [(1, {"text": "a"}), (2, {"text": "b"})]
+    with gzip.open(tmp_path / "bom.jsonl.gz", "wb") as fh:
+        fh.write(f.read_bytes())
+    assert list(iter_jsonl(tmp_path / "bom.jsonl.gz")) == [(1, {"text": "a"}), (2, {"text": "b"})]
+
+
 def test_non_utf8_ner_train_split_is_one_line(bad_utf8_ner, tmp_path, capsys):
     rc, err = run_cli(["adapt", "ner", "--data", bad_utf8_ner, "--output", tmp_path / "app"], capsys)
     assert_one_line_error(rc, err, f"{bad_utf8_ner / 'train.jsonl'}:2", "not UTF-8")
@@ -659,6 +673,10 @@ def test_review_bad_inputs_are_one_line(tiny_bert, toy_data, tmp_path, capsys):
     assert_one_line_error(rc, err, "clusters.json", "not a clusters.json written by mtpf label")
     rc, err = run_cli(["label", "inspect", odd], capsys)
     assert_one_line_error(rc, err, "clusters.json", "cannot read the number of clusters")
+    rc, err = run_cli(["label", "--teacher", tmp_path / "nothing", "--corpus", corpus, "--out", tmp_path / "l3"],
+                      capsys)
+    assert_one_line_error(rc, err, f"model {tmp_path / 'nothing'}: no such folder")
+    assert str(tmp_path / "l3") not in err
     run = Path(make_fake_tpl_run(tiny_bert, tmp_path / "cut"))
     (run / "run.json").unlink()  # what an export cut between its files and run.json leaves
     for argv in (["evaluate", "--model", f"m={run}", "--cls", intents, "--output", tmp_path / "ev2"],

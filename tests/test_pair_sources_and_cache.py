@@ -177,7 +177,8 @@ def test_pseudo_labels_through_datasets_match_the_list_reader(tiny_bert, toy_dat
     with pytest.raises(DataError, match=r"bad\.jsonl:3: 2 tokens but 1 labels"):
         load_pseudo_label_dataset([bad], tok, 12)
     bad.write_text('{"words": ["a"], "labels": [1]}\n')
-    with pytest.raises(DataError, match=r"bad\.jsonl: no 'tokens' field"):
+    with pytest.raises(DataError, match=r"bad\.jsonl: no 'tokens' field; pseudo-label rows are "
+                                        r'\{"tokens": \[\.\.\.\], "labels": \[\.\.\.\]\} as written'):
         load_pseudo_label_dataset([bad], tok, 12)
 
 

@@ -40,6 +40,8 @@ def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
             except UnicodeDecodeError as exc:
                 raise DataError(path, lineno, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
                                 f"{exc.start + 1}); re-save the file as UTF-8") from None
+            if lineno == 1 and line.startswith("\ufeff"):  # a byte-order mark (Windows editors): not content
+                line = line[1:]
             yield lineno, line
 
 

@@ -188,7 +188,7 @@ def load_pseudo_label_dataset(paths, tokenizer, max_length: int, num_labels: int
         missing = [c for c in ("tokens", "labels") if c not in raw.column_names]
         if missing:
             raise DataError(f, None, f"no '{missing[0]}' field; pseudo-label rows are {{\"tokens\": [...], "
-                            "\"labels\": [...]}} as written by `mtpf label`")
+                            '"labels": [...]} as written by `mtpf label`')
         parts.append(cached_map(raw, _ner_map_fn(f, tokenizer, max_length), kind="ner", name=f.name.split(".")[0],
                                 files=[str(f)], label=str(f), tokenizer=tokenizer, max_length=max_length,
                                 features=feats, num_proc=num_proc))

@@ -99,7 +99,9 @@ def _run_label(args) -> int:
     try:
         label_corpus(cfg)
     except ValueError as exc:
-        if isinstance(exc, DataError):
+        from mtpf.config import ConfigError
+
+        if isinstance(exc, (DataError, ConfigError)):  # they name their own file or model (not --out)
             raise
         raise DataError(args.out, None, str(exc)) from None
     return 0
