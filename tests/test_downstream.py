@@ -438,3 +438,21 @@ def test_tables_follow_the_paper_layout(tmp_path):
     paths = write_outputs(cells, ["Base model", "PF for TC"], "Base model", tmp_path)
     assert all(Path(p).stat().st_size > 0 for p in paths.values())
     assert Path(paths["chart"]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_hub_datasets_fingerprint_follows_its_rows():
+    """Hub datasets key their cells by what was read (datasets' own fingerprint is private): the same rows give
+    the same fingerprint, one changed row another."""
+    from mtpf.downstream.data import ClsSplit, NerSplit, _hub_result
+
+    def splits(tag="B-PER", label="card"):
+        return {"train": NerSplit([["Obama", "spoke"]], [[tag, "O"]], "x"),
+                "test": NerSplit([["Paris"]], [["B-LOC"]], "x")}, \
+            {"train": ClsSplit(["lost my card"], [label], "y"), "test": ClsSplit(["rate"], ["rate"], "y")}
+
+    (ner, cls), (ner2, cls2) = splits(), splits("B-ORG", "fee")
+    fp = _hub_result("org/ner", ["train", "test"], ner)[1]
+    assert fp.startswith("sha256:") and fp == _hub_result("org/ner", ["train", "test"], splits()[0])[1]
+    assert fp != _hub_result("org/ner", ["train", "test"], ner2)[1]
+    assert fp != _hub_result("org/other", ["train", "test"], ner)[1]
+    assert _hub_result("org/cls", [], cls)[1] != _hub_result("org/cls", [], cls2)[1]

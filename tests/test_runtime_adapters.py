@@ -60,6 +60,7 @@ def _peft_reference(backbone, app, texts):
 @pytest.mark.parametrize("case,lora", [
     ("embedding_lora", dict(r=4, lora_alpha=8, target_modules=["word_embeddings", "query"])),
     ("lora_bias", dict(r=4, lora_alpha=8, target_modules=["query", "value"], lora_bias=True)),
+    ("rslora", dict(r=4, lora_alpha=8, target_modules=["query", "value"], use_rslora=True)),
 ])
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_every_kind_of_lora_is_applied_as_peft_applies_it(demo, tmp_path, case, lora, backend):
@@ -196,3 +197,25 @@ def test_onnx_merged_app_graphs_are_reused_and_exported_with_their_own_tokenizer
             rt.unregister_app("tc")
         assert len(list((tmp_path / "onnx" / "apps").iterdir())) == 1
         np.testing.assert_array_equal(got[0], got[2])
+
+
+def test_only_lora_options_the_slots_implement_take_the_slot_path():
+    """The ONNX slots re-implement PEFT's LoRA forward: any option they do not implement (today's or a future
+    PEFT's) must send the app to the merged graph rather than be ignored."""
+    import dataclasses
+
+    from peft import LoraConfig
+
+    from mtpf.runtime.onnx_export import SLOT_KEYS, slot_compatible
+
+    plain = LoraConfig(r=4, lora_alpha=8, target_modules=["query"]).to_dict()
+    plain = json.loads(json.dumps(plain, default=str))  # as adapter_config.json holds it
+    assert slot_compatible(plain) and slot_compatible({**plain, "use_rslora": True})
+    for key, value in (("use_dora", True), ("fan_in_fan_out", True), ("layer_replication", [[0, 2]]),
+                       ("alora_invocation_tokens", [5]), ("bias", "all"), ("rank_pattern", {"query": 8}),
+                       ("target_parameters", ["w"]), ("an_option_from_a_newer_peft", 1), ("peft_type", "LOHA")):
+        assert not slot_compatible({**plain, key: value}), key
+    # every LoraConfig field is either honoured/harmless (SLOT_KEYS) or off by default, i.e. checked above
+    for f in dataclasses.fields(LoraConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        assert f.name in SLOT_KEYS or not default or default == "none", f.name

@@ -53,7 +53,7 @@ def make_tiny_encoder(out_dir: str | Path, arch: str = "bert", layers: int = 2, 
 
 
 def _tiny_bpe_tokenizer():
-    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers import ByteLevelBPETokenizer, Tokenizer
     from tokenizers.processors import RobertaProcessing
     from transformers import PreTrainedTokenizerFast
 
@@ -62,7 +62,7 @@ def _tiny_bpe_tokenizer():
                             special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     bpe.post_processor = RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
     return PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        tokenizer_object=Tokenizer.from_str(bpe.to_str()), bos_token="<s>", eos_token="</s>", pad_token="<pad>",
         unk_token="<unk>", mask_token="<mask>", model_max_length=128,
     )
 

@@ -85,10 +85,6 @@ def _fingerprint_files(files: list[Path]) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _fingerprint_obj(obj) -> str:
-    return "sha256:" + hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _local_splits(folder: Path, required: tuple[str, ...]) -> dict[str, Path]:
     found = {s: f for s in SPLITS if (f := _split_file(folder, s)) is not None}
     for s in required:
@@ -204,7 +200,20 @@ def _hub_result(ref: str, ds, splits: dict):  # pragma: no cover - needs the net
     for s in ("train", "test"):
         if s not in splits:
             raise DataError(ref, None, f"hub dataset has no {s} split (has {list(ds)})")
-    return splits, _fingerprint_obj({s: getattr(ds[s], "_fingerprint", None) for s in ds} | {"ref": ref})
+    return splits, _content_fingerprint(ref, splits)
+
+
+def _content_fingerprint(ref: str, splits: dict) -> str:
+    """The rows read from a hub dataset, hashed (a local dataset hashes its files): datasets has no public
+    fingerprint of a loaded dataset, and a changed hub dataset must not reuse the cells of the old one."""
+    h = hashlib.sha256(ref.encode())
+    for name in sorted(splits):
+        split = splits[name]
+        rows = zip(split.tokens, split.tags) if isinstance(split, NerSplit) else zip(split.texts, split.labels)
+        h.update(f"\0{name}\0".encode())
+        for row in rows:
+            h.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+    return "sha256:" + h.hexdigest()
 
 
 def _hub_ner(ref: str):  # pragma: no cover - needs the network

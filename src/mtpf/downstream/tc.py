@@ -27,8 +27,9 @@ import numpy as np
 
 from mtpf.config import ConfigError
 
-# mteb's per-task samples_per_label where it is not 8 (English classification tasks of mteb 2.x, checked by
-# tests/test_tc_protocol.py against the installed mteb): a dataset whose name holds one of these keys uses it.
+# mteb's per-task samples_per_label where it is not 8 (English classification tasks of mteb 2.x, checked against
+# the installed mteb by tests/test_downstream.py::test_samples_per_label_defaults_match_every_english_mteb_...):
+# a dataset whose name holds one of these keys uses it.
 _SAMPLES_PER_LABEL = {"emotion": 16, "toxicconversations": 16, "tweetsentimentextraction": 32,
                       "amazoncounterfactual": 32, "yahooanswerstopics": 32, "yelpreviewfull": 128}
 DEFAULT_SAMPLES_PER_LABEL = 8

@@ -185,11 +185,11 @@ class TorchBackend:
             layers = list(self._stack)[start:stop]
             if start > 0:
                 layers = [self._replay] + layers
-            self._container._modules[self._stack_attr] = torch.nn.ModuleList(layers)
+            setattr(self._container, self._stack_attr, torch.nn.ModuleList(layers))
             try:
                 return self._forward(inputs, adapters, h0)
             finally:
-                self._container._modules[self._stack_attr] = self._stack
+                setattr(self._container, self._stack_attr, self._stack)
                 self._replay.value = None
 
     def _autocast(self):

@@ -485,6 +485,25 @@ def read_layered(out_dir: str | Path) -> dict | None:
     return meta if meta and meta.get("format") == LAYERED_FORMAT else None
 
 
+# adapter_config.json keys the slots honour (r, alpha, rslora, targets), or that do not change what a saved LoRA
+# computes at inference (where it came from, how it was initialised or placed, dropout)
+SLOT_KEYS = frozenset({
+    "peft_type", "task_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision", "inference_mode",
+    "r", "lora_alpha", "use_rslora", "target_modules", "exclude_modules", "layers_to_transform", "layers_pattern",
+    "lora_dropout", "init_lora_weights", "loftq_config", "eva_config", "corda_config", "lora_ga_config",
+    "megatron_config", "megatron_core", "runtime_config", "ensure_weight_tying", "qalora_group_size",
+})
+
+
+def slot_compatible(cfg: dict) -> bool:
+    """An allow-list, not a block-list: every option outside SLOT_KEYS must be off (PEFT's falsy default), so an
+    option the slots do not implement (DoRA, biases, aLoRA, layer replication, one newer than this code) sends
+    the app to the merged graph, which PEFT itself computes, instead of being dropped silently."""
+    if cfg.get("peft_type", "LORA") != "LORA":
+        return False
+    return all(not value or value == "none" for key, value in cfg.items() if key not in SLOT_KEYS)
+
+
 def app_lora_feeds(adapter_dir: str | Path, layer_names: list[str], slots: list[str],
                    zeros: dict[str, np.ndarray]) -> tuple[list[dict | None], int] | None:
     """An app's PEFT LoRA as per-layer slot feeds (scale folded into B), and its lowest layer.
@@ -497,9 +516,7 @@ def app_lora_feeds(adapter_dir: str | Path, layer_names: list[str], slots: list[
     from mtpf.lora.targets import layer_index
 
     cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-    if (cfg.get("use_dora") or cfg.get("bias", "none") != "none" or cfg.get("modules_to_save")
-            or cfg.get("lora_bias") or cfg.get("rank_pattern") or cfg.get("alpha_pattern")
-            or cfg.get("peft_type", "LORA") != "LORA"):
+    if not slot_compatible(cfg):
         return None
     r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
     scale = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
