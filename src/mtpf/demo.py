@@ -50,7 +50,8 @@ def _pick(folder: Path, preferred: str | None) -> Path:
 
 
 SETTINGS = "demo-settings.json"  # what the folder's stages were made from; a re-run must use the same
-DEMO_ENTRIES = {"labels", "run", "eval", "apps", "onnx", "demo.json", SETTINGS, SETTINGS + ".tmp"}
+DEMO_ENTRIES = {"labels", "run", "eval", "apps", "onnx", "demo.json", SETTINGS, SETTINGS + ".tmp",
+                ".DS_Store"}  # (macOS Finder's folder metadata)
 
 
 def _check_out(out: Path, settings: dict, fresh: bool) -> None:

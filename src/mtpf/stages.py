@@ -35,6 +35,9 @@ def fsync_file(path: str | os.PathLike) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError:
+        if os.name != "nt":  # Windows cannot flush a read-only handle: best effort there
+            raise
     finally:
         os.close(fd)
 
