@@ -36,6 +36,7 @@ def bounded_int(low: int, high: int | None = None):
 
 
 positive_int = bounded_int(1)  # counts (--threads)
+seed_int = bounded_int(0, 2**32 - 1)  # numpy's and torch's seed range
 
 
 def positive_float(text: str) -> float:
@@ -50,7 +51,6 @@ def positive_float(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
     return value
-seed_int = bounded_int(0, 2**32 - 1)  # numpy's and torch's seed range
 
 
 class ConfigError(ValueError):

@@ -309,6 +309,7 @@ class PretrainRecipe:
     def _setup_data(self) -> None:
         """Open every source through ``datasets`` (memory-mapped), tokenise once into the cache, build the
         index-space samplers and the per-task batch builders."""
+        from mtpf.data import mapped_pages
         from mtpf.data.ner_pseudo import load_pseudo_label_dataset
         from mtpf.data.pairs import load_pair_sources
         from mtpf.data.pipeline import NerBatches, PairBatches, pad_multiple
@@ -334,8 +335,6 @@ class PretrainRecipe:
             self.ner_data = labelled.data
             import numpy as np
 
-            from mtpf.data import mapped_pages
-
             lengths = np.asarray(labelled.data.data.column("length"))
             mapped_pages.release(labelled.data)
             try:
@@ -355,8 +354,6 @@ class PretrainRecipe:
                                     for s in sources if not s.streaming}
             # Opening and tokenising faulted in pages of every source and cache file (record-batch headers, `map`):
             # unmap them here, since with DataLoader workers this process never gathers (and releases) a batch.
-            from mtpf.data import mapped_pages
-
             mapped_pages.release(*(s.data for s in sources if not s.streaming), *self.pair_tokens.values())
             from mtpf.data.pipeline import StreamWindows
 

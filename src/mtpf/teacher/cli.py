@@ -80,8 +80,6 @@ def _run_label(args) -> int:
         missing.insert(0, "--teacher")
     if missing:
         raise DataError(args.out or ".", None, f"mtpf label needs {', '.join(missing)} (see mtpf label --help)")
-    if args.clusters < 2:
-        raise DataError(args.out, None, "--clusters must be at least 2")
     try:
         layers = parse_layers(",".join(args.layers or ["-1"]))
     except ValueError as exc:
