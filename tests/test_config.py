@@ -24,6 +24,30 @@ def test_unknown_key_names_file_and_key(tmp_path):
         load_config(PretrainConfig, None, ["bogus=1"])
 
 
+
+def test_errors_name_the_line_of_the_key_or_the_override(tmp_path):
+    """A mistake in a file is reported at its line (a typo'd key, a bad type, a range check in __post_init__); a
+    key a command-line override replaced is reported as that override, never at the file's stale line."""
+    conf = tmp_path / "c.yaml"
+    conf.write_text("strategy: mtpf-tpl\n# a comment\ntpl:\n  ner:\n    layers: 3\n    rnk: 8\nlr: 1.0e-4\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:6: unknown config key 'tpl\.ner\.rnk'"):
+        load_config(PretrainConfig, conf)
+    conf.write_text("strategy: mtpf\n\nmax_steps: ten\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:3: max_steps must be an integer"):
+        load_config(PretrainConfig, conf)
+    conf.write_text("strategy: mtpf\nlr: 1e-4\nmax_steps: 0\n")  # checked in __post_init__, named first there
+    with pytest.raises(ConfigError, match=r"c\.yaml:3: PretrainConfig: max_steps must be >= 1"):
+        load_config(PretrainConfig, conf)
+    with pytest.raises(ConfigError, match=r"^override max_steps=-2: PretrainConfig: max_steps must be >= 1"):
+        load_config(PretrainConfig, conf, ["max_steps=-2"])
+    assert load_config(PretrainConfig, conf, ["max_steps=5"]).max_steps == 5
+    conf.write_text("strategy: mtpf\ntpl:\n  ner:\n    rank: 0\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:4: tpl\.ner: lora rank must be >= 1"):
+        load_config(PretrainConfig, conf)
+    with pytest.raises(ConfigError, match=r"^override tpl\.ner=\{'rank': -1\}: tpl\.ner: lora rank must be"):
+        load_config(PretrainConfig, conf, ["tpl.ner={rank: -1}"])
+
+
 def test_unknown_strategy_and_bad_types(tmp_path):
     with pytest.raises(ConfigError, match="strategy must be one of"):
         load_config(PretrainConfig, None, ["strategy=mtl"])

@@ -2,11 +2,12 @@
 
 A recipe declares its config as a dataclass (fields with ``metadata={"help": ...}``); this module loads
 a YAML file into it, applies dotted overrides (``tpl.ner.layers=4``), and refuses unknown keys with the
-file and key named, so a typo never silently falls back to a default.
+file, line and key named (or the override that set it), so a typo never silently falls back to a default.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -97,12 +98,52 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+class Source(str):
+    """Where a config came from (its file name, as text), with the line of each key the file sets (``lines``:
+    dotted key -> line number, or the override's text for a key set on the command line), so that a message
+    names the line to fix."""
+
+    lines: dict[str, int | str]
+
+
+def _where(source: str, key: str) -> str:
+    """``file:line`` of ``key`` (or of the nearest enclosing key the file sets); ``override key=value`` when the
+    command line set it; else the file."""
+    lines = getattr(source, "lines", {})
+    while key:
+        if key in lines:
+            return lines[key] if isinstance(lines[key], str) else f"{source}:{lines[key]}"
+        key = key.rpartition(".")[0]
+    return str(source)
+
+
+def _key_lines(text: str) -> dict[str, int | str]:
+    """Line (1-based) of every mapping key in a YAML text, by dotted path. PyYAML's ``compose`` keeps the marks
+    that ``safe_load`` drops."""
+    lines: dict[str, int | str] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    lines[prefix + str(key.value)] = key.start_mark.line + 1  # a repeated key: the last wins
+                    walk(value, f"{prefix}{key.value}.")
+
+    walk(yaml.compose(text, Loader=yaml.SafeLoader), "")
+    return lines
+
+
 def load_yaml(path: str | Path) -> dict:
+    return _read_yaml(path)[0]
+
+
+def _read_yaml(path: str | Path) -> tuple[dict, dict[str, int | str]]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); re-save the config as UTF-8") from None
     except yaml.YAMLError as exc:
@@ -110,10 +151,10 @@ def load_yaml(path: str | Path) -> dict:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
     if data is None:
-        return {}
+        return {}, {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of keys to values, got {type(data).__name__}")
-    return data
+    return data, _key_lines(text)
 
 
 def build(cls: type[T], data: dict, source: str = "<config>", prefix: str = "") -> T:
@@ -122,7 +163,8 @@ def build(cls: type[T], data: dict, source: str = "<config>", prefix: str = "") 
     unknown = [k for k in data if k not in fields]
     if unknown:
         known = ", ".join(sorted(fields))
-        raise ConfigError(f"{source}: unknown config key '{prefix}{unknown[0]}' (known keys: {known})")
+        raise ConfigError(f"{_where(source, prefix + str(unknown[0]))}: unknown config key '{prefix}{unknown[0]}' "
+                          f"(known keys: {known})")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
@@ -130,7 +172,10 @@ def build(cls: type[T], data: dict, source: str = "<config>", prefix: str = "") 
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: {prefix.rstrip('.') or cls.__name__}: {exc}") from None
+        # a check in __post_init__: its message names the field first ("max_steps must be >= 1"), so point there
+        named = next((w for w in re.findall(r"\w+", str(exc)) if w in fields), None)
+        where = _where(source, prefix + named if named else prefix.rstrip("."))
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or cls.__name__}: {exc}") from None
 
 
 def _coerce(tp, value, source: str, key: str):
@@ -147,7 +192,7 @@ def _coerce(tp, value, source: str, key: str):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+            raise ConfigError(f"{_where(source, key)}: {key} must be a mapping, got {value!r}")
         return build(tp, value, source, key + ".")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -160,17 +205,17 @@ def _coerce(tp, value, source: str, key: str):
                 return _coerce(arg, value, source, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{source}: {key}: bad value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{_where(source, key)}: {key}: bad value {value!r}")
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+            raise ConfigError(f"{_where(source, key)}: {key} must be a mapping, got {value!r}")
         vt = args[1] if args else Any
         return {k: _coerce(vt, v, source, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if isinstance(value, (str, int, float)):
             value = [value]
         if not isinstance(value, list):
-            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+            raise ConfigError(f"{_where(source, key)}: {key} must be a list, got {value!r}")
         vt = args[0] if args else Any
         return [_coerce(vt, v, source, key) for v in value]
     if origin is typing.Literal:
@@ -180,14 +225,14 @@ def _coerce(tp, value, source: str, key: str):
             if len(same) == 1:
                 return same[0]
         if value not in args:
-            raise ConfigError(f"{source}: {key} must be one of {list(args)}, got {value!r}")
+            raise ConfigError(f"{_where(source, key)}: {key} must be one of {list(args)}, got {value!r}")
         return value
     if tp is Any:
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        raise ConfigError(f"{_where(source, key)}: {key} must be true or false, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -196,27 +241,31 @@ def _coerce(tp, value, source: str, key: str):
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        raise ConfigError(f"{_where(source, key)}: {key} must be a number, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        raise ConfigError(f"{_where(source, key)}: {key} must be an integer, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        raise ConfigError(f"{_where(source, key)}: {key} must be a string, got {value!r}")
     return value
 
 
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
-    data = load_yaml(path) if path else {}
-    source = str(path) if path else "<command line>"
+    data, lines = _read_yaml(path) if path else ({}, {})
+    source = Source(str(path) if path else "<command line>")
+    source.lines = lines
     for key, value in parse_overrides(overrides or []).items():
         top = key.split(".")[0]
+        typed = f"override {key}={value if isinstance(value, Scalar) else repr(value)}"  # as typed
         if top not in {f.name for f in dataclasses.fields(cls)}:
-            raise ConfigError(f"override {key}={str(value) if isinstance(value, Scalar) else value!r}: "
-                              f"unknown config key {top!r}")
+            raise ConfigError(f"{typed}: unknown config key {top!r}")
         set_dotted(data, key, value)
+        for k in [k for k in lines if k.startswith(key + ".")]:  # the file's keys below it are gone
+            del lines[k]
+        lines[key] = typed
     return build(cls, data, source)
 
 
