@@ -124,6 +124,17 @@ def test_empty_pair_source_is_named(tiny_bert, toy_data, tmp_path):
         run(_cfg(tiny_bert, toy_data, tmp_path / "run", strategy="tc", pairs=f"[{empty}]"))
 
 
+def test_pair_rows_without_text_are_counted_not_dropped_silently(tiny_bert, toy_data, tmp_path, capsys):
+    """Real pair dumps hold nulls, numbers and blank texts; training skips those rows and says how many."""
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    rows = [{"anchor": f"a cheap place {i}", "positive": f"near town {i}"} for i in range(40)]
+    rows += [{"anchor": " ", "positive": "blank"}, {"anchor": None, "positive": "null"}, {"anchor": "x", "positive": 7}]
+    (folder / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run(_cfg(tiny_bert, toy_data, tmp_path / "run", strategy="tc", pairs=f"[{folder}]", max_steps=1))
+    assert "skipped 3 of 43 rows whose anchor or positive is empty or not text" in capsys.readouterr().out
+
+
 def test_cli_reports_errors_cleanly(tiny_bert, toy_data, tmp_path, capsys):
     assert cli_main(["pretrain", "strategy=mtl"]) == 2
     assert "strategy must be one of" in capsys.readouterr().err

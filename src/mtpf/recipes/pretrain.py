@@ -352,6 +352,10 @@ class PretrainRecipe:
             with acc.main_process_first():
                 self.pair_tokens = {s.name: tokenize_pairs(s, self.tokenizer, cfg.max_length, cfg.tokenize_num_proc)
                                     for s in sources if not s.streaming}
+            for s in sources:  # rows tokenize_pairs dropped (null, non-text or blank anchor/positive): say so
+                if not s.streaming and (dropped := s.data.num_rows - len(self.pair_tokens[s.name])):
+                    acc.print(f"pairs {s.spec.label}: skipped {dropped} of {s.data.num_rows} rows whose anchor or "
+                              "positive is empty or not text")
             # Opening and tokenising faulted in pages of every source and cache file (record-batch headers, `map`):
             # unmap them here, since with DataLoader workers this process never gathers (and releases) a batch.
             mapped_pages.release(*(s.data for s in sources if not s.streaming), *self.pair_tokens.values())
