@@ -209,3 +209,25 @@ def test_checkpoints_run_json_and_stage_markers_reach_the_disk_before_they_count
     marker_tmp = str(stage / (MARKER + ".tmp"))
     wanted = [str(stage / "sub" / "result.bin"), marker_tmp]
     assert _synced_before(events, marker_tmp, wanted) == set(wanted)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/fd names the synced files")
+@pytest.mark.parametrize("layered", [True, False])
+def test_onnx_graphs_reach_the_disk_before_export_json_vouches_for_them(layered, tmp_path, monkeypatch):
+    """A folder with export.json is a finished export the runtime serves without re-exporting: after an OS crash
+    its graphs must not be torn."""
+    from transformers import AutoTokenizer
+
+    from mtpf.encoder import load_encoder
+    from mtpf.runtime import onnx_export as ox
+    from mtpf.testing import make_tiny_encoder
+
+    model = make_tiny_encoder(tmp_path / "a", "bert", layers=2)
+    events = _record_durability(monkeypatch)
+    out = Path(os.path.realpath(tmp_path)) / "onnx"
+    export = ox.export_layered_dir if layered else ox.export_encoder_dir
+    export(load_encoder(model).eval(), AutoTokenizer.from_pretrained(model), out, int8=False, backbone_fingerprint="A")
+    graphs = [str(p) for p in out.rglob("*") if p.is_file() and p.name != "export.json"]
+    meta_tmp = str(out / "export.json.tmp")
+    assert len(graphs) >= (2 if layered else 1)
+    assert _synced_before(events, meta_tmp, graphs + [meta_tmp]) == set(graphs + [meta_tmp])

@@ -60,7 +60,7 @@ def test_label_writes_what_the_engine_reads(tiny_bert, corpus, tmp_path):
     data = load_pseudo_labels([out])
     assert data.num_labels == 5 and len(data.tokens) == 129
     assert data.tokens[-1] == read_shards(out)[-1]["tokens"]
-    assert not list(out.glob(".*.tmp")) and not (out / ".fit_vectors.f16").exists()
+    assert not list(out.glob("*.tmp")) and not (out / ".fit_vectors.f16").exists()
 
 
 def test_saved_centroids_give_the_same_ids(tiny_bert, corpus, tmp_path):
@@ -127,7 +127,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_bert, corpus, tmp_path)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         label_corpus(cfg(tiny_bert, corpus, out), teacher=crashing, log=quiet)
-    assert not (out / "clusters.json").exists() and not list(out.glob(".*.tmp"))
+    assert not (out / "clusters.json").exists() and not list(out.glob("*.tmp"))
     done = sorted(p.name for p in out.glob("shard-*"))
     assert 0 < len(done) < 4
     # pre-finetuning refuses the unfinished folder instead of training on part of the corpus

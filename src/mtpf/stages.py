@@ -42,6 +42,16 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def write_text_durable(path: str | os.PathLike, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically and durably: readers see the old file or the whole new one, and
+    after an OS crash it is not torn (written to a temporary name, flushed to disk, renamed)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    fsync_file(tmp)
+    os.replace(tmp, path)
+
+
 def fsync_tree(folder: str | os.PathLike) -> None:
     """Every file under ``folder``, and the folders' entries, reach the disk: after an OS crash a folder that a
     marker or a rename declared finished must not hold torn or missing files."""
@@ -63,10 +73,8 @@ def mark_done(folder: str | os.PathLike, required: tuple[str, ...] = (), **info)
     if missing:
         raise RuntimeError(f"{folder}: stage finished without {', '.join(missing)}; not marking it done")
     fsync_tree(folder)
-    tmp = folder / (MARKER + ".tmp")
-    tmp.write_text(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}, default=str))
-    fsync_file(tmp)
-    os.replace(tmp, folder / MARKER)
+    write_text_durable(folder / MARKER, json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info},
+                                                   default=str))
     (folder / PARTIAL).unlink(missing_ok=True)
 
 

@@ -143,12 +143,9 @@ def _app_of_cell(app: Path, key: str, record: dict) -> bool:
 def _write_json(path: Path, data: dict) -> None:
     if not is_main_process():  # several processes (NER adaptation under DDP): rank 0 writes, the others compute
         return
-    from mtpf.stages import fsync_file
+    from mtpf.stages import write_text_durable
 
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    fsync_file(tmp)  # a recorded cell is never computed again: its record must survive an OS crash
-    os.replace(tmp, path)
+    write_text_durable(path, json.dumps(data, indent=2))  # a recorded cell is never computed again: it must last
 
 
 def build_cells(cfg: SuiteConfig, models, ner_sets, cls_sets) -> list[Cell]:

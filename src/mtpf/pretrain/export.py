@@ -215,15 +215,12 @@ def export_run(model, tokenizer, out_dir: str | Path, config: dict, data_files: 
         "command": cards.command_line(),
         **(extra or {}),
     }
-    from mtpf.stages import fsync_file, fsync_tree
+    from mtpf.stages import fsync_tree, write_text_durable
 
     for part in ("backbone", "adapters", "heads", "sentence_transformer"):  # on disk before run.json says done
         if (out / part).is_dir():
             fsync_tree(out / part)
-    tmp_json = out / "run.json.tmp"
-    tmp_json.write_text(json.dumps(run, indent=2))
-    fsync_file(tmp_json)
-    os.replace(tmp_json, out / "run.json")
+    write_text_durable(out / "run.json", json.dumps(run, indent=2))
     cards.run_card(out)
     return run
 

@@ -30,6 +30,7 @@ import torch
 from mtpf.config import ConfigError, help_text, load_config, to_dict
 from mtpf.data.io import DataError
 from mtpf.lora import LoraSpec
+from mtpf.stages import fsync_file, fsync_tree, write_text_durable
 
 STRATEGIES = ("ner", "tc", "mtpf", "mtpf-tpl", "pf-lora")
 # Keys that may change between a run and its resumption. A new max_steps also stretches the learning-rate
@@ -302,9 +303,7 @@ class PretrainRecipe:
                                   f"{sorted(RESUMABLE_CHANGES)} may change when resuming")
         if self.accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            tmp = self.out / "pretrain_config.json.tmp"
-            tmp.write_text(json.dumps(to_dict(cfg), indent=2))
-            os.replace(tmp, saved)
+            write_text_durable(saved, json.dumps(to_dict(cfg), indent=2))
 
     def _setup_data(self) -> None:
         """Open every source through ``datasets`` (memory-mapped), tokenise once into the cache, build the
@@ -673,8 +672,6 @@ class PretrainRecipe:
         acc.save_state(str(tmp), safe_serialization=True)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            from mtpf.stages import fsync_file, fsync_tree
-
             fsync_tree(tmp)  # on disk before the rename makes it the checkpoint a resume loads
             if final.exists():
                 shutil.rmtree(final)

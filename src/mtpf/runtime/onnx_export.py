@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mtpf.stages import fsync_tree, write_text_durable
+
 ONNX_FORMAT = "mtpf-onnx/1"
 FP32_ATOL = 1e-4
 INT8_MIN_MEAN_COSINE = 0.95
@@ -216,9 +218,10 @@ def export_encoder_dir(model, tokenizer, out_dir: str | Path, *, int8: bool = Fa
         "adapter_fingerprint": adapter_fingerprint, "inputs": names, "outputs": ["last_hidden_state"],
         "opset": OPSET, "files": files, "verification": report, "seconds": round(time.time() - t0, 2),
     }
-    # written last and atomically: a folder with export.json is a finished export (readers skip work on it)
-    (out / "export.json.tmp").write_text(json.dumps(meta, indent=2))
-    os.replace(out / "export.json.tmp", out / "export.json")
+    # written last, atomically, after the files reach the disk: a folder with export.json is a finished export
+    # (readers skip work on it)
+    fsync_tree(out)
+    write_text_durable(out / "export.json", json.dumps(meta, indent=2))
     failed = [k for k, v in report.items() if not v["passed"]]
     if strict and failed:
         raise ExportVerificationError(f"{out}: ONNX graph(s) {failed} outside tolerance: {json.dumps(report)}")
@@ -426,8 +429,8 @@ def export_layered_dir(model, tokenizer, out_dir: str | Path, *, int8: bool = Fa
     meta = {"format": LAYERED_FORMAT, "kind": "layered", "backbone_fingerprint": backbone_fingerprint,
             "inputs": names, "slots": slots, "num_layers": n_layers, "opset": OPSET, "files": files,
             "verification": report, "seconds": round(time.time() - t0, 2)}
-    (out / "export.json.tmp").write_text(json.dumps(meta, indent=2))  # last and atomically, as above
-    os.replace(out / "export.json.tmp", out / "export.json")
+    fsync_tree(out)  # last and atomically, as above
+    write_text_durable(out / "export.json", json.dumps(meta, indent=2))
     failed = [k for k, v in report.items() if not v["passed"]]
     if strict and failed:
         raise ExportVerificationError(f"{out}: layered ONNX graph(s) {failed} outside tolerance: {json.dumps(report)}")

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mtpf.data.io import DataError
-from mtpf.stages import fsync_file
+from mtpf.stages import fsync_file, write_text_durable
 from mtpf.teacher.corpus import SPLIT_RULE, CorpusStats, corpus_files, iter_sentences
 
 CLUSTERS_FILE = "clusters.json"
@@ -412,10 +412,7 @@ def _same_teacher(saved: str, given: str, resolved: str | None) -> bool:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
-    fsync_file(tmp)
-    os.replace(tmp, path)
+    write_text_durable(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def _bar(total, desc: str, enabled: bool):
