@@ -60,6 +60,42 @@ def test_resume_after_kill_reaches_identical_weights(tiny_bert, toy_data, tmp_pa
             assert torch.equal(a[part][name], b[part][name]), f"{part}:{name} differs after resume"
 
 
+def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(tiny_bert, toy_data, tmp_path, capsys):
+    """A run killed after step 2, whose newest checkpoint broke after its model loaded (the optimizer state
+    torn): the resume goes back to step 1, restores all of it, and ends with the uninterrupted run's weights.
+    None readable: one line."""
+    import shutil
+
+    from mtpf.config import ConfigError, load_config
+    from mtpf.recipes.pretrain import PretrainConfig, run
+
+    def cfg(out, **extra):
+        return load_config(PretrainConfig, None, tiny_run_overrides(tiny_bert, toy_data, out, strategy="tc",
+                                                                    max_steps=3, keep_checkpoints=3, **extra))
+
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    run(cfg(ref))
+    out.mkdir()  # what a kill after step 2 leaves: its config, log and the checkpoints of steps 1 and 2
+    for part in ("pretrain_config.json", "logs"):
+        (shutil.copytree if (ref / part).is_dir() else shutil.copy)(ref / part, out / part)
+    ckpts = out / "checkpoints"
+    for step in ("step-00000001", "step-00000002"):
+        shutil.copytree(ref / "checkpoints" / step, ckpts / step)
+    (ckpts / "step-00000002" / "optimizer.bin").write_bytes(b"torn")
+    capsys.readouterr()
+    run(cfg(out, resume="true"))
+    printed = capsys.readouterr().out
+    assert "checkpoint " + str(ckpts / "step-00000002") + " cannot be loaded" in printed
+    assert "resumed from " + str(ckpts / "step-00000001") + " (step 1)" in printed
+    a, b = _weights(ref), _weights(out)
+    assert set(a) == set(b) and all(torch.equal(a[p][n], b[p][n]) for p in a for n in a[p])
+    (out / "run.json").unlink()
+    for ckpt in ckpts.iterdir():
+        (ckpt / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match="no checkpoint in .* can be loaded"):
+        run(cfg(out, resume="true"))
+
+
 def _accelerate_cmd(args):
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
             str(REPO / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--main_process_port",

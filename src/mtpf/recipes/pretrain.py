@@ -36,8 +36,9 @@ STRATEGIES = ("ner", "tc", "mtpf", "mtpf-tpl", "pf-lora")
 # Keys that may change between a run and its resumption. A new max_steps also stretches the learning-rate
 # schedule (warm-up and decay are fractions of max_steps): resuming step 500 of 1000 with max_steps=2000 goes on
 # from where a 2000-step schedule is at step 500, not from the old one.
+# output_dir: the saved config is the folder's own, so another value means the folder was moved or copied.
 RESUMABLE_CHANGES = {"resume", "max_steps", "log_every", "save_every", "keep_checkpoints", "progress", "num_workers",
-                     "tokenize_num_proc", "full_attention_mask"}
+                     "tokenize_num_proc", "full_attention_mask", "output_dir"}
 
 
 @dataclass
@@ -687,8 +688,18 @@ class PretrainRecipe:
         if not ckpts:
             self.accelerator.print(f"resume=true but no checkpoint in {self.out / 'checkpoints'}: starting at step 0")
             return
-        self.accelerator.load_state(str(ckpts[-1]))
-        self.accelerator.print(f"resumed from {ckpts[-1]} (step {self.step})")
+        for ckpt in reversed(ckpts):  # newest first; an unreadable one (a disk fault, a hand-copied half) falls back
+            try:
+                self.accelerator.load_state(str(ckpt))
+            except Exception as exc:  # safetensors, torch.load and pickle errors have no common base class
+                self.accelerator.print(f"warning: checkpoint {ckpt} cannot be loaded ({type(exc).__name__}: "
+                                       f"{' '.join(str(exc).split())[:200]}); trying "
+                                       "the one before it")
+                continue
+            self.accelerator.print(f"resumed from {ckpt} (step {self.step})")
+            return
+        raise ConfigError(f"resume=true but no checkpoint in {self.out / 'checkpoints'} can be loaded (see the "
+                          "warnings above); remove the broken ones, or start a new run in another output_dir")
 
     # ------------------------------------------------------------------------------------------- export
     def export(self, metrics: dict | None = None) -> dict | None:
