@@ -200,3 +200,105 @@ def test_dev_scoring_costs_at_most_half_the_training_on_every_process():
     for dev, train, world in ((3250, 14041, 8), (3250, 200, 2), (500, 1000, 4)):
         every = auto_eval_every(dev, train, world)
         assert dev / 3 <= 0.5 * every * train / world < dev / 3 + 0.5 * train / world
+
+
+def _interrupt_after_saves(monkeypatch, n: int) -> None:
+    """Ctrl-C right after the ``n``-th epoch checkpoint is written."""
+    from mtpf.downstream.ner_checkpoint import EpochCheckpoint
+
+    real, saves = EpochCheckpoint.save, []
+
+    def save(self, state):
+        real(self, state)
+        saves.append(state["epoch"])
+        if len(saves) == n:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(EpochCheckpoint, "save", save)
+
+
+def test_an_interrupted_adaptation_continues_to_the_uninterrupted_result(tiny_bert, tmp_path, monkeypatch,
+                                                                         one_torch_thread):
+    """Cut after stage-2 epoch 2 of 5 (dropout on, dev selection), the re-run skips stage 1 and epochs 1-2 and
+    ends with the uninterrupted run's losses, selection, scores and weights; then the checkpoint is gone. A
+    checkpoint of another adaptation (another seed) is not used."""
+    import torch
+
+    from mtpf.downstream.data import load_ner_dataset
+    from mtpf.downstream.models import resolve
+    from mtpf.downstream.ner import NerConfig, train_ner
+
+    ds = load_ner_dataset(str(planted_ner(tmp_path / "data", sizes=(60, 30, 30))))
+    cfg = NerConfig(epochs_warmup=2, epochs=5, min_steps=0, min_steps_warmup=0, eval_every=1, patience=0,
+                    dev_sentences=0)
+
+    def adapt(ckpt=None, seed=5):
+        return train_ner(resolve(tiny_bert), ds, cfg, seed=seed, progress=True, device="cpu", keep_model=True,
+                         checkpoint_dir=ckpt)
+
+    ref = adapt()
+    ckpt = tmp_path / "ckpt"
+    with monkeypatch.context() as m:
+        _interrupt_after_saves(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            adapt(ckpt)
+    assert (ckpt / "rank0.pt").is_file()
+    other = adapt(ckpt, seed=6)  # another adaptation: starts over (and, finishing, removes the folder)
+    assert other.resumed_after_epoch is None and not ckpt.exists()
+    with monkeypatch.context() as m:
+        _interrupt_after_saves(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            adapt(ckpt)
+    res = adapt(ckpt)
+    assert res.resumed_after_epoch == 2 and not ckpt.exists()
+    assert [h["loss"] for h in res.history] == [h["loss"] for h in ref.history]  # bit for bit
+    assert [h.get("dev") for h in res.history] == [h.get("dev") for h in ref.history]
+    assert (res.best_epoch, res.test, res.dev) == (ref.best_epoch, ref.test, ref.dev)
+    a, b = dict(ref.model.named_parameters()), dict(res.model.named_parameters())
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_adapt_ner_cli_continues_after_ctrl_c(tiny_bert, tmp_path, monkeypatch, capsys, one_torch_thread):
+    from mtpf.cli import main
+
+    data = planted_ner(tmp_path / "data", sizes=(40, 20, 20))
+    out = tmp_path / "app"
+    argv = ["adapt", "ner", "--model", tiny_bert, "--data", str(data), "--output", str(out), "--epochs-warmup", "1",
+            "--epochs", "3", "--min-steps", "0", "--min-steps-warmup", "0", "--no-progress"]
+    with monkeypatch.context() as m:
+        _interrupt_after_saves(m, 1)
+        assert main(argv) == 130
+    assert "continue from the last finished LoRA epoch" in capsys.readouterr().err
+    assert (out / "checkpoint" / "rank0.pt").is_file()
+    assert main(argv) == 0  # the unfinished folder is ours: no --overwrite needed
+    assert "resumed after stage-2 epoch 1 of 3" in capsys.readouterr().out
+    assert (out / "mtpf_app.json").is_file() and not (out / "checkpoint").exists()
+    assert main(argv) == 2  # a finished app is never replaced without --overwrite
+
+
+def test_an_interrupted_evaluate_continues_its_ner_cell(tiny_bert, tmp_path, monkeypatch, capsys, one_torch_thread):
+    """``mtpf evaluate`` cut inside a NER cell: the re-run continues the cell from its checkpoint and records the
+    uninterrupted run's score."""
+    from mtpf.cli import main
+    from mtpf.downstream.suite import read_cells
+
+    data = planted_ner(tmp_path / "data", sizes=(40, 20, 20))
+
+    def argv(out):
+        return ["evaluate", "--model", f"Base={tiny_bert}", "--ner", str(data), "--output", str(out),
+                "--epochs-warmup", "1", "--epochs", "3", "--min-steps", "0", "--min-steps-warmup", "0",
+                "--no-progress"]
+
+    assert main(argv(tmp_path / "ref")) == 0
+    out = tmp_path / "eval"
+    with monkeypatch.context() as m:
+        _interrupt_after_saves(m, 1)
+        assert main(argv(out)) == 130
+    assert len(list((out / ".checkpoints").iterdir())) == 1
+    capsys.readouterr()
+    assert main(argv(out)) == 0
+    assert "resumed after stage-2 epoch 1 of 3" in capsys.readouterr().out
+    (ref,), _ = read_cells(tmp_path / "ref" / "results.json")
+    (got,), _ = read_cells(out / "results.json")
+    assert got["main_score"] == ref["main_score"] and got["history"] == ref["history"]
+    assert got["resumed_after_epoch"] == 1 and not (out / ".checkpoints").exists()

@@ -134,9 +134,12 @@ def add_parser(sub) -> None:
         else:
             p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: none)")
             _tc_args(p, protocol=False)
-        # an app is written whole at the end (no checkpoints): a re-run trains again from the start
-        p.set_defaults(func=_adapt, interrupt_hint="interrupted before the app was written; re-run the same "
-                                                   "command to train it again (from the start)")
+        # an app is written whole at the end; NER adaptation saves a checkpoint after every LoRA epoch (in
+        # OUTPUT/checkpoint), which a re-run continues from; TC's logistic regression is short and starts again
+        p.set_defaults(func=_adapt, interrupt_hint=(
+            "interrupted before the app was written; re-run the same command to continue from the last "
+            "finished LoRA epoch" if mode == "ner" else
+            "interrupted before the app was written; re-run the same command to train it again"))
     adapt.set_defaults(func=lambda args: (adapt.print_help(), 2)[1])
 
     p = sub.add_parser("evaluate", help="downstream evaluation suite: results.json, tables.md/csv, chart.png",
@@ -217,16 +220,20 @@ def _adapt(args) -> int:
     from mtpf.downstream.models import resolve
 
     if args.mode == "ner":
+        from pathlib import Path
+
+        from mtpf.device import is_main_process
         from mtpf.downstream.data import load_ner_dataset
         from mtpf.downstream.ner import save_ner_app, train_ner
+        from mtpf.stages import begin
 
         cfg = _ner_config(args)
         dataset = load_ner_dataset(args.data, args.allow_unseen_labels)
         model = resolve(args.model)
+        if is_main_process():
+            begin(args.output)  # our unfinished output: a re-run of the command continues from its checkpoint
         res = train_ner(model, dataset, cfg, args.fraction, args.seed, progress=not args.no_progress,
-                        keep_model=True, device=device)
-        from mtpf.device import is_main_process
-
+                        keep_model=True, device=device, checkpoint_dir=Path(args.output) / "checkpoint")
         if not is_main_process():  # under `accelerate launch`: rank 0 alone writes (and reports) the app
             return 0
         save_ner_app(res, model, args.output, {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint,

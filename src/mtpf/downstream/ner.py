@@ -7,6 +7,7 @@ The parts live in their own modules; this one saves/loads app adapters and keeps
 * :mod:`~mtpf.downstream.ner_model`: ``NerModel``, its LoRA (r 32 / alpha 64 on query, key, MLP of every
   layer, full module names from ``mtpf.lora.lora_target_modules``), partial init from a run's ``ner`` adapter;
 * :mod:`~mtpf.downstream.ner_train`: the two-stage loop through accelerate, model selection on dev;
+* :mod:`~mtpf.downstream.ner_checkpoint`: stage 2's epoch checkpoints, so a cut adaptation continues;
 * :mod:`~mtpf.downstream.ner_metrics`: prediction per word, seqeval entity-level micro P/R/F1.
 """
 from __future__ import annotations

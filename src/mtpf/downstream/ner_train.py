@@ -44,6 +44,7 @@ class NerResult:
     epochs: dict | None = None  # {"warmup": run, "lora": planned, "lora_run": run (early stopping)}
     dev_sentences: int | None = None  # dev sentences model selection scored (a seeded subsample or all)
     device: str | None = None
+    resumed_after_epoch: int | None = None  # continued from a checkpoint after this stage-2 epoch (seconds: since)
 
     def record(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in ("model",)}
@@ -112,8 +113,11 @@ def auto_eval_every(dev: int, train: int, world: int = 1) -> int:
 
 
 def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: int = 42, progress: bool = True,
-              keep_model: bool = False, device="auto") -> NerResult:
-    """Adapt ``model_ref`` to ``dataset`` (a :class:`~mtpf.downstream.data.NerDataset`) and score it."""
+              keep_model: bool = False, device="auto", checkpoint_dir=None) -> NerResult:
+    """Adapt ``model_ref`` to ``dataset`` (a :class:`~mtpf.downstream.data.NerDataset`) and score it.
+
+    ``checkpoint_dir``: where stage 2 saves a checkpoint after every epoch; a run cut short continues from it
+    (:mod:`~mtpf.downstream.ner_checkpoint`), and it is removed when the adaptation ends."""
     from tqdm.auto import tqdm
 
     from mtpf.device import resolve_device
@@ -158,6 +162,17 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
     if select == "dev" and "dev" not in evals:
         raise ConfigError(f"{dataset.name}: select=dev but the dataset has no dev split")
 
+    ckpt, resumed = None, None
+    if checkpoint_dir is not None and cfg.epochs:
+        from mtpf.downstream.ner_checkpoint import EpochCheckpoint
+
+        identity = {"model": model_ref.fingerprint("ner" if cfg.init_from_ner_adapter else None),
+                    "dataset": [dataset.name, getattr(dataset, "fingerprint", None), len(train)],
+                    "recipe": cfg.to_dict(), "fraction": fraction, "seed": seed, "processes": acc.num_processes,
+                    "device": acc.device.type}
+        ckpt = EpochCheckpoint(checkpoint_dir, identity, acc.process_index)
+        resumed = ckpt.load()
+
     peft_model, _targets = build_lora(encoder, cfg)
     initialised = []
     if cfg.init_from_ner_adapter and "ner" in model_ref.adapters:
@@ -173,7 +188,9 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
     world, rank = acc.num_processes, acc.process_index
     # ---------------- stage 1: frozen encoder, head only (features computed once)
     epochs_warmup = 0
-    if cfg.epochs_warmup:
+    if resumed is not None:  # stage 1 finished before the checkpoint: its head is in the saved weights
+        epochs_warmup, history = resumed["epochs_warmup"], resumed["history"]
+    elif cfg.epochs_warmup:
         feats, flabels, spans = _frozen_features(model, train_enc, pad_id, cfg.eval_batch_size, acc, progress)
         opt = _optimizer(head_params, head_lr, cfg.weight_decay)
         n_batches = math.ceil(len(train_enc.ids) / cfg.batch_size)
@@ -223,10 +240,24 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
         wrapped, opt = acc.prepare(model, opt)
         seed_dropout_per_rank(seed + 1, rank)  # the batch order (numpy rng) stays shared: each rank takes its share
         lengths = [len(x) for x in train_enc.ids]
-        bar = tqdm(total=epochs * n_batches, desc="stage 2 (LoRA+head)", unit="batch",
-                   leave=False, disable=not progress, dynamic_ncols=True)
         since_best = 0
-        for epoch in range(epochs):
+        if resumed is not None:
+            from mtpf.downstream.ner_checkpoint import restore_rng
+
+            with torch.no_grad():
+                params = dict(model.named_parameters())
+                for n, v in resumed["weights"].items():
+                    params[n].copy_(v)
+            opt.load_state_dict(resumed["optimizer"])
+            sched.load_state_dict(resumed["scheduler"])
+            restore_rng(rng, resumed["rng"])
+            best, best_epoch, best_state = resumed["best"], resumed["best_epoch"], resumed["best_state"]
+            since_best, epochs_run = resumed["since_best"], resumed["epoch"]
+            if acc.is_main_process:
+                print(f"NER adaptation: resumed after stage-2 epoch {epochs_run} of {epochs} ({ckpt.folder})")
+        bar = tqdm(total=epochs * n_batches, initial=epochs_run * n_batches, desc="stage 2 (LoRA+head)",
+                   unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
+        for epoch in range(epochs_run, epochs):
             wrapped.train()
             total = torch.zeros((), dtype=torch.float64, device=acc.device)  # read at log points only
             batches = _process_share(bucket_batches(lengths, cfg.batch_size, rng), world, rank)
@@ -265,8 +296,17 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
                 if rec["dev"]["f1"] > best:
                     best, best_epoch, best_state, since_best = rec["dev"]["f1"], epochs_run, _trainable_state(model), 0
             history.append(rec)
-            if cfg.patience and since_best >= cfg.patience and epochs_run * n_batches >= cfg.min_steps:
-                break  # early stopping, never below the stage's minimum of steps
+            # early stopping, never below the stage's minimum of steps
+            stopped = cfg.patience and since_best >= cfg.patience and epochs_run * n_batches >= cfg.min_steps
+            if ckpt is not None and epochs_run < epochs and not stopped:  # the last epoch needs no restart point
+                from mtpf.downstream.ner_checkpoint import rng_state
+
+                ckpt.save({"epoch": epochs_run, "epochs_warmup": epochs_warmup,
+                           "history": history, "weights": _trainable_state(model), "optimizer": opt.state_dict(),
+                           "scheduler": sched.state_dict(), "rng": rng_state(rng), "best": best,
+                           "best_epoch": best_epoch, "best_state": best_state, "since_best": since_best})
+            if stopped:
+                break
         bar.close()
     if select == "dev" and best_state is not None:
         with torch.no_grad():
@@ -281,6 +321,10 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
             results[split] = next(h["dev"] for h in history if h.get("epoch") == best_epoch and "dev" in h)
             continue  # the selected epoch's dev score, already computed with these weights
         results[split] = evaluate_split(model, enc, tags, labels, pad_id, cfg.eval_batch_size)
+    if ckpt is not None:  # done: nothing to continue from
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            ckpt.remove()
     model.eval()
     return NerResult(
         test=results["test"], dev=results.get("dev"), selection=select if cfg.epochs else "last",
@@ -288,7 +332,8 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
         n_windowed={"train": train_enc.n_windowed, **{s: e.n_windowed for s, (e, _) in evals.items()}},
         max_length=max_length, seconds=time.perf_counter() - t0, model=model if keep_model else None,
         labels=labels, epochs={"warmup": epochs_warmup, "lora": epochs, "lora_run": epochs_run},
-        dev_sentences=len(evals["dev"][1]) if "dev" in evals else None, device=str(acc.device))
+        dev_sentences=len(evals["dev"][1]) if "dev" in evals else None, device=str(acc.device),
+        resumed_after_epoch=resumed["epoch"] if resumed is not None else None)
 
 
 @torch.inference_mode()

@@ -280,8 +280,15 @@ def run_suite(cfg: SuiteConfig) -> dict:
 def _run_ner(cell: Cell, cfg: SuiteConfig, out: Path) -> dict:
     from mtpf.downstream.ner import save_ner_app, train_ner
 
+    # a cell cut short continues from its last LoRA epoch (the folder goes when the cell is done)
+    ckpt = out / ".checkpoints" / hashlib.sha256(cell.key.encode()).hexdigest()[:16]
     res = train_ner(cell.model, cell.dataset, cfg.ner_cfg, cell.fraction, cell.seed, progress=cfg.progress,
-                    keep_model=cfg.save_apps, device=cfg.device)
+                    keep_model=cfg.save_apps, device=cfg.device, checkpoint_dir=ckpt)
+    if is_main_process():
+        try:
+            ckpt.parent.rmdir()  # the last cell's went with it: no empty folder left behind
+        except OSError:
+            pass
     if cfg.save_apps and is_main_process():  # one writer of the app folder under DDP
         app = out / "apps" / app_folder_name(cell.model.label, cell.dataset.name, cell.fraction, cell.seed)
         save_ner_app(res, cell.model, app, {"dataset": cell.dataset.name, "fraction": cell.fraction,
