@@ -203,9 +203,11 @@ def test_dev_scoring_costs_at_most_half_the_training_on_every_process():
 
 
 def _interrupt_after_saves(monkeypatch, n: int) -> None:
-    """Ctrl-C right after the ``n``-th epoch checkpoint is written."""
+    """Ctrl-C right after the ``n``-th epoch checkpoint is written (one after every epoch)."""
+    from mtpf.downstream import ner_checkpoint
     from mtpf.downstream.ner_checkpoint import EpochCheckpoint
 
+    monkeypatch.setattr(ner_checkpoint, "SECONDS_BETWEEN_SAVES", 0.0)
     real, saves = EpochCheckpoint.save, []
 
     def save(self, state):

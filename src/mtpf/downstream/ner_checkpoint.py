@@ -7,6 +7,10 @@ batch-order generator (numpy) and its own dropout generator (torch), and model s
 score, its weights, epochs without improvement). A resumed run skips stage 1 (its head is in the weights) and
 goes on from the next epoch, and ends with the weights of an uninterrupted run.
 
+Writing one costs a few tens of MB (LoRA, its optimizer state and the best weights so far), so on a fast device
+with short epochs it is written only when ``SECONDS_BETWEEN_SAVES`` have passed since the last one: at most that
+much work is redone.
+
 A checkpoint is used only by the same adaptation (``identity``: model, data, recipe, share, seed, processes);
 another one in the folder is replaced. Hand-written: accelerate's ``save_state`` would also store the frozen
 encoder (all of its weights, every epoch) and has no place for model selection's state.
@@ -17,10 +21,14 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+
+SECONDS_BETWEEN_SAVES = 60.0
 
 
 class EpochCheckpoint:
@@ -29,6 +37,11 @@ class EpochCheckpoint:
         self.rank = rank
         self.identity = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
         self.path = self.folder / f"rank{rank}.pt"
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        """Whether enough work was done since the last save (or the start) to write another checkpoint."""
+        return time.monotonic() - self.last >= SECONDS_BETWEEN_SAVES
 
     def load(self) -> dict | None:
         """The state saved by this adaptation, or None (no checkpoint, another adaptation's, unreadable)."""
@@ -52,6 +65,7 @@ class EpochCheckpoint:
         torch.save({**state, "identity": self.identity}, tmp)
         fsync_file(tmp)
         os.replace(tmp, self.path)
+        self.last = time.monotonic()
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

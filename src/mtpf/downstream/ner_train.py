@@ -102,6 +102,15 @@ def _epochs(requested: int, min_steps: int, batches_per_epoch: int) -> int:
     return max(requested, math.ceil(min_steps / max(1, batches_per_epoch)))
 
 
+def _agreed(flag: bool, acc) -> bool:
+    """Rank 0's ``flag`` on every process (each decides on its own clock; they must save the same epochs)."""
+    if acc.num_processes == 1:
+        return flag
+    from accelerate.utils import broadcast
+
+    return bool(broadcast(torch.tensor([int(flag)], device=acc.device), from_process=0).item())
+
+
 def auto_eval_every(dev: int, train: int, world: int = 1) -> int:
     """Epochs between dev scorings such that scoring costs at most half the training it selects from.
 
@@ -172,6 +181,11 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
                     "device": acc.device.type}
         ckpt = EpochCheckpoint(checkpoint_dir, identity, acc.process_index)
         resumed = ckpt.load()
+        if acc.num_processes > 1:  # every process continues from the same epoch, or all start over
+            epoch = torch.tensor([resumed["epoch"] if resumed else -1], device=acc.device)
+            seen = acc.gather(epoch)
+            if int(seen.min()) != int(seen.max()):
+                resumed = None
 
     peft_model, _targets = build_lora(encoder, cfg)
     initialised = []
@@ -298,8 +312,8 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
             history.append(rec)
             # early stopping, never below the stage's minimum of steps
             stopped = cfg.patience and since_best >= cfg.patience and epochs_run * n_batches >= cfg.min_steps
-            if ckpt is not None and epochs_run < epochs and not stopped:  # the last epoch needs no restart point
-                from mtpf.downstream.ner_checkpoint import rng_state
+            if ckpt is not None and epochs_run < epochs and not stopped and _agreed(ckpt.due(), acc):
+                from mtpf.downstream.ner_checkpoint import rng_state  # (the last epoch needs no restart point)
 
                 ckpt.save({"epoch": epochs_run, "epochs_warmup": epochs_warmup,
                            "history": history, "weights": _trainable_state(model), "optimizer": opt.state_dict(),
