@@ -158,6 +158,51 @@ def test_two_process_adapt_ner_writes_one_app(tiny_bert, tmp_path):
     assert (app / "mtpf_app.json").is_file() and (app / "README.md").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # a hang guard, not a speed target
+def test_two_process_adapt_ner_killed_mid_stage_2_resumes_to_the_same_app(tiny_bert, tmp_path):
+    """Both ranks save the same epochs (rank 0 decides) and resume from them: a 2-process NER adaptation killed
+    after a checkpoint ends with the weights of an uninterrupted 2-process run."""
+    import random
+
+    rng = random.Random(0)
+    data = tmp_path / "toyner"
+    data.mkdir()
+    for split, n in (("train", 32), ("dev", 8), ("test", 8)):
+        rows = [{"tokens": [rng.choice(["john", "mary"]), "went", "to", rng.choice(["paris", "rome"]), "."],
+                 "tags": ["B-PER", "O", "O", "B-LOC", "O"]} for _ in range(n)]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def cmd(app):
+        return _accelerate_cmd([])[:-2] + ["-m", "mtpf.cli", "adapt", "ner", "--model", tiny_bert, "--data",
+                                           str(data), "--output", str(app), "--epochs-warmup", "1", "--epochs", "40",
+                                           "--min-steps", "0", "--batch-size", "4", "--no-progress", "--device", "cpu"]
+
+    env = {**ENV, "MTPF_NER_CHECKPOINT_SECONDS": "0"}
+    ref = tmp_path / "ref"
+    r = subprocess.run(cmd(ref), env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    app = tmp_path / "app"
+    proc = subprocess.Popen(cmd(app), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not ((app / "checkpoint" / "rank0.pt").exists() and (app / "checkpoint" / "rank1.pt").exists()):
+        assert proc.poll() is None, "run ended before it could be killed"
+        time.sleep(0.01)
+    import psutil  # accelerate's dependency
+
+    tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+    for p in tree:  # both ranks (torch's launcher starts them in sessions of their own) and the launcher
+        p.kill()
+    psutil.wait_procs(tree)
+    assert not (app / "mtpf_app.json").exists()
+    r = subprocess.run(cmd(app), env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed after stage-2 epoch" in r.stdout and not (app / "checkpoint").exists()
+    a, b = (load_file(str(d / "adapter_model.safetensors")) for d in (ref, app))
+    assert set(a) == set(b) and all(torch.equal(a[n], b[n]) for n in a)
+    assert torch.equal(load_file(str(ref / "head.safetensors"))["weight"],
+                       load_file(str(app / "head.safetensors"))["weight"])
+
+
 def test_ranks_draw_their_own_dropout_but_share_weights(tiny_bert, toy_data, tmp_path, monkeypatch):
     """Every rank seeds torch alike (weight init must agree); after DDP's weight copy, rank r > 0 reseeds, so the
     ranks do not drop the same units of their different examples. Rank 0 keeps the single-process stream."""

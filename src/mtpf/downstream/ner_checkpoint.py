@@ -8,8 +8,8 @@ score, its weights, epochs without improvement). A resumed run skips stage 1 (it
 goes on from the next epoch, and ends with the weights of an uninterrupted run.
 
 Writing one costs a few tens of MB (LoRA, its optimizer state and the best weights so far), so on a fast device
-with short epochs it is written only when ``SECONDS_BETWEEN_SAVES`` have passed since the last one: at most that
-much work is redone.
+with short epochs it is written only when ``SECONDS_BETWEEN_SAVES`` (60; environment variable
+``MTPF_NER_CHECKPOINT_SECONDS``) have passed since the last one: at most that much work is redone.
 
 A checkpoint is used only by the same adaptation (``identity``: model, data, recipe, share, seed, processes);
 another one in the folder is replaced. Hand-written: accelerate's ``save_state`` would also store the frozen
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 
-SECONDS_BETWEEN_SAVES = 60.0
+SECONDS_BETWEEN_SAVES = float(os.environ.get("MTPF_NER_CHECKPOINT_SECONDS", 60))  # 0: after every epoch
 
 
 class EpochCheckpoint:
