@@ -1,7 +1,7 @@
 """Epoch checkpoints of NER adaptation's stage 2, so an interrupted adaptation continues where it stopped.
 
 The paper's recipe is 10 + 30 epochs; on a large dataset that is hours, and a Ctrl-C or a lost machine used to
-start it again from the first epoch. After every stage-2 epoch each process writes what the rest of the run
+start it again from the first epoch. After a stage-2 epoch each process writes what the rest of the run
 depends on: the trainable weights (LoRA + head, not the frozen encoder), the optimizer and schedule, the shared
 batch-order generator (numpy) and its own dropout generator (torch), and model selection's state (best dev
 score, its weights, epochs without improvement). A resumed run skips stage 1 (its head is in the weights) and

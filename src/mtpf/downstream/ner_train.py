@@ -125,8 +125,8 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
               keep_model: bool = False, device="auto", checkpoint_dir=None) -> NerResult:
     """Adapt ``model_ref`` to ``dataset`` (a :class:`~mtpf.downstream.data.NerDataset`) and score it.
 
-    ``checkpoint_dir``: where stage 2 saves a checkpoint after every epoch; a run cut short continues from it
-    (:mod:`~mtpf.downstream.ner_checkpoint`), and it is removed when the adaptation ends."""
+    ``checkpoint_dir``: where stage 2 saves a checkpoint after an epoch (at most once a minute); a run cut short
+    continues from it (:mod:`~mtpf.downstream.ner_checkpoint`), and it is removed when the adaptation ends."""
     from tqdm.auto import tqdm
 
     from mtpf.device import resolve_device
