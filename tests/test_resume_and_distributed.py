@@ -135,19 +135,23 @@ def test_two_process_gloo_run_equals_single_process(tiny_bert_nodropout, toy_dat
             assert (b[part][name] - a[part][name]).abs().mean() < 2e-7, f"{part}:{name}"
 
 
-@pytest.mark.slow
-def test_two_process_adapt_ner_writes_one_app(tiny_bert, tmp_path):
-    """`accelerate launch --num_processes 2 -m mtpf.cli adapt ner`: both ranks train (DDP), rank 0 alone writes
-    and reports the app (every rank once replaced the same folder at the same time)."""
+def _toy_ner(data: Path) -> Path:
     import random
 
     rng = random.Random(0)
-    data = tmp_path / "toyner"
     data.mkdir()
     for split, n in (("train", 32), ("dev", 8), ("test", 8)):
         rows = [{"tokens": [rng.choice(["john", "mary"]), "went", "to", rng.choice(["paris", "rome"]), "."],
                  "tags": ["B-PER", "O", "O", "B-LOC", "O"]} for _ in range(n)]
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
+@pytest.mark.slow
+def test_two_process_adapt_ner_writes_one_app(tiny_bert, tmp_path):
+    """`accelerate launch --num_processes 2 -m mtpf.cli adapt ner`: both ranks train (DDP), rank 0 alone writes
+    and reports the app (every rank once replaced the same folder at the same time)."""
+    data = _toy_ner(tmp_path / "toyner")
     app = tmp_path / "app"
     cmd = _accelerate_cmd([])[:-2] + ["-m", "mtpf.cli", "adapt", "ner", "--model", tiny_bert, "--data", str(data),
                                       "--output", str(app), "--epochs-warmup", "1", "--epochs", "1",
@@ -163,15 +167,7 @@ def test_two_process_adapt_ner_writes_one_app(tiny_bert, tmp_path):
 def test_two_process_adapt_ner_killed_mid_stage_2_resumes_to_the_same_app(tiny_bert, tmp_path):
     """Both ranks save the same epochs (rank 0 decides) and resume from them: a 2-process NER adaptation killed
     after a checkpoint ends with the weights of an uninterrupted 2-process run."""
-    import random
-
-    rng = random.Random(0)
-    data = tmp_path / "toyner"
-    data.mkdir()
-    for split, n in (("train", 32), ("dev", 8), ("test", 8)):
-        rows = [{"tokens": [rng.choice(["john", "mary"]), "went", "to", rng.choice(["paris", "rome"]), "."],
-                 "tags": ["B-PER", "O", "O", "B-LOC", "O"]} for _ in range(n)]
-        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = _toy_ner(tmp_path / "toyner")
 
     def cmd(app):
         return _accelerate_cmd([])[:-2] + ["-m", "mtpf.cli", "adapt", "ner", "--model", tiny_bert, "--data",
