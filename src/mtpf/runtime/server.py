@@ -638,19 +638,26 @@ def serve_in_thread(asgi_app, host: str = "127.0.0.1", port: int = 0, log_level:
     """Run uvicorn in a background thread (tests, benchmarks); yields the base URL."""
     import uvicorn
 
+    import socket
+
     config = uvicorn.Config(asgi_app, host=host, port=port, log_level=log_level, access_log=False,
                             lifespan="off")
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="mtpf-uvicorn", daemon=True)
+    # our own listening socket (Server.run's public ``sockets``): its port is known without uvicorn's internals
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="mtpf-uvicorn", daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not server.started:
         if not thread.is_alive() or time.time() > deadline:
+            sock.close()
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
-    sock = server.servers[0].sockets[0]
     try:
         yield f"http://{host}:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        sock.close()
