@@ -46,6 +46,13 @@ def test_errors_name_the_line_of_the_key_or_the_override(tmp_path):
         load_config(PretrainConfig, conf)
     with pytest.raises(ConfigError, match=r"^override tpl\.ner=\{'rank': -1\}: tpl\.ner: lora rank must be"):
         load_config(PretrainConfig, conf, ["tpl.ner={rank: -1}"])
+    # a field name inside a quoted value is not where the mistake is; an alias that refers to itself is no crash
+    conf.write_text("strategy: tc\nseed: 3\nmax_length: 64\npairs: [{path: runs/seed/pairs.jsonl, rows: 0}]\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: PretrainConfig: pair source .*rows must be a positive"):
+        load_config(PretrainConfig, conf)
+    conf.write_text("strategy: tc\nextra: &x {a: *x}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:2: unknown config key 'extra'"):
+        load_config(PretrainConfig, conf)
 
 
 def test_unknown_strategy_and_bad_types(tmp_path):

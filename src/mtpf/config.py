@@ -121,9 +121,11 @@ def _key_lines(text: str) -> dict[str, int | str]:
     """Line (1-based) of every mapping key in a YAML text, by dotted path. PyYAML's ``compose`` keeps the marks
     that ``safe_load`` drops."""
     lines: dict[str, int | str] = {}
+    seen: set[int] = set()  # an alias repeats a node (or refers to itself): walk each once
 
     def walk(node, prefix: str) -> None:
-        if isinstance(node, yaml.MappingNode):
+        if isinstance(node, yaml.MappingNode) and id(node) not in seen:
+            seen.add(id(node))
             for key, value in node.value:
                 if isinstance(key, yaml.ScalarNode):
                     lines[prefix + str(key.value)] = key.start_mark.line + 1  # a repeated key: the last wins
@@ -172,8 +174,9 @@ def build(cls: type[T], data: dict, source: str = "<config>", prefix: str = "") 
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        # a check in __post_init__: its message names the field first ("max_steps must be >= 1"), so point there
-        named = next((w for w in re.findall(r"\w+", str(exc)) if w in fields), None)
+        # a check in __post_init__: its message names the field first ("max_steps must be >= 1", "lora rank must
+        # be >= 1"), so point there; a field name further on may be part of a quoted value
+        named = next((w for w in re.findall(r"\w+", str(exc))[:2] if w in fields), None)
         where = _where(source, prefix + named if named else prefix.rstrip("."))
         raise ConfigError(f"{where}: {prefix.rstrip('.') or cls.__name__}: {exc}") from None
 
