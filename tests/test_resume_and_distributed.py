@@ -89,6 +89,9 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(tiny_bert,
     assert "resumed from " + str(ckpts / "step-00000001") + " (step 1)" in printed
     a, b = _weights(ref), _weights(out)
     assert set(a) == set(b) and all(torch.equal(a[p][n], b[p][n]) for p in a for n in a[p])
+    # the unloadable one was moved aside (pruning keeps the newest by name: it would have kept it)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000001", "step-00000002", "step-00000003",
+                                                       "unloadable-step-00000002"]
     (out / "run.json").unlink()
     for ckpt in ckpts.iterdir():
         (ckpt / "model.safetensors").write_bytes(b"")

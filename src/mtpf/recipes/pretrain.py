@@ -688,15 +688,26 @@ class PretrainRecipe:
         if not ckpts:
             self.accelerator.print(f"resume=true but no checkpoint in {self.out / 'checkpoints'}: starting at step 0")
             return
+        acc = self.accelerator
         for ckpt in reversed(ckpts):  # newest first; an unreadable one (a disk fault, a hand-copied half) falls back
             try:
-                self.accelerator.load_state(str(ckpt))
+                acc.load_state(str(ckpt))
+                ok = True
             except Exception as exc:  # safetensors, torch.load and pickle errors have no common base class
-                self.accelerator.print(f"warning: checkpoint {ckpt} cannot be loaded ({type(exc).__name__}: "
-                                       f"{' '.join(str(exc).split())[:200]}); trying "
-                                       "the one before it")
+                rank = f" (process {acc.process_index})" if acc.num_processes > 1 else ""
+                print(f"warning{rank}: checkpoint {ckpt} cannot be loaded ({type(exc).__name__}: "
+                      f"{' '.join(str(exc).split())[:200]}); trying the one before it", flush=True)
+                ok = False
+            if acc.num_processes > 1:  # every process resumes from the same step: one that failed moves them all
+                ok = bool(acc.gather(torch.tensor([int(ok)], device=acc.device)).min().item())
+            if not ok:
                 continue
-            self.accelerator.print(f"resumed from {ckpt} (step {self.step})")
+            if acc.is_main_process:  # out of the way of resume and of pruning, which keep the newest by name
+                for newer in ckpts[ckpts.index(ckpt) + 1:]:
+                    aside = newer.with_name("unloadable-" + newer.name)
+                    shutil.rmtree(aside, ignore_errors=True)  # one set aside by an earlier resume
+                    newer.rename(aside)
+            acc.print(f"resumed from {ckpt} (step {self.step})")
             return
         raise ConfigError(f"resume=true but no checkpoint in {self.out / 'checkpoints'} can be loaded (see the "
                           "warnings above); remove the broken ones, or start a new run in another output_dir")
