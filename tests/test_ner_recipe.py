@@ -203,16 +203,17 @@ def test_dev_scoring_costs_at_most_half_the_training_on_every_process():
 
 
 def _interrupt_after_saves(monkeypatch, n: int) -> None:
-    """Ctrl-C right after the ``n``-th epoch checkpoint is written (one after every epoch)."""
+    """Ctrl-C right after the ``n``-th epoch checkpoint is written (one after every epoch), before the older one
+    is deleted."""
     from mtpf.downstream import ner_checkpoint
     from mtpf.downstream.ner_checkpoint import EpochCheckpoint
 
     monkeypatch.setattr(ner_checkpoint, "SECONDS_BETWEEN_SAVES", 0.0)
     real, saves = EpochCheckpoint.save, []
 
-    def save(self, state):
-        real(self, state)
-        saves.append(state["epoch"])
+    def save(self, epoch, state):
+        real(self, epoch, state)
+        saves.append(epoch)
         if len(saves) == n:
             raise KeyboardInterrupt
 
@@ -221,9 +222,9 @@ def _interrupt_after_saves(monkeypatch, n: int) -> None:
 
 def test_an_interrupted_adaptation_continues_to_the_uninterrupted_result(tiny_bert, tmp_path, monkeypatch,
                                                                          one_torch_thread):
-    """Cut after stage-2 epoch 2 of 5 (dropout on, dev selection), the re-run skips stage 1 and epochs 1-2 and
-    ends with the uninterrupted run's losses, selection, scores and weights; then the checkpoint is gone. A
-    checkpoint of another adaptation (another seed) is not used."""
+    """Cut after stage-2 epoch 2 of 5 (dropout on, dev selection) with the newest checkpoint torn: the re-run
+    falls back to epoch 1, skips stage 1, and ends with the uninterrupted run's losses, selection, scores and
+    weights. Checkpoints of another adaptation (another seed) are not used, and are deleted."""
     import torch
 
     from mtpf.downstream.data import load_ner_dataset
@@ -238,21 +239,25 @@ def test_an_interrupted_adaptation_continues_to_the_uninterrupted_result(tiny_be
         return train_ner(resolve(tiny_bert), ds, cfg, seed=seed, progress=True, device="cpu", keep_model=True,
                          checkpoint_dir=ckpt)
 
+    def saved():
+        return sorted(p.name for p in ckpt.iterdir())
+
     ref = adapt()
     ckpt = tmp_path / "ckpt"
     with monkeypatch.context() as m:
         _interrupt_after_saves(m, 2)
         with pytest.raises(KeyboardInterrupt):
             adapt(ckpt)
-    assert (ckpt / "rank0.pt").is_file()
-    other = adapt(ckpt, seed=6)  # another adaptation: starts over (and, finishing, removes the folder)
-    assert other.resumed_after_epoch is None and not ckpt.exists()
+    assert saved() == ["rank0-e00001.pt", "rank0-e00002.pt"]  # cut before the older one went
+    other = adapt(ckpt, seed=6)  # another adaptation: starts over, and deletes what it cannot use
+    assert other.resumed_after_epoch is None and saved() == []
     with monkeypatch.context() as m:
         _interrupt_after_saves(m, 2)
         with pytest.raises(KeyboardInterrupt):
             adapt(ckpt)
+    (ckpt / "rank0-e00002.pt").write_bytes(b"torn")
     res = adapt(ckpt)
-    assert res.resumed_after_epoch == 2 and not ckpt.exists()
+    assert res.resumed_after_epoch == 1
     assert [h["loss"] for h in res.history] == [h["loss"] for h in ref.history]  # bit for bit
     assert [h.get("dev") for h in res.history] == [h.get("dev") for h in ref.history]
     assert (res.best_epoch, res.test, res.dev) == (ref.best_epoch, ref.test, ref.dev)
@@ -261,21 +266,28 @@ def test_an_interrupted_adaptation_continues_to_the_uninterrupted_result(tiny_be
 
 
 def test_adapt_ner_cli_continues_after_ctrl_c(tiny_bert, tmp_path, monkeypatch, capsys, one_torch_thread):
+    """The checkpoint lives beside the output, which stays untouched until the app replaces it: a re-run
+    continues; an existing app being --overwrite'n is intact after a Ctrl-C, and still refused without it."""
     from mtpf.cli import main
 
     data = planted_ner(tmp_path / "data", sizes=(40, 20, 20))
-    out = tmp_path / "app"
+    out, ckpt = tmp_path / "app", tmp_path / ".app.checkpoint"
     argv = ["adapt", "ner", "--model", tiny_bert, "--data", str(data), "--output", str(out), "--epochs-warmup", "1",
             "--epochs", "3", "--min-steps", "0", "--min-steps-warmup", "0", "--no-progress"]
     with monkeypatch.context() as m:
         _interrupt_after_saves(m, 1)
         assert main(argv) == 130
-    assert "continue from the last finished LoRA epoch" in capsys.readouterr().err
-    assert (out / "checkpoint" / "rank0.pt").is_file()
-    assert main(argv) == 0  # the unfinished folder is ours: no --overwrite needed
+    assert "continue from the last saved LoRA epoch" in capsys.readouterr().err
+    assert not out.exists() and (ckpt / "rank0-e00001.pt").is_file()
+    assert main(argv) == 0
     assert "resumed after stage-2 epoch 1 of 3" in capsys.readouterr().out
-    assert (out / "mtpf_app.json").is_file() and not (out / "checkpoint").exists()
-    assert main(argv) == 2  # a finished app is never replaced without --overwrite
+    assert (out / "mtpf_app.json").is_file() and not ckpt.exists()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with monkeypatch.context() as m:
+        _interrupt_after_saves(m, 1)
+        assert main(argv + ["--seed", "7", "--overwrite"]) == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert main(argv + ["--seed", "7"]) == 2  # a finished app is never replaced without --overwrite
 
 
 def test_an_interrupted_evaluate_continues_its_ner_cell(tiny_bert, tmp_path, monkeypatch, capsys, one_torch_thread):
@@ -296,7 +308,7 @@ def test_an_interrupted_evaluate_continues_its_ner_cell(tiny_bert, tmp_path, mon
     with monkeypatch.context() as m:
         _interrupt_after_saves(m, 1)
         assert main(argv(out)) == 130
-    assert len(list((out / ".checkpoints").iterdir())) == 1
+    assert [len(list(d.iterdir())) for d in (out / ".checkpoints").iterdir()] == [1]  # one cell, one epoch
     capsys.readouterr()
     assert main(argv(out)) == 0
     assert "resumed after stage-2 epoch 1 of 3" in capsys.readouterr().out

@@ -52,10 +52,12 @@ def write_text_durable(path: str | os.PathLike, text: str) -> None:
     os.replace(tmp, path)
 
 
-def fsync_tree(folder: str | os.PathLike) -> None:
-    """Every file under ``folder``, and the folders' entries, reach the disk: after an OS crash a folder that a
-    marker or a rename declared finished must not hold torn or missing files."""
-    for root, _dirs, files in os.walk(folder):
+def fsync_tree(folder: str | os.PathLike, recursive: bool = True) -> None:
+    """Every file under ``folder`` (``recursive=False``: in it), and the folders' entries, reach the disk: after
+    an OS crash a folder that a marker or a rename declared finished must not hold torn or missing files."""
+    for root, dirs, files in os.walk(folder):
+        if not recursive:
+            dirs.clear()
         for name in files:
             fsync_file(Path(root) / name)
         try:

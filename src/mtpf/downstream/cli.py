@@ -134,11 +134,11 @@ def add_parser(sub) -> None:
         else:
             p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: none)")
             _tc_args(p, protocol=False)
-        # an app is written whole at the end; NER adaptation saves a checkpoint after every LoRA epoch (in
-        # OUTPUT/checkpoint), which a re-run continues from; TC's logistic regression is short and starts again
+        # an app is written whole at the end; NER adaptation saves a checkpoint after a LoRA epoch at most once a
+        # minute (in .OUTPUT.checkpoint/ beside it), which a re-run continues from; TC's fit starts again
         p.set_defaults(func=_adapt, interrupt_hint=(
             "interrupted before the app was written; re-run the same command to continue from the last "
-            "finished LoRA epoch" if mode == "ner" else
+            "saved LoRA epoch (.OUTPUT.checkpoint/ beside the output)" if mode == "ner" else
             "interrupted before the app was written; re-run the same command to train it again"))
     adapt.set_defaults(func=lambda args: (adapt.print_help(), 2)[1])
 
@@ -220,25 +220,27 @@ def _adapt(args) -> int:
     from mtpf.downstream.models import resolve
 
     if args.mode == "ner":
+        import shutil
         from pathlib import Path
 
         from mtpf.device import is_main_process
         from mtpf.downstream.data import load_ner_dataset
         from mtpf.downstream.ner import save_ner_app, train_ner
-        from mtpf.stages import begin
 
         cfg = _ner_config(args)
         dataset = load_ner_dataset(args.data, args.allow_unseen_labels)
         model = resolve(args.model)
-        if is_main_process():
-            begin(args.output)  # our unfinished output: a re-run of the command continues from its checkpoint
+        # beside the output, which stays untouched (an existing app under --overwrite too) until the new app
+        # replaces it; a re-run of the command continues from it
+        ckpt = Path(args.output).absolute().parent / f".{Path(args.output).name}.checkpoint"
         res = train_ner(model, dataset, cfg, args.fraction, args.seed, progress=not args.no_progress,
-                        keep_model=True, device=device, checkpoint_dir=Path(args.output) / "checkpoint")
+                        keep_model=True, device=device, checkpoint_dir=ckpt)
         if not is_main_process():  # under `accelerate launch`: rank 0 alone writes (and reports) the app
             return 0
         save_ner_app(res, model, args.output, {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint,
                                                "fraction": args.fraction, "seed": args.seed,
                                                "config": cfg.to_dict()})
+        shutil.rmtree(ckpt, ignore_errors=True)  # the app is written: nothing to continue
         print(f"NER app adapter: {args.output}  ({len(dataset.labels)} labels, selected on {res.selection}, "
               f"epoch {res.best_epoch})")
         if res.dev:

@@ -9,7 +9,8 @@ goes on from the next epoch, and ends with the weights of an uninterrupted run.
 
 Writing one costs a few tens of MB (LoRA, its optimizer state and the best weights so far), so on a fast device
 with short epochs it is written only when ``SECONDS_BETWEEN_SAVES`` (60; environment variable
-``MTPF_NER_CHECKPOINT_SECONDS``) have passed since the last one: at most that much work is redone.
+``MTPF_NER_CHECKPOINT_SECONDS``) have passed since the last one: a re-run redoes at most that much training
+plus the epoch that was cut (and, before the first save, everything).
 
 A checkpoint is used only by the same adaptation (``identity``: model, data, recipe, share, seed, processes);
 another one in the folder is replaced. Hand-written: accelerate's ``save_state`` would also store the frozen
@@ -32,43 +33,63 @@ SECONDS_BETWEEN_SAVES = float(os.environ.get("MTPF_NER_CHECKPOINT_SECONDS", 60))
 
 
 class EpochCheckpoint:
+    """``FOLDER/rank<R>-e<EPOCH>.pt``, one file per process and saved epoch. A process deletes its older files only
+    after every process has saved the newer epoch (the caller's barrier between :meth:`save` and :meth:`prune`),
+    so a kill in between leaves an epoch that all processes have."""
+
     def __init__(self, folder: str | os.PathLike, identity: dict, rank: int = 0):
         self.folder = Path(folder)
         self.rank = rank
         self.identity = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-        self.path = self.folder / f"rank{rank}.pt"
         self.last = time.monotonic()
+
+    def _path(self, epoch: int) -> Path:
+        return self.folder / f"rank{self.rank}-e{epoch:05d}.pt"
+
+    def epochs(self) -> list[int]:
+        """The epochs this process has a checkpoint of, newest first."""
+        found = []
+        for f in self.folder.glob(f"rank{self.rank}-e*.pt") if self.folder.is_dir() else []:
+            try:
+                found.append(int(f.stem.rsplit("-e", 1)[1]))
+            except ValueError:
+                continue
+        return sorted(found, reverse=True)
+
+    def load(self, epoch: int) -> dict | None:
+        """The state this adaptation saved after ``epoch``, or None (another adaptation's, or unreadable)."""
+        path = self._path(epoch)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: numpy RNG state
+        except Exception as exc:  # torn by a crash, or not ours
+            print(f"NER adaptation: checkpoint {path} is unreadable ({type(exc).__name__})")
+            return None
+        if state.get("identity") != self.identity:
+            print(f"NER adaptation: checkpoint {path} belongs to another adaptation (model, data or recipe differ); "
+                  "starting over")
+            return None
+        return state
 
     def due(self) -> bool:
         """Whether enough work was done since the last save (or the start) to write another checkpoint."""
         return time.monotonic() - self.last >= SECONDS_BETWEEN_SAVES
 
-    def load(self) -> dict | None:
-        """The state saved by this adaptation, or None (no checkpoint, another adaptation's, unreadable)."""
-        if not self.path.is_file():
-            return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)  # our own file: numpy RNG state
-        except Exception as exc:  # torn by a crash, or not ours: train from the start
-            print(f"NER adaptation: checkpoint {self.path} is unreadable ({type(exc).__name__}); starting over")
-            return None
-        if state.get("identity") != self.identity:
-            print(f"NER adaptation: checkpoint {self.path} belongs to another adaptation; starting over")
-            return None
-        return state
-
-    def save(self, state: dict) -> None:
+    def save(self, epoch: int, state: dict) -> None:
         from mtpf.stages import fsync_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({**state, "identity": self.identity}, tmp)
+        path = self._path(epoch)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({**state, "epoch": epoch, "identity": self.identity}, tmp)
         fsync_file(tmp)
-        os.replace(tmp, self.path)
+        os.replace(tmp, path)
         self.last = time.monotonic()
 
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+    def prune(self, keep: int) -> None:
+        """Delete this process's checkpoints older than epoch ``keep`` (once every process has saved ``keep``)."""
+        for epoch in self.epochs():
+            if epoch < keep:
+                self._path(epoch).unlink(missing_ok=True)
 
 
 def rng_state(rng: np.random.Generator) -> dict:

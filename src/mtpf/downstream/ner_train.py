@@ -102,6 +102,32 @@ def _epochs(requested: int, min_steps: int, batches_per_epoch: int) -> int:
     return max(requested, math.ceil(min_steps / max(1, batches_per_epoch)))
 
 
+def _resume_point(ckpt, acc) -> dict | None:
+    """The newest checkpoint every process has and can load, or None (start over). Collective: every process
+    calls it."""
+    mine = ckpt.epochs()
+    if acc.num_processes == 1:
+        candidates = mine
+    else:  # each process lists its newest few epochs; keep those all of them have
+        listed = torch.full((4,), -1, dtype=torch.long, device=acc.device)
+        listed[: min(4, len(mine))] = torch.tensor(mine[:4], dtype=torch.long)
+        rows = acc.gather(listed).view(acc.num_processes, 4).tolist()
+        candidates = sorted(set.intersection(*(set(r) for r in rows)) - {-1}, reverse=True)
+    for epoch in candidates:
+        state = ckpt.load(epoch)
+        if _agreed_all(state is not None, acc):
+            return state
+    ckpt.prune(2**31)  # starting over: another adaptation's or unusable checkpoints go
+    return None
+
+
+def _agreed_all(flag: bool, acc) -> bool:
+    """Whether ``flag`` holds on every process."""
+    if acc.num_processes == 1:
+        return flag
+    return bool(acc.gather(torch.tensor([int(flag)], device=acc.device)).min().item())
+
+
 def _agreed(flag: bool, acc) -> bool:
     """Rank 0's ``flag`` on every process (each decides on its own clock; they must save the same epochs)."""
     if acc.num_processes == 1:
@@ -126,7 +152,8 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
     """Adapt ``model_ref`` to ``dataset`` (a :class:`~mtpf.downstream.data.NerDataset`) and score it.
 
     ``checkpoint_dir``: where stage 2 saves a checkpoint after an epoch (at most once a minute); a run cut short
-    continues from it (:mod:`~mtpf.downstream.ner_checkpoint`), and it is removed when the adaptation ends."""
+    continues from it (:mod:`~mtpf.downstream.ner_checkpoint`). The caller deletes it once the result is
+    written."""
     from tqdm.auto import tqdm
 
     from mtpf.device import resolve_device
@@ -180,12 +207,7 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
                     "recipe": cfg.to_dict(), "fraction": fraction, "seed": seed, "processes": acc.num_processes,
                     "device": acc.device.type}
         ckpt = EpochCheckpoint(checkpoint_dir, identity, acc.process_index)
-        resumed = ckpt.load()
-        if acc.num_processes > 1:  # every process continues from the same epoch, or all start over
-            epoch = torch.tensor([resumed["epoch"] if resumed else -1], device=acc.device)
-            seen = acc.gather(epoch)
-            if int(seen.min()) != int(seen.max()):
-                resumed = None
+        resumed = _resume_point(ckpt, acc)
 
     peft_model, _targets = build_lora(encoder, cfg)
     initialised = []
@@ -315,10 +337,12 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
             if ckpt is not None and epochs_run < epochs and not stopped and _agreed(ckpt.due(), acc):
                 from mtpf.downstream.ner_checkpoint import rng_state  # (the last epoch needs no restart point)
 
-                ckpt.save({"epoch": epochs_run, "epochs_warmup": epochs_warmup,
-                           "history": history, "weights": _trainable_state(model), "optimizer": opt.state_dict(),
-                           "scheduler": sched.state_dict(), "rng": rng_state(rng), "best": best,
-                           "best_epoch": best_epoch, "best_state": best_state, "since_best": since_best})
+                ckpt.save(epochs_run, {
+                    "epochs_warmup": epochs_warmup, "history": history, "weights": _trainable_state(model),
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(rng),
+                    "best": best, "best_epoch": best_epoch, "best_state": best_state, "since_best": since_best})
+                acc.wait_for_everyone()  # every process has this epoch before any deletes its older one
+                ckpt.prune(epochs_run)
             if stopped:
                 break
         bar.close()
@@ -335,10 +359,6 @@ def train_ner(model_ref, dataset, cfg: NerConfig, fraction: float = 1.0, seed: i
             results[split] = next(h["dev"] for h in history if h.get("epoch") == best_epoch and "dev" in h)
             continue  # the selected epoch's dev score, already computed with these weights
         results[split] = evaluate_split(model, enc, tags, labels, pad_id, cfg.eval_batch_size)
-    if ckpt is not None:  # done: nothing to continue from
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            ckpt.remove()
     model.eval()
     return NerResult(
         test=results["test"], dev=results.get("dev"), selection=select if cfg.epochs else "last",

@@ -20,6 +20,7 @@ from mtpf.downstream.ner import NerConfig
 from mtpf.downstream.tc import TCConfig
 
 RESULTS_FORMAT = "mtpf-eval/1"
+CHECKPOINTS = ".checkpoints"  # OUTPUT/.checkpoints/<cell>: epoch checkpoints of NER cells under way
 
 
 @dataclass
@@ -223,6 +224,8 @@ def run_suite(cfg: SuiteConfig) -> dict:
                          "seeds": cfg.seeds, "ner_datasets": cfg.ner, "cls_datasets": cfg.cls}
     _write_json(results_path, results)
     print(f"{len(cells)} cells: {len(cells) - len(todo)} already in {results_path}, {len(todo)} to run")
+    if is_main_process():
+        _clear_checkpoints(out, [_checkpoint_dir(out, c) for c in todo if c.task == "ner"])
 
     bar = tqdm(todo, desc="evaluate", unit="cell", disable=not cfg.progress or not todo, dynamic_ncols=True)
     embedders = {}
@@ -250,6 +253,8 @@ def run_suite(cfg: SuiteConfig) -> dict:
                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
         results["cells"] = [r for r in results["cells"] if r["key"] != cell.key] + [record]  # one record a key
         _write_json(results_path, results)
+        if cell.task == "ner" and is_main_process():  # recorded: its checkpoints are no longer needed
+            _clear_checkpoints(out, [_checkpoint_dir(out, c) for c in todo[i + 1:] if c.task == "ner"])
         note = ""
         if record.get("truncated_texts"):
             note = f"; {record['truncated_texts']} texts longer than the model's limit were truncated"
@@ -277,18 +282,33 @@ def run_suite(cfg: SuiteConfig) -> dict:
     return {"results": str(results_path), "ran": len(todo), "skipped": len(cells) - len(todo), **paths}
 
 
+def _checkpoint_dir(out: Path, cell: Cell) -> Path:
+    """Where a NER cell's adaptation keeps its epoch checkpoints: a cell cut short continues from them."""
+    return out / CHECKPOINTS / hashlib.sha256(cell.key.encode()).hexdigest()[:16]
+
+
+def _clear_checkpoints(out: Path, keep: list[Path]) -> None:
+    """Delete checkpoint folders other than ``keep`` (cells recorded since, or whose key changed with the
+    config), and the parent folder once it is empty."""
+    import shutil
+
+    folder = out / CHECKPOINTS
+    if not folder.is_dir():
+        return
+    for sub in folder.iterdir():
+        if sub not in keep:
+            shutil.rmtree(sub, ignore_errors=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # a cell still to run keeps its checkpoints
+
+
 def _run_ner(cell: Cell, cfg: SuiteConfig, out: Path) -> dict:
     from mtpf.downstream.ner import save_ner_app, train_ner
 
-    # a cell cut short continues from its last LoRA epoch (the folder goes when the cell is done)
-    ckpt = out / ".checkpoints" / hashlib.sha256(cell.key.encode()).hexdigest()[:16]
     res = train_ner(cell.model, cell.dataset, cfg.ner_cfg, cell.fraction, cell.seed, progress=cfg.progress,
-                    keep_model=cfg.save_apps, device=cfg.device, checkpoint_dir=ckpt)
-    if is_main_process():
-        try:
-            ckpt.parent.rmdir()  # the last cell's went with it: no empty folder left behind
-        except OSError:
-            pass
+                    keep_model=cfg.save_apps, device=cfg.device, checkpoint_dir=_checkpoint_dir(out, cell))
     if cfg.save_apps and is_main_process():  # one writer of the app folder under DDP
         app = out / "apps" / app_folder_name(cell.model.label, cell.dataset.name, cell.fraction, cell.seed)
         save_ner_app(res, cell.model, app, {"dataset": cell.dataset.name, "fraction": cell.fraction,

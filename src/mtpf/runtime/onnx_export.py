@@ -220,7 +220,7 @@ def export_encoder_dir(model, tokenizer, out_dir: str | Path, *, int8: bool = Fa
     }
     # written last, atomically, after the files reach the disk: a folder with export.json is a finished export
     # (readers skip work on it)
-    fsync_tree(out)
+    fsync_tree(out, recursive=False)  # its graphs; not the other exports below it (apps/, layered/)
     write_text_durable(out / "export.json", json.dumps(meta, indent=2))
     failed = [k for k, v in report.items() if not v["passed"]]
     if strict and failed:
@@ -429,7 +429,7 @@ def export_layered_dir(model, tokenizer, out_dir: str | Path, *, int8: bool = Fa
     meta = {"format": LAYERED_FORMAT, "kind": "layered", "backbone_fingerprint": backbone_fingerprint,
             "inputs": names, "slots": slots, "num_layers": n_layers, "opset": OPSET, "files": files,
             "verification": report, "seconds": round(time.time() - t0, 2)}
-    fsync_tree(out)  # last and atomically, as above
+    fsync_tree(out, recursive=False)  # last and atomically, as above
     write_text_durable(out / "export.json", json.dumps(meta, indent=2))
     failed = [k for k, v in report.items() if not v["passed"]]
     if strict and failed:

@@ -645,8 +645,12 @@ def serve_in_thread(asgi_app, host: str = "127.0.0.1", port: int = 0, log_level:
     server = uvicorn.Server(config)
     # our own listening socket (Server.run's public ``sockets``): its port is known without uvicorn's internals
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="mtpf-uvicorn", daemon=True)
     thread.start()
     deadline = time.time() + 30
