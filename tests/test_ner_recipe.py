@@ -202,6 +202,14 @@ def test_dev_scoring_costs_at_most_half_the_training_on_every_process():
         assert dev / 3 <= 0.5 * every * train / world < dev / 3 + 0.5 * train / world
 
 
+def _no_saves_unless_interrupted(monkeypatch) -> None:
+    """Runs not cut by ``_interrupt_after_saves`` write no checkpoint, however slow the machine or the
+    environment's MTPF_NER_CHECKPOINT_SECONDS."""
+    from mtpf.downstream import ner_checkpoint
+
+    monkeypatch.setattr(ner_checkpoint, "SECONDS_BETWEEN_SAVES", float("inf"))
+
+
 def _interrupt_after_saves(monkeypatch, n: int) -> None:
     """Ctrl-C right after the ``n``-th epoch checkpoint is written (one after every epoch), before the older one
     is deleted."""
@@ -234,6 +242,7 @@ def test_an_interrupted_adaptation_continues_to_the_uninterrupted_result(tiny_be
     ds = load_ner_dataset(str(planted_ner(tmp_path / "data", sizes=(60, 30, 30))))
     cfg = NerConfig(epochs_warmup=2, epochs=5, min_steps=0, min_steps_warmup=0, eval_every=1, patience=0,
                     dev_sentences=0)
+    _no_saves_unless_interrupted(monkeypatch)
 
     def adapt(ckpt=None, seed=5):
         return train_ner(resolve(tiny_bert), ds, cfg, seed=seed, progress=True, device="cpu", keep_model=True,
@@ -257,7 +266,7 @@ def test_an_interrupted_adaptation_continues_to_the_uninterrupted_result(tiny_be
             adapt(ckpt)
     (ckpt / "rank0-e00002.pt").write_bytes(b"torn")
     res = adapt(ckpt)
-    assert res.resumed_after_epoch == 1
+    assert res.resumed_after_epoch == 1 and saved() == ["rank0-e00001.pt"]  # the torn newer one is gone
     assert [h["loss"] for h in res.history] == [h["loss"] for h in ref.history]  # bit for bit
     assert [h.get("dev") for h in res.history] == [h.get("dev") for h in ref.history]
     assert (res.best_epoch, res.test, res.dev) == (ref.best_epoch, ref.test, ref.dev)
@@ -270,6 +279,7 @@ def test_adapt_ner_cli_continues_after_ctrl_c(tiny_bert, tmp_path, monkeypatch, 
     continues; an existing app being --overwrite'n is intact after a Ctrl-C, and still refused without it."""
     from mtpf.cli import main
 
+    _no_saves_unless_interrupted(monkeypatch)
     data = planted_ner(tmp_path / "data", sizes=(40, 20, 20))
     out, ckpt = tmp_path / "app", tmp_path / ".app.checkpoint"
     argv = ["adapt", "ner", "--model", tiny_bert, "--data", str(data), "--output", str(out), "--epochs-warmup", "1",
@@ -296,6 +306,7 @@ def test_an_interrupted_evaluate_continues_its_ner_cell(tiny_bert, tmp_path, mon
     from mtpf.cli import main
     from mtpf.downstream.suite import read_cells
 
+    _no_saves_unless_interrupted(monkeypatch)
     data = planted_ner(tmp_path / "data", sizes=(40, 20, 20))
 
     def argv(out):

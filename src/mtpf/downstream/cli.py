@@ -232,7 +232,8 @@ def _adapt(args) -> int:
         model = resolve(args.model)
         # beside the output, which stays untouched (an existing app under --overwrite too) until the new app
         # replaces it; a re-run of the command continues from it
-        ckpt = Path(args.output).absolute().parent / f".{Path(args.output).name}.checkpoint"
+        output = Path(args.output).resolve()
+        ckpt = output.parent / f".{output.name}.checkpoint"
         res = train_ner(model, dataset, cfg, args.fraction, args.seed, progress=not args.no_progress,
                         keep_model=True, device=device, checkpoint_dir=ckpt)
         if not is_main_process():  # under `accelerate launch`: rank 0 alone writes (and reports) the app

@@ -29,7 +29,22 @@ import numpy as np
 import torch
 
 
-SECONDS_BETWEEN_SAVES = float(os.environ.get("MTPF_NER_CHECKPOINT_SECONDS", 60))  # 0: after every epoch
+FORMAT = 1  # part of the identity: a checkpoint of another layout is another adaptation's
+
+
+def _env_seconds() -> float:
+    text = os.environ.get("MTPF_NER_CHECKPOINT_SECONDS", "60")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        print(f"warning: MTPF_NER_CHECKPOINT_SECONDS={text!r} is not a number of seconds >= 0; using 60")
+        return 60.0
+    return value
+
+
+SECONDS_BETWEEN_SAVES = _env_seconds()  # 0: after every epoch
 
 
 class EpochCheckpoint:
@@ -40,6 +55,7 @@ class EpochCheckpoint:
     def __init__(self, folder: str | os.PathLike, identity: dict, rank: int = 0):
         self.folder = Path(folder)
         self.rank = rank
+        identity = {**identity, "format": FORMAT}
         self.identity = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
         self.last = time.monotonic()
 
@@ -64,7 +80,7 @@ class EpochCheckpoint:
         except Exception as exc:  # torn by a crash, or not ours
             print(f"NER adaptation: checkpoint {path} is unreadable ({type(exc).__name__})")
             return None
-        if state.get("identity") != self.identity:
+        if not isinstance(state, dict) or state.get("identity") != self.identity:
             print(f"NER adaptation: checkpoint {path} belongs to another adaptation (model, data or recipe differ); "
                   "starting over")
             return None
@@ -90,6 +106,13 @@ class EpochCheckpoint:
         for epoch in self.epochs():
             if epoch < keep:
                 self._path(epoch).unlink(missing_ok=True)
+
+    def drop_newer(self, epoch: int) -> None:
+        """Delete this process's checkpoints newer than ``epoch`` (the one every process resumes from): a later
+        save of those epochs must not meet a stale file of this process's."""
+        for e in self.epochs():
+            if e > epoch:
+                self._path(e).unlink(missing_ok=True)
 
 
 def rng_state(rng: np.random.Generator) -> dict:

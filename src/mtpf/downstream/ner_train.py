@@ -116,6 +116,7 @@ def _resume_point(ckpt, acc) -> dict | None:
     for epoch in candidates:
         state = ckpt.load(epoch)
         if _agreed_all(state is not None, acc):
+            ckpt.drop_newer(epoch)
             return state
     ckpt.prune(2**31)  # starting over: another adaptation's or unusable checkpoints go
     return None
