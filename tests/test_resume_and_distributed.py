@@ -61,8 +61,9 @@ def test_resume_after_kill_reaches_identical_weights(tiny_bert, toy_data, tmp_pa
 
 
 def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(tiny_bert, toy_data, tmp_path, capsys):
-    """A run killed after step 2, whose newest checkpoint broke after its model loaded (the optimizer state
-    torn): the resume goes back to step 1, restores all of it, and ends with the uninterrupted run's weights.
+    """A run killed after step 2, whose newest checkpoint broke after its model and optimizer loaded (its RNG
+    state torn, which accelerate would skip silently): the resume goes back to step 1, restores all of it, and
+    ends with the uninterrupted run's weights.
     None readable: one line."""
     import shutil
 
@@ -81,7 +82,7 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(tiny_bert,
     ckpts = out / "checkpoints"
     for step in ("step-00000001", "step-00000002"):
         shutil.copytree(ref / "checkpoints" / step, ckpts / step)
-    (ckpts / "step-00000002" / "optimizer.bin").write_bytes(b"torn")
+    (ckpts / "step-00000002" / "random_states_0.pkl").write_bytes(b"torn")  # read last, after the weights
     capsys.readouterr()
     run(cfg(out, resume="true"))
     printed = capsys.readouterr().out

@@ -692,6 +692,11 @@ class PretrainRecipe:
         for ckpt in reversed(ckpts):  # newest first; an unreadable one (a disk fault, a hand-copied half) falls back
             try:
                 acc.load_state(str(ckpt))
+                from accelerate.utils import RNG_STATE_NAME
+
+                rng_file = ckpt / f"{RNG_STATE_NAME}_{acc.process_index}.pkl"
+                if rng_file.exists():  # accelerate skips an unreadable one silently: the resume would not be exact
+                    torch.load(rng_file, weights_only=False)
                 ok = True
             except Exception as exc:  # safetensors, torch.load and pickle errors have no common base class
                 rank = f" (process {acc.process_index})" if acc.num_processes > 1 else ""
