@@ -5,9 +5,9 @@ start it again from the first epoch. After a stage-2 epoch each process writes w
 depends on: the trainable weights (LoRA + head, not the frozen encoder), the optimizer and schedule, the shared
 batch-order generator (numpy) and its own dropout generator (torch), and model selection's state (best dev
 score, its weights, epochs without improvement). A resumed run skips stage 1 (its head is in the weights) and
-goes on from the next epoch, and ends with the weights of an uninterrupted run (bit for bit with one and with two
-processes, tested; with more, DDP's all-reduce may group the first step after a resume differently, a difference
-in the last bits).
+goes on from the next epoch, and ends with the weights of an uninterrupted run (bit for bit on a CPU with one and two
+processes, tested; GPU kernels are not bit-reproducible anyway; with more processes DDP may group the first
+all-reduce after a resume differently, a difference in the last bits).
 
 Writing one costs a few tens of MB (LoRA, its optimizer state and the best weights so far), so on a fast device
 with short epochs it is written only when ``SECONDS_BETWEEN_SAVES`` (60; environment variable
