@@ -9,7 +9,8 @@ goes on from the next epoch, and ends with the weights of an uninterrupted run (
 processes, tested; GPU kernels are not bit-reproducible anyway; with more processes DDP may group the first
 all-reduce after a resume differently, a difference in the last bits).
 
-Writing one costs a few tens of MB (LoRA, its optimizer state and the best weights so far), so on a fast device
+Writing one costs about 16 MB for MiniLM-L6 and 65 MB for BERT-base with the default LoRA (the trainable weights,
+their two AdamW moments and the best weights so far: 4 floats per trainable parameter), so on a fast device
 with short epochs it is written only when ``SECONDS_BETWEEN_SAVES`` (60; environment variable
 ``MTPF_NER_CHECKPOINT_SECONDS``) have passed since the last one: a re-run redoes at most that much training
 plus the epoch that was cut (and, before the first save, everything).
