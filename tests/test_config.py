@@ -24,35 +24,36 @@ def test_unknown_key_names_file_and_key(tmp_path):
         load_config(PretrainConfig, None, ["bogus=1"])
 
 
+TPL_RANK_0 = "strategy: mtpf\ntpl:\n  ner:\n    rank: 0\n"
+MAX_STEPS_0 = "strategy: mtpf\nlr: 1e-4\nmax_steps: 0\n"
 
-def test_errors_name_the_line_of_the_key_or_the_override(tmp_path):
+
+@pytest.mark.parametrize("text,overrides,message", [
+    ("strategy: mtpf-tpl\n# a comment\ntpl:\n  ner:\n    layers: 3\n    rnk: 8\nlr: 1.0e-4\n", [],
+     r"c\.yaml:6: unknown config key 'tpl\.ner\.rnk'"),
+    ("strategy: mtpf\n\nmax_steps: ten\n", [], r"c\.yaml:3: max_steps must be an integer"),
+    (MAX_STEPS_0, [], r"c\.yaml:3: PretrainConfig: max_steps must be >= 1"),  # __post_init__ names it first
+    (MAX_STEPS_0, ["max_steps=-2"], r"^override max_steps=-2: PretrainConfig: max_steps must be >= 1"),
+    (TPL_RANK_0, [], r"c\.yaml:4: tpl\.ner: lora rank must be >= 1"),
+    (TPL_RANK_0, ["tpl.ner={rank: -1}"], r"^override tpl\.ner=\{'rank': -1\}: tpl\.ner: lora rank must be"),
+    # a field name inside a quoted value (seed) is not where the mistake is: the file, no line
+    ("strategy: tc\nseed: 3\nmax_length: 64\npairs: [{path: runs/seed/pairs.jsonl, rows: 0}]\n", [],
+     r"c\.yaml: PretrainConfig: pair source .*rows must be a positive"),
+    ("strategy: tc\nextra: &x {a: *x}\n", [], r"c\.yaml:2: unknown config key 'extra'"),  # no RecursionError
+])
+def test_errors_name_the_line_of_the_key_or_the_override(tmp_path, text, overrides, message):
     """A mistake in a file is reported at its line (a typo'd key, a bad type, a range check in __post_init__); a
     key a command-line override replaced is reported as that override, never at the file's stale line."""
     conf = tmp_path / "c.yaml"
-    conf.write_text("strategy: mtpf-tpl\n# a comment\ntpl:\n  ner:\n    layers: 3\n    rnk: 8\nlr: 1.0e-4\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml:6: unknown config key 'tpl\.ner\.rnk'"):
-        load_config(PretrainConfig, conf)
-    conf.write_text("strategy: mtpf\n\nmax_steps: ten\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml:3: max_steps must be an integer"):
-        load_config(PretrainConfig, conf)
-    conf.write_text("strategy: mtpf\nlr: 1e-4\nmax_steps: 0\n")  # checked in __post_init__, named first there
-    with pytest.raises(ConfigError, match=r"c\.yaml:3: PretrainConfig: max_steps must be >= 1"):
-        load_config(PretrainConfig, conf)
-    with pytest.raises(ConfigError, match=r"^override max_steps=-2: PretrainConfig: max_steps must be >= 1"):
-        load_config(PretrainConfig, conf, ["max_steps=-2"])
+    conf.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(PretrainConfig, conf, overrides)
+
+
+def test_an_override_that_fixes_the_file_is_used(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text(MAX_STEPS_0)
     assert load_config(PretrainConfig, conf, ["max_steps=5"]).max_steps == 5
-    conf.write_text("strategy: mtpf\ntpl:\n  ner:\n    rank: 0\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml:4: tpl\.ner: lora rank must be >= 1"):
-        load_config(PretrainConfig, conf)
-    with pytest.raises(ConfigError, match=r"^override tpl\.ner=\{'rank': -1\}: tpl\.ner: lora rank must be"):
-        load_config(PretrainConfig, conf, ["tpl.ner={rank: -1}"])
-    # a field name inside a quoted value is not where the mistake is; an alias that refers to itself is no crash
-    conf.write_text("strategy: tc\nseed: 3\nmax_length: 64\npairs: [{path: runs/seed/pairs.jsonl, rows: 0}]\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml: PretrainConfig: pair source .*rows must be a positive"):
-        load_config(PretrainConfig, conf)
-    conf.write_text("strategy: tc\nextra: &x {a: *x}\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml:2: unknown config key 'extra'"):
-        load_config(PretrainConfig, conf)
 
 
 def test_unknown_strategy_and_bad_types(tmp_path):
