@@ -60,10 +60,16 @@ def fsync_tree(folder: str | os.PathLike, recursive: bool = True) -> None:
             dirs.clear()
         for name in files:
             fsync_file(Path(root) / name)
-        try:
-            fsync_file(root)  # the directory entries (Linux, macOS); Windows cannot open a folder
-        except OSError:
-            pass
+        fsync_dir(root)
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """``folder``'s entries (a rename into it, a file created or deleted) reach the disk, on Linux and macOS;
+    Windows cannot open a folder, and needs no such flush."""
+    try:
+        fsync_file(folder)
+    except OSError:
+        pass
 
 
 def mark_done(folder: str | os.PathLike, required: tuple[str, ...] = (), **info) -> None:

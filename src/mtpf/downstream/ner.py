@@ -54,16 +54,13 @@ def save_ner_app(result: NerResult, model_ref, output: str | os.PathLike, extra:
         # the LoRA's base model relative to the final folder, and the model card, before the folder moves there:
         # a folder under its final name is complete
         finish_app(app, model_ref, final_dir=out)
-        from mtpf.stages import fsync_file, fsync_tree
+        from mtpf.stages import fsync_dir, fsync_tree
 
         fsync_tree(app)  # on disk before it counts as the app (and `adapt ner` deletes its checkpoints)
         if out.exists():
             shutil.rmtree(out)
         os.replace(app, out)
-        try:
-            fsync_file(out.parent)  # the rename itself (Linux, macOS)
-        except OSError:
-            pass
+        fsync_dir(out.parent)  # the rename itself
     return meta
 
 

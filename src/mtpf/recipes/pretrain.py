@@ -30,7 +30,7 @@ import torch
 from mtpf.config import ConfigError, help_text, load_config, to_dict
 from mtpf.data.io import DataError
 from mtpf.lora import LoraSpec
-from mtpf.stages import fsync_file, fsync_tree, write_text_durable
+from mtpf.stages import fsync_dir, fsync_tree, write_text_durable
 
 STRATEGIES = ("ner", "tc", "mtpf", "mtpf-tpl", "pf-lora")
 # Keys that may change between a run and its resumption. A new max_steps also stretches the learning-rate
@@ -677,7 +677,7 @@ class PretrainRecipe:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            fsync_file(ckpts)
+            fsync_dir(ckpts)
             for old in sorted(ckpts.glob("step-*"))[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
