@@ -23,6 +23,16 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def on_every_process(flag: bool, acc) -> bool:
+    """Whether ``flag`` holds on every process of ``acc`` (an ``accelerate.Accelerator``); collective: every
+    process calls it. Resumes use it so that all processes load the same checkpoint or all move on."""
+    if acc.num_processes == 1:
+        return flag
+    import torch
+
+    return bool(acc.gather(torch.tensor([int(flag)], device=acc.device)).min().item())
+
+
 def seed_dropout_per_rank(seed: int, rank: int) -> None:
     """Give each process of a DDP run its own dropout stream, after DDP has copied rank 0's weights.
 

@@ -84,8 +84,7 @@ class EpochCheckpoint:
             print(f"NER adaptation: checkpoint {path} is unreadable ({type(exc).__name__})")
             return None
         if not isinstance(state, dict) or state.get("identity") != self.identity:
-            print(f"NER adaptation: checkpoint {path} belongs to another adaptation (model, data or recipe differ); "
-                  "starting over")
+            print(f"NER adaptation: checkpoint {path} belongs to another adaptation (model, data or recipe differ)")
             return None
         return state
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from mtpf.config import ConfigError
 from mtpf.data.pipeline import to_device
-from mtpf.device import seed_dropout_per_rank
+from mtpf.device import on_every_process, seed_dropout_per_rank
 from mtpf.downstream.ner_config import NerConfig
 from mtpf.downstream.ner_data import IGNORE, EncodedNer, bucket_batches, encode_ner, pad_pieces
 from mtpf.downstream.ner_metrics import evaluate_split
@@ -115,18 +115,11 @@ def _resume_point(ckpt, acc) -> dict | None:
         candidates = sorted(set.intersection(*(set(r) for r in rows)) - {-1}, reverse=True)
     for epoch in candidates:
         state = ckpt.load(epoch)
-        if _agreed_all(state is not None, acc):
+        if on_every_process(state is not None, acc):
             ckpt.drop_newer(epoch)
             return state
     ckpt.prune(2**31)  # starting over: another adaptation's or unusable checkpoints go
     return None
-
-
-def _agreed_all(flag: bool, acc) -> bool:
-    """Whether ``flag`` holds on every process."""
-    if acc.num_processes == 1:
-        return flag
-    return bool(acc.gather(torch.tensor([int(flag)], device=acc.device)).min().item())
 
 
 def _agreed(flag: bool, acc) -> bool:

@@ -29,6 +29,7 @@ import torch
 
 from mtpf.config import ConfigError, help_text, load_config, to_dict
 from mtpf.data.io import DataError
+from mtpf.device import on_every_process
 from mtpf.lora import LoraSpec
 from mtpf.stages import fsync_dir, fsync_tree, write_text_durable
 
@@ -703,9 +704,7 @@ class PretrainRecipe:
                 print(f"warning{rank}: checkpoint {ckpt} cannot be loaded ({type(exc).__name__}: "
                       f"{' '.join(str(exc).split())[:200]}); trying the one before it", flush=True)
                 ok = False
-            if acc.num_processes > 1:  # every process resumes from the same step: one that failed moves them all
-                ok = bool(acc.gather(torch.tensor([int(ok)], device=acc.device)).min().item())
-            if not ok:
+            if not on_every_process(ok, acc):  # all resume from the same step: one that failed moves them all
                 continue
             if acc.is_main_process:  # out of the way of resume and of pruning, which keep the newest by name
                 for newer in ckpts[ckpts.index(ckpt) + 1:]:
