@@ -116,7 +116,7 @@ def reading(cells: list[dict], cls: list[Claim], order: dict) -> list[str]:
         iv = claim_interval(agg, c, order[c.task])
         v = verdict(iv, c.expect)
         if iv is not None:
-            groups[v.split(" (")[0]].append(f"{c.text} ({iv.format(signed=True)}, n={iv.n})")
+            groups[v.split(" (")[0]].append(f"{c.text} ({iv.format_difference()}, n={iv.n})")
     text = {"holds": "Hold (the 95 % interval excludes 0 in the paper's direction)",
             "matches": f"Consistent with the paper's 'matches' (the whole interval within ±{MATCH_MARGIN:g} point)",
             "contradicted": "Contradicted (the interval excludes 0 against the paper)",
@@ -140,7 +140,7 @@ def tpl_section(cells, models, tpl: dict, order: dict, source: Path, figs: Path,
     rows, verdicts = [], []
     for m in settings:
         ivs = [claim_interval(agg, Claim("", m, uniform, t, 0), order[t]) for t in ("ner", "tc")]
-        fmt = ["—" if iv is None else iv.format(signed=True) for iv in ivs]
+        fmt = ["—" if iv is None else iv.format_difference() for iv in ivs]
         if any(iv is None for iv in ivs):
             v = "not measured"
         elif any(iv.half is None for iv in ivs):

@@ -153,3 +153,21 @@ def test_t_quantile_without_scipy_beyond_the_table(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
                         if name.startswith("scipy") else real_import(name, *a, **k))
     assert [stats.t_quantile(df) for df in exact] == pytest.approx(list(exact.values()), abs=1e-3)
+
+
+def test_a_narrow_decided_difference_prints_a_second_decimal():
+    """+0.01 ± 0.006 excludes 0 (a claim 'holds'); at one decimal it would print "+0.0 ± 0.0", which reads as no
+    difference. A wider or exactly-zero half-width keeps one decimal."""
+    from mtpf.downstream.tables import Claim, paired_table
+
+    narrow = stats.interval([0.0086, 0.0138, 0.0116])
+    assert narrow.excludes_zero() and narrow.format_difference() == "+0.01 ± 0.01"
+    assert stats.interval([-0.03, -0.00, -0.03]).format_difference() == "-0.02 ± 0.04"
+    assert stats.Interval(0.19, 0.33, 3).format_difference() == "+0.2 ± 0.3"
+    assert stats.Interval(2.0, 0.0, 3).format_difference() == "+2.0 ± 0.0"
+    assert stats.Interval(-0.001, 0.02, 3).format_difference() == "+0.00 ± 0.02"
+    cells = [c for c in _cells() if c["model"] == "Base model"]
+    shifted = [dict(c, model="B", key=c["key"] + "b", main_score=c["main_score"] + d / 100)
+               for c, d in zip(cells, [0.01, 0.02, 0.012] * len(cells))]
+    row = paired_table(cells + shifted, [Claim("B above", "B", "Base model", cells[0]["task"], +1)]).rows[0]
+    assert row[6] == "holds" and row[4].startswith("+0.01 ± ")

@@ -58,6 +58,12 @@ class Interval:
         text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
         return text if self.half is None else f"{text} ± {self.half:.{digits}f}"
 
+    def format_difference(self) -> str:
+        """A paired difference, signed: one decimal, or two where one would print a nonzero half-width as 0.0 (an
+        interval of +0.01 ± 0.006 excludes 0; printed "+0.0 ± 0.0" it would look like no difference at all)."""
+        narrow = self.half is not None and 0 < round(self.half, 2) and round(self.half, 1) == 0
+        return self.format(2 if narrow else 1, signed=True)
+
 
 def interval(values, confidence: float = 0.95) -> Interval:
     """Mean and half-width of the t interval of ``values`` (no interval for a single value)."""

@@ -317,7 +317,7 @@ def paired_table(cells: list[dict], claims: list[Claim], ner_order: list[str] | 
         iv = claim_interval(agg, cl, order[cl.task])
         share = "" if cl.fraction == 1 else f" @{100 * cl.fraction:g}%"
         rows.append([cl.text, f"{cl.a} − {cl.b}", f"{cl.task.upper()}{share}", {1: "+", -1: "−", 0: "≈"}[cl.expect],
-                     "—" if iv is None else iv.format(signed=True),
+                     "—" if iv is None else iv.format_difference(),
                      "0" if iv is None else str(iv.n), verdict(iv, cl.expect)])
     return Table("Paired differences (percentage points, same seeds and data; 95 % t interval over seeds)",
                  ["Claim", "Difference", "Family", "Paper's sign", "Δ (95 % CI)", "Seeds", "Reading"], rows,
