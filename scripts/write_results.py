@@ -280,7 +280,7 @@ def main() -> None:
     # every table, difference and figure below over the same seeds: those every measured cell has
     cells, used, left_out = common_seeds(cells, set(main_models))
     full = [c for c in cells if float(c["fraction"]) == 1.0]
-    per_cell = sorted({e["n"] for e in aggregate(cells).values()})
+    per_cell = sorted({e["n"] for e in aggregate([c for c in cells if "runtime" not in c]).values()})  # runtime: 1 seed
     n_text = str(per_cell[0]) if len(per_cell) == 1 else f"{per_cell[0]} to {per_cell[-1]}"
     out = [(f"Seeds: {', '.join(map(str, seeds))}; seeds per table cell: {n_text}. "
            "With several seeds every score is mean ± half-width of its 95 % t interval over seeds (a family average: "
@@ -303,7 +303,7 @@ def main() -> None:
     limited = {f"{100 * float(f):g}%": set(r["models"]) for r in runs.values() if r.get("models")
                for f in r["fractions"]}
 
-    def tables(rows):
+    def tables(rows, cells=cells):
         out = build_tables(cells, rows, base, ner_order, tc_order)
         for t in out:
             if t.title.startswith("NER under data scarcity"):  # say which recipe each data portion used
@@ -317,10 +317,18 @@ def main() -> None:
         if t.title.startswith(("NER sub-tasks", "TC sub-tasks", "NER under data scarcity", "TC details")):
             out += [f"### {t.title}", "", table_markdown(t), ""]
     if runtime_labels:
+        # The runtime row is measured at one seed (the first): its PyTorch neighbours are that seed's cells, so the
+        # comparison is the same model served two ways, not one seed against a mean over seeds.
+        rt_seeds = sorted({int(c.get("seed", 42)) for c in cells if "runtime" in c})
+        same = [c for c in cells if int(c.get("seed", 42)) in rt_seeds]
         out += ["### The embedded runtime (int8 ONNX backbone + the same app adapters) next to PyTorch", ""]
+        if len(seeds) > 1:
+            out += [f"Every row here is {seeds_text(rt_seeds)} only, the seed the runtime row is measured at: the "
+                    "PyTorch rows are that seed's cells, not the means over seeds above.", ""]
         deploy = [m for m in (BASE, TPL, *runtime_labels) if m in models]
-        out += [table_markdown(build_tables(full, deploy, base, ner_order, tc_order)[0]), ""]
-        for t in tables(deploy)[1:]:
+        out += [table_markdown(build_tables([c for c in same if float(c["fraction"]) == 1.0], deploy, base,
+                                            ner_order, tc_order)[0]), ""]
+        for t in tables(deploy, same)[1:]:
             if t.title.startswith(("NER sub-tasks", "TC sub-tasks", "NER under data scarcity")):
                 out += [f"#### {t.title}", "", table_markdown(t), ""]
     low = sorted({float(c["fraction"]) for c in cells if c["task"] == "ner" and float(c["fraction"]) < 1})

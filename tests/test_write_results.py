@@ -159,3 +159,30 @@ def test_tpl_result_is_not_decided_while_a_setting_lacks_seeds(tmp_path, monkeyp
             "at two or more seeds).") in text
     assert "±" not in text.split("### Table 1 analogue")[1]  # one seed everywhere: no interval anywhere
     assert "no setting beats" not in text
+
+
+def test_runtime_row_sits_beside_its_own_seed_not_the_means(tmp_path, monkeypatch):
+    """The runtime row is measured at the first seed only. Its section compares it with that seed's PyTorch cells
+    (no intervals there), while every table above keeps its three-seed means; the runtime's single seed never makes
+    the other seeds drop out."""
+    source = _results_folder(tmp_path / "repro-scaled")
+    rt = [{"key": f"rt{ds}", "task": task, "model": "MTPF-TPL, runtime int8", "runtime": {"backend": "onnx"},
+           "dataset": ds, "fraction": 1.0, "seed": 42, "main_score": score / 100,
+           "metrics": {"f1" if task == "ner" else "accuracy": score / 100}}
+          for task, ds, score in (("ner", "conll2003", 61.5), ("ner", "mit_restaurant", 59.5),
+                                  ("tc", "banking77", 75.5), ("tc", "emotion", 35.5))]
+    (source / "runtime.json").write_text(json.dumps({"format": "mtpf-eval/1", "cells": rt}))
+    doc = tmp_path / "results.md"
+    doc.write_text("<!-- tables:begin -->\n<!-- tables:end -->\n")
+    _write_results(monkeypatch, source, "--doc", doc)
+    text = doc.read_text()
+    assert "Seeds: 42, 43, 44; seeds per table cell: 3." in text and "Under way" not in text
+    assert "| MTPF-TPL | 61.2 ± 3.4 (+2.0) |" in text  # the tables above: three seeds
+    section = text.split("### The embedded runtime")[1].split("\n### ")[0]
+    assert "Every row here is seed 42 only" in section and "±" not in section
+    summary = section.split("####")[0]  # the family table; the per-dataset ones follow
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in summary.splitlines() if line.startswith("| ")}
+    assert rows["MTPF-TPL"].startswith("| MTPF-TPL | **61.0")  # seed 42: (62.0 + 60.0) / 2, not the 61.2 mean
+    assert rows["MTPF-TPL, runtime int8"].startswith("| MTPF-TPL, runtime int8 | 60.5")
+    assert rows["Base model"].startswith("| Base model | 58.9")
+    assert "| MTPF-TPL, runtime int8 | 61.5 | 59.5 | 60.5 |" in section  # per dataset, beside seed 42's 62.0 / 60.0
