@@ -323,8 +323,8 @@ def main() -> None:
         same = [c for c in cells if int(c.get("seed", 42)) in rt_seeds]
         out += ["### The embedded runtime (int8 ONNX backbone + the same app adapters) next to PyTorch", ""]
         if len(seeds) > 1:
-            out += [f"Every row here is {seeds_text(rt_seeds)} only, the seed the runtime row is measured at: the "
-                    "PyTorch rows are that seed's cells, not the means over seeds above.", ""]
+            out += [(f"Every row here is {seeds_text(rt_seeds)} only, the seed the runtime row is measured at: the "
+                     "PyTorch rows are that seed's cells, not the means over seeds above."), ""]
         deploy = [m for m in (BASE, TPL, *runtime_labels) if m in models]
         out += [table_markdown(build_tables([c for c in same if float(c["fraction"]) == 1.0], deploy, base,
                                             ner_order, tc_order)[0]), ""]
